@@ -1,0 +1,369 @@
+//! Layers as sequences of independent zstd frames.
+//!
+//! A layer blob is a valid `tar+zstd` stream that any zstd decoder reads as one, but it is made of
+//! frames of about [`FRAME_TARGET`] bytes of tar each, so a reader can verify and decode frames in
+//! parallel. [`FramedWriter`] compresses frames on worker threads with bounded memory and reports
+//! where every frame lies; [`scan_frames`] recovers the same index from an existing blob.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::mpsc;
+use std::thread;
+
+use sha2::{Digest, Sha256};
+
+/// Uncompressed bytes per frame at most (a file larger than this spans several frames).
+pub const FRAME_TARGET: usize = 16 << 20;
+/// At an entry boundary a frame is cut once it holds at least this much.
+pub const FRAME_SOFT_CUT: usize = FRAME_TARGET / 2;
+
+/// Where one frame lies inside a layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Frame {
+    /// Offset of the frame inside the layer blob.
+    pub offset: u64,
+    /// Compressed length in bytes.
+    pub compressed_len: u64,
+    /// Uncompressed length in bytes.
+    pub uncompressed_len: u64,
+    /// sha256 of the compressed bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// What a finished [`FramedWriter`] knows about the blob it wrote.
+#[derive(Debug, Clone)]
+pub struct FramedLayer {
+    pub frames: Vec<Frame>,
+    /// sha256 of the whole compressed blob (the OCI layer digest), lowercase hex.
+    pub digest: String,
+    /// sha256 of the uncompressed stream (the OCI diff_id), lowercase hex.
+    pub diff_id: String,
+    pub compressed_len: u64,
+    pub uncompressed_len: u64,
+}
+
+struct Compressed {
+    seq: u64,
+    bytes: io::Result<Vec<u8>>,
+    uncompressed_len: usize,
+}
+
+/// Writes an uncompressed stream (normally a tar) as independent zstd frames into `sink`.
+///
+/// Call [`FramedWriter::entry_boundary`] between tar entries so frames are cut there when they
+/// are large enough; the writer also cuts any frame that reaches [`FRAME_TARGET`].
+/// Memory stays bounded: at most `2 × workers + 2` frames are in flight.
+pub struct FramedWriter<W: Write> {
+    sink: W,
+    level: i32,
+    buf: Vec<u8>,
+    next_seq: u64,
+    written_seq: u64,
+    pending: BTreeMap<u64, Compressed>,
+    jobs: Option<mpsc::SyncSender<(u64, Vec<u8>)>>,
+    results: mpsc::Receiver<Compressed>,
+    workers: Vec<thread::JoinHandle<()>>,
+    in_flight: usize,
+    max_in_flight: usize,
+    frames: Vec<Frame>,
+    offset: u64,
+    uncompressed_len: u64,
+    whole: Sha256,
+    diff: Sha256,
+}
+
+impl<W: Write> FramedWriter<W> {
+    /// A writer compressing at zstd `level` on as many threads as rayon would use.
+    pub fn new(sink: W, level: i32) -> Self {
+        let threads = thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self::with_threads(sink, level, threads)
+    }
+
+    pub fn with_threads(sink: W, level: i32, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads);
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        let (res_tx, res_rx) = mpsc::channel();
+        let workers = (0..threads)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                let res_tx = res_tx.clone();
+                thread::spawn(move || loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((seq, data)) = job else { return };
+                    let bytes = zstd::bulk::compress(&data, level);
+                    if res_tx
+                        .send(Compressed {
+                            seq,
+                            bytes,
+                            uncompressed_len: data.len(),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                })
+            })
+            .collect();
+        FramedWriter {
+            sink,
+            level,
+            buf: Vec::with_capacity(FRAME_TARGET),
+            next_seq: 0,
+            written_seq: 0,
+            pending: BTreeMap::new(),
+            jobs: Some(job_tx),
+            results: res_rx,
+            workers,
+            in_flight: 0,
+            max_in_flight: 2 * threads + 2,
+            frames: Vec::new(),
+            offset: 0,
+            uncompressed_len: 0,
+            whole: Sha256::new(),
+            diff: Sha256::new(),
+        }
+    }
+
+    /// The zstd level this writer compresses at.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Tell the writer that a tar entry ends here; the frame is cut if it is large enough.
+    pub fn entry_boundary(&mut self) -> io::Result<()> {
+        if self.buf.len() >= FRAME_SOFT_CUT {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(FRAME_TARGET));
+        self.diff.update(&data);
+        self.uncompressed_len += data.len() as u64;
+        while self.in_flight >= self.max_in_flight {
+            self.receive_one()?;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.in_flight += 1;
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("framed writer already finished"))?
+            .send((seq, data))
+            .map_err(|_| io::Error::other("zstd worker thread stopped"))?;
+        self.drain_ready()
+    }
+
+    fn receive_one(&mut self) -> io::Result<()> {
+        let done = self
+            .results
+            .recv()
+            .map_err(|_| io::Error::other("zstd worker thread stopped"))?;
+        self.pending.insert(done.seq, done);
+        self.write_ready()
+    }
+
+    fn drain_ready(&mut self) -> io::Result<()> {
+        while let Ok(done) = self.results.try_recv() {
+            self.pending.insert(done.seq, done);
+        }
+        self.write_ready()
+    }
+
+    fn write_ready(&mut self) -> io::Result<()> {
+        while let Some(done) = self.pending.remove(&self.written_seq) {
+            let bytes = done.bytes?;
+            self.sink.write_all(&bytes)?;
+            self.whole.update(&bytes);
+            self.frames.push(Frame {
+                offset: self.offset,
+                compressed_len: bytes.len() as u64,
+                uncompressed_len: done.uncompressed_len as u64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            });
+            self.offset += bytes.len() as u64;
+            self.written_seq += 1;
+            self.in_flight -= 1;
+        }
+        Ok(())
+    }
+
+    /// Flush the last frame, wait for all workers and return the sink and the layer's index.
+    pub fn finish(mut self) -> io::Result<(W, FramedLayer)> {
+        self.cut()?;
+        self.jobs = None;
+        while self.in_flight > 0 {
+            self.receive_one()?;
+        }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        self.sink.flush()?;
+        let layer = FramedLayer {
+            frames: std::mem::take(&mut self.frames),
+            digest: hex::encode(std::mem::take(&mut self.whole).finalize()),
+            diff_id: hex::encode(std::mem::take(&mut self.diff).finalize()),
+            compressed_len: self.offset,
+            uncompressed_len: self.uncompressed_len,
+        };
+        // `self` has a Drop-free layout; move the sink out by swapping in nothing is not possible,
+        // so FramedWriter keeps `sink` last and we take it by destructuring.
+        let FramedWriter { sink, .. } = self;
+        Ok((sink, layer))
+    }
+}
+
+impl<W: Write> Write for FramedWriter<W> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let total = data.len();
+        while !data.is_empty() {
+            let room = FRAME_TARGET - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() >= FRAME_TARGET {
+                self.cut()?;
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Error found while indexing the frames of an existing blob.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("bytes {offset}.. are not a zstd frame: {reason}")]
+    NotZstd { offset: u64, reason: String },
+}
+
+/// Recover the frame index of a framed zstd blob by walking zstd frame headers.
+///
+/// Skippable frames are passed over. Frames that do not record their content size are decoded to
+/// learn it. The result is what [`FramedWriter`] reported when the blob was written.
+pub fn scan_frames(blob: &[u8]) -> Result<Vec<Frame>, ScanError> {
+    let mut frames = Vec::new();
+    let mut offset = 0usize;
+    while offset < blob.len() {
+        let rest = &blob[offset..];
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).map_err(|code| {
+            ScanError::NotZstd {
+                offset: offset as u64,
+                reason: zstd::zstd_safe::get_error_name(code).to_string(),
+            }
+        })?;
+        let bytes = &rest[..len];
+        let skippable = rest.len() >= 4
+            && (u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) & 0xFFFF_FFF0)
+                == 0x184D_2A50;
+        if !skippable {
+            let uncompressed_len = match zstd::zstd_safe::get_frame_content_size(bytes) {
+                Ok(Some(n)) => n,
+                _ => {
+                    let mut counter = CountingSink(0);
+                    zstd::stream::copy_decode(bytes, &mut counter).map_err(|e| {
+                        ScanError::NotZstd {
+                            offset: offset as u64,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    counter.0
+                }
+            };
+            frames.push(Frame {
+                offset: offset as u64,
+                compressed_len: len as u64,
+                uncompressed_len,
+                sha256: hex::encode(Sha256::digest(bytes)),
+            });
+        }
+        offset += len;
+    }
+    Ok(frames)
+}
+
+struct CountingSink(u64);
+
+impl Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 3 == 0 {
+                    (x & 0xff) as u8
+                } else {
+                    b'a' + (i % 7) as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_stream_is_cut_into_frames_that_concatenate_back() {
+        let data = pseudo_random(FRAME_TARGET * 2 + 12345, 7);
+        let mut w = FramedWriter::with_threads(Vec::new(), 3, 2);
+        w.write_all(&data).unwrap();
+        let (blob, layer) = w.finish().unwrap();
+        assert_eq!(layer.frames.len(), 3);
+        assert_eq!(layer.uncompressed_len, data.len() as u64);
+        assert_eq!(zstd::decode_all(&blob[..]).unwrap(), data);
+        assert_eq!(scan_frames(&blob).unwrap(), layer.frames);
+        assert_eq!(layer.diff_id, hex::encode(Sha256::digest(&data)));
+        assert_eq!(layer.digest, hex::encode(Sha256::digest(&blob)));
+    }
+
+    #[test]
+    fn boundary_cuts_only_once_frame_is_half_full() {
+        let mut w = FramedWriter::with_threads(Vec::new(), 1, 1);
+        w.write_all(&vec![1u8; 1000]).unwrap();
+        w.entry_boundary().unwrap();
+        w.write_all(&vec![2u8; FRAME_SOFT_CUT]).unwrap();
+        w.entry_boundary().unwrap();
+        w.write_all(&vec![3u8; 10]).unwrap();
+        let (_, layer) = w.finish().unwrap();
+        let sizes: Vec<u64> = layer.frames.iter().map(|f| f.uncompressed_len).collect();
+        assert_eq!(sizes, vec![1000 + FRAME_SOFT_CUT as u64, 10]);
+    }
+
+    #[test]
+    fn empty_stream_has_no_frames() {
+        let w = FramedWriter::with_threads(Vec::new(), 3, 1);
+        let (blob, layer) = w.finish().unwrap();
+        assert!(blob.is_empty());
+        assert!(layer.frames.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_not_a_frame() {
+        assert!(scan_frames(b"this is not zstd at all").is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! sealer: cluster images that install anywhere, from one file.
+//!
+//! The library holds all behaviour; the `sealer` CLI (`src/cli/`) and the `sealer-stub` installer
+//! (`stub/`) only parse arguments, call these functions and print.
