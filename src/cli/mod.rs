@@ -1,0 +1,81 @@
+//! Argument parsing and printing for `sealer`. Every command turns its arguments into the options
+//! struct of one library function and prints the result; no behaviour lives here.
+
+mod images;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sealer",
+    version,
+    about = "Build cluster images, pack them into one self-extracting installer, install them over SSH"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the images in the local store.
+    Images(images::ImagesArgs),
+    /// Show an image's manifest, layers and config as JSON.
+    Inspect(images::InspectArgs),
+    /// Give an image another name.
+    Tag(images::TagArgs),
+    /// Remove images and the blobs only they used.
+    Rmi(images::RmiArgs),
+    /// Write images to an OCI archive.
+    Save(images::SaveArgs),
+    /// Import images from an OCI archive.
+    Load(images::LoadArgs),
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Images(a) => images::images(a),
+        Command::Inspect(a) => images::inspect(a),
+        Command::Tag(a) => images::tag(a),
+        Command::Rmi(a) => images::rmi(a),
+        Command::Save(a) => images::save(a),
+        Command::Load(a) => images::load(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            1
+        }
+    }
+}
+
+/// An error and its causes as one sentence: `what: why: root cause`.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Human-readable byte count (`12.3 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
