@@ -1,6 +1,7 @@
 //! Argument parsing and printing for `sealer`. Every command turns its arguments into the options
 //! struct of one library function and prints the result; no behaviour lives here.
 
+mod build;
 mod images;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a cluster image from a Kubefile.
+    Build(build::BuildArgs),
     /// List the images in the local store.
     Images(images::ImagesArgs),
     /// Show an image's manifest, layers and config as JSON.
@@ -36,6 +39,7 @@ enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => build::run(a),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),
         Command::Tag(a) => images::tag(a),
