@@ -16,9 +16,10 @@
 #   testbed.sh regen-hostkey NAME HOST                new host keys, sshd restarted
 #   testbed.sh exec NAME HOST CMD...                  run CMD (via /bin/sh -c) inside the host
 #
-# HOST is a 1-based index, an address or a hostname. `up` prints one line per host:
-#   host <index> <ip> <hostname>
-# followed by `key`, `encrypted-key`, `passphrase`, `known-hosts`, `run-dir` lines.
+# HOST is a 1-based index, an address or a hostname. `up` and `status` print one line per host:
+#   host <index> <ip> <hostname> <netns> <veth>
+# then `bridge <name> <ip>`, `key`, `encrypted-key`, `passphrase`, `root-password`,
+# `deploy-password`, `known-hosts` and `run-dir` lines.
 #
 # Layout: base cache  $TESTBED_CACHE_DIR (/var/cache/sealer-testbed)/base-<suite>-r<recipe>
 #         run state   $TESTBED_RUN_DIR (/var/tmp/sealer-testbed)/<name>/
@@ -585,10 +586,11 @@ cmd_up() {
 }
 
 cmd_status() {
-    local name=$1 d i ip hn _r
+    local name=$1 d i ip hn ns veth
     d=$(tb_dir "$name")
     [ -f "$d/hosts" ] || die "no testbed named $name"
-    while read -r i ip hn _r; do printf 'host %s %s %s\n' "$i" "$ip" "$hn"; done <"$d/hosts"
+    while read -r i ip hn ns veth; do printf 'host %s %s %s %s %s\n' "$i" "$ip" "$hn" "$ns" "$veth"; done <"$d/hosts"
+    printf 'bridge stb%s %s.%s.1\n' "$(cat "$d/index")" "$SUBNET_PREFIX" "$(cat "$d/index")"
     printf 'key %s\n' "$d/keys/id_ed25519"
     printf 'encrypted-key %s\n' "$d/keys/id_ed25519_encrypted"
     printf 'passphrase %s\n' "$KEY_PASSPHRASE"
