@@ -2,3 +2,5 @@
 //!
 //! The library holds all behaviour; the `sealer` CLI (`src/cli/`) and the `sealer-stub` installer
 //! (`stub/`) only parse arguments, call these functions and print.
+
+pub mod clusterfile;
