@@ -4,6 +4,7 @@
 //! (`stub/`) only parse arguments, call these functions and print.
 
 pub mod build;
+pub mod clusterfile;
 pub mod kubefile;
 pub mod reference;
 pub mod store;
