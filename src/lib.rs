@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod clusterfile;
+pub mod deploy;
 pub mod kubefile;
 pub mod reference;
 pub mod store;
