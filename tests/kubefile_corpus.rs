@@ -8,7 +8,10 @@ use sealer::kubefile::{parse, Command, InstructionKind, Kubefile, KubefileError}
 
 /// What each known corpus file must give. `Err(line, words)`: rejected at `line`, and the message
 /// contains `words`. Files not listed must still parse or fail with a specific message.
-const EXPECTED: &[(&str, Result<(), (usize, &str)>)] = &[
+/// `Ok(())`: parses. `Err((line, words))`: rejected at `line` with `words` in the message.
+type Expected = Result<(), (usize, &'static str)>;
+
+const EXPECTED: &[(&str, Expected)] = &[
     ("basefs-main_context.Kubefile", Ok(())),
     ("basefs-sealer-v0.8.6_context.Kubefile", Ok(())),
     ("basefs-sealer-v0.9.0_context.Kubefile", Ok(())),
