@@ -21,7 +21,7 @@ pub use expand::{expand, ExpandError};
 pub use parse::parse;
 
 /// A parsed Kubefile: the instructions in file order, each with the line where it starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Kubefile {
     /// The name given to [`parse`]; used in every error message (`FILE:LINE: ...`).
     pub file: String,
@@ -30,14 +30,14 @@ pub struct Kubefile {
 
 /// One instruction and the 1-based line of the file where it starts (continuation lines belong to
 /// the instruction they continue).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Instruction {
     pub line: usize,
     pub kind: InstructionKind,
 }
 
 /// A command of RUN: Docker's two forms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Command {
     /// `RUN echo $HOME`: run as `/bin/sh -c "<text>"`; the text is passed as written (the shell,
     /// not the builder, expands variables from the environment).
@@ -47,7 +47,7 @@ pub enum Command {
 }
 
 /// Where an APP, CNI or CSI takes its files from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum AppSource {
     /// `local://PATH`: a file or directory of the build context (the scheme is stripped here).
     /// PATH is a raw word: the builder expands it like a COPY source.
@@ -59,7 +59,8 @@ pub enum AppSource {
 /// What an instruction says. "Raw" fields keep quotes and `$VAR` references exactly as written;
 /// "expanded" below means the builder passes the field through [`expand`] (quote removal plus
 /// `$VAR`/`${VAR...}` substitution with the ARG and ENV values in scope at that instruction).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialises (serde) to a stable JSON shape, usable in build-cache keys once expanded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum InstructionKind {
     /// `FROM [--platform=P] IMAGE`. Build time: the base whose layers and config the image starts
     /// from; `scratch` (any case, see [`InstructionKind::is_scratch`]) means an empty root. Only one

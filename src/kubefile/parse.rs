@@ -284,12 +284,14 @@ impl Ctx<'_> {
                         ),
                     ))
                 }
-                _ => return Err(self.unsupported(
-                    line,
-                    format!(
+                _ => {
+                    return Err(self.unsupported(
+                        line,
+                        format!(
                         "{keyword} {flag} is not supported ({keyword} accepts --chown and --chmod)"
                     ),
-                )),
+                    ))
+                }
             }
         }
         let json = match args.strip_prefix('[') {

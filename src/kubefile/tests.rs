@@ -845,3 +845,13 @@ fn malformed_expansions_are_errors() {
         Err(ExpandError::BadSubstitution { .. })
     ));
 }
+
+#[test]
+fn instructions_serialise_to_a_stable_json_shape() {
+    let got = ok("FROM scratch\nENV a=1\n");
+    let json = serde_json::to_string(&got).unwrap();
+    assert_eq!(
+        json,
+        r#"[{"line":1,"kind":{"From":{"image":"scratch","platform":null}}},{"line":2,"kind":{"Env":[["a","1"]]}}]"#
+    );
+}
