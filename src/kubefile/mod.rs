@@ -195,6 +195,104 @@ impl InstructionKind {
     }
 }
 
+impl Instruction {
+    /// This instruction with every field that Docker expands passed through [`expand`] (the
+    /// fields each variant documents as "expanded"; the others are returned unchanged). `vars`
+    /// gives the ARG and ENV values in scope *before* this instruction: like Docker, all pairs of
+    /// one ENV line see the same values. Errors name `FILE:LINE` and the instruction.
+    pub fn expanded(
+        &self,
+        file: &str,
+        vars: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Instruction, KubefileError> {
+        let x = |word: &str| {
+            expand(word, vars).map_err(|source| KubefileError::Expand {
+                file: file.to_string(),
+                line: self.line,
+                instruction: self.kind.keyword(),
+                source,
+            })
+        };
+        let pairs = |list: &[(String, String)]| -> Result<Vec<(String, String)>, KubefileError> {
+            list.iter().map(|(k, v)| Ok((x(k)?, x(v)?))).collect()
+        };
+        let sources = |list: &[AppSource]| -> Result<Vec<AppSource>, KubefileError> {
+            list.iter()
+                .map(|s| match s {
+                    AppSource::Local(path) => Ok(AppSource::Local(x(path)?)),
+                    remote => Ok(remote.clone()),
+                })
+                .collect()
+        };
+        let files = |list: &[String]| -> Result<Vec<String>, KubefileError> {
+            list.iter().map(|w| x(w)).collect()
+        };
+        let opt = |o: &Option<String>| o.as_deref().map(&x).transpose();
+        use InstructionKind as K;
+        let kind = match &self.kind {
+            K::From { image, platform } => K::From {
+                image: x(image)?,
+                platform: opt(platform)?,
+            },
+            K::Copy {
+                sources: s,
+                dest,
+                chown,
+                chmod,
+            } => K::Copy {
+                sources: files(s)?,
+                dest: x(dest)?,
+                chown: opt(chown)?,
+                chmod: opt(chmod)?,
+            },
+            K::Add {
+                sources: s,
+                dest,
+                chown,
+                chmod,
+            } => K::Add {
+                sources: files(s)?,
+                dest: x(dest)?,
+                chown: opt(chown)?,
+                chmod: opt(chmod)?,
+            },
+            K::Env(list) => K::Env(pairs(list)?),
+            K::Label(list) => K::Label(pairs(list)?),
+            K::Arg { name, default } => K::Arg {
+                name: name.clone(),
+                default: opt(default)?,
+            },
+            K::AppEnv { name, env } => K::AppEnv {
+                name: name.clone(),
+                env: pairs(env)?,
+            },
+            K::KubeVersion(range) => K::KubeVersion(x(range)?),
+            K::App { name, sources: s } => K::App {
+                name: name.clone(),
+                sources: sources(s)?,
+            },
+            K::Cni { name, sources: s } => K::Cni {
+                name: name.clone(),
+                sources: sources(s)?,
+            },
+            K::Csi { name, sources: s } => K::Csi {
+                name: name.clone(),
+                sources: sources(s)?,
+            },
+            other @ (K::Run { .. }
+            | K::Maintainer(_)
+            | K::Cmd(_)
+            | K::Cmds(_)
+            | K::AppCmds { .. }
+            | K::Launch(_)) => other.clone(),
+        };
+        Ok(Instruction {
+            line: self.line,
+            kind,
+        })
+    }
+}
+
 impl Kubefile {
     /// The FROM instruction's image (`"scratch"` or a reference), as written.
     pub fn base_image(&self) -> Option<&str> {
@@ -285,6 +383,14 @@ pub enum KubefileError {
         instruction: &'static str,
         app: String,
     },
+    /// A word could not be expanded at build time (bad `${...}`, `${VAR:?msg}` unset, bad quotes).
+    #[error("{file}:{line}: {instruction}: {source}")]
+    Expand {
+        file: String,
+        line: usize,
+        instruction: &'static str,
+        source: ExpandError,
+    },
 }
 
 impl KubefileError {
@@ -295,7 +401,8 @@ impl KubefileError {
             | KubefileError::UnknownInstruction { file, .. }
             | KubefileError::Unsupported { file, .. }
             | KubefileError::Order { file, .. }
-            | KubefileError::UndeclaredApp { file, .. } => file,
+            | KubefileError::UndeclaredApp { file, .. }
+            | KubefileError::Expand { file, .. } => file,
         }
     }
 
@@ -306,7 +413,8 @@ impl KubefileError {
             | KubefileError::UnknownInstruction { line, .. }
             | KubefileError::Unsupported { line, .. }
             | KubefileError::Order { line, .. }
-            | KubefileError::UndeclaredApp { line, .. } => *line,
+            | KubefileError::UndeclaredApp { line, .. }
+            | KubefileError::Expand { line, .. } => *line,
         }
     }
 }
