@@ -8,8 +8,10 @@
 //! It must not touch the file system, the build context, the image store or the network: whether a
 //! COPY source exists, what an APP directory contains or what the base image declares is the
 //! builder's business. Words are kept **raw** (quotes and `$VAR` references intact) because ARG
-//! values only exist at build time (`--build-arg`); each variant says which of its fields the builder
-//! passes through [`expand`].
+//! values only exist at build time (`--build-arg`); each variant says which of its fields are
+//! expanded, and [`Instruction::expanded`] applies exactly that.
+//!
+//! Reference for users: `docs/kubefile.md`.
 
 mod expand;
 mod parse;

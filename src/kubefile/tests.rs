@@ -925,3 +925,32 @@ fn expansion_error_names_file_line_and_instruction() {
         "Kubefile:3: COPY: SRC: pass --build-arg SRC=..."
     );
 }
+
+#[test]
+fn parser_and_expansion_never_panic_on_arbitrary_text() {
+    const PIECES: &[&str] = &[
+        "FROM ", "scratch", "COPY ", "RUN ", "CMD ", "CMDS ", "APP ", "LAUNCH ", "ENV ", "ARG ",
+        "APPCMDS ", "APPENV ", "LABEL ", "[", "]", "\"", "'", "\\", "\n", " ", "\t", "#", "=", "$",
+        "{", "}", ":-", ":+", ":?", "local://", "https://", "a", "é", "<<EOF", "--chown=", ",",
+        "\r\n", "\u{feff}", "${", "x y",
+    ];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..5000 {
+        let len = (next() % 24) as usize;
+        let text: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        if let Ok(kubefile) = parse(&text, "Kubefile") {
+            for instruction in &kubefile.instructions {
+                let _ = instruction.expanded("Kubefile", &|_: &str| Some(s("v")));
+            }
+        }
+        let _ = expand(&text, &|_: &str| None);
+    }
+}
