@@ -256,13 +256,11 @@ purge_index_objects() {
     done
 }
 
-# Kill processes living in a named netns (only those: matched by namespace inode, by pid).
+# Kill processes living in a named netns (only those, by pid; `ip netns pids` matches the
+# namespace itself, not names).
 kill_netns_procs() {
-    local ns=$1 ino p
-    ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null) || return 0
-    for p in /proc/[0-9]*; do
-        [ "$(stat -L -c %i "$p/ns/net" 2>/dev/null)" = "$ino" ] && kill -9 "${p#/proc/}" 2>/dev/null
-    done
+    local p
+    for p in $(ip netns pids "$1" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     return 0
 }
 
@@ -443,10 +441,18 @@ cmd_start_sshd() {
 cmd_regen_hostkey() {
     local name=$1 i=$2 root
     root="$(tb_dir "$name")/h$i/root"
-    rm -f "$root"/etc/ssh/ssh_host_*
-    ssh-keygen -q -A -f "$root" >/dev/null
+    gen_host_keys "$root"
     cmd_kill_sshd "$name" "$i"
     cmd_start_sshd "$name" "$i"
+}
+
+# Fresh host keys (ed25519, ecdsa, rsa 2048: a 3072-bit key costs over a second per host).
+gen_host_keys() {
+    local root=$1
+    rm -f "$root"/etc/ssh/ssh_host_*
+    ssh-keygen -q -t ed25519 -N '' -C root@testbed -f "$root/etc/ssh/ssh_host_ed25519_key"
+    ssh-keygen -q -t ecdsa -N '' -C root@testbed -f "$root/etc/ssh/ssh_host_ecdsa_key"
+    ssh-keygen -q -t rsa -b 2048 -N '' -C root@testbed -f "$root/etc/ssh/ssh_host_rsa_key"
 }
 
 rate_bytes() { # tc rate (e.g. 100mbit, 5mbps, 1gbit, 800kbit) -> bytes/s
@@ -556,7 +562,7 @@ cmd_up() {
         cp "$root/root/.ssh/authorized_keys" "$root/home/deploy/.ssh/authorized_keys"
         chmod 600 "$root/root/.ssh/authorized_keys" "$root/home/deploy/.ssh/authorized_keys"
         chroot "$root" chown deploy:deploy /home/deploy/.ssh/authorized_keys
-        ssh-keygen -q -A -f "$root" >/dev/null &
+        gen_host_keys "$root" &
 
         ip netns add "$ns"
         ip link add "$veth" type veth peer name eth0 netns "$ns"
