@@ -146,6 +146,17 @@ fn testbed_hosts_answer_over_real_ssh_and_faults_take_effect() {
                 "deploy\nroot"
             );
         }
+        let to_neighbour = testbed
+            .exec(
+                &hosts[0],
+                &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{}/22'", hosts[1].ip),
+            )
+            .expect("exec");
+        assert!(
+            to_neighbour.status.success(),
+            "hosts of one testbed reach each other: {}",
+            describe(&to_neighbour)
+        );
         let mut distinct: Vec<_> = hosts.iter().map(|h| h.hostname.clone()).collect();
         distinct.dedup();
         assert_eq!(distinct.len(), hosts.len(), "hostnames are distinct");

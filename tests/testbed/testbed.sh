@@ -244,9 +244,27 @@ host_init_pid() {
     if pid_alive "$pid" "$start"; then printf '%s\n' "$pid"; fi
 }
 
+# With br_netfilter loaded, bridged host-to-host traffic crosses the root namespace's iptables
+# FORWARD chain, whose policy may be DROP (Docker sets it). One rule scoped to the testbed's own
+# bridge (in and out) lets its hosts reach each other; nothing else is opened.
+bridge_firewall() { # add|del X
+    local x=$1 op=$2 rule
+    command -v iptables >/dev/null 2>&1 || return 0
+    rule=(FORWARD -i "stb$x" -o "stb$x" -m comment --comment "sealer-testbed stb$x" -j ACCEPT)
+    if [ "$op" = add ]; then
+        [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] || return 0
+        iptables -w -C "${rule[@]}" 2>/dev/null || iptables -w -I "${rule[@]}" 2>/dev/null || \
+            log "could not add an iptables FORWARD rule for stb$x; hosts may not reach each other"
+    else
+        while iptables -w -D "${rule[@]}" 2>/dev/null; do :; done
+    fi
+    return 0
+}
+
 # Remove kernel objects of index X that no state directory owns any more.
 purge_index_objects() {
     local x=$1 ns link
+    bridge_firewall "$x" del
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^stb${x}h[0-9]+$" || true); do
         kill_netns_procs "$ns"
         ip netns del "$ns" 2>/dev/null || true
@@ -535,6 +553,7 @@ cmd_up() {
     sysctl -qw "net.ipv6.conf.$bridge.disable_ipv6=1" 2>/dev/null || true
     ip addr add "$SUBNET_PREFIX.$x.1/24" dev "$bridge"
     ip link set "$bridge" up
+    bridge_firewall "$x" add
 
     mkdir -p "$d/keys"
     ssh-keygen -q -t ed25519 -N '' -C "sealer-testbed-$name" -f "$d/keys/id_ed25519"
