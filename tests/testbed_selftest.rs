@@ -305,9 +305,10 @@ fn testbed_hosts_answer_over_real_ssh_and_faults_take_effect() {
             shaped >= Duration::from_millis(1800),
             "upload to a shaped host is limited: {shaped:?}"
         );
+        // The same upload unshaped costs only the ssh round trips (load-independent margin).
         assert!(
-            unshaped < shaped / 2,
-            "unshape lifts the limit: {unshaped:?}"
+            shaped.saturating_sub(unshaped) >= Duration::from_millis(1200),
+            "unshape lifts the limit: shaped {shaped:?}, unshaped {unshaped:?}"
         );
     });
 
