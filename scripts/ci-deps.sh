@@ -91,5 +91,7 @@ if [ "$build_base" -eq 1 ]; then
     here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     log "ensuring the testbed base root filesystem"
     "$here/../tests/testbed/testbed.sh" base
+    log "removing testbeds left by crashed test runs"
+    "$here/../tests/testbed/testbed.sh" gc
 fi
 log "done"

@@ -8,8 +8,10 @@
 //! It must not touch the file system, the build context, the image store or the network: whether a
 //! COPY source exists, what an APP directory contains or what the base image declares is the
 //! builder's business. Words are kept **raw** (quotes and `$VAR` references intact) because ARG
-//! values only exist at build time (`--build-arg`); each variant says which of its fields the builder
-//! passes through [`expand`].
+//! values only exist at build time (`--build-arg`); each variant says which of its fields are
+//! expanded, and [`Instruction::expanded`] applies exactly that.
+//!
+//! Reference for users: `docs/kubefile.md`.
 
 mod expand;
 mod parse;
@@ -21,7 +23,7 @@ pub use expand::{expand, ExpandError};
 pub use parse::parse;
 
 /// A parsed Kubefile: the instructions in file order, each with the line where it starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Kubefile {
     /// The name given to [`parse`]; used in every error message (`FILE:LINE: ...`).
     pub file: String,
@@ -30,14 +32,14 @@ pub struct Kubefile {
 
 /// One instruction and the 1-based line of the file where it starts (continuation lines belong to
 /// the instruction they continue).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Instruction {
     pub line: usize,
     pub kind: InstructionKind,
 }
 
 /// A command of RUN: Docker's two forms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Command {
     /// `RUN echo $HOME`: run as `/bin/sh -c "<text>"`; the text is passed as written (the shell,
     /// not the builder, expands variables from the environment).
@@ -47,7 +49,7 @@ pub enum Command {
 }
 
 /// Where an APP, CNI or CSI takes its files from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum AppSource {
     /// `local://PATH`: a file or directory of the build context (the scheme is stripped here).
     /// PATH is a raw word: the builder expands it like a COPY source.
@@ -59,7 +61,8 @@ pub enum AppSource {
 /// What an instruction says. "Raw" fields keep quotes and `$VAR` references exactly as written;
 /// "expanded" below means the builder passes the field through [`expand`] (quote removal plus
 /// `$VAR`/`${VAR...}` substitution with the ARG and ENV values in scope at that instruction).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialises (serde) to a stable JSON shape, usable in build-cache keys once expanded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum InstructionKind {
     /// `FROM [--platform=P] IMAGE`. Build time: the base whose layers and config the image starts
     /// from; `scratch` (any case, see [`InstructionKind::is_scratch`]) means an empty root. Only one
@@ -194,6 +197,104 @@ impl InstructionKind {
     }
 }
 
+impl Instruction {
+    /// This instruction with every field that Docker expands passed through [`expand`] (the
+    /// fields each variant documents as "expanded"; the others are returned unchanged). `vars`
+    /// gives the ARG and ENV values in scope *before* this instruction: like Docker, all pairs of
+    /// one ENV line see the same values. Errors name `FILE:LINE` and the instruction.
+    pub fn expanded(
+        &self,
+        file: &str,
+        vars: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Instruction, KubefileError> {
+        let x = |word: &str| {
+            expand(word, vars).map_err(|source| KubefileError::Expand {
+                file: file.to_string(),
+                line: self.line,
+                instruction: self.kind.keyword(),
+                source,
+            })
+        };
+        let pairs = |list: &[(String, String)]| -> Result<Vec<(String, String)>, KubefileError> {
+            list.iter().map(|(k, v)| Ok((x(k)?, x(v)?))).collect()
+        };
+        let sources = |list: &[AppSource]| -> Result<Vec<AppSource>, KubefileError> {
+            list.iter()
+                .map(|s| match s {
+                    AppSource::Local(path) => Ok(AppSource::Local(x(path)?)),
+                    remote => Ok(remote.clone()),
+                })
+                .collect()
+        };
+        let files = |list: &[String]| -> Result<Vec<String>, KubefileError> {
+            list.iter().map(|w| x(w)).collect()
+        };
+        let opt = |o: &Option<String>| o.as_deref().map(&x).transpose();
+        use InstructionKind as K;
+        let kind = match &self.kind {
+            K::From { image, platform } => K::From {
+                image: x(image)?,
+                platform: opt(platform)?,
+            },
+            K::Copy {
+                sources: s,
+                dest,
+                chown,
+                chmod,
+            } => K::Copy {
+                sources: files(s)?,
+                dest: x(dest)?,
+                chown: opt(chown)?,
+                chmod: opt(chmod)?,
+            },
+            K::Add {
+                sources: s,
+                dest,
+                chown,
+                chmod,
+            } => K::Add {
+                sources: files(s)?,
+                dest: x(dest)?,
+                chown: opt(chown)?,
+                chmod: opt(chmod)?,
+            },
+            K::Env(list) => K::Env(pairs(list)?),
+            K::Label(list) => K::Label(pairs(list)?),
+            K::Arg { name, default } => K::Arg {
+                name: name.clone(),
+                default: opt(default)?,
+            },
+            K::AppEnv { name, env } => K::AppEnv {
+                name: name.clone(),
+                env: pairs(env)?,
+            },
+            K::KubeVersion(range) => K::KubeVersion(x(range)?),
+            K::App { name, sources: s } => K::App {
+                name: name.clone(),
+                sources: sources(s)?,
+            },
+            K::Cni { name, sources: s } => K::Cni {
+                name: name.clone(),
+                sources: sources(s)?,
+            },
+            K::Csi { name, sources: s } => K::Csi {
+                name: name.clone(),
+                sources: sources(s)?,
+            },
+            other @ (K::Run { .. }
+            | K::Maintainer(_)
+            | K::Cmd(_)
+            | K::Cmds(_)
+            | K::AppCmds { .. }
+            | K::Launch(_)) => other.clone(),
+        };
+        Ok(Instruction {
+            line: self.line,
+            kind,
+        })
+    }
+}
+
 impl Kubefile {
     /// The FROM instruction's image (`"scratch"` or a reference), as written.
     pub fn base_image(&self) -> Option<&str> {
@@ -284,6 +385,14 @@ pub enum KubefileError {
         instruction: &'static str,
         app: String,
     },
+    /// A word could not be expanded at build time (bad `${...}`, `${VAR:?msg}` unset, bad quotes).
+    #[error("{file}:{line}: {instruction}: {source}")]
+    Expand {
+        file: String,
+        line: usize,
+        instruction: &'static str,
+        source: ExpandError,
+    },
 }
 
 impl KubefileError {
@@ -294,7 +403,8 @@ impl KubefileError {
             | KubefileError::UnknownInstruction { file, .. }
             | KubefileError::Unsupported { file, .. }
             | KubefileError::Order { file, .. }
-            | KubefileError::UndeclaredApp { file, .. } => file,
+            | KubefileError::UndeclaredApp { file, .. }
+            | KubefileError::Expand { file, .. } => file,
         }
     }
 
@@ -305,7 +415,8 @@ impl KubefileError {
             | KubefileError::UnknownInstruction { line, .. }
             | KubefileError::Unsupported { line, .. }
             | KubefileError::Order { line, .. }
-            | KubefileError::UndeclaredApp { line, .. } => *line,
+            | KubefileError::UndeclaredApp { line, .. }
+            | KubefileError::Expand { line, .. } => *line,
         }
     }
 }

@@ -845,3 +845,112 @@ fn malformed_expansions_are_errors() {
         Err(ExpandError::BadSubstitution { .. })
     ));
 }
+
+#[test]
+fn instructions_serialise_to_a_stable_json_shape() {
+    let got = ok("FROM scratch\nENV a=1\n");
+    let json = serde_json::to_string(&got).unwrap();
+    assert_eq!(
+        json,
+        r#"[{"line":1,"kind":{"From":{"image":"scratch","platform":null}}},{"line":2,"kind":{"Env":[["a","1"]]}}]"#
+    );
+}
+
+#[test]
+fn expanded_instruction_substitutes_only_the_documented_fields() {
+    let text = "ARG TAG=v1\nFROM k8s:${TAG}\nCOPY --chown=${U:-0}:0 ${ARCH}/bin \"dir with space/\"\nENV A=$ARCH B='$ARCH'\nRUN echo $ARCH\nAPP a local://${ARCH}/a https://x/$ARCH\nCMD echo ${ARCH}\n";
+    let kubefile = parse(text, "Kubefile").unwrap();
+    let vars = |n: &str| match n {
+        "TAG" => Some(s("v1")),
+        "ARCH" => Some(s("arm64")),
+        _ => None,
+    };
+    let got: Vec<InstructionKind> = kubefile
+        .instructions
+        .iter()
+        .map(|i| i.expanded("Kubefile", &vars).unwrap().kind)
+        .collect();
+    assert_eq!(
+        got[1],
+        InstructionKind::From {
+            image: s("k8s:v1"),
+            platform: None
+        }
+    );
+    assert_eq!(
+        got[2],
+        InstructionKind::Copy {
+            sources: vec![s("arm64/bin")],
+            dest: s("dir with space/"),
+            chown: Some(s("0:0")),
+            chmod: None
+        }
+    );
+    assert_eq!(
+        got[3],
+        InstructionKind::Env(pairs(&[("A", "arm64"), ("B", "$ARCH")]))
+    );
+    assert_eq!(
+        got[4],
+        InstructionKind::Run {
+            command: Command::Shell(s("echo $ARCH"))
+        }
+    );
+    assert_eq!(
+        got[5],
+        InstructionKind::App {
+            name: s("a"),
+            sources: vec![
+                AppSource::Local(s("arm64/a")),
+                AppSource::Remote(s("https://x/$ARCH"))
+            ]
+        }
+    );
+    assert_eq!(got[6], InstructionKind::Cmd(vec![s("echo ${ARCH}")]));
+}
+
+#[test]
+fn expansion_error_names_file_line_and_instruction() {
+    let kubefile = parse(
+        "FROM scratch\n\nCOPY ${SRC:?\"pass --build-arg SRC=...\"} .\n",
+        "Kubefile",
+    )
+    .unwrap();
+    let e = kubefile.instructions[1]
+        .expanded("Kubefile", &|_: &str| None)
+        .unwrap_err();
+    assert_eq!(e.line(), 3);
+    assert_eq!(
+        e.to_string(),
+        "Kubefile:3: COPY: SRC: pass --build-arg SRC=..."
+    );
+}
+
+#[test]
+fn parser_and_expansion_never_panic_on_arbitrary_text() {
+    const PIECES: &[&str] = &[
+        "FROM ", "scratch", "COPY ", "RUN ", "CMD ", "CMDS ", "APP ", "LAUNCH ", "ENV ", "ARG ",
+        "APPCMDS ", "APPENV ", "LABEL ", "[", "]", "\"", "'", "\\", "\n", " ", "\t", "#", "=", "$",
+        "{", "}", ":-", ":+", ":?", "local://", "https://", "a", "é", "<<EOF", "--chown=", ",",
+        "\r\n", "\u{feff}", "${", "x y",
+    ];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..5000 {
+        let len = (next() % 24) as usize;
+        let text: String = (0..len)
+            .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+            .collect();
+        if let Ok(kubefile) = parse(&text, "Kubefile") {
+            for instruction in &kubefile.instructions {
+                let _ = instruction.expanded("Kubefile", &|_: &str| Some(s("v")));
+            }
+        }
+        let _ = expand(&text, &|_: &str| None);
+    }
+}

@@ -244,9 +244,27 @@ host_init_pid() {
     if pid_alive "$pid" "$start"; then printf '%s\n' "$pid"; fi
 }
 
+# With br_netfilter loaded, bridged host-to-host traffic crosses the root namespace's iptables
+# FORWARD chain, whose policy may be DROP (Docker sets it). One rule scoped to the testbed's own
+# bridge (in and out) lets its hosts reach each other; nothing else is opened.
+bridge_firewall() { # add|del X
+    local x=$1 op=$2 rule
+    command -v iptables >/dev/null 2>&1 || return 0
+    rule=(FORWARD -i "stb$x" -o "stb$x" -m comment --comment "sealer-testbed stb$x" -j ACCEPT)
+    if [ "$op" = add ]; then
+        [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] || return 0
+        iptables -w -C "${rule[@]}" 2>/dev/null || iptables -w -I "${rule[@]}" 2>/dev/null || \
+            log "could not add an iptables FORWARD rule for stb$x; hosts may not reach each other"
+    else
+        while iptables -w -D "${rule[@]}" 2>/dev/null; do :; done
+    fi
+    return 0
+}
+
 # Remove kernel objects of index X that no state directory owns any more.
 purge_index_objects() {
     local x=$1 ns link
+    bridge_firewall "$x" del
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^stb${x}h[0-9]+$" || true); do
         kill_netns_procs "$ns"
         ip netns del "$ns" 2>/dev/null || true
@@ -256,13 +274,11 @@ purge_index_objects() {
     done
 }
 
-# Kill processes living in a named netns (only those: matched by namespace inode, by pid).
+# Kill processes living in a named netns (only those, by pid; `ip netns pids` matches the
+# namespace itself, not names).
 kill_netns_procs() {
-    local ns=$1 ino p
-    ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null) || return 0
-    for p in /proc/[0-9]*; do
-        [ "$(stat -L -c %i "$p/ns/net" 2>/dev/null)" = "$ino" ] && kill -9 "${p#/proc/}" 2>/dev/null
-    done
+    local p
+    for p in $(ip netns pids "$1" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     return 0
 }
 
@@ -443,10 +459,18 @@ cmd_start_sshd() {
 cmd_regen_hostkey() {
     local name=$1 i=$2 root
     root="$(tb_dir "$name")/h$i/root"
-    rm -f "$root"/etc/ssh/ssh_host_*
-    ssh-keygen -q -A -f "$root" >/dev/null
+    gen_host_keys "$root"
     cmd_kill_sshd "$name" "$i"
     cmd_start_sshd "$name" "$i"
+}
+
+# Fresh host keys (ed25519, ecdsa, rsa 2048: a 3072-bit key costs over a second per host).
+gen_host_keys() {
+    local root=$1
+    rm -f "$root"/etc/ssh/ssh_host_*
+    ssh-keygen -q -t ed25519 -N '' -C root@testbed -f "$root/etc/ssh/ssh_host_ed25519_key"
+    ssh-keygen -q -t ecdsa -N '' -C root@testbed -f "$root/etc/ssh/ssh_host_ecdsa_key"
+    ssh-keygen -q -t rsa -b 2048 -N '' -C root@testbed -f "$root/etc/ssh/ssh_host_rsa_key"
 }
 
 rate_bytes() { # tc rate (e.g. 100mbit, 5mbps, 1gbit, 800kbit) -> bytes/s
@@ -529,6 +553,7 @@ cmd_up() {
     sysctl -qw "net.ipv6.conf.$bridge.disable_ipv6=1" 2>/dev/null || true
     ip addr add "$SUBNET_PREFIX.$x.1/24" dev "$bridge"
     ip link set "$bridge" up
+    bridge_firewall "$x" add
 
     mkdir -p "$d/keys"
     ssh-keygen -q -t ed25519 -N '' -C "sealer-testbed-$name" -f "$d/keys/id_ed25519"
@@ -556,7 +581,7 @@ cmd_up() {
         cp "$root/root/.ssh/authorized_keys" "$root/home/deploy/.ssh/authorized_keys"
         chmod 600 "$root/root/.ssh/authorized_keys" "$root/home/deploy/.ssh/authorized_keys"
         chroot "$root" chown deploy:deploy /home/deploy/.ssh/authorized_keys
-        ssh-keygen -q -A -f "$root" >/dev/null &
+        gen_host_keys "$root" &
 
         ip netns add "$ns"
         ip link add "$veth" type veth peer name eth0 netns "$ns"
