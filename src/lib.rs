@@ -4,3 +4,4 @@
 //! (`stub/`) only parse arguments, call these functions and print.
 
 pub mod clusterfile;
+pub mod ssh;
