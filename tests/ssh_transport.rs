@@ -316,6 +316,12 @@ fn streams_64_mib_of_stdin_verified_remotely_and_uploads_atomically() {
         base_secs / secs,
     );
 
+    // A command that exits without reading its input reports its status; nothing hangs.
+    let out = s
+        .exec("exit 5", &[], Some(&mut &payload[..8 << 20]))
+        .unwrap();
+    assert_eq!(out.status, 5);
+
     let path = Path::new("/opt/sealer test/agent");
     let digest = s
         .upload_bytes(b"#!/bin/sh\necho agent\n", path, 0o755)

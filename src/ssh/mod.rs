@@ -13,6 +13,7 @@ mod known_hosts;
 mod watchdog;
 
 use std::io::{self, Read, Write};
+use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -237,7 +238,7 @@ impl ExecOutput {
 pub struct Session {
     target: SshTarget,
     timeouts: Timeouts,
-    sess: ssh2::Session,
+    sess: ManuallyDrop<ssh2::Session>,
     socket: TcpStream,
     // Declared after `sess` so that the session is freed while the watchdog can still cut it.
     watchdog: Watchdog,
@@ -247,6 +248,19 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("host", &self.name).finish()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Saying goodbye and freeing libssh2's state may block on a dead peer: bound it.
+        let _armed = self
+            .watchdog
+            .arm(self.timeouts.handshake.min(Duration::from_secs(5)));
+        self.sess.set_blocking(true);
+        let _ = self.sess.disconnect(None, "sealer done", None);
+        // SAFETY: `sess` is dropped exactly once, here, and never used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.sess) };
     }
 }
 
@@ -303,7 +317,7 @@ impl Session {
         let mut session = Session {
             target: target.clone(),
             timeouts,
-            sess,
+            sess: ManuallyDrop::new(sess),
             socket,
             watchdog,
             name,
@@ -645,8 +659,9 @@ impl Session {
         };
         let pumped = self.pump(&mut channel, stdin);
         self.sess.set_blocking(true);
-        let (stdout, stderr) = pumped?;
+        // Closing and freeing a channel can block (ssh2-rs#165): always under the watchdog.
         let _armed = self.watchdog.arm(self.timeouts.handshake);
+        let (stdout, stderr) = pumped?;
         let _ = channel.close();
         channel
             .wait_close()
@@ -732,6 +747,8 @@ impl Session {
                             progress |= n > 0;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        // The command exited without reading all of its input.
+                        Err(_) if channel.eof() => stdin_done = true,
                         Err(e) => return Err(lost(e, "sending data")),
                     }
                 }
