@@ -153,6 +153,54 @@ fn password_auth_works_and_a_wrong_password_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn agent_auth_uses_the_keys_the_agent_holds() {
+    let Some(tb) = Testbed::up_for_test(1) else {
+        return;
+    };
+    let host = &tb.hosts()[0];
+    let socket = tb.run_dir().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting ssh-agent");
+    let started = Instant::now();
+    while !socket.exists() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent_target = target(
+        &tb,
+        host,
+        "root",
+        Auth::Agent {
+            socket: Some(socket.clone()),
+        },
+    );
+    // An empty agent: refused, with a message saying so.
+    let refused = Session::connect(&agent_target, quick());
+    let added = std::process::Command::new("ssh-add")
+        .arg(tb.key_path())
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .expect("running ssh-add");
+    let accepted = Session::connect(&agent_target, quick()).map(|mut s| s.run("id -u", &[], None));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        added.status.success(),
+        "ssh-add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    match refused {
+        Err(SshError::AuthFailed { method, .. }) => assert_eq!(method, "agent"),
+        other => panic!("expected AuthFailed from an empty agent, got {other:?}"),
+    }
+    assert_eq!(accepted.unwrap().unwrap(), b"0\n");
+}
+
+#[test]
 fn non_root_user_runs_commands_through_sudo_with_env() {
     let Some(tb) = Testbed::up_for_test(1) else {
         return;

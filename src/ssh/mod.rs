@@ -51,9 +51,11 @@ pub enum Auth {
         path: PathBuf,
         passphrase: Option<Secret>,
     },
-    /// The ssh-agent at `$SSH_AUTH_SOCK`, every identity in turn; without an agent,
-    /// `~/.ssh/id_ed25519`, `~/.ssh/id_ecdsa` and `~/.ssh/id_rsa`.
-    Agent,
+    /// An ssh-agent, every identity in turn: the one listening on `socket`, or with `None` the
+    /// one at `$SSH_AUTH_SOCK`, then `~/.ssh/id_ed25519`, `~/.ssh/id_ecdsa` and `~/.ssh/id_rsa`.
+    Agent {
+        socket: Option<PathBuf>,
+    },
 }
 
 /// How to decide whether the server is who it claims to be.
@@ -86,7 +88,7 @@ impl SshTarget {
                 passphrase: ssh.key_passphrase.clone(),
             },
             (None, Some(password)) => Auth::Password(password.clone()),
-            (None, None) => Auth::Agent,
+            (None, None) => Auth::Agent { socket: None },
         };
         let host_key_policy = match &host.host_key {
             Some(pin) => HostKeyPolicy::Pinned(pin.clone()),
@@ -521,7 +523,7 @@ impl Session {
                         )
                     })
             }
-            Auth::Agent => self.authenticate_agent(&user),
+            Auth::Agent { socket } => self.authenticate_agent(&user, socket.as_deref()),
         };
         result?;
         if self.sess.authenticated() {
@@ -534,11 +536,15 @@ impl Session {
         }
     }
 
-    fn authenticate_agent(&self, user: &str) -> Result<(), SshError> {
+    fn authenticate_agent(&self, user: &str, socket: Option<&Path>) -> Result<(), SshError> {
         let mut tried = Vec::new();
-        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        if socket.is_some() || std::env::var_os("SSH_AUTH_SOCK").is_some() {
             if let Ok(mut agent) = self.sess.agent() {
-                if agent.connect().is_ok() && agent.list_identities().is_ok() {
+                let located = match socket {
+                    Some(path) => agent.set_identity_path(path).is_ok(),
+                    None => true,
+                };
+                if located && agent.connect().is_ok() && agent.list_identities().is_ok() {
                     for identity in agent.identities().unwrap_or_default() {
                         if agent.userauth(user, &identity).is_ok() {
                             return Ok(());
@@ -548,7 +554,12 @@ impl Session {
                 }
             }
         }
-        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+        let defaults: &[&str] = if socket.is_some() {
+            &[]
+        } else {
+            &["id_ed25519", "id_ecdsa", "id_rsa"]
+        };
+        for name in defaults {
             let path = home_dir().join(".ssh").join(name);
             if path.is_file() {
                 if self
@@ -934,4 +945,54 @@ fn summarize(cmd: &str) -> String {
 fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<Session>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clusterfile::Clusterfile;
+
+    #[test]
+    fn for_host_prefers_key_then_password_then_agent_and_uses_pins() {
+        let text = r#"
+apiVersion: sealer.io/v2
+kind: Cluster
+spec:
+  ssh: {passwd: pw}
+  hostKeys: {10.0.0.3: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"}
+  hosts:
+    - {ips: [10.0.0.2], roles: [master], ssh: {pk: /k, pkPasswd: pp, port: 2222, user: ops}}
+    - {ips: [10.0.0.3], roles: [node]}
+"#;
+        let cluster = Clusterfile::parse(text).unwrap().into_cluster().unwrap();
+        let kh = Path::new("/kh");
+        let keyed = SshTarget::for_host(&cluster.hosts[0], kh);
+        assert_eq!(
+            keyed.auth,
+            Auth::Key {
+                path: "/k".into(),
+                passphrase: Some(Secret::new("pp"))
+            }
+        );
+        assert_eq!(keyed.host_key_policy, HostKeyPolicy::KnownHosts(kh.into()));
+        assert_eq!(keyed.display_name(), "ops@10.0.0.2:2222");
+        let pw = SshTarget::for_host(&cluster.hosts[1], kh);
+        assert_eq!(pw.auth, Auth::Password(Secret::new("pw")));
+        assert!(matches!(pw.host_key_policy, HostKeyPolicy::Pinned(_)));
+        assert!(
+            !format!("{keyed:?}{pw:?}").contains("pp\"") && !format!("{pw:?}").contains("\"pw\"")
+        );
+        let mut bare = cluster.hosts[1].clone();
+        bare.ssh.password = None;
+        assert_eq!(
+            SshTarget::for_host(&bare, kh).auth,
+            Auth::Agent { socket: None }
+        );
+    }
+
+    #[test]
+    fn wrapped_command_summary_never_includes_the_environment() {
+        assert_eq!(summarize("echo hi\nsecond line"), "echo hi ...");
+        assert_eq!(summarize("true"), "true");
+    }
 }
