@@ -9,3 +9,4 @@ pub mod deploy;
 pub mod kubefile;
 pub mod reference;
 pub mod store;
+pub mod ssh;

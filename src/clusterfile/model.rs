@@ -195,7 +195,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The first master in file order; every resolved cluster has one.
+    /// The first master in file order. Every cluster built by this module has one; a
+    /// hand-built cluster without any host makes this panic.
     pub fn master0(&self) -> &Host {
         // Resolution refuses clusters without a master, so the fallback is never taken.
         self.hosts
