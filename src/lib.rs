@@ -8,5 +8,5 @@ pub mod clusterfile;
 pub mod deploy;
 pub mod kubefile;
 pub mod reference;
-pub mod store;
 pub mod ssh;
+pub mod store;

@@ -3,6 +3,7 @@
 
 mod build;
 mod images;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,13 @@ struct Cli {
 enum Command {
     /// Build a cluster image from a Kubefile.
     Build(build::BuildArgs),
+    /// Install an image onto hosts over SSH (or this machine with --local).
+    Run(Box<run::RunArgs>),
+    #[command(hide = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// List the images in the local store.
     Images(images::ImagesArgs),
     /// Show an image's manifest, layers and config as JSON.
@@ -40,6 +48,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => build::run(a),
+        Command::Run(a) => run::run(*a),
+        Command::Agent { args } => return sealer::deploy::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),
         Command::Tag(a) => images::tag(a),

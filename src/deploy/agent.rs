@@ -73,9 +73,16 @@ fn dispatch(args: &[String]) -> Result<(), String> {
         "state" => state(Path::new(flag(rest, "--work")?)),
         "have" => have(Path::new(flag(rest, "--work")?)),
         "receive" => receive(Path::new(flag(rest, "--work")?)),
-        "unpack" => unpack_rootfs(Path::new(flag(rest, "--work")?), Path::new(flag(rest, "--dest")?)),
+        "unpack" => unpack_rootfs(
+            Path::new(flag(rest, "--work")?),
+            Path::new(flag(rest, "--dest")?),
+        ),
         "done" => done(Path::new(flag(rest, "--work")?), flag(rest, "--key")?),
-        "config" => write_config(Path::new(flag(rest, "--rootfs")?), flag(rest, "--path")?, flag(rest, "--strategy")?),
+        "config" => write_config(
+            Path::new(flag(rest, "--rootfs")?),
+            flag(rest, "--path")?,
+            flag(rest, "--strategy")?,
+        ),
         "version" => {
             println!("sealer agent {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -102,7 +109,10 @@ fn state(work: &Path) -> Result<(), String> {
             }
         }
     }
-    println!("{}", serde_json::to_string(&out).map_err(|e| e.to_string())?);
+    println!(
+        "{}",
+        serde_json::to_string(&out).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 
@@ -140,7 +150,8 @@ fn valid_sha(sha: &str) -> Result<(), String> {
 /// Frame record on the wire: 8-byte little-endian length, 32-byte sha256, the bytes. Length 0 ends.
 pub fn write_record(out: &mut dyn Write, sha256_hex: &str, bytes: &[u8]) -> io::Result<()> {
     out.write_all(&(bytes.len() as u64).to_le_bytes())?;
-    let sha = hex::decode(sha256_hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let sha =
+        hex::decode(sha256_hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     out.write_all(&sha)?;
     out.write_all(bytes)
 }
@@ -153,22 +164,32 @@ fn receive(work: &Path) -> Result<(), String> {
     let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 8];
-        input.read_exact(&mut len).map_err(io_context("reading a frame length (the stream was cut)"))?;
+        input
+            .read_exact(&mut len)
+            .map_err(io_context("reading a frame length (the stream was cut)"))?;
         let len = u64::from_le_bytes(len);
         if len == 0 {
             break;
         }
         if len > 1 << 30 {
-            return Err(format!("a frame of {len} bytes is larger than any frame sealer writes; refusing it"));
+            return Err(format!(
+                "a frame of {len} bytes is larger than any frame sealer writes; refusing it"
+            ));
         }
         let mut sha = [0u8; 32];
-        input.read_exact(&mut sha).map_err(io_context("reading a frame digest"))?;
+        input
+            .read_exact(&mut sha)
+            .map_err(io_context("reading a frame digest"))?;
         let sha = hex::encode(sha);
         buf.resize(len as usize, 0);
-        input.read_exact(&mut buf).map_err(io_context(format!("reading frame {sha} (the stream was cut)")))?;
+        input.read_exact(&mut buf).map_err(io_context(format!(
+            "reading frame {sha} (the stream was cut)"
+        )))?;
         let actual = hex::encode(Sha256::digest(&buf));
         if actual != sha {
-            return Err(format!("frame {sha} arrived corrupt (its bytes hash to {actual})"));
+            return Err(format!(
+                "frame {sha} arrived corrupt (its bytes hash to {actual})"
+            ));
         }
         let tmp = dir.join(format!(".{sha}.tmp"));
         fs::write(&tmp, &buf).map_err(io_context(format!("writing {}", tmp.display())))?;
@@ -187,13 +208,22 @@ struct Spool {
 
 impl ByteSource for Spool {
     fn bytes(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
-        let i = self.files.partition_point(|(start, _)| *start <= offset).saturating_sub(1);
-        let (start, path) = self.files.get(i).ok_or_else(|| io::Error::other("offset beyond the spool"))?;
+        let i = self
+            .files
+            .partition_point(|(start, _)| *start <= offset)
+            .saturating_sub(1);
+        let (start, path) = self
+            .files
+            .get(i)
+            .ok_or_else(|| io::Error::other("offset beyond the spool"))?;
         let data = fs::read(path)?;
         let from = (offset - start) as usize;
         let to = from + len as usize;
         if to > data.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{} is shorter than expected", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} is shorter than expected", path.display()),
+            ));
         }
         Ok(Cow::Owned(data[from..to].to_vec()))
     }
@@ -205,10 +235,16 @@ impl ByteSource for Spool {
 
 fn unpack_rootfs(work: &Path, dest: &Path) -> Result<(), String> {
     let mut text = String::new();
-    io::stdin().read_to_string(&mut text).map_err(io_context("reading the layer plan"))?;
-    let plan: Vec<PlanLayer> = serde_json::from_str(&text).map_err(|e| format!("the layer plan is malformed: {e}"))?;
+    io::stdin()
+        .read_to_string(&mut text)
+        .map_err(io_context("reading the layer plan"))?;
+    let plan: Vec<PlanLayer> =
+        serde_json::from_str(&text).map_err(|e| format!("the layer plan is malformed: {e}"))?;
     let dir = spool(work);
-    let mut spool = Spool { files: Vec::new(), total: 0 };
+    let mut spool = Spool {
+        files: Vec::new(),
+        total: 0,
+    };
     let mut frames: Vec<Vec<Frame>> = Vec::new();
     for layer in &plan {
         let mut list = Vec::new();
@@ -216,7 +252,10 @@ fn unpack_rootfs(work: &Path, dest: &Path) -> Result<(), String> {
             valid_sha(&f.sha256)?;
             let path = dir.join(&f.sha256);
             if !path.is_file() {
-                return Err(format!("frame {} of {} has not been received", f.sha256, layer.label));
+                return Err(format!(
+                    "frame {} of {} has not been received",
+                    f.sha256, layer.label
+                ));
             }
             list.push(Frame {
                 offset: spool.total,
@@ -232,32 +271,60 @@ fn unpack_rootfs(work: &Path, dest: &Path) -> Result<(), String> {
     let inputs: Vec<LayerInput<'_>> = plan
         .iter()
         .zip(&frames)
-        .map(|(layer, frames)| LayerInput { label: layer.label.clone(), compression: layer.compression, base: 0, frames, source: &spool })
+        .map(|(layer, frames)| LayerInput {
+            label: layer.label.clone(),
+            compression: layer.compression,
+            base: 0,
+            frames,
+            source: &spool,
+        })
         .collect();
     install_tree(dest, |staging| {
-        unpack(&inputs, staging, &UnpackOptions { absolute_symlinks: true, ..UnpackOptions::default() })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        unpack(
+            &inputs,
+            staging,
+            &UnpackOptions {
+                absolute_symlinks: true,
+                ..UnpackOptions::default()
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     })
 }
 
 /// Build a new tree with `fill` beside `dest` and swap it into place; the old tree is removed.
-pub fn install_tree(dest: &Path, fill: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
-    let parent = dest.parent().ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
+pub fn install_tree(
+    dest: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let parent = dest
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
     fs::create_dir_all(parent).map_err(io_context(format!("creating {}", parent.display())))?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let incoming = parent.join(format!("{name}.incoming"));
     let old = parent.join(format!("{name}.old"));
     for leftover in [&incoming, &old] {
         if leftover.exists() {
-            fs::remove_dir_all(leftover).map_err(io_context(format!("removing {}", leftover.display())))?;
+            fs::remove_dir_all(leftover)
+                .map_err(io_context(format!("removing {}", leftover.display())))?;
         }
     }
     fill(&incoming)?;
     if dest.exists() {
-        fs::rename(dest, &old).map_err(io_context(format!("moving the old {} aside", dest.display())))?;
+        fs::rename(dest, &old).map_err(io_context(format!(
+            "moving the old {} aside",
+            dest.display()
+        )))?;
     }
-    fs::rename(&incoming, dest).map_err(io_context(format!("moving the new tree to {}", dest.display())))?;
+    fs::rename(&incoming, dest).map_err(io_context(format!(
+        "moving the new tree to {}",
+        dest.display()
+    )))?;
     if old.exists() {
         let _ = fs::remove_dir_all(&old);
     }
@@ -269,7 +336,9 @@ fn done(work: &Path, key: &str) -> Result<(), String> {
     let dir = work.join("journal");
     fs::create_dir_all(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
     let mut what = String::new();
-    io::stdin().read_to_string(&mut what).map_err(io_context("reading stdin"))?;
+    io::stdin()
+        .read_to_string(&mut what)
+        .map_err(io_context("reading stdin"))?;
     let tmp = dir.join(format!(".{key}.tmp"));
     fs::write(&tmp, what.as_bytes()).map_err(io_context(format!("writing {}", tmp.display())))?;
     fs::rename(&tmp, dir.join(key)).map_err(io_context("recording the step in the journal"))?;
@@ -278,11 +347,20 @@ fn done(work: &Path, key: &str) -> Result<(), String> {
 
 fn write_config(rootfs: &Path, rel: &str, strategy: &str) -> Result<(), String> {
     let rel = Path::new(rel);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(format!("config path {} must be relative to the rootfs and stay inside it", rel.display()));
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "config path {} must be relative to the rootfs and stay inside it",
+            rel.display()
+        ));
     }
     let mut data = String::new();
-    io::stdin().read_to_string(&mut data).map_err(io_context("reading the config data"))?;
+    io::stdin()
+        .read_to_string(&mut data)
+        .map_err(io_context("reading the config data"))?;
     let target = rootfs.join(rel);
     let existing = fs::read_to_string(&target).ok();
     let content = match (strategy, existing) {

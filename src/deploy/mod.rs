@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod payload;
 pub mod remote;
+pub mod target;
 
 use std::io::{self, Read};
 use std::net::IpAddr;
@@ -47,7 +48,12 @@ pub struct InstallOptions {
 
 impl InstallOptions {
     pub fn new(connect: Arc<Connector>) -> Self {
-        InstallOptions { parallel: 8, attempts: 3, backoff: Duration::from_secs(1), connect }
+        InstallOptions {
+            parallel: 8,
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+            connect,
+        }
     }
 }
 
@@ -96,12 +102,20 @@ pub struct InstallReport {
 
 impl InstallReport {
     pub fn success(&self) -> bool {
-        self.cluster_stages_skipped.is_none() && self.hosts.iter().all(|h| !matches!(h.outcome, HostOutcome::Failed(_)))
+        self.cluster_stages_skipped.is_none()
+            && self
+                .hosts
+                .iter()
+                .all(|h| !matches!(h.outcome, HostOutcome::Failed(_)))
     }
 
     /// True when nothing had to be done anywhere.
     pub fn up_to_date(&self) -> bool {
-        self.success() && self.hosts.iter().all(|h| h.outcome == HostOutcome::UpToDate)
+        self.success()
+            && self
+                .hosts
+                .iter()
+                .all(|h| h.outcome == HostOutcome::UpToDate)
     }
 }
 
@@ -159,20 +173,44 @@ fn install_commands(cluster: &Cluster, payload: &Payload) -> Vec<String> {
     if !cluster.cmds.is_empty() {
         return cluster.cmds.clone();
     }
-    let Some(sealer) = &payload.config.sealer else { return Vec::new() };
+    let Some(sealer) = &payload.config.sealer else {
+        return Vec::new();
+    };
     let mut cmds = sealer.cmds.clone();
-    let launch = if cluster.app_names.is_empty() { &sealer.launch } else { &cluster.app_names };
+    let launch = if cluster.app_names.is_empty() {
+        &sealer.launch
+    } else {
+        &cluster.app_names
+    };
     for name in launch {
-        let Some(app) = sealer.apps.get(name) else { continue };
+        let Some(app) = sealer.apps.get(name) else {
+            continue;
+        };
         if !app.cmds.is_empty() {
-            cmds.push(format!("cd {} && {}", shell_quote(&app.path), app.cmds.join(" ")));
+            cmds.push(format!(
+                "cd {} && {}",
+                shell_quote(&app.path),
+                app.cmds.join(" ")
+            ));
             continue;
         }
-        let files = |pred: &dyn Fn(&str) -> bool| app.files.iter().filter(|f| pred(f)).map(|f| format!("{}/{f}", app.path)).collect::<Vec<_>>();
+        let files = |pred: &dyn Fn(&str) -> bool| {
+            app.files
+                .iter()
+                .filter(|f| pred(f))
+                .map(|f| format!("{}/{f}", app.path))
+                .collect::<Vec<_>>()
+        };
         let generated = match app.kind.as_str() {
             "helm" => vec![format!("helm install {name} {}/", app.path)],
-            "kube" => files(&|f| f.ends_with(".yaml") || f.ends_with(".yml")).into_iter().map(|f| format!("kubectl apply -f {f}")).collect(),
-            "shell" => files(&|f| f.ends_with(".sh")).into_iter().map(|f| format!("bash {f}")).collect(),
+            "kube" => files(&|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+                .into_iter()
+                .map(|f| format!("kubectl apply -f {f}"))
+                .collect(),
+            "shell" => files(&|f| f.ends_with(".sh"))
+                .into_iter()
+                .map(|f| format!("bash {f}"))
+                .collect(),
             _ => Vec::new(),
         };
         let env: Vec<String> = app.env.iter().map(|e| format!("export {e}")).collect();
@@ -199,7 +237,14 @@ pub fn install(
         return Err(InstallError::NoHosts);
     }
     let started = Instant::now();
-    let engine = Engine { cluster, payload, opts, events, exports: Mutex::new(Vec::new()), cmds: install_commands(cluster, payload) };
+    let engine = Engine {
+        cluster,
+        payload,
+        opts,
+        events,
+        exports: Mutex::new(Vec::new()),
+        cmds: install_commands(cluster, payload),
+    };
     let slots: Vec<Mutex<HostSlot>> = cluster
         .hosts
         .iter()
@@ -218,10 +263,16 @@ pub fn install(
         .collect();
 
     // Host stages: every host, in parallel.
-    engine.for_hosts(&slots, &|_| true, "prepare", &|engine, slot| engine.prepare(slot));
-    engine.for_hosts(&slots, &|_| true, "distribute", &|engine, slot| engine.run_step(slot, &Step::Distribute));
+    engine.for_hosts(&slots, &|_| true, "prepare", &|engine, slot| {
+        engine.prepare(slot)
+    });
+    engine.for_hosts(&slots, &|_| true, "distribute", &|engine, slot| {
+        engine.run_step(slot, &Step::Distribute)
+    });
     for index in 0..cluster.configs.len() {
-        engine.for_hosts(&slots, &|_| true, "config", &|engine, slot| engine.run_step(slot, &Step::Config { index }));
+        engine.for_hosts(&slots, &|_| true, "config", &|engine, slot| {
+            engine.run_step(slot, &Step::Config { index })
+        });
     }
     for phase in [Phase::PreInitHost, Phase::PostInitHost] {
         engine.run_phase(&slots, phase);
@@ -230,14 +281,20 @@ pub fn install(
     // Cluster stages: only when every host is ready.
     let failed: Vec<String> = slots
         .iter()
-        .filter_map(|s| s.lock().ok().and_then(|s| s.failed.as_ref().map(|_| s.host.ip.to_string())))
+        .filter_map(|s| {
+            s.lock()
+                .ok()
+                .and_then(|s| s.failed.as_ref().map(|_| s.host.ip.to_string()))
+        })
         .collect();
     let mut cluster_stages_skipped = None;
     if failed.is_empty() {
         engine.run_phase(&slots, Phase::PreInstall);
         let master0 = cluster.master0().ip;
         for index in 0..engine.cmds.len() {
-            engine.for_hosts(&slots, &|h| h.ip == master0, "install", &|engine, slot| engine.run_step(slot, &Step::Cmd { index }));
+            engine.for_hosts(&slots, &|h| h.ip == master0, "install", &|engine, slot| {
+                engine.run_step(slot, &Step::Cmd { index })
+            });
         }
         engine.run_phase(&slots, Phase::PostInstall);
     } else {
@@ -267,12 +324,19 @@ pub fn install(
             }
         })
         .collect();
-    Ok(InstallReport { hosts, cluster_stages_skipped, elapsed: started.elapsed() })
+    Ok(InstallReport {
+        hosts,
+        cluster_stages_skipped,
+        elapsed: started.elapsed(),
+    })
 }
 
 impl Engine<'_> {
     fn work_dir(&self) -> PathBuf {
-        self.cluster.data_root.join(&self.cluster.name).join(".sealer")
+        self.cluster
+            .data_root
+            .join(&self.cluster.name)
+            .join(".sealer")
     }
 
     fn agent_path(&self, remote: &dyn Remote) -> String {
@@ -305,7 +369,11 @@ impl Engine<'_> {
         let chosen: Vec<usize> = slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.lock().map(|s| s.failed.is_none() && select(&s.host)).unwrap_or(false))
+            .filter(|(_, s)| {
+                s.lock()
+                    .map(|s| s.failed.is_none() && select(&s.host))
+                    .unwrap_or(false)
+            })
             .map(|(i, _)| i)
             .collect();
         let next = AtomicUsize::new(0);
@@ -315,18 +383,32 @@ impl Engine<'_> {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&index) = chosen.get(i) else { return };
-                    let Ok(mut slot) = slots[index].lock() else { return };
-                    (self.events)(InstallEvent::Stage { host: slot.host.ip, stage: stage.to_string() });
+                    let Ok(mut slot) = slots[index].lock() else {
+                        return;
+                    };
+                    (self.events)(InstallEvent::Stage {
+                        host: slot.host.ip,
+                        stage: stage.to_string(),
+                    });
                     self.with_retries(&mut slot, stage, work);
                 });
             }
         });
     }
 
-    fn with_retries(&self, slot: &mut HostSlot, stage: &str, work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync)) {
+    fn with_retries(
+        &self,
+        slot: &mut HostSlot,
+        stage: &str,
+        work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync),
+    ) {
         let mut attempt = 1;
         loop {
-            let result = if slot.remote.is_none() { self.connect(slot).and_then(|_| work(self, slot)) } else { work(self, slot) };
+            let result = if slot.remote.is_none() {
+                self.connect(slot).and_then(|_| work(self, slot))
+            } else {
+                work(self, slot)
+            };
             match result {
                 Ok(()) => return,
                 Err(failure) => {
@@ -334,14 +416,22 @@ impl Engine<'_> {
                         slot.remote = None;
                     }
                     if !failure.retry || attempt >= self.opts.attempts {
-                        let attempts = if attempt > 1 { format!(" (after {attempt} attempts)") } else { String::new() };
+                        let attempts = if attempt > 1 {
+                            format!(" (after {attempt} attempts)")
+                        } else {
+                            String::new()
+                        };
                         slot.failed = Some(format!("{stage}: {}{attempts}", failure.message));
                         return;
                     }
                     let delay = backoff(self.opts.backoff, attempt);
                     (self.events)(InstallEvent::Note {
                         host: Some(slot.host.ip),
-                        text: format!("{stage} failed ({}); retrying in {:.1}s", failure.message, delay.as_secs_f64()),
+                        text: format!(
+                            "{stage} failed ({}); retrying in {:.1}s",
+                            failure.message,
+                            delay.as_secs_f64()
+                        ),
                     });
                     std::thread::sleep(delay);
                     attempt += 1;
@@ -356,24 +446,48 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn exec(&self, slot: &mut HostSlot, command: &str, stdin: Option<&mut dyn Read>) -> Result<ExecOutput, StepFailure> {
-        let remote = slot.remote.as_mut().ok_or_else(|| StepFailure::retry("not connected".into()))?;
-        remote.exec(command, stdin).map_err(StepFailure::from_remote)
+    fn exec(
+        &self,
+        slot: &mut HostSlot,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, StepFailure> {
+        let remote = slot
+            .remote
+            .as_mut()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        remote
+            .exec(command, stdin)
+            .map_err(StepFailure::from_remote)
     }
 
-    fn exec_ok(&self, slot: &mut HostSlot, what: &str, command: &str, stdin: Option<&mut dyn Read>) -> Result<ExecOutput, StepFailure> {
+    fn exec_ok(
+        &self,
+        slot: &mut HostSlot,
+        what: &str,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, StepFailure> {
         let out = self.exec(slot, command, stdin)?;
         if out.success() {
             Ok(out)
         } else {
-            Err(StepFailure::retry(format!("{what} exited with status {}: {}", out.status, out.tail())))
+            Err(StepFailure::retry(format!(
+                "{what} exited with status {}: {}",
+                out.status,
+                out.tail()
+            )))
         }
     }
 
     /// Preflight (arch, disk), agent upload, journal read.
     fn prepare(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
-        let agent = self.agent_path(slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?);
+        let agent = self.agent_path(
+            slot.remote
+                .as_deref()
+                .ok_or_else(|| StepFailure::retry("not connected".into()))?,
+        );
         let data_root = self.cluster.data_root.display().to_string();
         let probe = format!(
             "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -x {} ]; then echo agent-present; else echo agent-missing; fi",
@@ -390,10 +504,19 @@ impl Engine<'_> {
             other => other,
         };
         if arch != want {
-            return Err(StepFailure::fatal(format!("the host is {arch}, the image is for {want}")));
+            return Err(StepFailure::fatal(format!(
+                "the host is {arch}, the image is for {want}"
+            )));
         }
-        let free_kb: u64 = lines.next().and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-        let agent_present = lines.next().map(|l| l.trim() == "agent-present").unwrap_or(false);
+        let free_kb: u64 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        let agent_present = lines
+            .next()
+            .map(|l| l.trim() == "agent-present")
+            .unwrap_or(false);
         if !agent_present && !local {
             let cmd = format!(
                 "set -e; d=$(dirname {a}); mkdir -p \"$d\"; t={a}.tmp.$$; cat > \"$t\"; echo \"{sha}  $t\" | sha256sum -c --status || {{ rm -f \"$t\"; echo 'the agent arrived corrupt' >&2; exit 3; }}; chmod 755 \"$t\"; mv -f \"$t\" {a}",
@@ -404,12 +527,25 @@ impl Engine<'_> {
             let mut reader: &[u8] = &bytes;
             self.exec_ok(slot, "uploading the agent", &cmd, Some(&mut reader))?;
         }
-        let remote = slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?;
-        let cmd = self.agent_cmd(remote, &format!("state --work {}", shell_quote(&self.work_dir().display().to_string())));
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let cmd = self.agent_cmd(
+            remote,
+            &format!(
+                "state --work {}",
+                shell_quote(&self.work_dir().display().to_string())
+            ),
+        );
         let out = self.exec_ok(slot, "reading the journal", &cmd, None)?;
-        slot.state = serde_json::from_slice(&out.stdout).map_err(|e| StepFailure::fatal(format!("the agent's state is unreadable: {e}")))?;
+        slot.state = serde_json::from_slice(&out.stdout)
+            .map_err(|e| StepFailure::fatal(format!("the agent's state is unreadable: {e}")))?;
         let needed_kb = (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
-        let rootfs_done = slot.state.done.contains(&self.step_key(&slot.host, &Step::Distribute));
+        let rootfs_done = slot
+            .state
+            .done
+            .contains(&self.step_key(&slot.host, &Step::Distribute));
         if !rootfs_done && free_kb < needed_kb {
             return Err(StepFailure::fatal(format!(
                 "{} has {} MiB free, the image needs {} MiB; free space or choose another dataRoot",
@@ -430,10 +566,20 @@ impl Engine<'_> {
 
     fn step_key(&self, host: &Host, step: &Step) -> String {
         match step {
-            Step::Distribute => sha_hex(&["rootfs", &self.payload.id, &self.cluster.rootfs().display().to_string()]),
+            Step::Distribute => sha_hex(&[
+                "rootfs",
+                &self.payload.id,
+                &self.cluster.rootfs().display().to_string(),
+            ]),
             Step::Config { index } => {
                 let c = &self.cluster.configs[*index];
-                sha_hex(&["config", &self.payload.id, &c.path.display().to_string(), &c.data, &format!("{:?}", c.strategy)])
+                sha_hex(&[
+                    "config",
+                    &self.payload.id,
+                    &c.path.display().to_string(),
+                    &c.data,
+                    &format!("{:?}", c.strategy),
+                ])
             }
             Step::Hook { plugin, phase } => {
                 let p = &self.cluster.plugins[*plugin];
@@ -441,17 +587,36 @@ impl Engine<'_> {
                     PluginKind::Shell { script } => script.clone(),
                     PluginKind::Hostname { names } => format!("{names:?}"),
                 };
-                sha_hex(&["hook", &self.payload.id, phase.name(), &p.name, &body, &self.env_text(host)])
+                sha_hex(&[
+                    "hook",
+                    &self.payload.id,
+                    phase.name(),
+                    &p.name,
+                    &body,
+                    &self.env_text(host),
+                ])
             }
-            Step::Cmd { index } => sha_hex(&["cmd", &self.payload.id, &index.to_string(), &self.cmds[*index], &self.env_text(host)]),
+            Step::Cmd { index } => sha_hex(&[
+                "cmd",
+                &self.payload.id,
+                &index.to_string(),
+                &self.cmds[*index],
+                &self.env_text(host),
+            ]),
         }
     }
 
     fn step_name(&self, step: &Step) -> String {
         match step {
             Step::Distribute => "rootfs".into(),
-            Step::Config { index } => format!("config {}", self.cluster.configs[*index].path.display()),
-            Step::Hook { plugin, phase } => format!("{} hook {}", phase.name(), self.cluster.plugins[*plugin].name),
+            Step::Config { index } => {
+                format!("config {}", self.cluster.configs[*index].path.display())
+            }
+            Step::Hook { plugin, phase } => format!(
+                "{} hook {}",
+                phase.name(),
+                self.cluster.plugins[*plugin].name
+            ),
             Step::Cmd { index } => format!("CMD {}", self.cmds[*index]),
         }
     }
@@ -465,7 +630,10 @@ impl Engine<'_> {
             .config
             .env
             .iter()
-            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         let set = |env: &mut Vec<(String, String)>, k: &str, v: &str| {
             env.retain(|(key, _)| key != k);
@@ -489,7 +657,10 @@ impl Engine<'_> {
     }
 
     fn env_text(&self, host: &Host) -> String {
-        self.env(host).iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+        self.env(host)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
     }
 
     fn run_phase(&self, slots: &[Mutex<HostSlot>], phase: Phase) {
@@ -497,13 +668,28 @@ impl Engine<'_> {
             if !plugin.phases.contains(&phase) {
                 continue;
             }
-            let targets: Vec<IpAddr> = plugin.targets(self.cluster, phase).iter().map(|h| h.ip).collect();
+            let targets: Vec<IpAddr> = plugin
+                .targets(self.cluster, phase)
+                .iter()
+                .map(|h| h.ip)
+                .collect();
             if targets.is_empty() {
                 continue;
             }
-            self.for_hosts(slots, &|h| targets.contains(&h.ip), phase.name(), &|engine, slot| {
-                engine.run_step(slot, &Step::Hook { plugin: index, phase })
-            });
+            self.for_hosts(
+                slots,
+                &|h| targets.contains(&h.ip),
+                phase.name(),
+                &|engine, slot| {
+                    engine.run_step(
+                        slot,
+                        &Step::Hook {
+                            plugin: index,
+                            phase,
+                        },
+                    )
+                },
+            );
         }
     }
 
@@ -512,10 +698,16 @@ impl Engine<'_> {
         let name = self.step_name(step);
         if slot.state.done.contains(&key) {
             slot.steps_skipped += 1;
-            (self.events)(InstallEvent::Skipped { host: slot.host.ip, step: name });
+            (self.events)(InstallEvent::Skipped {
+                host: slot.host.ip,
+                step: name,
+            });
             return Ok(());
         }
-        let remote = slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
         let work = shell_quote(&self.work_dir().display().to_string());
         let rootfs = self.cluster.rootfs().display().to_string();
         let export_file = format!("{}/exports/{key}.env", self.work_dir().display());
@@ -529,7 +721,11 @@ impl Engine<'_> {
                 };
                 let cmd = self.agent_cmd(
                     remote,
-                    &format!("config --rootfs {} --path {} --strategy {strategy}", shell_quote(&rootfs), shell_quote(&c.path.display().to_string())),
+                    &format!(
+                        "config --rootfs {} --path {} --strategy {strategy}",
+                        shell_quote(&rootfs),
+                        shell_quote(&c.path.display().to_string())
+                    ),
                 );
                 let mut data = c.data.as_bytes();
                 self.exec_ok(slot, &name, &cmd, Some(&mut data))?;
@@ -537,13 +733,15 @@ impl Engine<'_> {
             Step::Hook { plugin, .. } => {
                 let script = match &self.cluster.plugins[*plugin].kind {
                     PluginKind::Shell { script } => script.clone(),
-                    PluginKind::Hostname { names } => match names.iter().find(|(ip, _)| *ip == slot.host.ip) {
-                        Some((_, name)) => format!(
-                            "hostname {n} && echo {n} > /etc/hostname",
-                            n = shell_quote(name)
-                        ),
-                        None => "true".to_string(),
-                    },
+                    PluginKind::Hostname { names } => {
+                        match names.iter().find(|(ip, _)| *ip == slot.host.ip) {
+                            Some((_, name)) => format!(
+                                "hostname {n} && echo {n} > /etc/hostname",
+                                n = shell_quote(name)
+                            ),
+                            None => "true".to_string(),
+                        }
+                    }
                 };
                 self.run_script(slot, &name, &script, &rootfs, &export_file)?;
             }
@@ -552,7 +750,10 @@ impl Engine<'_> {
                 self.run_script(slot, &name, &script, &rootfs, &export_file)?;
             }
         }
-        let remote = slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
         let record = format!(
             "{}; cat {} 2>/dev/null || true",
             self.agent_cmd(remote, &format!("done --work {work} --key {key}")),
@@ -571,10 +772,18 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn run_script(&self, slot: &mut HostSlot, name: &str, script: &str, rootfs: &str, export_file: &str) -> Result<(), StepFailure> {
+    fn run_script(
+        &self,
+        slot: &mut HostSlot,
+        name: &str,
+        script: &str,
+        rootfs: &str,
+        export_file: &str,
+    ) -> Result<(), StepFailure> {
         let mut env = self.env(&slot.host);
         env.push(("SEALER_EXPORT".to_string(), export_file.to_string()));
-        let exports = export_script(&env).map_err(|e| StepFailure::fatal(format!("bad env name {}", e.0)))?;
+        let exports =
+            export_script(&env).map_err(|e| StepFailure::fatal(format!("bad env name {}", e.0)))?;
         let cmd = format!(
             "mkdir -p {dir} && rm -f {file} && cd {rootfs} && {exports}\nif command -v bash >/dev/null 2>&1; then bash -c {s}; else sh -c {s}; fi",
             dir = shell_quote(&format!("{}/exports", self.work_dir().display())),
@@ -584,11 +793,18 @@ impl Engine<'_> {
         );
         let out = self.exec(slot, &cmd, None)?;
         if !out.success() {
-            return Err(StepFailure::retry(format!("{name} exited with status {}: {}", out.status, out.tail())));
+            return Err(StepFailure::retry(format!(
+                "{name} exited with status {}: {}",
+                out.status,
+                out.tail()
+            )));
         }
         let printed = out.stdout_text();
         for line in printed.lines().filter(|l| !l.trim().is_empty()).take(50) {
-            (self.events)(InstallEvent::Note { host: Some(slot.host.ip), text: line.to_string() });
+            (self.events)(InstallEvent::Note {
+                host: Some(slot.host.ip),
+                text: line.to_string(),
+            });
         }
         Ok(())
     }
@@ -603,7 +819,11 @@ impl Engine<'_> {
                 frames: l
                     .frames
                     .iter()
-                    .map(|f| PlanFrame { sha256: f.sha256.clone(), compressed_len: f.compressed_len, uncompressed_len: f.uncompressed_len })
+                    .map(|f| PlanFrame {
+                        sha256: f.sha256.clone(),
+                        compressed_len: f.compressed_len,
+                        uncompressed_len: f.uncompressed_len,
+                    })
                     .collect(),
             })
             .collect()
@@ -615,42 +835,94 @@ impl Engine<'_> {
         if local {
             return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
         }
-        let remote = slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
         let work = shell_quote(&self.work_dir().display().to_string());
         // Which frames does the host lack?
-        let list: String = self.payload.layers.iter().flat_map(|l| &l.frames).map(|f| format!("{}\n", f.sha256)).collect();
-        let have_cmd = format!("mkdir -p {work} && {}", self.agent_cmd(remote, &format!("have --work {work}")));
+        let list: String = self
+            .payload
+            .layers
+            .iter()
+            .flat_map(|l| &l.frames)
+            .map(|f| format!("{}\n", f.sha256))
+            .collect();
+        let have_cmd = format!(
+            "mkdir -p {work} && {}",
+            self.agent_cmd(remote, &format!("have --work {work}"))
+        );
         let mut list_bytes = list.as_bytes();
-        let out = self.exec_ok(slot, "checking received frames", &have_cmd, Some(&mut list_bytes))?;
-        let missing: std::collections::HashSet<String> = out.stdout_text().lines().map(|l| l.trim().to_string()).collect();
+        let out = self.exec_ok(
+            slot,
+            "checking received frames",
+            &have_cmd,
+            Some(&mut list_bytes),
+        )?;
+        let missing: std::collections::HashSet<String> = out
+            .stdout_text()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
         let wanted: Vec<(usize, usize)> = self
             .payload
             .layers
             .iter()
             .enumerate()
-            .flat_map(|(li, l)| l.frames.iter().enumerate().filter(|(_, f)| missing.contains(&f.sha256)).map(move |(fi, _)| (li, fi)))
+            .flat_map(|(li, l)| {
+                l.frames
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| missing.contains(&f.sha256))
+                    .map(move |(fi, _)| (li, fi))
+            })
             .collect();
-        let total: u64 = wanted.iter().map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len).sum();
+        let total: u64 = wanted
+            .iter()
+            .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
+            .sum();
         if !wanted.is_empty() {
-            let remote = slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?;
+            let remote = slot
+                .remote
+                .as_deref()
+                .ok_or_else(|| StepFailure::retry("not connected".into()))?;
             let cmd = self.agent_cmd(remote, &format!("receive --work {work}"));
             let ip = slot.host.ip;
             let events = self.events;
-            let mut stream = FrameStream::new(self.payload, wanted, move |sent| events(InstallEvent::Sent { host: ip, sent, total }));
+            let mut stream = FrameStream::new(self.payload, wanted, move |sent| {
+                events(InstallEvent::Sent {
+                    host: ip,
+                    sent,
+                    total,
+                })
+            });
             let out = self.exec(slot, &cmd, Some(&mut stream))?;
             slot.bytes_sent += stream.sent;
             if let Some(err) = stream.error.take() {
                 return Err(StepFailure::fatal(format!("reading the payload: {err}")));
             }
             if !out.success() {
-                return Err(StepFailure::retry(format!("receiving frames failed: {}", out.tail())));
+                return Err(StepFailure::retry(format!(
+                    "receiving frames failed: {}",
+                    out.tail()
+                )));
             }
         }
-        let remote = slot.remote.as_deref().ok_or_else(|| StepFailure::retry("not connected".into()))?;
-        let plan = serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let plan =
+            serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
         let cmd = format!(
             "{} && rm -rf {work}/spool",
-            self.agent_cmd(remote, &format!("unpack --work {work} --dest {}", shell_quote(&rootfs.display().to_string())))
+            self.agent_cmd(
+                remote,
+                &format!(
+                    "unpack --work {work} --dest {}",
+                    shell_quote(&rootfs.display().to_string())
+                )
+            )
         );
         let mut plan_bytes: &[u8] = &plan;
         self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
@@ -672,9 +944,16 @@ impl Engine<'_> {
             })
             .collect();
         agent::install_tree(rootfs, |staging| {
-            packer::unpack::unpack(&inputs, staging, &packer::unpack::UnpackOptions { absolute_symlinks: true, ..Default::default() })
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            packer::unpack::unpack(
+                &inputs,
+                staging,
+                &packer::unpack::UnpackOptions {
+                    absolute_symlinks: true,
+                    ..Default::default()
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
         })
     }
 }
@@ -688,20 +967,35 @@ struct StepFailure {
 
 impl StepFailure {
     fn retry(message: String) -> Self {
-        StepFailure { message, retry: true, drop_connection: false }
+        StepFailure {
+            message,
+            retry: true,
+            drop_connection: false,
+        }
     }
     fn fatal(message: String) -> Self {
-        StepFailure { message, retry: false, drop_connection: false }
+        StepFailure {
+            message,
+            retry: false,
+            drop_connection: false,
+        }
     }
     fn from_remote(e: RemoteError) -> Self {
-        StepFailure { retry: e.is_transient(), drop_connection: true, message: e.to_string() }
+        StepFailure {
+            retry: e.is_transient(),
+            drop_connection: true,
+            message: e.to_string(),
+        }
     }
 }
 
 /// Exponential backoff with ±25 % jitter.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1 << (attempt - 1).min(6));
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let jitter = (nanos % 500) as f64 / 1000.0 - 0.25;
     exp.mul_f64(1.0 + jitter)
 }
@@ -721,7 +1015,17 @@ struct FrameStream<'a, F: Fn(u64)> {
 
 impl<'a, F: Fn(u64)> FrameStream<'a, F> {
     fn new(payload: &'a Payload, wanted: Vec<(usize, usize)>, progress: F) -> Self {
-        FrameStream { payload, wanted, next: 0, buf: Vec::new(), pos: 0, sent: 0, finished: false, progress, error: None }
+        FrameStream {
+            payload,
+            wanted,
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+            sent: 0,
+            finished: false,
+            progress,
+            error: None,
+        }
     }
 
     fn refill(&mut self) -> io::Result<()> {
@@ -730,9 +1034,13 @@ impl<'a, F: Fn(u64)> FrameStream<'a, F> {
         if let Some(&(li, fi)) = self.wanted.get(self.next) {
             let layer = &self.payload.layers[li];
             let frame = &layer.frames[fi];
-            let bytes = layer.source.bytes(layer.base + frame.offset, frame.compressed_len)?;
+            let bytes = layer
+                .source
+                .bytes(layer.base + frame.offset, frame.compressed_len)?;
             agent::write_record(&mut self.buf, &frame.sha256, &bytes)?;
-            layer.source.release(layer.base + frame.offset, frame.compressed_len);
+            layer
+                .source
+                .release(layer.base + frame.offset, frame.compressed_len);
             self.next += 1;
         } else if !self.finished {
             self.buf.extend_from_slice(&0u64.to_le_bytes());
@@ -770,7 +1078,10 @@ pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
         .iter()
         .map(|h| {
             let status = match &h.outcome {
-                HostOutcome::Installed => format!("installed ({} steps, {} already done)", h.steps_run, h.steps_skipped),
+                HostOutcome::Installed => format!(
+                    "installed ({} steps, {} already done)",
+                    h.steps_run, h.steps_skipped
+                ),
                 HostOutcome::UpToDate => "up to date".to_string(),
                 HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
             };

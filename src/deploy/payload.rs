@@ -41,11 +41,19 @@ pub struct Payload {
 
 impl Payload {
     pub fn compressed_len(&self) -> u64 {
-        self.layers.iter().flat_map(|l| &l.frames).map(|f| f.compressed_len).sum()
+        self.layers
+            .iter()
+            .flat_map(|l| &l.frames)
+            .map(|f| f.compressed_len)
+            .sum()
     }
 
     pub fn uncompressed_len(&self) -> u64 {
-        self.layers.iter().flat_map(|l| &l.frames).map(|f| f.uncompressed_len).sum()
+        self.layers
+            .iter()
+            .flat_map(|l| &l.frames)
+            .map(|f| f.uncompressed_len)
+            .sum()
     }
 
     pub fn frame_count(&self) -> usize {
@@ -65,18 +73,31 @@ impl Payload {
                 ));
             }
             let path = store.blob_path(&desc.digest).map_err(|e| e.to_string())?;
-            let file = File::open(&path).map_err(|e| format!("opening layer {}: {e}", path.display()))?;
-            let len = file.metadata().map_err(|e| format!("reading {}: {e}", path.display()))?.len();
+            let file =
+                File::open(&path).map_err(|e| format!("opening layer {}: {e}", path.display()))?;
+            let len = file
+                .metadata()
+                .map_err(|e| format!("reading {}: {e}", path.display()))?
+                .len();
             let (source, frames): (Arc<dyn ByteSource + Send + Sync>, Vec<Frame>) = if len == 0 {
                 (Arc::new(Vec::<u8>::new()), Vec::new())
             } else {
-                let map = MappedFile::new(&file).map_err(|e| format!("mapping {}: {e}", path.display()))?;
-                let frames = scan_frames(map.as_slice()).map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                let map = MappedFile::new(&file)
+                    .map_err(|e| format!("mapping {}: {e}", path.display()))?;
+                let frames = scan_frames(map.as_slice())
+                    .map_err(|e| format!("layer {}: {e}", desc.digest))?;
                 (Arc::new(map), frames)
             };
-            layers.push(PayloadLayer { label: format!("layer {}", i + 1), compression: Compression::Zstd, base: 0, frames, source });
+            layers.push(PayloadLayer {
+                label: format!("layer {}", i + 1),
+                compression: Compression::Zstd,
+                base: 0,
+                frames,
+                source,
+            });
         }
-        let agent_bytes = std::fs::read(agent).map_err(|e| format!("reading the agent {}: {e}", agent.display()))?;
+        let agent_bytes = std::fs::read(agent)
+            .map_err(|e| format!("reading the agent {}: {e}", agent.display()))?;
         let agent_sha256 = hex::encode(Sha256::digest(&agent_bytes));
         Ok(Payload {
             id: image.digest.trim_start_matches("sha256:").to_string(),
@@ -93,7 +114,11 @@ impl Payload {
 pub fn find_stub() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("SEALER_STUB").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        return if path.is_file() { Ok(path) } else { Err(format!("SEALER_STUB={} is not a file", path.display())) };
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("SEALER_STUB={} is not a file", path.display()))
+        };
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));

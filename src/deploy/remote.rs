@@ -4,62 +4,23 @@
 //! the engine has one code path for both. This module must not know what the commands mean.
 
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
-/// What a finished command returned.
-#[derive(Debug, Clone, Default)]
-pub struct ExecOutput {
-    /// Exit status; `-1` when it died of a signal.
-    pub status: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl ExecOutput {
-    pub fn success(&self) -> bool {
-        self.status == 0
-    }
-
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    /// The last lines of stderr (or stdout when stderr is empty), for error messages.
-    pub fn tail(&self) -> String {
-        let text = if self.stderr.iter().any(|b| !b.is_ascii_whitespace()) { &self.stderr } else { &self.stdout };
-        let text = String::from_utf8_lossy(text);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(12)..].join("\n")
-    }
-}
-
-/// Why talking to a host failed (as opposed to a command on it failing).
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    #[error("{host}: cannot connect: {reason}")]
-    Unreachable { host: String, reason: String },
-    #[error("{host}: authentication failed for user {user}: {reason}")]
-    AuthFailed { host: String, user: String, reason: String },
-    #[error("{host}: {reason}")]
-    HostKey { host: String, reason: String },
-    #[error("{host}: {operation} timed out")]
-    Timeout { host: String, operation: String },
-    #[error("{host}: {reason}")]
-    Transport { host: String, reason: String },
-}
-
-impl RemoteError {
-    /// Errors worth retrying (the network may come back); a refused key or host key is final.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, RemoteError::Unreachable { .. } | RemoteError::Timeout { .. } | RemoteError::Transport { .. })
-    }
-}
+use crate::clusterfile::Host;
+pub use crate::ssh::{ExecOutput, SshError as RemoteError};
+use crate::ssh::{Session, SshTarget, Timeouts};
 
 /// A host the engine can run commands on.
 pub trait Remote: Send {
     /// Run `command` with `sh -c` semantics (as root: transports for non-root users add sudo),
     /// feeding `stdin` to it when given, and wait for it to finish.
-    fn exec(&mut self, command: &str, stdin: Option<&mut dyn Read>) -> Result<ExecOutput, RemoteError>;
+    fn exec(
+        &mut self,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, RemoteError>;
 
     /// True for this machine (the engine then reads payload bytes directly instead of sending them).
     fn is_local(&self) -> bool {
@@ -71,12 +32,24 @@ pub trait Remote: Send {
 pub struct LocalHost;
 
 impl Remote for LocalHost {
-    fn exec(&mut self, command: &str, stdin: Option<&mut dyn Read>) -> Result<ExecOutput, RemoteError> {
-        let fail = |e: io::Error| RemoteError::Transport { host: "localhost".into(), reason: e.to_string() };
+    fn exec(
+        &mut self,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, RemoteError> {
+        let fail = |e: io::Error| RemoteError::Local {
+            host: "localhost".into(),
+            what: "running a local command".into(),
+            source: e,
+        };
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -118,4 +91,33 @@ impl Remote for LocalHost {
     fn is_local(&self) -> bool {
         true
     }
+}
+
+/// A host reached over SSH.
+pub struct SshHost {
+    session: Session,
+}
+
+impl Remote for SshHost {
+    fn exec(
+        &mut self,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, RemoteError> {
+        self.session.exec(command, &[], stdin)
+    }
+}
+
+/// Connects to hosts over SSH, checking host keys against `known_hosts` (or a host's pin).
+pub fn ssh_connector(known_hosts: PathBuf, timeouts: Timeouts) -> Arc<super::Connector> {
+    Arc::new(move |host: &Host| {
+        let target = SshTarget::for_host(host, &known_hosts);
+        let session = Session::connect(&target, timeouts)?;
+        Ok(Box::new(SshHost { session }) as Box<dyn Remote>)
+    })
+}
+
+/// Runs everything on this machine.
+pub fn local_connector() -> Arc<super::Connector> {
+    Arc::new(|_: &Host| Ok(Box::new(LocalHost) as Box<dyn Remote>))
 }
