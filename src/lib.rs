@@ -10,3 +10,4 @@ pub mod kubefile;
 pub mod reference;
 pub mod ssh;
 pub mod store;
+pub mod ui;
