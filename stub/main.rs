@@ -52,8 +52,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let mut message = e.to_string();
             for cause in e.chain().skip(1) {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(": ");
+                    message.push_str(&cause);
+                }
             }
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -281,7 +284,15 @@ fn extract(dir: &std::path::Path) -> Result<()> {
             // Put the cause first: "frame 3 of layer 1 is corrupt …; nothing was written to DIR".
             let mut chain = e.chain();
             let context = chain.next().map(|c| c.to_string()).unwrap_or_default();
-            let cause = chain.map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            let mut cause = String::new();
+            for c in chain.map(|c| c.to_string()) {
+                if !cause.contains(&c) {
+                    if !cause.is_empty() {
+                        cause.push_str(": ");
+                    }
+                    cause.push_str(&c);
+                }
+            }
             anyhow::anyhow!("{cause}; {context}")
         })?;
     progress.finish();

@@ -133,12 +133,30 @@ fn read_exact_at(file: &File, len: u64, at: u64, path: &Path) -> Result<Vec<u8>,
 
 impl RunFile {
     /// Open the `.run` file that is running (`/proc/self/exe`, immune to renames).
+    ///
+    /// Without `/proc` (a bare chroot) the program path from `argv[0]` is used instead.
     pub fn open_self() -> Result<RunFile, ReadError> {
         let exe = PathBuf::from("/proc/self/exe");
-        let real = fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
-        let mut run = Self::open_file(&exe, &real)?;
-        run.path = real;
-        Ok(run)
+        if let Ok(real) = fs::read_link(&exe) {
+            return Self::open_file(&exe, &real);
+        }
+        let argv0 = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let program = if argv0.components().count() > 1 {
+            argv0
+        } else {
+            std::env::var_os("PATH")
+                .map(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join(&argv0))
+                        .find(|candidate| candidate.is_file())
+                        .unwrap_or_else(|| argv0.clone())
+                })
+                .unwrap_or(argv0)
+        };
+        Self::open(&program)
     }
 
     /// Open a `.run` file by path.

@@ -185,7 +185,8 @@ fn write_in(
             .flat_map(|l| l.frames.iter().map(|f| f.compressed_len))
             .max()
             .unwrap_or(0);
-        let needed = (header_at + HEADER_LEN + ALIGN + largest + FOOTER_LEN + (1 << 20))
+        // Volume 0 must hold the stub, header and manifest; every volume a whole frame.
+        let needed = (header_at + HEADER_LEN + ALIGN + FOOTER_LEN + (1 << 20))
             .max(ALIGN + largest + FOOTER_LEN);
         if split < needed {
             return Err(WriteError::SplitTooSmall {
@@ -369,6 +370,14 @@ fn lay_out(
     };
     let mut volume = 0u32;
     let mut cursor = align_up(HEADER_LEN + manifest_reserve, ALIGN);
+    if cursor + FOOTER_LEN > capacity(0) {
+        return Err(WriteError::SplitTooSmall {
+            split,
+            stub: stub_len,
+            frame: 0,
+            needed: header_at + cursor + FOOTER_LEN,
+        });
+    }
     let mut volume_lens = Vec::new();
     let mut layers = Vec::with_capacity(prepared.len());
     let mut segments: Vec<Segment> = Vec::new();
