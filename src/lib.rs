@@ -7,6 +7,7 @@ pub mod build;
 pub mod clusterfile;
 pub mod deploy;
 pub mod kubefile;
+pub mod pack;
 pub mod reference;
 pub mod ssh;
 pub mod store;

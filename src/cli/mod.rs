@@ -3,6 +3,7 @@
 
 mod build;
 mod images;
+mod pack;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Build a cluster image from a Kubefile.
     Build(build::BuildArgs),
+    /// Pack an image and the installer into one self-extracting file.
+    Pack(pack::PackArgs),
     /// Install an image onto hosts over SSH (or this machine with --local).
     Run(Box<run::RunArgs>),
     #[command(hide = true)]
@@ -49,6 +52,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Build(a) => build::run(a),
         Command::Run(a) => run::run(*a),
+        Command::Pack(a) => pack::run(a),
         Command::Agent { args } => return sealer::deploy::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),

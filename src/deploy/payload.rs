@@ -8,9 +8,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use packer::format::elf_size;
 use packer::frames::{scan_frames, Frame};
 use packer::source::{ByteSource, MappedFile};
 use packer::unpack::{Compression, LayerInput};
+use packer::RunFile;
 use sha2::{Digest, Sha256};
 
 use crate::store::{Image, ImageConfig, Store, MEDIA_TYPE_LAYER_ZSTD};
@@ -128,6 +130,55 @@ impl Payload {
             agent_sha256,
         })
     }
+}
+
+impl Payload {
+    /// The payload of a `.run` package: its frames, config and the stub at its head (the agent).
+    pub fn from_package(run: &RunFile) -> Result<Payload, String> {
+        let manifest = run.manifest().clone();
+        let config: ImageConfig = serde_json::from_str(&manifest.image.config_json)
+            .map_err(|e| format!("the package's image config is unreadable: {e}"))?;
+        let package = run.payload().map_err(|e| e.to_string())?;
+        let layers: Vec<PayloadLayer> = package
+            .layer_inputs()
+            .into_iter()
+            .map(|input| PayloadLayer {
+                label: input.label.clone(),
+                compression: input.compression,
+                base: input.base,
+                frames: input.frames.to_vec(),
+                source: 0,
+            })
+            .collect();
+        let agent = stub_bytes(run)?;
+        let agent_sha256 = hex::encode(Sha256::digest(&agent));
+        Ok(Payload {
+            id: run.payload_id(),
+            image: manifest.image.name.clone(),
+            config,
+            layers,
+            sources: vec![Box::new(package)],
+            agent: Arc::new(agent),
+            agent_sha256,
+        })
+    }
+}
+
+/// The installer stub at the head of a package (its ELF image, without the padding).
+fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, String> {
+    let mut file =
+        File::open(run.path()).map_err(|e| format!("opening {}: {e}", run.path().display()))?;
+    let mut head = vec![0u8; run.header_offset() as usize];
+    std::io::Read::read_exact(&mut file, &mut head).map_err(|e| {
+        format!(
+            "reading the installer stub from {}: {e}",
+            run.path().display()
+        )
+    })?;
+    if let Some(len) = elf_size(&head) {
+        head.truncate(len as usize);
+    }
+    Ok(head)
 }
 
 /// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this executable.
