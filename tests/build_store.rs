@@ -398,3 +398,44 @@ fn add_unpacks_local_archives_and_copy_follows_docker_destination_rules() {
         ]
     );
 }
+
+#[test]
+fn concurrent_builds_into_one_store_leave_every_image_intact() {
+    let env = Env::new();
+    let mut children = Vec::new();
+    for i in 0..4 {
+        let ctx = env.context(&format!("c{i}"));
+        write(&ctx.join("f.txt"), format!("content {i}").as_bytes());
+        write(
+            &ctx.join("Kubefile"),
+            b"FROM scratch\nCOPY f.txt /\nRUN cp f.txt g.txt\n",
+        );
+        children.push(
+            Command::new(env!("CARGO_BIN_EXE_sealer"))
+                .args(["build", "-t", &format!("img{i}:1"), ctx.to_str().unwrap()])
+                .env("SEALER_ROOT", env.root.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let images: serde_json::Value = serde_json::from_str(&env.ok(&["images", "--json"])).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 4, "{images}");
+    for i in 0..4 {
+        let layout = format!("oci:{}:img{i}:1", env.root.path().join("oci").display());
+        tool("skopeo", &["inspect", &layout]);
+        let info = env.inspect(&format!("img{i}:1"));
+        let blob = env.blob(info["layers"][1]["digest"].as_str().unwrap());
+        let content = tool(
+            "sh",
+            &[
+                "-c",
+                &format!("zstd -dc '{}' | tar -xOf - g.txt", blob.display()),
+            ],
+        );
+        assert_eq!(content, format!("content {i}"));
+    }
+}
