@@ -259,14 +259,11 @@ pub fn build(
 
     for (i, instruction) in kubefile.instructions.iter().enumerate() {
         let line = instruction.line;
-        let shown = lines
-            .get(line.saturating_sub(1))
-            .map(|l| l.trim())
-            .unwrap_or("");
+        let shown = instruction_text(&lines, line);
         progress(BuildEvent::Step {
             index: i + 1,
             total,
-            text: shown,
+            text: &shown,
         });
         let step_err = |message: String| BuildError::Step {
             file: file_name.clone(),
@@ -611,6 +608,27 @@ fn layer_step(
 
 fn pull_base(_store: &Store, reference: &Reference) -> Result<crate::store::Image, String> {
     Err(format!("base image {reference} is not in the local store; build or load it first (`sealer images` lists what is there)"))
+}
+
+/// The instruction starting at 1-based `line`, continuation lines joined into one.
+fn instruction_text(lines: &[&str], line: usize) -> String {
+    let mut text = String::new();
+    for l in lines.iter().skip(line.saturating_sub(1)) {
+        let l = l.trim();
+        if text.is_empty() || !l.starts_with('#') {
+            match l.strip_suffix('\\') {
+                Some(part) => {
+                    text.push_str(part.trim_end());
+                    text.push(' ');
+                }
+                None => {
+                    text.push_str(l);
+                    break;
+                }
+            }
+        }
+    }
+    text.trim().to_string()
 }
 
 /// sealer's app type detection: helm chart, plain Kubernetes YAML, shell scripts, or other.
