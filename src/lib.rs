@@ -4,4 +4,5 @@
 //! (`stub/`) only parse arguments, call these functions and print.
 
 pub mod reference;
+pub mod registry;
 pub mod store;

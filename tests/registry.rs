@@ -1,0 +1,624 @@
+//! Push and pull against a real registry: Debian's `docker-registry` (distribution 2.8) started on
+//! 127.0.0.1 by each test, plain or with htpasswd (bcrypt) auth. `skopeo` judges what the
+//! registry holds. Faults are real: the registry process is killed mid-push, and a pull goes
+//! through a TCP relay that is cut in the middle of a layer.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use packer::frames::{scan_frames, FramedWriter};
+use sealer::reference::Reference;
+use sealer::registry::{self, BlobKind, Credentials, ProgressEvent, RegistryError, RegistryOptions};
+use sealer::store::{
+    Descriptor, ImageConfig, Manifest, RootFs, Store, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+};
+use sha2::{Digest, Sha256};
+
+const SEALER: &str = env!("CARGO_BIN_EXE_sealer");
+
+// ---------------------------------------------------------------------------------------------
+// A registry of the test's own.
+
+struct TestRegistry {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after 20 s");
+}
+
+impl TestRegistry {
+    /// A registry on a free port; with `user` it demands htpasswd (bcrypt) basic auth.
+    fn start(user: Option<(&str, &str)>) -> TestRegistry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((user, pass)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apt-get install apache2-utils)");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            fs::write(&file, &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: sealer-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        fs::write(dir.path().join("config.yml"), config).unwrap();
+        let mut registry = TestRegistry {
+            child: None,
+            port,
+            dir,
+        };
+        registry.spawn();
+        registry
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images built through the store API.
+
+/// Deterministic incompressible bytes.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        builder
+            .append_data(&mut header, name, data.as_slice())
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// A framed zstd layer in the store: `(descriptor, diff_id)`.
+fn zstd_layer(store: &Store, tar: &[u8]) -> (Descriptor, String) {
+    let mut w = FramedWriter::new(store.blob_writer().unwrap(), 3);
+    w.write_all(tar).unwrap();
+    let (blob, layer) = w.finish().unwrap();
+    let digest = format!("sha256:{}", layer.digest);
+    let (stored, size) = blob.commit(Some(&digest)).unwrap();
+    (
+        Descriptor {
+            media_type: MEDIA_TYPE_LAYER_ZSTD.into(),
+            digest: stored,
+            size,
+            annotations: Default::default(),
+            platform: None,
+        },
+        format!("sha256:{}", layer.diff_id),
+    )
+}
+
+fn commit(store: &Store, name: &str, layers: Vec<(Descriptor, String)>) -> String {
+    let config = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: layers.iter().map(|(_, d)| d.clone()).collect(),
+        },
+        ..Default::default()
+    };
+    let (config_digest, config_size) = store
+        .put_blob(&serde_json::to_vec(&config).unwrap())
+        .unwrap();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+        config: Descriptor {
+            media_type: MEDIA_TYPE_CONFIG.into(),
+            digest: config_digest,
+            size: config_size,
+            annotations: Default::default(),
+            platform: None,
+        },
+        layers: layers.into_iter().map(|(d, _)| d).collect(),
+        annotations: Default::default(),
+    };
+    store
+        .commit_image(&Reference::parse(name).unwrap(), &manifest)
+        .unwrap()
+}
+
+/// An image with a multi-frame zstd layer (a 40 MiB tar of pseudo-random data) and a small one.
+fn build_image(root: &Path, name: &str) -> String {
+    let store = Store::open(root).unwrap();
+    let big = tar_of(&[
+        ("data/a.bin", pseudo_random(24 << 20, 7)),
+        ("data/b.bin", pseudo_random(16 << 20, 11)),
+    ]);
+    let small = tar_of(&[("etc/motd", b"hello from sealer\n".to_vec())]);
+    let layers = vec![zstd_layer(&store, &big), zstd_layer(&store, &small)];
+    commit(&store, name, layers)
+}
+
+fn sha256_file(path: &Path) -> String {
+    let bytes = fs::read(path).unwrap();
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+}
+
+/// Every file in `blobs/sha256` is complete: its content hashes to its name.
+fn assert_blobs_intact(root: &Path) {
+    let dir = root.join("oci/blobs/sha256");
+    for entry in fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        assert_eq!(
+            sha256_file(&entry.path()),
+            format!("sha256:{name}"),
+            "partial or corrupt blob {name} in the store"
+        );
+    }
+}
+
+fn plain_opts(home: &Path) -> RegistryOptions {
+    RegistryOptions {
+        insecure: true,
+        auth_file: home.join("auth.json"),
+        attempts: 2,
+        backoff: Duration::from_millis(100),
+        ..RegistryOptions::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI.
+
+fn sealer(root: &Path, home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(SEALER);
+    cmd.args(args)
+        .env("SEALER_ROOT", root)
+        .env("HOME", home)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("SEALER_REGISTRY_CA")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("running sealer");
+    if let Some(mut pipe) = child.stdin.take() {
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn skopeo_digest(image: &str) -> Option<String> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &format!("docker://{image}")])
+        .output()
+        .expect("skopeo");
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Digest"].as_str().map(str::to_string)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pushed_image_has_same_digest_in_skopeo_and_pulls_identical_into_empty_store() {
+    let registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let (root_a, root_b, home) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("home"),
+    );
+    fs::create_dir_all(&home).unwrap();
+    let name = format!("{}/apps/demo:v1", registry.host());
+    let digest = build_image(&root_a, &name);
+
+    let out = sealer(&root_a, &home, &["push", "--insecure", &name], None);
+    assert!(out.status.success(), "push failed: {}", stderr(&out));
+    assert_eq!(skopeo_digest(&name).as_deref(), Some(digest.as_str()));
+
+    let out = sealer(&root_b, &home, &["pull", "--insecure", &name], None);
+    assert!(out.status.success(), "pull failed: {}", stderr(&out));
+
+    let a = Store::open(&root_a).unwrap().image_by_name(&name).unwrap();
+    let store_b = Store::open(&root_b).unwrap();
+    let b = store_b.image_by_name(&name).unwrap();
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(a.manifest, b.manifest);
+    assert_eq!(a.config, b.config);
+    let big = &b.manifest.layers[0];
+    let frames = scan_frames(&fs::read(store_b.blob_path(&big.digest).unwrap()).unwrap()).unwrap();
+    assert!(frames.len() >= 3, "the layer kept {} frames", frames.len());
+    assert_blobs_intact(&root_b);
+}
+
+#[test]
+fn second_push_uploads_nothing_and_another_repository_mounts_the_blobs() {
+    let registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let name = format!("{}/apps/demo:v1", registry.host());
+    build_image(&root, &name);
+    let store = Store::open(&root).unwrap();
+    let opts = plain_opts(work.path());
+    let reference = Reference::parse(&name).unwrap();
+
+    let first = registry::push(&store, &reference, &opts, &|_| {}).unwrap();
+    assert_eq!(first.uploaded.len(), 3);
+    let second = registry::push(&store, &reference, &opts, &|_| {}).unwrap();
+    assert!(second.uploaded.is_empty(), "{second:?}");
+    assert_eq!(second.already_present.len(), 3);
+
+    let other = Reference::parse(&format!("{}/other/copy:v2", registry.host())).unwrap();
+    store.tag(&reference, &other).unwrap();
+    let events = Mutex::new(Vec::new());
+    let third = registry::push(&store, &other, &opts, &|p| events.lock().unwrap().push(p)).unwrap();
+    assert!(third.uploaded.is_empty(), "{third:?}");
+    assert_eq!(third.mounted.len(), 3, "{third:?}");
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.event == ProgressEvent::Mounted { from: "apps/demo".into() }));
+    assert_eq!(skopeo_digest(&other.store_key()), Some(first.digest));
+}
+
+#[test]
+fn push_of_image_without_registry_says_to_tag_it() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    build_image(&root, "demo:v1");
+    let out = sealer(&root, work.path(), &["push", "demo:v1"], None);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("names no registry") && err.contains("sealer tag"), "{err}");
+}
+
+#[test]
+fn auth_registry_refuses_anonymous_push_and_accepts_after_login() {
+    let registry = TestRegistry::start(Some(("alice", "correct-horse")));
+    let work = tempfile::tempdir().unwrap();
+    let (root, home) = (work.path().join("root"), work.path().join("home"));
+    fs::create_dir_all(&home).unwrap();
+    let name = format!("{}/apps/demo:v1", registry.host());
+    build_image(&root, &name);
+    let auth_file = root.join("auth.json");
+
+    let out = sealer(&root, &home, &["push", "--insecure", &name], None);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("refused access") && err.contains(&format!("sealer login {}", registry.host())),
+        "{err}"
+    );
+
+    let out = sealer(
+        &root,
+        &home,
+        &["login", "--insecure", &registry.host(), "-u", "alice", "--password-stdin"],
+        Some("wrong-password\n"),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("rejected the user name or password"), "{err}");
+    assert!(!err.contains("wrong-password"), "the password was printed: {err}");
+    assert!(!auth_file.exists(), "a failed login saved credentials");
+
+    let out = sealer(
+        &root,
+        &home,
+        &["login", "--insecure", &registry.host(), "-u", "alice", "--password-stdin"],
+        Some("correct-horse\n"),
+    );
+    assert!(out.status.success(), "login failed: {}", stderr(&out));
+    let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!all_output.contains("correct-horse"));
+    let mode = fs::metadata(&auth_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let out = sealer(&root, &home, &["push", "--insecure", &name], None);
+    assert!(out.status.success(), "push after login failed: {}", stderr(&out));
+
+    // Another machine: credentials from ~/.docker/config.json work for pull.
+    let other_root = work.path().join("other");
+    let other_home = work.path().join("other-home");
+    fs::create_dir_all(other_home.join(".docker")).unwrap();
+    fs::copy(&auth_file, other_home.join(".docker/config.json")).unwrap();
+    let out = sealer(&other_root, &other_home, &["pull", "--insecure", &name], None);
+    assert!(out.status.success(), "pull with docker config failed: {}", stderr(&out));
+
+    let out = sealer(&root, &home, &["logout", &registry.host()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sealer(&root, &home, &["push", "--insecure", &name], None);
+    assert!(!out.status.success(), "push still works after logout");
+}
+
+#[test]
+fn registry_killed_mid_push_gives_clear_error_and_no_manifest() {
+    let mut registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let name = format!("{}/apps/demo:v1", registry.host());
+    let digest = build_image(&root, &name);
+    let store = Store::open(&root).unwrap();
+    let index_before = fs::read(root.join("oci/index.json")).unwrap();
+    let reg = Mutex::new(&mut registry);
+    let result = registry::push(
+        &store,
+        &Reference::parse(&name).unwrap(),
+        &plain_opts(work.path()),
+        &|p| {
+            if p.kind == (BlobKind::Layer { index: 0, count: 2 }) && p.event == ProgressEvent::Done {
+                reg.lock().unwrap().kill();
+            }
+        },
+    );
+    let err = result.expect_err("push succeeded although the registry was killed");
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("cannot reach registry") && text.contains("gave up after 2 attempts"), "{text}");
+    // The store is untouched and complete.
+    assert_eq!(fs::read(root.join("oci/index.json")).unwrap(), index_before);
+    assert_eq!(store.image_by_name(&name).unwrap().digest, digest);
+    assert_blobs_intact(&root);
+    assert!(fs::read_dir(root.join("tmp")).unwrap().next().is_none());
+    // Back up, the registry holds no manifest for the tag.
+    registry.spawn();
+    assert_eq!(skopeo_digest(&name), None);
+}
+
+/// A TCP relay to `upstream` that cuts every connection, and stops accepting, once `limit` bytes
+/// have flowed from the registry to the client: the registry "goes away" mid-layer.
+struct CuttingRelay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: u16, limit: u64) -> CuttingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let flag = cut.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return; // the listener drops: later connections are refused
+                }
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (flag_up, flag_down, sent_down) = (flag.clone(), flag.clone(), sent.clone());
+                thread::spawn(move || pump(client, server, None, flag_up));
+                thread::spawn(move || pump(s2, c2, Some((sent_down, limit)), flag_down));
+            }
+        });
+        CuttingRelay { port, cut }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<(Arc<AtomicU64>, u64)>, cut: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if cut.load(Ordering::SeqCst) {
+            break;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some((sent, limit)) = &budget {
+            if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > *limit {
+                cut.store(true, Ordering::SeqCst);
+                // Wake the accept loop so it sees the cut and closes the listener.
+                break;
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+impl Drop for CuttingRelay {
+    fn drop(&mut self) {
+        self.cut.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn pull_cut_mid_layer_leaves_no_image_and_no_partial_blob() {
+    let registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (work.path().join("a"), work.path().join("b"));
+    let name = format!("{}/apps/demo:v1", registry.host());
+    build_image(&root_a, &name);
+    let opts = plain_opts(work.path());
+    registry::push(
+        &Store::open(&root_a).unwrap(),
+        &Reference::parse(&name).unwrap(),
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
+
+    let relay = CuttingRelay::start(registry.port, 8 << 20);
+    let via_relay = format!("127.0.0.1:{}/apps/demo:v1", relay.port);
+    let store_b = Store::open(&root_b).unwrap();
+    let err = registry::pull(&store_b, &Reference::parse(&via_relay).unwrap(), &opts, &|_| {})
+        .expect_err("pull succeeded through a relay cut mid-layer");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", relay.port)),
+        "the error does not name the registry: {text}"
+    );
+    assert!(store_b.images().unwrap().is_empty(), "a half-pulled image got a name");
+    let big = Store::open(&root_a).unwrap().image_by_name(&name).unwrap().manifest.layers[0]
+        .digest
+        .clone();
+    assert!(!store_b.has_blob(&big), "the cut layer entered the store");
+    assert_blobs_intact(&root_b);
+    assert!(fs::read_dir(root_b.join("tmp")).unwrap().next().is_none(), "temporary files left");
+}
+
+#[test]
+fn docker_schema2_image_with_gzip_layer_pulls_as_is() {
+    let registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (work.path().join("a"), work.path().join("b"));
+    let store_a = Store::open(&root_a).unwrap();
+    let tar = tar_of(&[("hello.txt", b"hi\n".to_vec())]);
+    let mut gzip = Command::new("gzip")
+        .args(["-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gzip.stdin.take().unwrap().write_all(&tar).unwrap();
+    let gz = gzip.wait_with_output().unwrap().stdout;
+    let (digest, size) = store_a.put_blob(&gz).unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+    let layer = Descriptor {
+        media_type: MEDIA_TYPE_LAYER_GZIP.into(),
+        digest: digest.clone(),
+        size,
+        annotations: Default::default(),
+        platform: None,
+    };
+    commit(&store_a, "local/gz:v1", vec![(layer, diff_id)]);
+    let remote = format!("{}/docker/gz:v1", registry.host());
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+            &format!("oci:{}:local/gz:v1", store_a.oci_dir().display()),
+            &format!("docker://{remote}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    let remote_digest = skopeo_digest(&remote).unwrap();
+
+    let store_b = Store::open(&root_b).unwrap();
+    let image = registry::pull(
+        &store_b,
+        &Reference::parse(&remote).unwrap(),
+        &plain_opts(work.path()),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(image.digest, remote_digest);
+    assert_eq!(
+        image.manifest.media_type.as_deref(),
+        Some("application/vnd.docker.distribution.manifest.v2+json")
+    );
+    assert_eq!(image.manifest.layers[0].digest, digest);
+    assert_eq!(
+        image.manifest.layers[0].media_type,
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    assert_blobs_intact(&root_b);
+}
+
+#[test]
+fn login_to_unreachable_registry_says_so_and_saves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let opts = plain_opts(work.path());
+    let err = registry::login(
+        &format!("127.0.0.1:{port}"),
+        &Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        },
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert!(!opts.auth_file.exists());
+}
