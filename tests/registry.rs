@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use packer::frames::{scan_frames, FramedWriter};
 use sealer::reference::Reference;
-use sealer::registry::{self, BlobKind, Credentials, ProgressEvent, RegistryError, RegistryOptions};
+use sealer::registry::{
+    self, BlobKind, Credentials, ProgressEvent, RegistryError, RegistryOptions,
+};
 use sealer::store::{
     Descriptor, ImageConfig, Manifest, RootFs, Store, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
@@ -53,6 +55,11 @@ fn wait_for_port(port: u16) {
 impl TestRegistry {
     /// A registry on a free port; with `user` it demands htpasswd (bcrypt) basic auth.
     fn start(user: Option<(&str, &str)>) -> TestRegistry {
+        Self::start_with(user, None)
+    }
+
+    /// With `tls`, serve HTTPS with that `(certificate, key)` pair.
+    fn start_with(user: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut config = format!(
@@ -61,6 +68,13 @@ impl TestRegistry {
              http:\n  addr: 127.0.0.1:{port}\n",
             dir.path().join("data").display()
         );
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if let Some((user, pass)) = user {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, pass])
@@ -265,7 +279,11 @@ fn stderr(out: &Output) -> String {
 
 fn skopeo_digest(image: &str) -> Option<String> {
     let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", &format!("docker://{image}")])
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ])
         .output()
         .expect("skopeo");
     if !out.status.success() {
@@ -332,11 +350,10 @@ fn second_push_uploads_nothing_and_another_repository_mounts_the_blobs() {
     let third = registry::push(&store, &other, &opts, &|p| events.lock().unwrap().push(p)).unwrap();
     assert!(third.uploaded.is_empty(), "{third:?}");
     assert_eq!(third.mounted.len(), 3, "{third:?}");
-    assert!(events
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|p| p.event == ProgressEvent::Mounted { from: "apps/demo".into() }));
+    assert!(events.lock().unwrap().iter().any(|p| p.event
+        == ProgressEvent::Mounted {
+            from: "apps/demo".into()
+        }));
     assert_eq!(skopeo_digest(&other.store_key()), Some(first.digest));
 }
 
@@ -348,7 +365,10 @@ fn push_of_image_without_registry_says_to_tag_it() {
     let out = sealer(&root, work.path(), &["push", "demo:v1"], None);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("names no registry") && err.contains("sealer tag"), "{err}");
+    assert!(
+        err.contains("names no registry") && err.contains("sealer tag"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -364,27 +384,47 @@ fn auth_registry_refuses_anonymous_push_and_accepts_after_login() {
     let out = sealer(&root, &home, &["push", "--insecure", &name], None);
     assert!(!out.status.success());
     let err = stderr(&out);
+    eprintln!("anonymous push: {err}");
     assert!(
-        err.contains("refused access") && err.contains(&format!("sealer login {}", registry.host())),
+        err.contains("refused access")
+            && err.contains(&format!("sealer login {}", registry.host())),
         "{err}"
     );
 
     let out = sealer(
         &root,
         &home,
-        &["login", "--insecure", &registry.host(), "-u", "alice", "--password-stdin"],
+        &[
+            "login",
+            "--insecure",
+            &registry.host(),
+            "-u",
+            "alice",
+            "--password-stdin",
+        ],
         Some("wrong-password\n"),
     );
     assert!(!out.status.success());
     let err = stderr(&out);
+    eprintln!("login with a wrong password: {err}");
     assert!(err.contains("rejected the user name or password"), "{err}");
-    assert!(!err.contains("wrong-password"), "the password was printed: {err}");
+    assert!(
+        !err.contains("wrong-password"),
+        "the password was printed: {err}"
+    );
     assert!(!auth_file.exists(), "a failed login saved credentials");
 
     let out = sealer(
         &root,
         &home,
-        &["login", "--insecure", &registry.host(), "-u", "alice", "--password-stdin"],
+        &[
+            "login",
+            "--insecure",
+            &registry.host(),
+            "-u",
+            "alice",
+            "--password-stdin",
+        ],
         Some("correct-horse\n"),
     );
     assert!(out.status.success(), "login failed: {}", stderr(&out));
@@ -394,15 +434,28 @@ fn auth_registry_refuses_anonymous_push_and_accepts_after_login() {
     assert_eq!(mode, 0o600);
 
     let out = sealer(&root, &home, &["push", "--insecure", &name], None);
-    assert!(out.status.success(), "push after login failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "push after login failed: {}",
+        stderr(&out)
+    );
 
     // Another machine: credentials from ~/.docker/config.json work for pull.
     let other_root = work.path().join("other");
     let other_home = work.path().join("other-home");
     fs::create_dir_all(other_home.join(".docker")).unwrap();
     fs::copy(&auth_file, other_home.join(".docker/config.json")).unwrap();
-    let out = sealer(&other_root, &other_home, &["pull", "--insecure", &name], None);
-    assert!(out.status.success(), "pull with docker config failed: {}", stderr(&out));
+    let out = sealer(
+        &other_root,
+        &other_home,
+        &["pull", "--insecure", &name],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "pull with docker config failed: {}",
+        stderr(&out)
+    );
 
     let out = sealer(&root, &home, &["logout", &registry.host()], None);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -425,7 +478,8 @@ fn registry_killed_mid_push_gives_clear_error_and_no_manifest() {
         &Reference::parse(&name).unwrap(),
         &plain_opts(work.path()),
         &|p| {
-            if p.kind == (BlobKind::Layer { index: 0, count: 2 }) && p.event == ProgressEvent::Done {
+            if p.kind == (BlobKind::Layer { index: 0, count: 2 }) && p.event == ProgressEvent::Done
+            {
                 reg.lock().unwrap().kill();
             }
         },
@@ -433,7 +487,11 @@ fn registry_killed_mid_push_gives_clear_error_and_no_manifest() {
     let err = result.expect_err("push succeeded although the registry was killed");
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("cannot reach registry") && text.contains("gave up after 2 attempts"), "{text}");
+    eprintln!("push to the killed registry: {text}");
+    assert!(
+        text.contains("cannot reach registry") && text.contains("gave up after 2 attempts"),
+        "{text}"
+    );
     // The store is untouched and complete.
     assert_eq!(fs::read(root.join("oci/index.json")).unwrap(), index_before);
     assert_eq!(store.image_by_name(&name).unwrap().digest, digest);
@@ -477,7 +535,12 @@ impl CuttingRelay {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<(Arc<AtomicU64>, u64)>, cut: Arc<AtomicBool>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    budget: Option<(Arc<AtomicU64>, u64)>,
+    cut: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         if cut.load(Ordering::SeqCst) {
@@ -528,20 +591,37 @@ fn pull_cut_mid_layer_leaves_no_image_and_no_partial_blob() {
     let relay = CuttingRelay::start(registry.port, 8 << 20);
     let via_relay = format!("127.0.0.1:{}/apps/demo:v1", relay.port);
     let store_b = Store::open(&root_b).unwrap();
-    let err = registry::pull(&store_b, &Reference::parse(&via_relay).unwrap(), &opts, &|_| {})
-        .expect_err("pull succeeded through a relay cut mid-layer");
+    let err = registry::pull(
+        &store_b,
+        &Reference::parse(&via_relay).unwrap(),
+        &opts,
+        &|_| {},
+    )
+    .expect_err("pull succeeded through a relay cut mid-layer");
     let text = err.to_string();
+    eprintln!("pull through the cut relay: {text}");
     assert!(
         text.contains(&format!("127.0.0.1:{}", relay.port)),
         "the error does not name the registry: {text}"
     );
-    assert!(store_b.images().unwrap().is_empty(), "a half-pulled image got a name");
-    let big = Store::open(&root_a).unwrap().image_by_name(&name).unwrap().manifest.layers[0]
+    assert!(
+        store_b.images().unwrap().is_empty(),
+        "a half-pulled image got a name"
+    );
+    let big = Store::open(&root_a)
+        .unwrap()
+        .image_by_name(&name)
+        .unwrap()
+        .manifest
+        .layers[0]
         .digest
         .clone();
     assert!(!store_b.has_blob(&big), "the cut layer entered the store");
     assert_blobs_intact(&root_b);
-    assert!(fs::read_dir(root_b.join("tmp")).unwrap().next().is_none(), "temporary files left");
+    assert!(
+        fs::read_dir(root_b.join("tmp")).unwrap().next().is_none(),
+        "temporary files left"
+    );
 }
 
 #[test]
@@ -581,7 +661,11 @@ fn docker_schema2_image_with_gzip_layer_pulls_as_is() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let remote_digest = skopeo_digest(&remote).unwrap();
 
     let store_b = Store::open(&root_b).unwrap();
@@ -621,4 +705,136 @@ fn login_to_unreachable_registry_says_so_and_saves_nothing() {
     .unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
     assert!(!opts.auth_file.exists());
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it: `(ca.pem, server.pem, server.key)`.
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sealer test CA",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &csr);
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn tls_registry_is_verified_and_trusted_through_ca_file() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    fs::create_dir_all(&pki).unwrap();
+    let (ca, cert, key) = private_ca(&pki);
+    let registry = TestRegistry::start_with(None, Some((&cert, &key)));
+    let (root_a, root_b, home) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("home"),
+    );
+    fs::create_dir_all(&home).unwrap();
+    let name = format!("{}/apps/demo:v1", registry.host());
+    let digest = build_image(&root_a, &name);
+    let store_a = Store::open(&root_a).unwrap();
+    let reference = Reference::parse(&name).unwrap();
+    let mut opts = plain_opts(work.path());
+    opts.insecure = false;
+
+    let err = registry::push(&store_a, &reference, &opts, &|_| {}).unwrap_err();
+    let text = err.to_string();
+    eprintln!("push to a registry with an unknown CA: {text}");
+    assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
+    assert!(
+        text.contains("UnknownIssuer") && text.contains("--ca-file"),
+        "{text}"
+    );
+
+    opts.ca_file = Some(ca.clone());
+    let report = registry::push(&store_a, &reference, &opts, &|_| {}).unwrap();
+    assert_eq!(report.digest, digest);
+
+    let out = sealer(
+        &root_b,
+        &home,
+        &["pull", "--ca-file", ca.to_str().unwrap(), &name],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "pull over TLS failed: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        Store::open(&root_b)
+            .unwrap()
+            .image_by_name(&name)
+            .unwrap()
+            .digest,
+        digest
+    );
 }

@@ -183,7 +183,9 @@ impl ProgressView {
         let label = Self::label(&p);
         let Some((multi, bars)) = &self.bars else {
             let line = match &p.event {
-                ProgressEvent::Started => format!("{}ing {label} ({})", self.verb, human_bytes(p.total)),
+                ProgressEvent::Started => {
+                    format!("{}ing {label} ({})", self.verb, human_bytes(p.total))
+                }
                 ProgressEvent::Transferring => return,
                 ProgressEvent::AlreadyPresent => format!("{label}: already present"),
                 ProgressEvent::Mounted { from } => format!("{label}: mounted from {from}"),
@@ -217,7 +219,9 @@ impl ProgressView {
         bar.set_position(p.done);
         match &p.event {
             ProgressEvent::AlreadyPresent => bar.finish_with_message("already present"),
-            ProgressEvent::Mounted { from } => bar.finish_with_message(format!("mounted from {from}")),
+            ProgressEvent::Mounted { from } => {
+                bar.finish_with_message(format!("mounted from {from}"))
+            }
             ProgressEvent::Done => bar.finish_with_message("done"),
             ProgressEvent::Retrying { error, .. } => bar.set_message(format!("retrying: {error}")),
             ProgressEvent::Started | ProgressEvent::Transferring => {}

@@ -179,7 +179,10 @@ pub fn remove(file: &Path, registry: &str) -> Result<bool, RegistryError> {
     Ok(true)
 }
 
-fn auths_mut<'a>(file: &Path, doc: &'a mut Value) -> Result<&'a mut Map<String, Value>, RegistryError> {
+fn auths_mut<'a>(
+    file: &Path,
+    doc: &'a mut Value,
+) -> Result<&'a mut Map<String, Value>, RegistryError> {
     let malformed = || RegistryError::AuthFile {
         path: file.to_path_buf(),
         reason: "its \"auths\" is not a JSON object".into(),
@@ -283,7 +286,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("auth.json");
         fs::write(&file, "{not json").unwrap();
-        let err = lookup(std::slice::from_ref(&file), "x.io").unwrap_err().to_string();
+        let err = lookup(std::slice::from_ref(&file), "x.io")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
 }

@@ -245,6 +245,33 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// A failure to connect: TLS trouble (retrying cannot help) or an unreachable registry.
+pub(crate) fn connect_failure(registry: &str, detail: String) -> Failure {
+    let tls = [
+        "certificate",
+        "UnknownIssuer",
+        "InvalidContentType",
+        "corrupt message",
+        "handshake",
+    ]
+    .iter()
+    .any(|needle| detail.contains(needle));
+    if tls {
+        return RegistryError::Tls {
+            registry: registry.to_string(),
+            detail,
+        }
+        .into();
+    }
+    Failure {
+        transient: true,
+        error: RegistryError::Unreachable {
+            registry: registry.to_string(),
+            detail,
+        },
+    }
+}
+
 fn unauthorized(registry: &str, op: Op<'_>, detail: String) -> Failure {
     RegistryError::Unauthorized {
         registry: registry.to_string(),
@@ -298,13 +325,7 @@ pub(crate) fn classify(
                 return by_status(registry, op, status.as_u16(), detail);
             }
             if e.is_connect() {
-                return Failure {
-                    transient: true,
-                    error: RegistryError::Unreachable {
-                        registry: registry.to_string(),
-                        detail,
-                    },
-                };
+                return connect_failure(registry, detail);
             }
             let transient = e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
             transfer(registry, op, transient, detail)
@@ -326,7 +347,11 @@ pub(crate) fn classify(
                 }
                 .into()
             }
-            _ => unauthorized(registry, op, format!("the token server said: {}", reason.trim())),
+            _ => unauthorized(
+                registry,
+                op,
+                format!("the token server said: {}", reason.trim()),
+            ),
         },
         E::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
@@ -345,7 +370,10 @@ pub(crate) fn classify(
                 )
             }) {
                 not_found(registry, op)
-            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+            {
                 transfer(registry, op, true, detail)
             } else {
                 transfer(registry, op, false, detail)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
-use super::client::{error_chain, http_client, runtime, scheme};
+use super::client::{connect_failure, error_chain, http_client, runtime, scheme};
 use super::{auth, Credentials, RegistryError, RegistryOptions};
 
 /// A `WWW-Authenticate` challenge.
@@ -25,10 +25,7 @@ enum Challenge {
 }
 
 fn parse_challenge(headers: &HeaderMap) -> Challenge {
-    let Some(value) = headers
-        .get(WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
         return Challenge::None;
     };
     let value = value.trim();
@@ -82,10 +79,7 @@ fn auth_params(params: &str) -> Vec<(String, String)> {
 }
 
 fn unreachable(registry: &str, e: &reqwest::Error) -> RegistryError {
-    RegistryError::Unreachable {
-        registry: registry.to_string(),
-        detail: error_chain(e),
-    }
+    connect_failure(registry, error_chain(e)).error
 }
 
 /// Check `creds` against `registry` without saving anything.
@@ -140,10 +134,7 @@ pub fn verify_credentials(
                     .basic_auth(&creds.username, Some(&creds.password))
                     .send()
                     .await
-                    .map_err(|e| RegistryError::Unreachable {
-                        registry: format!("{registry} (token server {realm})"),
-                        detail: error_chain(&e),
-                    })?
+                    .map_err(|e| unreachable(&format!("{registry} (token server {realm})"), &e))?
             }
         };
         match response.status() {
@@ -195,7 +186,9 @@ mod tests {
     #[test]
     fn bearer_challenge_gives_realm_and_service() {
         assert_eq!(
-            challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="a,b""#),
+            challenge(
+                r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="a,b""#
+            ),
             Challenge::Bearer {
                 realm: "https://auth.example.com/token".into(),
                 service: Some("registry.example.com".into())

@@ -102,7 +102,10 @@ impl RegistryOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobKind {
     /// Layer `index` (0-based) of `count`.
-    Layer { index: usize, count: usize },
+    Layer {
+        index: usize,
+        count: usize,
+    },
     Config,
     Manifest,
 }
@@ -155,10 +158,14 @@ pub enum RegistryError {
         action: &'static str,
         detail: String,
     },
-    #[error("registry {registry} rejected the user name or password for {username}; nothing was saved")]
+    #[error(
+        "registry {registry} rejected the user name or password for {username}; nothing was saved"
+    )]
     WrongCredentials { registry: String, username: String },
     #[error("cannot reach registry {registry}: {detail}; check the address and that it is running (add --insecure for a plain-HTTP registry, --ca-file for a private CA)")]
     Unreachable { registry: String, detail: String },
+    #[error("TLS with registry {registry} failed: {detail}; for a private CA pass --ca-file PEM (or set SEALER_REGISTRY_CA), for a plain-HTTP registry use --insecure")]
+    Tls { registry: String, detail: String },
     #[error("registry {registry} has no image {reference}; check the name and tag")]
     NotFound { registry: String, reference: String },
     #[error("{what} at registry {registry} failed after {attempts} attempt(s): {detail}")]

@@ -15,8 +15,7 @@ use oci_client::RegistryOperation;
 
 use super::client::{error_chain, Connection, Failure, Op};
 use super::{
-    registry_of, sha256_digest, BlobKind, Progress, ProgressEvent, RegistryError,
-    RegistryOptions,
+    registry_of, sha256_digest, BlobKind, Progress, ProgressEvent, RegistryError, RegistryOptions,
 };
 use crate::reference::Reference;
 use crate::store::{
@@ -274,8 +273,10 @@ fn is_index(bytes: &[u8]) -> bool {
     }
     match serde_json::from_slice::<Probe>(bytes) {
         Ok(p) => {
-            matches!(p.media_type.as_deref(), Some(MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_LIST))
-                || (p.media_type.is_none() && p.manifests.is_some())
+            matches!(
+                p.media_type.as_deref(),
+                Some(MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_LIST)
+            ) || (p.media_type.is_none() && p.manifests.is_some())
         }
         Err(_) => false,
     }

@@ -144,10 +144,11 @@ pub fn push(
             })
         };
         manifest_progress(0, ProgressEvent::Started);
-        let content_type = HeaderValue::from_str(&media_type).map_err(|_| StoreError::Malformed {
-            what: format!("manifest {}", image.digest),
-            reason: format!("its media type {media_type:?} is not a valid header value"),
-        })?;
+        let content_type =
+            HeaderValue::from_str(&media_type).map_err(|_| StoreError::Malformed {
+                what: format!("manifest {}", image.digest),
+                reason: format!("its media type {media_type:?} is not a valid header value"),
+            })?;
         let body = Bytes::from(manifest_bytes.clone());
         conn.retry(
             || async {
@@ -167,7 +168,12 @@ pub fn push(
     })
 }
 
-fn retry_event(attempt: u32, attempts: u32, wait: Duration, error: &RegistryError) -> ProgressEvent {
+fn retry_event(
+    attempt: u32,
+    attempts: u32,
+    wait: Duration,
+    error: &RegistryError,
+) -> ProgressEvent {
     ProgressEvent::Retrying {
         attempt,
         attempts,
@@ -264,9 +270,7 @@ impl BlobPush<'_> {
             {
                 self.report(
                     self.desc.size,
-                    ProgressEvent::Mounted {
-                        from: from.clone(),
-                    },
+                    ProgressEvent::Mounted { from: from.clone() },
                 );
                 return Ok(BlobOutcome::Mounted);
             }
@@ -293,9 +297,8 @@ impl BlobPush<'_> {
             RegistryError::from(StoreError::io(format!("opening {}", path.display()), e))
         })?;
         let sent = Arc::new(AtomicU64::new(0));
-        let stream = futures_util::stream::try_unfold(
-            (file, sent.clone()),
-            |(mut file, sent)| async move {
+        let stream =
+            futures_util::stream::try_unfold((file, sent.clone()), |(mut file, sent)| async move {
                 let mut buf = vec![0u8; READ_CHUNK];
                 let mut filled = 0;
                 while filled < buf.len() {
@@ -311,11 +314,10 @@ impl BlobPush<'_> {
                 buf.truncate(filled);
                 sent.fetch_add(filled as u64, Ordering::Relaxed);
                 Ok(Some((Bytes::from(buf), (file, sent))))
-            },
-        );
-        let upload = conn
-            .client
-            .push_blob_stream(self.target, stream, digest, Some(self.desc.size));
+            });
+        let upload =
+            conn.client
+                .push_blob_stream(self.target, stream, digest, Some(self.desc.size));
         tokio::pin!(upload);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let result = loop {
