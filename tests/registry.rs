@@ -502,58 +502,63 @@ fn registry_killed_mid_push_gives_clear_error_and_no_manifest() {
     assert_eq!(skopeo_digest(&name), None);
 }
 
-/// A TCP relay to `upstream` that cuts every connection, and stops accepting, once `limit` bytes
-/// have flowed from the registry to the client: the registry "goes away" mid-layer.
+/// A TCP relay to `upstream` that cuts its connections once `limit` bytes have flowed through it
+/// (both directions counted): the registry "goes away" in the middle of a layer. With `once`, it
+/// relays later connections without limit (a dropped connection); otherwise it stops accepting.
 struct CuttingRelay {
     port: u16,
-    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Budget {
+    used: Arc<AtomicU64>,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
 }
 
 impl CuttingRelay {
-    fn start(upstream: u16, limit: u64) -> CuttingRelay {
+    fn start(upstream: u16, limit: u64, once: bool) -> CuttingRelay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let flag = cut.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let budget = Budget {
+            used: Arc::new(AtomicU64::new(0)),
+            limit,
+            tripped: Arc::new(AtomicBool::new(false)),
+        };
+        let stop_flag = stop.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
+                let tripped = budget.tripped.load(Ordering::SeqCst);
+                if stop_flag.load(Ordering::SeqCst) || (tripped && !once) {
                     return; // the listener drops: later connections are refused
                 }
                 let Ok(client) = client else { return };
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     return;
                 };
+                let limited = (!tripped).then(|| budget.clone());
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (flag_up, flag_down, sent_down) = (flag.clone(), flag.clone(), sent.clone());
-                thread::spawn(move || pump(client, server, None, flag_up));
-                thread::spawn(move || pump(s2, c2, Some((sent_down, limit)), flag_down));
+                let limited2 = limited.clone();
+                thread::spawn(move || pump(client, server, limited));
+                thread::spawn(move || pump(s2, c2, limited2));
             }
         });
-        CuttingRelay { port, cut }
+        CuttingRelay { port, stop }
     }
 }
 
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    budget: Option<(Arc<AtomicU64>, u64)>,
-    cut: Arc<AtomicBool>,
-) {
+fn pump(mut from: TcpStream, mut to: TcpStream, budget: Option<Budget>) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        if cut.load(Ordering::SeqCst) {
-            break;
-        }
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some((sent, limit)) = &budget {
-            if sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > *limit {
-                cut.store(true, Ordering::SeqCst);
-                // Wake the accept loop so it sees the cut and closes the listener.
+        if let Some(b) = &budget {
+            if b.used.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > b.limit {
+                b.tripped.store(true, Ordering::SeqCst);
                 break;
             }
         }
@@ -567,7 +572,7 @@ fn pump(
 
 impl Drop for CuttingRelay {
     fn drop(&mut self) {
-        self.cut.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
@@ -588,7 +593,7 @@ fn pull_cut_mid_layer_leaves_no_image_and_no_partial_blob() {
     )
     .unwrap();
 
-    let relay = CuttingRelay::start(registry.port, 8 << 20);
+    let relay = CuttingRelay::start(registry.port, 8 << 20, false);
     let via_relay = format!("127.0.0.1:{}/apps/demo:v1", relay.port);
     let store_b = Store::open(&root_b).unwrap();
     let err = registry::pull(
@@ -837,4 +842,89 @@ fn tls_registry_is_verified_and_trusted_through_ca_file() {
             .digest,
         digest
     );
+}
+
+#[test]
+fn push_cut_mid_layer_fails_clearly_and_registry_has_no_manifest() {
+    let registry = TestRegistry::start(None);
+    let relay = CuttingRelay::start(registry.port, 8 << 20, false);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let via_relay = format!("127.0.0.1:{}/apps/demo:v1", relay.port);
+    build_image(&root, &via_relay);
+    let index_before = fs::read(root.join("oci/index.json")).unwrap();
+    let store = Store::open(&root).unwrap();
+    let err = registry::push(
+        &store,
+        &Reference::parse(&via_relay).unwrap(),
+        &plain_opts(work.path()),
+        &|_| {},
+    )
+    .expect_err("push succeeded through a relay cut mid-layer");
+    let text = err.to_string();
+    eprintln!("push through the cut relay: {text}");
+    assert!(
+        text.contains(&format!("registry 127.0.0.1:{}", relay.port)),
+        "{text}"
+    );
+    assert_eq!(fs::read(root.join("oci/index.json")).unwrap(), index_before);
+    assert_blobs_intact(&root);
+    assert_eq!(
+        skopeo_digest(&format!("{}/apps/demo:v1", registry.host())),
+        None
+    );
+}
+
+#[test]
+fn one_dropped_connection_mid_layer_is_retried_for_push_and_pull() {
+    let registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (work.path().join("a"), work.path().join("b"));
+    let opts = plain_opts(work.path());
+
+    let relay = CuttingRelay::start(registry.port, 8 << 20, true);
+    let via_relay = format!("127.0.0.1:{}/apps/demo:v1", relay.port);
+    let digest = build_image(&root_a, &via_relay);
+    let retries = Mutex::new(Vec::new());
+    let record = |p: sealer::registry::Progress| {
+        if let ProgressEvent::Retrying { error, .. } = p.event {
+            retries.lock().unwrap().push(error);
+        }
+    };
+    registry::push(
+        &Store::open(&root_a).unwrap(),
+        &Reference::parse(&via_relay).unwrap(),
+        &opts,
+        &record,
+    )
+    .unwrap();
+    assert_eq!(
+        retries.lock().unwrap().len(),
+        1,
+        "{:?}",
+        retries.lock().unwrap()
+    );
+    assert_eq!(
+        skopeo_digest(&format!("{}/apps/demo:v1", registry.host())).as_deref(),
+        Some(digest.as_str())
+    );
+
+    retries.lock().unwrap().clear();
+    let relay = CuttingRelay::start(registry.port, 8 << 20, true);
+    let via_relay = format!("127.0.0.1:{}/apps/demo:v1", relay.port);
+    let image = registry::pull(
+        &Store::open(&root_b).unwrap(),
+        &Reference::parse(&via_relay).unwrap(),
+        &opts,
+        &record,
+    )
+    .unwrap();
+    assert_eq!(
+        retries.lock().unwrap().len(),
+        1,
+        "{:?}",
+        retries.lock().unwrap()
+    );
+    assert_eq!(image.digest, digest);
+    assert_blobs_intact(&root_b);
 }
