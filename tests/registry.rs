@@ -354,7 +354,41 @@ fn second_push_uploads_nothing_and_another_repository_mounts_the_blobs() {
         == ProgressEvent::Mounted {
             from: "apps/demo".into()
         }));
-    assert_eq!(skopeo_digest(&other.store_key()), Some(first.digest));
+    assert_eq!(
+        skopeo_digest(&other.store_key()),
+        Some(first.digest.clone())
+    );
+
+    // Pulled by digest alone: named by the digest, no `latest` appears; a wrong digest is refused.
+    let root_b = work.path().join("b");
+    let store_b = Store::open(&root_b).unwrap();
+    let by_digest = format!("{}/apps/demo@{}", registry.host(), first.digest);
+    let image = registry::pull(
+        &store_b,
+        &Reference::parse(&by_digest).unwrap(),
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(image.digest, first.digest);
+    let names: Vec<String> = store_b
+        .images()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![format!(
+            "{}/apps/demo:sha256-{}",
+            registry.host(),
+            first.digest.trim_start_matches("sha256:")
+        )]
+    );
+    let wrong = format!("{}/apps/demo@sha256:{}", registry.host(), "0".repeat(64));
+    let err =
+        registry::pull(&store_b, &Reference::parse(&wrong).unwrap(), &opts, &|_| {}).unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
 }
 
 #[test]

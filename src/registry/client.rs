@@ -180,7 +180,8 @@ impl Connection {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut wait = self.backoff;
-        for n in 1..=self.attempts {
+        let mut n = 1;
+        loop {
             match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(Failure {
@@ -190,6 +191,7 @@ impl Connection {
                     on_retry(n, wait, &error);
                     tokio::time::sleep(wait).await;
                     wait = wait.saturating_mul(2);
+                    n += 1;
                 }
                 Err(Failure { error, transient }) => {
                     return Err(if transient && self.attempts > 1 {
@@ -200,7 +202,6 @@ impl Connection {
                 }
             }
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     /// Translate an `oci-client` error met while doing `op`.

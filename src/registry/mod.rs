@@ -59,31 +59,29 @@ pub struct RegistryOptions {
 }
 
 impl Default for RegistryOptions {
+    /// The same as [`RegistryOptions::from_env`]: the credential files and CA come from the
+    /// environment as for the CLI.
     fn default() -> Self {
-        RegistryOptions {
-            insecure: false,
-            ca_file: None,
-            credentials: None,
-            auth_file: PathBuf::from("auth.json"),
-            extra_auth_files: Vec::new(),
-            attempts: 4,
-            backoff: Duration::from_millis(500),
-            stream_threshold: 8 << 20,
-        }
+        RegistryOptions::from_env()
     }
 }
 
 impl RegistryOptions {
-    /// Defaults from the environment: `SEALER_REGISTRY_CA`, `REGISTRY_AUTH_FILE` or
-    /// `$SEALER_ROOT/auth.json`, and `~/.docker/config.json`.
+    /// TLS against the system roots, credentials from `REGISTRY_AUTH_FILE` or
+    /// `$SEALER_ROOT/auth.json` then `~/.docker/config.json`, extra CA from `SEALER_REGISTRY_CA`,
+    /// 4 attempts per transfer with backoff from 0.5 s.
     pub fn from_env() -> Self {
         RegistryOptions {
+            insecure: false,
             ca_file: std::env::var_os("SEALER_REGISTRY_CA")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            credentials: None,
             auth_file: auth::default_auth_file(),
             extra_auth_files: auth::docker_config_file().into_iter().collect(),
-            ..RegistryOptions::default()
+            attempts: 4,
+            backoff: Duration::from_millis(500),
+            stream_threshold: 8 << 20,
         }
     }
 

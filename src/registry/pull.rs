@@ -17,7 +17,7 @@ use super::client::{error_chain, Connection, Failure, Op};
 use super::{
     registry_of, sha256_digest, BlobKind, Progress, ProgressEvent, RegistryError, RegistryOptions,
 };
-use crate::reference::Reference;
+use crate::reference::{Reference, DEFAULT_TAG};
 use crate::store::{
     Image, ImageConfig, Index, Manifest, Store, StoreError, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
@@ -33,6 +33,10 @@ const ACCEPTED: &[&str] = &[
 
 /// Pull `reference` (which must name a registry) into `store` and return the stored image.
 ///
+/// The image is named by the reference's tag; a reference pinned by digest alone
+/// (`repo@sha256:<hex>`) names it `repo:sha256-<hex>`, so that pulling by digest never moves
+/// `latest`. A pinned digest is checked against what the registry sends.
+///
 /// This is also what the builder calls for `FROM registry/repo:tag` when the base image is not in
 /// the store.
 pub fn pull(
@@ -42,6 +46,7 @@ pub fn pull(
     progress: &dyn Fn(Progress),
 ) -> Result<Image, RegistryError> {
     let registry = registry_of(reference)?;
+    let name = local_name(reference);
     let conn = Connection::open(registry, opts)?;
     let target = match &reference.digest {
         Some(digest) => oci_client::Reference::with_digest(
@@ -68,7 +73,7 @@ pub fn pull(
         reason,
     };
 
-    conn.runtime.block_on(async {
+    let digest = conn.runtime.block_on(async {
         let quiet = |_: u32, _: Duration, _: &RegistryError| {};
         conn.retry(
             || async {
@@ -198,10 +203,30 @@ pub fn pull(
             done: size,
             event: ProgressEvent::Done,
         });
-        store.set_name(reference, &digest, size)?;
-        Ok::<(), RegistryError>(())
+        store.set_name(&name, &digest, size)?;
+        Ok::<String, RegistryError>(digest)
     })?;
-    Ok(store.image(reference)?)
+    let mut image = store.image(&Reference {
+        digest: Some(digest),
+        ..name.clone()
+    })?;
+    image.reference = name;
+    Ok(image)
+}
+
+/// The name a pulled image gets in the store: its tag; for a reference pinned by digest alone
+/// (`repo@sha256:…`, whose tag is the default) the tag `sha256-<hex>`, so that pulling by digest
+/// never moves the `latest` name.
+fn local_name(reference: &Reference) -> Reference {
+    let tag = match &reference.digest {
+        Some(digest) if reference.tag == DEFAULT_TAG => digest.replacen(':', "-", 1),
+        _ => reference.tag.clone(),
+    };
+    Reference {
+        tag,
+        digest: None,
+        ..reference.clone()
+    }
 }
 
 /// Stream one blob into the store; only a complete blob with the right digest is committed.
