@@ -4,17 +4,18 @@
 //! contains (the builder does) nor how the store lays blobs out (the store does). Pushing reads
 //! blobs from the store and uploads them byte for byte, so manifest, config and layer digests are
 //! the same on both sides and the zstd frame structure of sealer layers survives. Pulling streams
-//! each blob into [`Store::blob_writer`] and commits it with the digest the manifest promises, so
-//! nothing unverified enters the store, and names the image only once every blob is in.
+//! each blob into [`Store::blob_writer`](crate::store::Store::blob_writer) and commits it with the
+//! digest the manifest promises, so nothing unverified enters the store, and names the image only
+//! once every blob is in.
 //!
 //! The distribution protocol (bearer and basic auth, blob HEAD, cross-repository mount, chunked
 //! uploads, manifests as raw bytes, streamed blob downloads, plain HTTP, extra CA roots) is done by
 //! the `oci-client` crate, run on a private single-threaded tokio runtime so that the API here is
-//! synchronous. Two things are hand-written with `reqwest` (the client `oci-client` itself uses):
-//! the credential check of `login`, because `oci-client` does not verify credentials against a
-//! registry that uses basic auth (it only attaches them to later requests) and always asks a token
-//! server for a repository scope, whereas login has no repository; and retries with exponential
-//! backoff around each blob and manifest transfer, which `oci-client` does not do.
+//! synchronous. Two things are our own. The credential check of `login` is a few `reqwest`
+//! requests (the HTTP client `oci-client` itself uses), because `oci-client` does not check
+//! credentials against a registry using basic auth (it only attaches them to later requests) and
+//! always asks a token server for a repository scope, whereas login has no repository. Retries
+//! with exponential backoff wrap each blob and manifest transfer, because `oci-client` has none.
 //!
 //! For the builder: `FROM registry/repo:tag` whose image is not in the store is one call,
 //! `pull(&store, &reference, &RegistryOptions::from_env(), &|_| {})`.
