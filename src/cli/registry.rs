@@ -208,7 +208,7 @@ impl ProgressView {
             let bar = multi.add(ProgressBar::new(p.total));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:24} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                    "{prefix:30} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),

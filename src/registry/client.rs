@@ -258,6 +258,11 @@ pub(crate) fn connect_failure(registry: &str, detail: String) -> Failure {
     .iter()
     .any(|needle| detail.contains(needle));
     if tls {
+        let detail = if detail.contains("InvalidContentType") {
+            format!("it answered without TLS, so it is probably a plain-HTTP registry ({detail})")
+        } else {
+            detail
+        };
         return RegistryError::Tls {
             registry: registry.to_string(),
             detail,
