@@ -30,6 +30,28 @@ const SEALER: &str = env!("CARGO_BIN_EXE_sealer");
 // ---------------------------------------------------------------------------------------------
 // A registry of the test's own.
 
+enum Auth {
+    None,
+    Htpasswd(String, String),
+    /// Bearer tokens from the token server at `realm`, signed by the key of the cert in `bundle`.
+    Token {
+        realm: String,
+        bundle: PathBuf,
+    },
+}
+
+impl From<Option<(&str, &str)>> for Auth {
+    fn from(user: Option<(&str, &str)>) -> Self {
+        match user {
+            Some((u, p)) => Auth::Htpasswd(u.into(), p.into()),
+            None => Auth::None,
+        }
+    }
+}
+
+const TOKEN_SERVICE: &str = "sealer-test-registry";
+const TOKEN_ISSUER: &str = "sealer-test-issuer";
+
 struct TestRegistry {
     child: Option<Child>,
     port: u16,
@@ -60,6 +82,10 @@ impl TestRegistry {
 
     /// With `tls`, serve HTTPS with that `(certificate, key)` pair.
     fn start_with(user: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> TestRegistry {
+        Self::launch(Auth::from(user), tls)
+    }
+
+    fn launch(auth: Auth, tls: Option<(&Path, &Path)>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut config = format!(
@@ -75,9 +101,16 @@ impl TestRegistry {
                 key.display()
             ));
         }
-        if let Some((user, pass)) = user {
+        if let Auth::Token { realm, bundle } = &auth {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    \
+                 issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                bundle.display()
+            ));
+        }
+        if let Auth::Htpasswd(user, pass) = &auth {
             let out = Command::new("htpasswd")
-                .args(["-Bbn", user, pass])
+                .args(["-Bbn", user.as_str(), pass.as_str()])
                 .output()
                 .expect("htpasswd (apt-get install apache2-utils)");
             assert!(out.status.success(), "htpasswd failed");
@@ -961,4 +994,258 @@ fn one_dropped_connection_mid_layer_is_retried_for_push_and_pull() {
     );
     assert_eq!(image.digest, digest);
     assert_blobs_intact(&root_b);
+}
+
+/// A minimal token server (docker token auth): it issues RS256 JWTs, signed with `openssl`, for
+/// the user `alice` with password `secret`, and answers 401 to anyone else.
+struct TokenServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> TokenServer {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sealer token issuer",
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-in",
+                "token.pem",
+                "-outform",
+                "DER",
+                "-out",
+                "token.der",
+            ],
+        );
+        let der = fs::read(dir.join("token.der")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let dir = dir.to_path_buf();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { return };
+                let _ = Self::answer(&mut conn, &dir, &der);
+            }
+        });
+        TokenServer { port, stop }
+    }
+
+    fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    fn answer(conn: &mut TcpStream, dir: &Path, der: &[u8]) -> std::io::Result<()> {
+        use base64::Engine;
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&request).to_string();
+        let target = text.split_whitespace().nth(1).unwrap_or("/");
+        let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let expected = format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:secret")
+        );
+        let authorized = text.lines().any(|l| {
+            l.to_ascii_lowercase().trim()
+                == format!("authorization: {}", expected.to_ascii_lowercase())
+        });
+        if !authorized {
+            conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 25\r\nConnection: close\r\n\r\n{\"details\":\"bad account\"}",
+            )?;
+            return Ok(());
+        }
+        let mut access = Vec::new();
+        for pair in query.split('&') {
+            let Some(scope) = pair.strip_prefix("scope=") else {
+                continue;
+            };
+            let scope = scope
+                .replace("%3A", ":")
+                .replace("%2C", ",")
+                .replace("%2F", "/");
+            let parts: Vec<&str> = scope.splitn(3, ':').collect();
+            if parts.len() == 3 {
+                access.push(serde_json::json!({
+                    "type": parts[0], "name": parts[1],
+                    "actions": parts[2].split(',').collect::<Vec<_>>(),
+                }));
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({
+            "alg": "RS256", "typ": "JWT",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(der)],
+        });
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER, "sub": "alice", "aud": TOKEN_SERVICE,
+            "exp": now + 600, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", access.len()),
+            "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut sign = Command::new("openssl")
+            .current_dir(dir)
+            .args(["dgst", "-sha256", "-sign", "token.key"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        sign.stdin
+            .take()
+            .unwrap()
+            .write_all(signing_input.as_bytes())?;
+        let signature = sign.wait_with_output()?.stdout;
+        let token = format!("{signing_input}.{}", b64url(&signature));
+        let body = serde_json::json!({ "token": token, "expires_in": 600 }).to_string();
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn token_auth_registry_works_after_login_and_refuses_wrong_password() {
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    fs::create_dir_all(&pki).unwrap();
+    let tokens = TokenServer::start(&pki);
+    let registry = TestRegistry::launch(
+        Auth::Token {
+            realm: tokens.realm(),
+            bundle: pki.join("token.pem"),
+        },
+        None,
+    );
+    let (root, root_b, home) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("home"),
+    );
+    fs::create_dir_all(&home).unwrap();
+    let name = format!("{}/apps/demo:v1", registry.host());
+    let digest = build_image(&root, &name);
+
+    let out = sealer(&root, &home, &["push", "--insecure", &name], None);
+    assert!(
+        !out.status.success(),
+        "anonymous push to a token registry succeeded"
+    );
+    let err = stderr(&out);
+    eprintln!("anonymous push to the token registry: {err}");
+    assert!(
+        err.contains(&format!("sealer login {}", registry.host())),
+        "{err}"
+    );
+
+    let login = |password: &str| {
+        sealer(
+            &root,
+            &home,
+            &[
+                "login",
+                "--insecure",
+                &registry.host(),
+                "-u",
+                "alice",
+                "--password-stdin",
+            ],
+            Some(password),
+        )
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("rejected the user name or password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join("auth.json").exists());
+    let out = login("secret");
+    assert!(out.status.success(), "login failed: {}", stderr(&out));
+
+    let out = sealer(&root, &home, &["push", "--insecure", &name], None);
+    assert!(
+        out.status.success(),
+        "push with a token failed: {}",
+        stderr(&out)
+    );
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            "alice:secret",
+            &format!("docker://{name}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Digest"].as_str(), Some(digest.as_str()));
+
+    fs::copy(root.join("auth.json"), work.path().join("auth-copy.json")).unwrap();
+    let mut opts = plain_opts(work.path());
+    opts.auth_file = work.path().join("auth-copy.json");
+    let image = registry::pull(
+        &Store::open(&root_b).unwrap(),
+        &Reference::parse(&name).unwrap(),
+        &opts,
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(image.digest, digest);
 }
