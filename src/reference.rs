@@ -114,8 +114,14 @@ impl Reference {
                 Some((host, port)) => (host, Some(port)),
                 None => (reg.as_str(), None),
             };
-            if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c)) {
-                return Err(fail("the registry host is not a valid host name or address"));
+            if host.is_empty()
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+            {
+                return Err(fail(
+                    "the registry host is not a valid host name or address",
+                ));
             }
             if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
                 return Err(fail("the registry port must be a number"));

@@ -348,7 +348,7 @@ mod tests {
         w.entry_boundary().unwrap();
         w.write_all(&vec![2u8; FRAME_SOFT_CUT]).unwrap();
         w.entry_boundary().unwrap();
-        w.write_all(&vec![3u8; 10]).unwrap();
+        w.write_all(&[3u8; 10]).unwrap();
         let (_, layer) = w.finish().unwrap();
         let sizes: Vec<u64> = layer.frames.iter().map(|f| f.uncompressed_len).collect();
         assert_eq!(sizes, vec![1000 + FRAME_SOFT_CUT as u64, 10]);

@@ -2,7 +2,15 @@
 //!
 //! This crate owns the framed-zstd layer encoding shared by the image store and the packer
 //! (`frames`), the `.run` container (writer, reader, verification) and the one tar extraction
-//! routine used by `extract`, remote unpack and `load`. It knows nothing about Kubefiles,
-//! registries, Clusterfiles or SSH.
+//! routine used by `extract`, remote unpack and `load` (`unpack`). It knows nothing about
+//! Kubefiles, registries, Clusterfiles or SSH.
 
 pub mod frames;
+pub mod source;
+pub mod unpack;
+
+pub use source::{ByteSource, MappedFile, PositionedFile};
+pub use unpack::{
+    unpack, unpack_blob_files, Compression, EntryProblem, FrameProblem, LayerInput, UnpackError,
+    UnpackOptions, UnpackReport,
+};

@@ -1,8 +1,10 @@
 //! Argument parsing and printing for `sealer`. Every command turns its arguments into the options
 //! struct of one library function and prints the result; no behaviour lives here.
 
+mod build;
 mod images;
 mod registry;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a cluster image from a Kubefile.
+    Build(build::BuildArgs),
+    /// Install an image onto hosts over SSH (or this machine with --local).
+    Run(Box<run::RunArgs>),
+    #[command(hide = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// List the images in the local store.
     Images(images::ImagesArgs),
     /// Show an image's manifest, layers and config as JSON.
@@ -45,6 +56,9 @@ enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => build::run(a),
+        Command::Run(a) => run::run(*a),
+        Command::Agent { args } => return sealer::deploy::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),
         Command::Tag(a) => images::tag(a),

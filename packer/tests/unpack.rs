@@ -1,0 +1,490 @@
+//! The extraction engine against GNU tar as the judge, and against crafted malicious layers.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::{fingerprint, framed, gnu_tar_extract, pseudo_random, LayerTar};
+use packer::frames::Frame;
+use packer::{
+    unpack, unpack_blob_files, ByteSource, Compression, EntryProblem, FrameProblem, LayerInput,
+    UnpackError, UnpackOptions,
+};
+
+struct Blob {
+    bytes: Vec<u8>,
+    frames: Vec<Frame>,
+}
+
+fn blob(tar: &[u8]) -> Blob {
+    let (bytes, layer) = framed(tar);
+    Blob {
+        bytes,
+        frames: layer.frames,
+    }
+}
+
+fn inputs(blobs: &[Blob]) -> Vec<LayerInput<'_>> {
+    blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| LayerInput {
+            label: format!("layer {}", i + 1),
+            compression: Compression::Zstd,
+            base: 0,
+            frames: &b.frames,
+            source: &b.bytes as &dyn ByteSource,
+        })
+        .collect()
+}
+
+fn extract(blobs: &[Blob], dest: &Path) -> Result<packer::UnpackReport, UnpackError> {
+    unpack(&inputs(blobs), dest, &UnpackOptions::default())
+}
+
+fn save(dir: &Path, name: &str, blob: &Blob) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, &blob.bytes).unwrap();
+    path
+}
+
+/// A layer with a bit of everything: nested dirs, modes, small/large/multi-frame files, links.
+fn rich_layer() -> Vec<u8> {
+    let mut t = LayerTar::new();
+    t.dir("etc/", 0o755)
+        .dir("etc/app/", 0o750)
+        .file("etc/app/config.yaml", 0o640, b"key: value\n")
+        .file("etc/app/empty", 0o600, b"")
+        .dir("usr/", 0o755)
+        .dir("usr/bin/", 0o755)
+        .file("usr/bin/tool", 0o755, &pseudo_random(5 << 20, 1))
+        .file("usr/bin/setuid-tool", 0o4755, b"#!/bin/sh\n")
+        .hard_link("usr/bin/tool-alias", "usr/bin/tool")
+        .symlink("usr/bin/t", "tool")
+        .symlink("etc/app/up", "../../usr/bin")
+        .file(
+            "implicit/parent/dirs/file.txt",
+            0o644,
+            b"parents made on the fly",
+        )
+        .file("data/huge.bin", 0o644, &pseudo_random(40 << 20, 2));
+    for i in 0..300 {
+        t.file(
+            &format!("many/f{i:04}"),
+            0o644,
+            &pseudo_random(100 + i * 37, i as u64),
+        );
+    }
+    t.long_file(
+        &format!("deep/{}/long-name-file", "x".repeat(150)),
+        b"long names survive",
+    );
+    t.finish()
+}
+
+#[test]
+fn extraction_matches_gnu_tar_of_the_same_layers() {
+    let work = tempfile::tempdir().unwrap();
+    let mut second = LayerTar::new();
+    second
+        .file("etc/app/config.yaml", 0o644, b"key: overridden\n")
+        .file("many/f0001", 0o600, b"replaced by layer 2")
+        .file("added/in/layer2", 0o644, b"new");
+    let blobs = vec![blob(&rich_layer()), blob(&second.finish())];
+    assert!(
+        blobs[0].frames.len() > 2,
+        "the big layer spans several frames"
+    );
+
+    let ours = work.path().join("ours");
+    let report = extract(&blobs, &ours).unwrap();
+    assert!(report.files > 300);
+    assert_eq!(report.hard_links, 1);
+
+    let paths: Vec<PathBuf> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| save(work.path(), &format!("layer{i}.tar.zst"), b))
+        .collect();
+    let theirs = work.path().join("theirs");
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    gnu_tar_extract(&refs, &theirs);
+
+    assert_same_tree(&ours, &theirs);
+}
+
+fn assert_same_tree(ours: &Path, judge: &Path) {
+    let (a, b) = (fingerprint(ours), fingerprint(judge));
+    for (path, desc) in &b {
+        assert_eq!(
+            a.get(path),
+            Some(desc),
+            "entry {path} differs from the judge"
+        );
+    }
+    for path in a.keys() {
+        assert!(
+            b.contains_key(path),
+            "entry {path} is not in the judge's tree"
+        );
+    }
+}
+
+#[test]
+fn blob_files_from_the_store_materialise_like_gnu_tar() {
+    let work = tempfile::tempdir().unwrap();
+    let layer = blob(&rich_layer());
+    let path = save(work.path(), "blob", &layer);
+    let ours = work.path().join("rootfs");
+    unpack_blob_files(
+        std::slice::from_ref(&path),
+        &ours,
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    let theirs = work.path().join("judge");
+    gnu_tar_extract(&[&path], &theirs);
+    assert_same_tree(&ours, &theirs);
+}
+
+#[test]
+fn xz_frames_extract_like_zstd_frames() {
+    let work = tempfile::tempdir().unwrap();
+    let zstd_blob = blob(&rich_layer());
+    // Re-encode every frame as an independent xz stream.
+    let mut xz_bytes = Vec::new();
+    let mut xz_frames = Vec::new();
+    for frame in &zstd_blob.frames {
+        let start = frame.offset as usize;
+        let plain =
+            zstd::decode_all(&zstd_blob.bytes[start..start + frame.compressed_len as usize])
+                .unwrap();
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(&plain).unwrap();
+        let packed = enc.finish().unwrap();
+        xz_frames.push(Frame {
+            offset: xz_bytes.len() as u64,
+            compressed_len: packed.len() as u64,
+            uncompressed_len: plain.len() as u64,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&packed)),
+        });
+        xz_bytes.extend_from_slice(&packed);
+    }
+    let layer = LayerInput {
+        label: "layer 1".into(),
+        compression: Compression::Xz,
+        base: 0,
+        frames: &xz_frames,
+        source: &xz_bytes as &dyn ByteSource,
+    };
+    let from_xz = work.path().join("xz");
+    unpack(&[layer], &from_xz, &UnpackOptions::default()).unwrap();
+    let from_zstd = work.path().join("zstd");
+    extract(&[zstd_blob], &from_zstd).unwrap();
+    assert_same_tree(&from_xz, &from_zstd);
+}
+
+#[test]
+fn whiteouts_remove_lower_entries_and_opaque_dirs_hide_them() {
+    let work = tempfile::tempdir().unwrap();
+    let mut lower = LayerTar::new();
+    lower
+        .file("keep/a", 0o644, b"a")
+        .file("keep/gone", 0o644, b"deleted by layer 2")
+        .file("dirgone/inner/x", 0o644, b"x")
+        .file("opaque/old1", 0o644, b"old")
+        .file("opaque/sub/old2", 0o644, b"old");
+    let mut upper = LayerTar::new();
+    upper
+        .file("keep/.wh.gone", 0o644, b"")
+        .file(".wh.dirgone", 0o644, b"")
+        .dir("opaque/", 0o755)
+        .file("opaque/.wh..wh..opq", 0o644, b"")
+        .file("opaque/new", 0o644, b"new")
+        .file("nowhere/.wh.nothing", 0o644, b"");
+    let dest = work.path().join("out");
+    let report = extract(&[blob(&lower.finish()), blob(&upper.finish())], &dest).unwrap();
+    assert_eq!(report.whiteouts, 4);
+    let tree = fingerprint(&dest);
+    let names: Vec<&str> = tree.keys().map(|s| s.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["keep", "keep/a", "opaque", "opaque/new"],
+        "whiteout markers themselves never appear"
+    );
+}
+
+#[test]
+fn directory_modes_and_times_come_from_the_headers_after_all_writes() {
+    let work = tempfile::tempdir().unwrap();
+    let mut t = LayerTar::new();
+    t.dir("locked/", 0o555)
+        .file(
+            "locked/inside",
+            0o644,
+            b"written before the mode is applied",
+        )
+        .symlink("locked/link", "inside");
+    let mut upper = LayerTar::new();
+    upper.file("locked/added-later", 0o644, b"layer 2");
+    let dest = work.path().join("out");
+    extract(&[blob(&t.finish()), blob(&upper.finish())], &dest).unwrap();
+    let meta = fs::metadata(dest.join("locked")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o555);
+    assert_eq!(meta.mtime(), 1_600_000_000);
+    assert!(dest.join("locked/added-later").exists());
+}
+
+#[test]
+fn hard_links_share_one_inode() {
+    let work = tempfile::tempdir().unwrap();
+    let mut t = LayerTar::new();
+    t.file("bin/busybox", 0o755, b"one binary")
+        .hard_link("bin/sh", "bin/busybox")
+        .hard_link("./bin/ls", "./bin/busybox");
+    let dest = work.path().join("out");
+    extract(&[blob(&t.finish())], &dest).unwrap();
+    let ino = |p: &str| fs::metadata(dest.join(p)).unwrap().ino();
+    assert_eq!(ino("bin/busybox"), ino("bin/sh"));
+    assert_eq!(ino("bin/busybox"), ino("bin/ls"));
+    assert_eq!(fs::metadata(dest.join("bin/sh")).unwrap().nlink(), 3);
+}
+
+/// Extract one crafted layer and return the refusal; checks nothing was left behind.
+fn refused(tar: Vec<u8>, options: &UnpackOptions<'_>) -> UnpackError {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("out");
+    let blobs = [
+        blob(&LayerTar::new().file("ok", 0o644, b"fine").finish()),
+        blob(&tar),
+    ];
+    let err = unpack(&inputs(&blobs), &dest, options).expect_err("the layer must be refused");
+    assert!(!dest.exists(), "nothing may appear at the destination");
+    let leftovers: Vec<_> = fs::read_dir(work.path()).unwrap().collect();
+    assert!(leftovers.is_empty(), "the staging directory is removed");
+    err
+}
+
+fn assert_entry_refused(err: UnpackError, want_path: &str, check: impl Fn(&EntryProblem) -> bool) {
+    match &err {
+        UnpackError::Entry {
+            layer,
+            path,
+            problem,
+        } => {
+            assert_eq!(layer, "layer 2", "{err}");
+            assert_eq!(path, want_path, "{err}");
+            assert!(check(problem), "unexpected problem: {err}");
+        }
+        other => panic!("expected an entry refusal, got: {other}"),
+    }
+}
+
+#[test]
+fn absolute_entry_path_is_refused() {
+    let mut t = LayerTar::new();
+    t.file("/etc/evil", 0o644, b"x");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(err, "/etc/evil", |p| {
+        matches!(p, EntryProblem::AbsolutePath)
+    });
+}
+
+#[test]
+fn parent_dir_entry_path_is_refused() {
+    let mut t = LayerTar::new();
+    t.file("a/../../escape", 0o644, b"x");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(err, "a/../../escape", |p| {
+        matches!(p, EntryProblem::ParentDir)
+    });
+}
+
+#[test]
+fn symlink_climbing_out_is_refused() {
+    let mut t = LayerTar::new();
+    t.symlink("sub/evil", "../../etc");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(
+        err,
+        "sub/evil",
+        |p| matches!(p, EntryProblem::SymlinkEscapes { target } if target == "../../etc"),
+    );
+}
+
+#[test]
+fn absolute_symlink_is_refused_by_default() {
+    let mut t = LayerTar::new();
+    t.symlink("etc-link", "/etc");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(err, "etc-link", |p| {
+        matches!(p, EntryProblem::SymlinkEscapes { .. })
+    });
+}
+
+#[test]
+fn symlink_escaping_through_another_symlink_is_refused() {
+    // `l -> .` is harmless and `q -> l/..` looks harmless lexically, but resolves to DEST/..
+    let mut t = LayerTar::new();
+    t.symlink("q", "l/..").symlink("l", ".");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    match err {
+        UnpackError::Entry { path, problem, .. } => {
+            assert_eq!(path, "q");
+            assert!(matches!(problem, EntryProblem::SymlinkEscapes { .. }));
+        }
+        other => panic!("expected a symlink refusal, got {other}"),
+    }
+}
+
+#[test]
+fn hard_link_outside_is_refused() {
+    let mut t = LayerTar::new();
+    t.hard_link("passwd", "../../../etc/passwd");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(err, "passwd", |p| {
+        matches!(p, EntryProblem::HardLinkOutside { .. })
+    });
+}
+
+#[test]
+fn hard_link_through_symlink_is_refused() {
+    let mut t = LayerTar::new();
+    t.symlink("sys", "ok-dir")
+        .dir("ok-dir/", 0o755)
+        .file("ok-dir/f", 0o644, b"f")
+        .hard_link("h", "sys/f");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(err, "h", |p| {
+        matches!(p, EntryProblem::HardLinkOutside { .. })
+    });
+}
+
+#[test]
+fn writing_through_a_symlink_is_refused() {
+    let mut t = LayerTar::new();
+    t.dir("real/", 0o755)
+        .symlink("alias", "real")
+        .file("alias/file", 0o644, b"through the link");
+    let err = refused(t.finish(), &UnpackOptions::default());
+    assert_entry_refused(
+        err,
+        "alias/file",
+        |p| matches!(p, EntryProblem::ThroughSymlink { link } if link == "alias"),
+    );
+}
+
+#[test]
+fn device_files_are_refused_unless_allowed() {
+    let mut t = LayerTar::new();
+    t.char_device("dev/null", 1, 3);
+    let options = UnpackOptions {
+        devices: false,
+        ..UnpackOptions::default()
+    };
+    let err = refused(t.finish(), &options);
+    assert_entry_refused(err, "dev/null", |p| matches!(p, EntryProblem::Device));
+}
+
+#[test]
+fn corrupt_frame_is_named_with_its_bytes_and_nothing_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let mut layer = blob(&rich_layer());
+    let victim = layer.frames[1].clone();
+    layer.bytes[(victim.offset + victim.compressed_len / 2) as usize] ^= 0x40;
+    let dest = work.path().join("out");
+    let blobs = [
+        blob(&LayerTar::new().file("a", 0o644, b"a").finish()),
+        layer,
+    ];
+    let err = extract(&blobs, &dest).unwrap_err();
+    match &err {
+        UnpackError::Frame {
+            layer,
+            frame,
+            start,
+            end,
+            problem,
+        } => {
+            assert_eq!(layer, "layer 2");
+            assert_eq!(*frame, 2);
+            assert_eq!(
+                (*start, *end),
+                (victim.offset, victim.offset + victim.compressed_len)
+            );
+            assert!(matches!(problem, FrameProblem::Checksum { .. }));
+        }
+        other => panic!("expected a frame error, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.starts_with("frame 2 of layer 2 is corrupt"), "{text}");
+    assert!(!dest.exists());
+    assert_eq!(fs::read_dir(work.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn truncated_tar_stream_is_a_tar_error_naming_the_layer() {
+    let work = tempfile::tempdir().unwrap();
+    let mut tar = LayerTar::new();
+    tar.file("big", 0o644, &pseudo_random(100_000, 3));
+    let mut bytes = tar.finish();
+    bytes.truncate(50_000);
+    let dest = work.path().join("out");
+    let err = extract(&[blob(&bytes)], &dest).unwrap_err();
+    assert!(
+        matches!(&err, UnpackError::Tar { layer, .. } | UnpackError::Entry { layer, .. } if layer == "layer 1"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
+fn non_empty_destination_is_left_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    fs::write(dest.join("precious"), b"keep me").unwrap();
+    let err = extract(
+        &[blob(&LayerTar::new().file("a", 0o644, b"a").finish())],
+        &dest,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, UnpackError::DestinationExists { .. }),
+        "{err}"
+    );
+    assert_eq!(fs::read(dest.join("precious")).unwrap(), b"keep me");
+}
+
+#[test]
+fn empty_destination_directory_is_filled() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("out");
+    fs::create_dir(&dest).unwrap();
+    extract(
+        &[blob(&LayerTar::new().file("a", 0o644, b"a").finish())],
+        &dest,
+    )
+    .unwrap();
+    assert_eq!(fs::read(dest.join("a")).unwrap(), b"a");
+}
+
+#[test]
+fn ownership_is_restored_when_root() {
+    if !common::is_root() {
+        eprintln!("skipped: restoring owners needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("out");
+    extract(
+        &[blob(&LayerTar::new().file("owned", 0o644, b"a").finish())],
+        &dest,
+    )
+    .unwrap();
+    let meta = fs::metadata(dest.join("owned")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+}
