@@ -741,10 +741,16 @@ fn docker_schema2_image_with_gzip_layer_pulls_as_is() {
     let remote_digest = skopeo_digest(&remote).unwrap();
 
     let store_b = Store::open(&root_b).unwrap();
+    // Plain HTTP for this registry only, as SEALER_INSECURE_REGISTRIES gives it.
+    let opts = RegistryOptions {
+        insecure: false,
+        insecure_registries: vec![registry.host()],
+        ..plain_opts(work.path())
+    };
     let image = registry::pull(
         &store_b,
         &Reference::parse(&remote).unwrap(),
-        &plain_opts(work.path()),
+        &opts,
         &|_| {},
     )
     .unwrap();

@@ -83,8 +83,8 @@ pub(crate) fn ca_certificates(opts: &RegistryOptions) -> Result<Vec<Vec<u8>>, Re
     Ok(certs)
 }
 
-pub(crate) fn scheme(opts: &RegistryOptions) -> &'static str {
-    if opts.insecure {
+pub(crate) fn scheme(opts: &RegistryOptions, registry: &str) -> &'static str {
+    if opts.is_insecure(registry) {
         "http"
     } else {
         "https"
@@ -133,7 +133,7 @@ impl Connection {
             })
             .collect();
         let config = ClientConfig {
-            protocol: if opts.insecure {
+            protocol: if opts.is_insecure(registry) {
                 ClientProtocol::Http
             } else {
                 ClientProtocol::Https

@@ -90,7 +90,7 @@ pub fn verify_credentials(
 ) -> Result<(), RegistryError> {
     let registry = auth::registry_key(registry);
     let client = http_client(opts)?;
-    let url = format!("{}://{registry}/v2/", scheme(opts));
+    let url = format!("{}://{registry}/v2/", scheme(opts, &registry));
     let rt = runtime()?;
     rt.block_on(async {
         let anonymous = client

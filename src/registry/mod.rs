@@ -40,8 +40,11 @@ use crate::store::StoreError;
 /// How to reach registries; the same for push, pull and login.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
-    /// Talk plain HTTP instead of HTTPS (`--insecure`).
+    /// Talk plain HTTP instead of HTTPS to every registry (`--insecure`).
     pub insecure: bool,
+    /// Registries (`host[:port]`) always talked to over plain HTTP, from
+    /// `SEALER_INSECURE_REGISTRIES` (comma-separated): how a build's `FROM` reaches a lab registry.
+    pub insecure_registries: Vec<String>,
     /// PEM file of extra CA certificates to trust (`--ca-file`, `SEALER_REGISTRY_CA`).
     pub ca_file: Option<PathBuf>,
     /// Credentials to use instead of looking them up in `auth_files`.
@@ -74,6 +77,13 @@ impl RegistryOptions {
     pub fn from_env() -> Self {
         RegistryOptions {
             insecure: false,
+            insecure_registries: std::env::var("SEALER_INSECURE_REGISTRIES")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(auth::registry_key)
+                .collect(),
             ca_file: std::env::var_os("SEALER_REGISTRY_CA")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
@@ -84,6 +94,15 @@ impl RegistryOptions {
             backoff: Duration::from_millis(500),
             stream_threshold: 8 << 20,
         }
+    }
+
+    /// Whether `registry` is talked to over plain HTTP.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        self.insecure
+            || self
+                .insecure_registries
+                .iter()
+                .any(|h| *h == auth::registry_key(registry))
     }
 
     /// Credentials for `registry`: the explicit ones, else the first credential file naming it.
