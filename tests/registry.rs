@@ -212,8 +212,12 @@ fn zstd_layer(store: &Store, tar: &[u8]) -> (Descriptor, String) {
 }
 
 fn commit(store: &Store, name: &str, layers: Vec<(Descriptor, String)>) -> String {
+    commit_for(store, name, "amd64", layers)
+}
+
+fn commit_for(store: &Store, name: &str, arch: &str, layers: Vec<(Descriptor, String)>) -> String {
     let config = ImageConfig {
-        architecture: "amd64".into(),
+        architecture: arch.into(),
         os: "linux".into(),
         rootfs: RootFs {
             kind: "layers".into(),
@@ -1254,4 +1258,98 @@ fn token_auth_registry_works_after_login_and_refuses_wrong_password() {
     )
     .unwrap();
     assert_eq!(image.digest, digest);
+}
+
+#[test]
+fn pull_of_an_index_takes_the_linux_amd64_image() {
+    let registry = TestRegistry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let (root_a, root_b) = (work.path().join("a"), work.path().join("b"));
+    let amd64 = build_image(&root_a, "local/multi:amd64");
+    let store_a = Store::open(&root_a).unwrap();
+    let small = tar_of(&[("arch", b"arm64\n".to_vec())]);
+    let arm64 = commit_for(
+        &store_a,
+        "local/multi:arm64",
+        "arm64",
+        vec![zstd_layer(&store_a, &small)],
+    );
+
+    // An OCI layout holding an index over both, copied to the registry by skopeo.
+    let layout = work.path().join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    for entry in fs::read_dir(store_a.oci_dir().join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(
+            entry.path(),
+            layout.join("blobs/sha256").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let size_of = |d: &str| fs::metadata(store_a.blob_path(d).unwrap()).unwrap().len();
+    let entry = |digest: &str, arch: &str| {
+        serde_json::json!({
+            "mediaType": MEDIA_TYPE_MANIFEST, "digest": digest, "size": size_of(digest),
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&arm64, "arm64"), entry(&amd64, "amd64")],
+    }))
+    .unwrap();
+    let index_digest = format!("sha256:{}", hex::encode(Sha256::digest(&index)));
+    fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(index_digest.trim_start_matches("sha256:")),
+        &index,
+    )
+    .unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index_digest, "size": index.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "multi"},
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let remote = format!("{}/apps/multi:v1", registry.host());
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", layout.display()),
+            &format!("docker://{remote}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let image = registry::pull(
+        &Store::open(&root_b).unwrap(),
+        &Reference::parse(&remote).unwrap(),
+        &plain_opts(work.path()),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(image.digest, amd64);
+    assert_eq!(image.config.architecture, "amd64");
+    assert_blobs_intact(&root_b);
 }
