@@ -1341,6 +1341,16 @@ fn pull_of_an_index_takes_the_linux_amd64_image() {
         "skopeo copy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let raw = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{remote}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(raw.stdout, index, "the tag does not point at the index");
 
     let image = registry::pull(
         &Store::open(&root_b).unwrap(),
