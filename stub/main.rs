@@ -1,7 +1,354 @@
-fn main() {
+//! `sealer-stub`: the program at the head of every `.run` file.
+//!
+//! It reads its own payload through `/proc/self/exe` (rename-proof) and offers `inspect`,
+//! `verify`, `extract`, `install` and `load`. It is a thin layer over `packer` and the deploy
+//! engine (the same one `sealer run` uses): it parses arguments, shows progress and turns errors
+//! into one sentence on stderr with a non-zero exit. On remote hosts the same binary is the
+//! install agent (`agent …`). It must stay a static executable that runs on a bare host, so it
+//! depends on nothing outside this binary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use packer::{Payload, ReadError, RunFile, UnpackOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "app.run",
+    about = "A sealer installer: one file holding a cluster image",
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the image, its layers, frames, commands and labels.
+    Inspect {
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every byte of the payload against its manifest.
+    Verify,
+    /// Unpack the image's merged root filesystem into DIR (which must not exist or be empty).
+    Extract { dir: PathBuf },
+    /// Install the image onto hosts over SSH (-m/-n, -f Clusterfile) or this machine (--local).
+    Install(Box<sealer::deploy::target::TargetArgs>),
+    /// Import the image into the local sealer store ($SEALER_ROOT).
+    Load,
+}
+
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("agent") {
-        std::process::exit(sealer::deploy::agent::main(&args[1..]));
+        return match sealer::deploy::agent::main(&args[1..]) {
+            0 => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        };
     }
-    println!("sealer-stub");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => summary(),
+        Some(Command::Inspect { json }) => inspect(json),
+        Some(Command::Verify) => verify(),
+        Some(Command::Extract { dir }) => extract(&dir),
+        Some(Command::Install(target)) => install(&target),
+        Some(Command::Load) => load(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(": ");
+                    message.push_str(&cause);
+                }
+            }
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open() -> Result<RunFile> {
+    // A path in SEALER_RUN_FILE lets tests and `sealer` drive a stub against another file.
+    match std::env::var_os("SEALER_RUN_FILE") {
+        Some(path) => Ok(RunFile::open(&PathBuf::from(path))?),
+        None => Ok(RunFile::open_self()?),
+    }
+}
+
+fn program_name(run: &RunFile) -> String {
+    let name = run
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app.run".into());
+    format!("./{name}")
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes >= 10 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn summary() -> Result<()> {
+    let run = open()?;
+    let m = run.manifest();
+    let me = program_name(&run);
+    let compressed: u64 = m.layers.iter().map(|l| l.compressed_len).sum();
+    println!("{me}: sealer installer for image {}", m.image.name);
+    println!("  image digest  {}", m.image.manifest_digest);
+    println!("  payload id    {}", run.payload_id());
+    println!(
+        "  layers        {} ({} compressed, {} unpacked, {} frames)",
+        m.layers.len(),
+        mib(compressed),
+        mib(m.uncompressed_len()),
+        m.frame_count()
+    );
+    if m.volumes.len() > 1 {
+        println!(
+            "  volumes       {} (this file and {})",
+            m.volumes.len(),
+            m.volumes[1..]
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("  signer        unsigned");
+    println!();
+    println!("usage:");
+    println!("  {me} inspect [--json]   show the image, layers, frames, commands and labels");
+    println!("  {me} verify             check every byte of the payload");
+    println!("  {me} extract DIR        unpack the image's root filesystem into DIR");
+    println!("  {me} install -m IPS [-n IPS] [-u USER] (-p PASS | --pk KEY)   install onto hosts over SSH");
+    println!("  {me} install -f Clusterfile   hosts, Configs and Plugins from a Clusterfile");
+    println!("  {me} install --local [--data-root DIR]   install onto this machine");
+    println!("  {me} load               import the image into the local sealer store");
+    println!("Running {me} without arguments changes nothing.");
+    Ok(())
+}
+
+fn inspect(json: bool) -> Result<()> {
+    let run = open()?;
+    let m = run.manifest();
+    let config: serde_json::Value =
+        serde_json::from_str(&m.image.config_json).unwrap_or(serde_json::Value::Null);
+    if json {
+        let doc = serde_json::json!({
+            "file": run.path(),
+            "payload_id": run.payload_id(),
+            "header_offset": run.header_offset(),
+            "config": config,
+            "manifest": m,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("image          {}", m.image.name);
+    println!("image digest   {}", m.image.manifest_digest);
+    println!("config digest  {}", m.image.config_digest);
+    println!("payload id     {}", run.payload_id());
+    println!("format         {} v{}", m.format, m.version);
+    let section = &config["config"];
+    for (key, label) in [("Env", "env"), ("Cmd", "cmd"), ("Entrypoint", "entrypoint")] {
+        if let Some(items) = section[key].as_array() {
+            let items: Vec<String> = items
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect();
+            println!("{label:<14} {}", items.join(" "));
+        }
+    }
+    if let Some(labels) = section["Labels"].as_object() {
+        for (k, v) in labels {
+            println!("label          {k}={}", v.as_str().unwrap_or_default());
+        }
+    }
+    for (i, layer) in m.layers.iter().enumerate() {
+        println!(
+            "layer {:<8} {} {} {} → {} in {} frames ({})",
+            i + 1,
+            layer.digest,
+            layer.compression,
+            mib(layer.compressed_len),
+            mib(layer.uncompressed_len),
+            layer.frames.len(),
+            layer.media_type
+        );
+    }
+    for v in &m.volumes {
+        println!("volume {:<7} {} ({} bytes)", v.index, v.name, v.len);
+    }
+    Ok(())
+}
+
+/// Progress on a terminal (a bar) or in a log (a line every few seconds).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    what: &'static str,
+    total: u64,
+    started: Instant,
+    last_line: std::sync::Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what);
+            bar
+        });
+        if bar.is_none() {
+            eprintln!("{what}: {}", mib(total));
+        }
+        Progress {
+            bar,
+            what,
+            total,
+            started: Instant::now(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn update(&self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                if let Ok(mut last) = self.last_line.lock() {
+                    if last.elapsed() >= Duration::from_secs(5) {
+                        *last = Instant::now();
+                        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
+                        eprintln!(
+                            "{}: {pct}% ({} of {})",
+                            self.what,
+                            mib(done),
+                            mib(self.total)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "{}: done in {:.1} s",
+            self.what,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn payload(run: &RunFile) -> Result<Payload> {
+    Ok(run.payload()?)
+}
+
+fn verify() -> Result<()> {
+    let run = open()?;
+    let payload = payload(&run)?;
+    let progress = Progress::new("verifying", payload.compressed_len());
+    payload.verify(Some(&|done| progress.update(done)))?;
+    progress.finish();
+    println!(
+        "{}: all {} frames of {} layers are intact (payload {})",
+        run.path().display(),
+        run.manifest().frame_count(),
+        run.manifest().layers.len(),
+        run.payload_id()
+    );
+    Ok(())
+}
+
+fn extract(dir: &std::path::Path) -> Result<()> {
+    let run = open()?;
+    let payload = payload(&run)?;
+    let progress = Progress::new("extracting", run.manifest().uncompressed_len());
+    let update = |done| progress.update(done);
+    let options = UnpackOptions {
+        progress: Some(&update),
+        ..UnpackOptions::default()
+    };
+    let report = payload
+        .extract(dir, &options)
+        .map_err(|e| match e {
+            ReadError::Unpack(e) => anyhow::Error::new(e),
+            other => anyhow::Error::new(other),
+        })
+        .with_context(|| format!("nothing was written to {}", dir.display()))
+        .map_err(|e| {
+            // Put the cause first: "frame 3 of layer 1 is corrupt …; nothing was written to DIR".
+            let mut chain = e.chain();
+            let context = chain.next().map(|c| c.to_string()).unwrap_or_default();
+            let mut cause = String::new();
+            for c in chain.map(|c| c.to_string()) {
+                if !cause.contains(&c) {
+                    if !cause.is_empty() {
+                        cause.push_str(": ");
+                    }
+                    cause.push_str(&c);
+                }
+            }
+            anyhow::anyhow!("{cause}; {context}")
+        })?;
+    progress.finish();
+    println!(
+        "extracted {} files, {} directories, {} symlinks, {} hard links ({}) into {}",
+        report.files,
+        report.directories,
+        report.symlinks,
+        report.hard_links,
+        mib(report.file_bytes),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
+    let run = open()?;
+    let resolved = sealer::deploy::target::resolve(&target.spec()).map_err(anyhow::Error::msg)?;
+    let payload = {
+        // Check every frame before any host is touched: a damaged package is refused whole.
+        let check = payload(&run)?;
+        let progress = Progress::new("verifying", check.compressed_len());
+        check.verify(Some(&|done| progress.update(done)))?;
+        progress.finish();
+        sealer::deploy::Payload::from_package(&run).map_err(anyhow::Error::msg)?
+    };
+    let mut opts = sealer::deploy::InstallOptions::new(resolved.connect.clone());
+    opts.parallel = target.parallel;
+    opts.attempts = target.attempts.max(1);
+    let report = sealer::ui::install_with_progress(&resolved.cluster, &payload, &opts)?;
+    sealer::ui::finish_install(&report).map_err(anyhow::Error::msg)
+}
+
+fn load() -> Result<()> {
+    let run = open()?;
+    let store = sealer::store::Store::open_default()?;
+    let reference = sealer::pack::load_package(&store, &run).map_err(anyhow::Error::msg)?;
+    println!("Loaded image: {reference} into {}", store.root().display());
+    Ok(())
 }

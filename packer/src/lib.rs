@@ -5,12 +5,18 @@
 //! routine used by `extract`, remote unpack and `load` (`unpack`). It knows nothing about
 //! Kubefiles, registries, Clusterfiles or SSH.
 
+pub mod format;
 pub mod frames;
+pub mod read;
 pub mod source;
 pub mod unpack;
+pub mod write;
 
+pub use format::{Manifest, FORMAT_VERSION};
+pub use read::{Payload, ReadError, RunFile};
 pub use source::{ByteSource, MappedFile, PositionedFile};
 pub use unpack::{
     unpack, unpack_blob_files, Compression, EntryProblem, FrameProblem, LayerInput, UnpackError,
     UnpackOptions, UnpackReport,
 };
+pub use write::{write, LayerBlob, PackReport, PackSpec, WriteError};

@@ -161,11 +161,12 @@ pub enum UnpackError {
         path: String,
         problem: EntryProblem,
     },
-    #[error("{layer}: the tar stream is damaged near byte {offset} ({source})")]
+    /// `offset` is where the entry's header starts in the layer's tar stream, when known.
+    #[error("{layer}: the tar stream is damaged{} ({error})", near(*offset))]
     Tar {
         layer: String,
-        offset: u64,
-        source: io::Error,
+        offset: Option<u64>,
+        error: io::Error,
     },
     #[error(
         "cannot extract into {}: it exists and is not an empty directory; \
@@ -179,6 +180,12 @@ pub enum UnpackError {
         path: PathBuf,
         source: io::Error,
     },
+}
+
+fn near(offset: Option<u64>) -> String {
+    offset
+        .map(|o| format!(" near byte {o}"))
+        .unwrap_or_default()
 }
 
 fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> UnpackError + 'p {
@@ -694,14 +701,14 @@ fn read_entries<R: Read>(
     tree: &mut Tree<'_, '_>,
 ) -> Result<(), UnpackError> {
     let layer = tree.layer_label.clone();
-    let tar_error = |source: io::Error, offset: u64| UnpackError::Tar {
+    let tar_error = |error: io::Error, offset: Option<u64>| UnpackError::Tar {
         layer: layer.clone(),
         offset,
-        source,
+        error,
     };
-    let entries = archive.entries().map_err(|e| tar_error(e, 0))?;
+    let entries = archive.entries().map_err(|e| tar_error(e, None))?;
     for entry in entries {
-        let entry = entry.map_err(|e| tar_error(e, 0))?;
+        let entry = entry.map_err(|e| tar_error(e, None))?;
         let offset = entry.raw_header_position();
         tree.apply(entry).map_err(|e| match e {
             Applied::Refused(path, problem) => UnpackError::Entry {
@@ -710,7 +717,7 @@ fn read_entries<R: Read>(
                 problem,
             },
             Applied::Failed(e) => e,
-            Applied::Tar(e) => tar_error(e, offset),
+            Applied::Tar(e) => tar_error(e, Some(offset)),
         })?;
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 mod build;
 mod images;
+mod pack;
 mod registry;
 mod run;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Build a cluster image from a Kubefile.
     Build(build::BuildArgs),
+    /// Pack an image and the installer into one self-extracting file.
+    Pack(pack::PackArgs),
     /// Install an image onto hosts over SSH (or this machine with --local).
     Run(Box<run::RunArgs>),
     #[command(hide = true)]
@@ -58,6 +61,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Build(a) => build::run(a),
         Command::Run(a) => run::run(*a),
+        Command::Pack(a) => pack::run(a),
         Command::Agent { args } => return sealer::deploy::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),
@@ -91,18 +95,4 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-/// Human-readable byte count (`12.3 MiB`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use sealer::ui::human_bytes;

@@ -931,18 +931,7 @@ impl Engine<'_> {
 
     /// Local install: unpack straight from the payload, no spool.
     fn unpack_here(&self, rootfs: &Path) -> Result<(), String> {
-        let inputs: Vec<packer::unpack::LayerInput<'_>> = self
-            .payload
-            .layers
-            .iter()
-            .map(|l| packer::unpack::LayerInput {
-                label: l.label.clone(),
-                compression: l.compression,
-                base: l.base,
-                frames: &l.frames,
-                source: l.source.as_ref(),
-            })
-            .collect();
+        let inputs = self.payload.layer_inputs();
         agent::install_tree(rootfs, |staging| {
             packer::unpack::unpack(
                 &inputs,
@@ -1034,13 +1023,10 @@ impl<'a, F: Fn(u64)> FrameStream<'a, F> {
         if let Some(&(li, fi)) = self.wanted.get(self.next) {
             let layer = &self.payload.layers[li];
             let frame = &layer.frames[fi];
-            let bytes = layer
-                .source
-                .bytes(layer.base + frame.offset, frame.compressed_len)?;
+            let source = &self.payload.sources[layer.source];
+            let bytes = source.bytes(layer.base + frame.offset, frame.compressed_len)?;
             agent::write_record(&mut self.buf, &frame.sha256, &bytes)?;
-            layer
-                .source
-                .release(layer.base + frame.offset, frame.compressed_len);
+            source.release(layer.base + frame.offset, frame.compressed_len);
             self.next += 1;
         } else if !self.finished {
             self.buf.extend_from_slice(&0u64.to_le_bytes());

@@ -8,9 +8,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use packer::format::elf_size;
 use packer::frames::{scan_frames, Frame};
 use packer::source::{ByteSource, MappedFile};
-use packer::unpack::Compression;
+use packer::unpack::{Compression, LayerInput};
+use packer::RunFile;
 use sha2::{Digest, Sha256};
 
 use crate::store::{Image, ImageConfig, Store, MEDIA_TYPE_LAYER_ZSTD};
@@ -23,7 +25,8 @@ pub struct PayloadLayer {
     /// Offset of the layer inside `source`; frame offsets are relative to it.
     pub base: u64,
     pub frames: Vec<Frame>,
-    pub source: Arc<dyn ByteSource + Send + Sync>,
+    /// Index into [`Payload::sources`].
+    pub source: usize,
 }
 
 /// Everything the engine distributes.
@@ -33,6 +36,8 @@ pub struct Payload {
     pub image: String,
     pub config: ImageConfig,
     pub layers: Vec<PayloadLayer>,
+    /// Where frame bytes are read from (store blobs, or the package's volumes).
+    pub sources: Vec<Box<dyn ByteSource>>,
     /// The static agent executable uploaded to hosts.
     pub agent: Arc<Vec<u8>>,
     /// sha256 of `agent`, hex.
@@ -56,6 +61,20 @@ impl Payload {
             .sum()
     }
 
+    /// The layers as inputs of the extraction engine.
+    pub fn layer_inputs(&self) -> Vec<LayerInput<'_>> {
+        self.layers
+            .iter()
+            .map(|l| LayerInput {
+                label: l.label.clone(),
+                compression: l.compression,
+                base: l.base,
+                frames: &l.frames,
+                source: self.sources[l.source].as_ref(),
+            })
+            .collect()
+    }
+
     pub fn frame_count(&self) -> usize {
         self.layers.iter().map(|l| l.frames.len()).sum()
     }
@@ -63,6 +82,7 @@ impl Payload {
     /// Build a payload from an image in the store; `agent` is the static stub executable.
     pub fn from_store(store: &Store, image: &Image, agent: &Path) -> Result<Payload, String> {
         let mut layers = Vec::new();
+        let mut sources: Vec<Box<dyn ByteSource>> = Vec::new();
         for (i, desc) in image.manifest.layers.iter().enumerate() {
             if desc.media_type != MEDIA_TYPE_LAYER_ZSTD {
                 return Err(format!(
@@ -79,22 +99,23 @@ impl Payload {
                 .metadata()
                 .map_err(|e| format!("reading {}: {e}", path.display()))?
                 .len();
-            let (source, frames): (Arc<dyn ByteSource + Send + Sync>, Vec<Frame>) = if len == 0 {
-                (Arc::new(Vec::<u8>::new()), Vec::new())
+            let (source, frames): (Box<dyn ByteSource>, Vec<Frame>) = if len == 0 {
+                (Box::new(Vec::<u8>::new()), Vec::new())
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
                 let frames = scan_frames(map.as_slice())
                     .map_err(|e| format!("layer {}: {e}", desc.digest))?;
-                (Arc::new(map), frames)
+                (Box::new(map), frames)
             };
             layers.push(PayloadLayer {
                 label: format!("layer {}", i + 1),
                 compression: Compression::Zstd,
                 base: 0,
                 frames,
-                source,
+                source: sources.len(),
             });
+            sources.push(source);
         }
         let agent_bytes = std::fs::read(agent)
             .map_err(|e| format!("reading the agent {}: {e}", agent.display()))?;
@@ -104,10 +125,60 @@ impl Payload {
             image: image.reference.to_string(),
             config: image.config.clone(),
             layers,
+            sources,
             agent: Arc::new(agent_bytes),
             agent_sha256,
         })
     }
+}
+
+impl Payload {
+    /// The payload of a `.run` package: its frames, config and the stub at its head (the agent).
+    pub fn from_package(run: &RunFile) -> Result<Payload, String> {
+        let manifest = run.manifest().clone();
+        let config: ImageConfig = serde_json::from_str(&manifest.image.config_json)
+            .map_err(|e| format!("the package's image config is unreadable: {e}"))?;
+        let package = run.payload().map_err(|e| e.to_string())?;
+        let layers: Vec<PayloadLayer> = package
+            .layer_inputs()
+            .into_iter()
+            .map(|input| PayloadLayer {
+                label: input.label.clone(),
+                compression: input.compression,
+                base: input.base,
+                frames: input.frames.to_vec(),
+                source: 0,
+            })
+            .collect();
+        let agent = stub_bytes(run)?;
+        let agent_sha256 = hex::encode(Sha256::digest(&agent));
+        Ok(Payload {
+            id: run.payload_id(),
+            image: manifest.image.name.clone(),
+            config,
+            layers,
+            sources: vec![Box::new(package)],
+            agent: Arc::new(agent),
+            agent_sha256,
+        })
+    }
+}
+
+/// The installer stub at the head of a package (its ELF image, without the padding).
+fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, String> {
+    let mut file =
+        File::open(run.path()).map_err(|e| format!("opening {}: {e}", run.path().display()))?;
+    let mut head = vec![0u8; run.header_offset() as usize];
+    std::io::Read::read_exact(&mut file, &mut head).map_err(|e| {
+        format!(
+            "reading the installer stub from {}: {e}",
+            run.path().display()
+        )
+    })?;
+    if let Some(len) = elf_size(&head) {
+        head.truncate(len as usize);
+    }
+    Ok(head)
 }
 
 /// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this executable.

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use clap::Args;
+
 use crate::clusterfile::{from_flags, load_cluster, Cluster, ClusterFlags};
 use crate::ssh::{default_known_hosts, Timeouts};
 
@@ -68,4 +70,41 @@ pub fn resolve(spec: &TargetSpec) -> Result<Target, String> {
         connect,
         local,
     })
+}
+
+/// Host selection flags shared by `sealer run` and the installer stub.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub flags: ClusterFlags,
+    /// Clusterfile describing hosts, Configs and Plugins.
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    pub clusterfile: Option<PathBuf>,
+    /// Install on this machine, without SSH.
+    #[arg(long)]
+    pub local: bool,
+    /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Attempts per host before it is reported failed.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+}
+
+impl TargetArgs {
+    pub fn spec(&self) -> TargetSpec {
+        TargetSpec {
+            flags: self.flags.clone(),
+            clusterfile: self.clusterfile.clone(),
+            local: self.local,
+            data_root: self.data_root.clone(),
+            known_hosts: self.known_hosts.clone(),
+        }
+    }
 }

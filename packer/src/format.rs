@@ -1,0 +1,426 @@
+//! The on-disk layout of a `.run` file (the spec is `docs/format.md`).
+//!
+//! ```text
+//! volume 0 (app.run):  stub ‖ pad ‖ HEADER ‖ MANIFEST ‖ pad ‖ layer frames (64 KiB-aligned) ‖ FOOTER
+//! volume k > 0:        HEADER ‖ pad ‖ layer frames (64 KiB-aligned) ‖ FOOTER
+//! ```
+//!
+//! This module owns the fixed-size [`Header`] and [`Footer`] records and the versioned JSON
+//! [`Manifest`], their encoding and validation, and the geometry rules (alignment, where the
+//! header of volume 0 sits after the stub). It does no file I/O beyond parsing an ELF header
+//! from bytes it is given; `write` and `read` do the I/O.
+
+use sha2::{Digest, Sha256};
+
+use crate::unpack::Compression;
+
+/// Current format version, written in header, footer and manifest.
+pub const FORMAT_VERSION: u32 = 1;
+/// Alignment of the header of volume 0 and of every layer's first frame.
+pub const ALIGN: u64 = 64 << 10;
+/// Size of the header record.
+pub const HEADER_LEN: u64 = 4096;
+/// Size of the footer record at the end of every volume.
+pub const FOOTER_LEN: u64 = 64;
+/// Magic at the start of every header.
+pub const HEADER_MAGIC: [u8; 8] = *b"SEALRUN\0";
+/// Magic at the start of every footer.
+pub const FOOTER_MAGIC: [u8; 8] = *b"SEALEND\0";
+/// Value of [`Manifest::format`].
+pub const MANIFEST_FORMAT: &str = "sealer.run";
+
+/// Round `n` up to a multiple of `align` (a power of two).
+pub fn align_up(n: u64, align: u64) -> u64 {
+    n.div_ceil(align) * align
+}
+
+/// Why bytes are not a valid header, footer or manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("no {what} magic")]
+    BadMagic { what: &'static str },
+    #[error("the {what} checksum does not match (the record is damaged)")]
+    BadChecksum { what: &'static str },
+    #[error("format version {found} is not supported (this program reads version {FORMAT_VERSION}); use a newer sealer")]
+    Version { found: u32 },
+    #[error("the manifest is not valid: {0}")]
+    Manifest(String),
+}
+
+fn checksum(bytes: &[u8]) -> [u8; 8] {
+    let digest = Sha256::digest(bytes);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The record at the start of every volume's payload. Offsets are relative to the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    /// sha256 of the manifest bytes: the identity of the whole payload.
+    pub payload_id: [u8; 32],
+    pub volume_index: u32,
+    pub volume_count: u32,
+    /// Manifest position relative to the header (volume 0 only; zero elsewhere).
+    pub manifest_offset: u64,
+    pub manifest_len: u64,
+    /// Bytes from the start of this header to the end of this volume, footer included.
+    pub volume_len: u64,
+    /// Bytes of all volumes' payloads together (each from its header to its end).
+    pub payload_len: u64,
+}
+
+impl Header {
+    /// Encode into exactly [`HEADER_LEN`] bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEADER_LEN as usize);
+        b.extend_from_slice(&HEADER_MAGIC);
+        b.extend_from_slice(&self.version.to_le_bytes());
+        b.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        b.extend_from_slice(&self.payload_id);
+        b.extend_from_slice(&self.volume_index.to_le_bytes());
+        b.extend_from_slice(&self.volume_count.to_le_bytes());
+        b.extend_from_slice(&self.manifest_offset.to_le_bytes());
+        b.extend_from_slice(&self.manifest_len.to_le_bytes());
+        b.extend_from_slice(&self.volume_len.to_le_bytes());
+        b.extend_from_slice(&self.payload_len.to_le_bytes());
+        let sum = checksum(&b);
+        b.extend_from_slice(&sum);
+        b.resize(HEADER_LEN as usize, 0);
+        b
+    }
+
+    /// Parse the first [`HEADER_LEN`] (at least 96) bytes of a header.
+    pub fn decode(b: &[u8]) -> Result<Header, FormatError> {
+        if b.len() < 96 || b[..8] != HEADER_MAGIC {
+            return Err(FormatError::BadMagic { what: "header" });
+        }
+        let body = 88;
+        if checksum(&b[..body]) != b[body..body + 8] {
+            return Err(FormatError::BadChecksum { what: "header" });
+        }
+        let version = u32_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::Version { found: version });
+        }
+        let mut payload_id = [0u8; 32];
+        payload_id.copy_from_slice(&b[16..48]);
+        Ok(Header {
+            version,
+            payload_id,
+            volume_index: u32_at(b, 48),
+            volume_count: u32_at(b, 52),
+            manifest_offset: u64_at(b, 56),
+            manifest_len: u64_at(b, 64),
+            volume_len: u64_at(b, 72),
+            payload_len: u64_at(b, 80),
+        })
+    }
+}
+
+/// The fixed record at the very end of every volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footer {
+    pub version: u32,
+    pub volume_index: u32,
+    /// Bytes from the start of the header to the end of the volume (locates the header).
+    pub volume_len: u64,
+    pub manifest_offset: u64,
+    pub manifest_len: u64,
+    /// First 16 bytes of the payload id.
+    pub payload_id_prefix: [u8; 16],
+}
+
+impl Footer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FOOTER_LEN as usize);
+        b.extend_from_slice(&FOOTER_MAGIC);
+        b.extend_from_slice(&self.version.to_le_bytes());
+        b.extend_from_slice(&self.volume_index.to_le_bytes());
+        b.extend_from_slice(&self.volume_len.to_le_bytes());
+        b.extend_from_slice(&self.manifest_offset.to_le_bytes());
+        b.extend_from_slice(&self.manifest_len.to_le_bytes());
+        b.extend_from_slice(&self.payload_id_prefix);
+        let sum = checksum(&b);
+        b.extend_from_slice(&sum);
+        debug_assert_eq!(b.len() as u64, FOOTER_LEN);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Footer, FormatError> {
+        if b.len() != FOOTER_LEN as usize || b[..8] != FOOTER_MAGIC {
+            return Err(FormatError::BadMagic { what: "footer" });
+        }
+        if checksum(&b[..56]) != b[56..64] {
+            return Err(FormatError::BadChecksum { what: "footer" });
+        }
+        let version = u32_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::Version { found: version });
+        }
+        let mut payload_id_prefix = [0u8; 16];
+        payload_id_prefix.copy_from_slice(&b[40..56]);
+        Ok(Footer {
+            version,
+            volume_index: u32_at(b, 12),
+            volume_len: u64_at(b, 16),
+            manifest_offset: u64_at(b, 24),
+            manifest_len: u64_at(b, 32),
+            payload_id_prefix,
+        })
+    }
+}
+
+/// Everything the installer knows about its payload; its sha256 is the payload id.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`].
+    pub format: String,
+    pub version: u32,
+    pub image: ImageInfo,
+    pub layers: Vec<LayerEntry>,
+    pub volumes: Vec<VolumeEntry>,
+    /// Sum of all volumes' `len`.
+    pub payload_len: u64,
+}
+
+/// The image the payload was packed from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageInfo {
+    /// `NAME:TAG` as the store names it.
+    pub name: String,
+    /// Digest of the OCI image manifest, `sha256:…`.
+    pub manifest_digest: String,
+    /// The OCI image manifest, byte for byte (empty if the packer was not given one).
+    #[serde(default)]
+    pub manifest_json: String,
+    /// Digest of the OCI config, `sha256:…`.
+    pub config_digest: String,
+    /// The OCI image config (env, labels, cmds), byte for byte.
+    pub config_json: String,
+}
+
+/// One layer of the image and where its frames lie.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerEntry {
+    /// OCI digest of the layer blob as the store holds it, `sha256:…`. For zstd layers the
+    /// frames concatenated are that blob; xz layers are recompressed and do not hash to it.
+    pub digest: String,
+    /// sha256 of the uncompressed tar, `sha256:…`.
+    pub diff_id: String,
+    /// OCI media type of the layer blob as the store holds it.
+    pub media_type: String,
+    /// How the frames in this file are compressed.
+    pub compression: Compression,
+    pub compressed_len: u64,
+    pub uncompressed_len: u64,
+    pub frames: Vec<FrameEntry>,
+}
+
+/// One independently compressed frame.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrameEntry {
+    /// Index of the volume holding the frame (0 = the executable itself).
+    pub volume: u32,
+    /// Offset relative to that volume's header.
+    pub offset: u64,
+    pub compressed_len: u64,
+    pub uncompressed_len: u64,
+    /// sha256 of the compressed bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// One file of a split payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeEntry {
+    pub index: u32,
+    /// Bytes from the volume's header to its end, footer included.
+    pub len: u64,
+    /// File name the packer gave the volume (a hint only; volumes are found by payload id).
+    pub name: String,
+}
+
+impl Manifest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parse and check the manifest's own consistency.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, FormatError> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest(e.to_string()))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(FormatError::Manifest(format!(
+                "format is {:?}, expected {MANIFEST_FORMAT:?}",
+                manifest.format
+            )));
+        }
+        if manifest.version != FORMAT_VERSION {
+            return Err(FormatError::Version {
+                found: manifest.version,
+            });
+        }
+        let count = manifest.volumes.len() as u32;
+        for (i, v) in manifest.volumes.iter().enumerate() {
+            if v.index != i as u32 {
+                return Err(FormatError::Manifest(format!(
+                    "volume {i} is listed with index {}",
+                    v.index
+                )));
+            }
+        }
+        for (l, layer) in manifest.layers.iter().enumerate() {
+            for (f, frame) in layer.frames.iter().enumerate() {
+                let fits = manifest
+                    .volumes
+                    .get(frame.volume as usize)
+                    .is_some_and(|v| {
+                        frame
+                            .offset
+                            .checked_add(frame.compressed_len)
+                            .is_some_and(|end| end + FOOTER_LEN <= v.len)
+                    });
+                if frame.volume >= count || !fits {
+                    return Err(FormatError::Manifest(format!(
+                        "frame {} of layer {} lies outside its volume",
+                        f + 1,
+                        l + 1
+                    )));
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Uncompressed bytes of all layers.
+    pub fn uncompressed_len(&self) -> u64 {
+        self.layers.iter().map(|l| l.uncompressed_len).sum()
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.layers.iter().map(|l| l.frames.len()).sum()
+    }
+}
+
+/// sha256 of the manifest bytes, the payload id.
+pub fn payload_id(manifest_bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(manifest_bytes).into()
+}
+
+/// Where the header of volume 0 sits for a stub (or ELF image) of `len` bytes.
+pub fn header_offset_after(len: u64) -> u64 {
+    align_up(len, ALIGN)
+}
+
+/// The size of the ELF image at the start of `bytes` (AppImage rule: the end of whatever lies
+/// furthest among section headers, sections and segments), or `None` if it is not ELF64.
+pub fn elf_size(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return None;
+    }
+    let phoff = u64_at(bytes, 32);
+    let shoff = u64_at(bytes, 40);
+    let phentsize = u16::from_le_bytes([bytes[54], bytes[55]]) as u64;
+    let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as u64;
+    let shentsize = u16::from_le_bytes([bytes[58], bytes[59]]) as u64;
+    let shnum = u16::from_le_bytes([bytes[60], bytes[61]]) as u64;
+    let mut end = shoff.saturating_add(shentsize.saturating_mul(shnum));
+    end = end.max(phoff.saturating_add(phentsize.saturating_mul(phnum)));
+    for i in 0..phnum {
+        let at = (phoff + i * phentsize) as usize;
+        if at + 56 > bytes.len() {
+            break;
+        }
+        end = end.max(u64_at(bytes, at + 8).saturating_add(u64_at(bytes, at + 32)));
+    }
+    for i in 0..shnum {
+        let at = (shoff + i * shentsize) as usize;
+        if at + 64 > bytes.len() {
+            break;
+        }
+        let kind = u32_at(bytes, at + 4);
+        const SHT_NOBITS: u32 = 8;
+        if kind != SHT_NOBITS {
+            end = end.max(u64_at(bytes, at + 24).saturating_add(u64_at(bytes, at + 32)));
+        }
+    }
+    Some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            version: FORMAT_VERSION,
+            payload_id: [7; 32],
+            volume_index: 1,
+            volume_count: 3,
+            manifest_offset: HEADER_LEN,
+            manifest_len: 1234,
+            volume_len: 99 << 20,
+            payload_len: 300 << 20,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_detects_damage() {
+        let h = header();
+        let mut bytes = h.encode();
+        assert_eq!(bytes.len() as u64, HEADER_LEN);
+        assert_eq!(Header::decode(&bytes).unwrap(), h);
+        bytes[60] ^= 1;
+        assert!(matches!(
+            Header::decode(&bytes),
+            Err(FormatError::BadChecksum { .. })
+        ));
+    }
+
+    #[test]
+    fn footer_round_trips_and_detects_damage() {
+        let f = Footer {
+            version: FORMAT_VERSION,
+            volume_index: 0,
+            volume_len: 5 << 30,
+            manifest_offset: HEADER_LEN,
+            manifest_len: 77,
+            payload_id_prefix: [9; 16],
+        };
+        let mut bytes = f.encode();
+        assert_eq!(Footer::decode(&bytes).unwrap(), f);
+        bytes[20] ^= 1;
+        assert!(Footer::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn newer_version_is_named() {
+        let mut h = header();
+        h.version = 9;
+        let err = Header::decode(&h.encode()).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn elf_size_of_this_test_binary_is_within_the_file() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let size = elf_size(&exe).unwrap();
+        assert!(size <= exe.len() as u64 && size > exe.len() as u64 / 2);
+        assert_eq!(
+            elf_size(b"not an elf file at all, just some text padding it out...."),
+            None
+        );
+    }
+}

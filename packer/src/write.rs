@@ -1,0 +1,687 @@
+//! Writing `.run` files: stub ‖ header ‖ manifest ‖ layer frames ‖ footer, optionally split
+//! into volumes.
+//!
+//! Inputs are plain structs: a stub executable, the image's identity and config, and layer
+//! blob files. Layers that already are framed zstd are copied byte for byte (the kernel copies
+//! them with `copy_file_range`); other layers (gzip, plain tar, zstd in one huge frame) are
+//! re-framed; `xz` recompresses each frame as an independent xz stream. Everything is written
+//! to temporary files beside the output and renamed into place at the end. This module knows
+//! nothing about the image store: `sealer pack` resolves the image and calls [`write`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::format::{
+    self, align_up, Footer, FrameEntry, Header, ImageInfo, LayerEntry, Manifest, VolumeEntry,
+    ALIGN, FOOTER_LEN, FORMAT_VERSION, HEADER_LEN, MANIFEST_FORMAT,
+};
+use crate::frames::{scan_frames, Frame, FramedWriter};
+use crate::source::MappedFile;
+use crate::unpack::Compression;
+
+/// Frames larger than this (uncompressed) are re-framed rather than copied.
+const MAX_COPY_FRAME: u64 = 32 << 20;
+
+/// One layer blob to pack, as the image store holds it.
+#[derive(Debug, Clone)]
+pub struct LayerBlob {
+    pub path: PathBuf,
+    /// OCI media type, e.g. `application/vnd.oci.image.layer.v1.tar+zstd`.
+    pub media_type: String,
+    /// OCI digest of the blob, `sha256:…`.
+    pub digest: String,
+    /// sha256 of the uncompressed tar, `sha256:…`.
+    pub diff_id: String,
+}
+
+/// Everything [`write`] needs.
+#[derive(Debug, Clone)]
+pub struct PackSpec {
+    /// The installer executable that becomes the head of the file (`sealer-stub`).
+    pub stub: PathBuf,
+    pub image_name: String,
+    pub manifest_digest: String,
+    /// The OCI image manifest bytes (may be empty).
+    pub manifest_json: String,
+    pub config_digest: String,
+    /// The OCI image config bytes.
+    pub config_json: String,
+    pub layers: Vec<LayerBlob>,
+    pub compression: Compression,
+    /// Compression level used when frames are (re)compressed: zstd 1–22, xz 0–9.
+    pub level: u32,
+    /// Largest size of any output file; `None` writes one file.
+    pub split_size: Option<u64>,
+    pub output: PathBuf,
+}
+
+/// What [`write`] produced.
+#[derive(Debug, Clone)]
+pub struct PackReport {
+    /// The executable first, then the volumes.
+    pub files: Vec<PathBuf>,
+    pub payload_id: String,
+    pub manifest: Manifest,
+    /// Layers whose frames were copied without recompression.
+    pub copied_layers: usize,
+}
+
+/// Why packing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("layer {} is not a layer this packer understands: {reason}", path.display())]
+    Layer { path: PathBuf, reason: String },
+    #[error(
+        "split size {split} is too small: it must hold the stub ({stub} bytes) and a whole frame \
+         ({frame} bytes); use at least {needed}"
+    )]
+    SplitTooSmall {
+        split: u64,
+        stub: u64,
+        frame: u64,
+        needed: u64,
+    },
+}
+
+fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> WriteError + 'p {
+    move |source| WriteError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A layer ready to be laid out: a file whose byte ranges are the frames.
+struct PreparedLayer {
+    file: PathBuf,
+    frames: Vec<Frame>,
+    entry: LayerEntry,
+    copied: bool,
+}
+
+/// Where one contiguous run of a layer's frames goes.
+struct Segment {
+    layer: usize,
+    volume: u32,
+    /// Offset relative to the volume header.
+    offset: u64,
+    /// Offset in the layer's prepared file, and length.
+    source_offset: u64,
+    len: u64,
+}
+
+/// Pack `spec` into `spec.output` (and volumes beside it when split).
+pub fn write(
+    spec: &PackSpec,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> Result<PackReport, WriteError> {
+    let out_dir = match spec.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let out_name = spec
+        .output
+        .file_name()
+        .ok_or_else(|| WriteError::Io {
+            what: "writing",
+            path: spec.output.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "the output path has no name"),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let scratch = tempdir_in(&out_dir)?;
+    let result = write_in(spec, &out_dir, &out_name, &scratch, progress);
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf, WriteError> {
+    for attempt in 0..100u32 {
+        let path = dir.join(format!(".sealer-pack-{}-{attempt}", std::process::id()));
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err("creating a scratch directory in", dir)(e)),
+        }
+    }
+    Err(WriteError::Io {
+        what: "creating a scratch directory in",
+        path: dir.to_path_buf(),
+        source: io::Error::other("too many leftover scratch directories"),
+    })
+}
+
+fn write_in(
+    spec: &PackSpec,
+    out_dir: &Path,
+    out_name: &str,
+    scratch: &Path,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> Result<PackReport, WriteError> {
+    let stub_len = fs::metadata(&spec.stub)
+        .map_err(io_err("reading the stub", &spec.stub))?
+        .len();
+    let mut prepared = Vec::with_capacity(spec.layers.len());
+    for (index, layer) in spec.layers.iter().enumerate() {
+        prepared.push(prepare_layer(spec, layer, index, scratch)?);
+    }
+
+    let header_at = format::header_offset_after(stub_len);
+    let split = spec.split_size.unwrap_or(u64::MAX);
+    if let Some(split) = spec.split_size {
+        let largest = prepared
+            .iter()
+            .flat_map(|l| l.frames.iter().map(|f| f.compressed_len))
+            .max()
+            .unwrap_or(0);
+        // Volume 0 must hold the stub, header and manifest; every volume a whole frame.
+        let needed = (header_at + HEADER_LEN + ALIGN + FOOTER_LEN + (1 << 20))
+            .max(ALIGN + largest + FOOTER_LEN);
+        if split < needed {
+            return Err(WriteError::SplitTooSmall {
+                split,
+                stub: stub_len,
+                frame: largest,
+                needed,
+            });
+        }
+    }
+
+    // The manifest records the layout and the layout starts after the manifest: lay out with a
+    // reserved manifest size until the manifest fits in it.
+    let mut reserve = 4096u64;
+    let (manifest, manifest_bytes, segments, volume_lens) = loop {
+        let (layers, segments, volume_lens) =
+            lay_out(&prepared, header_at, reserve, split, stub_len)?;
+        let volumes = volume_lens
+            .iter()
+            .enumerate()
+            .map(|(i, len)| VolumeEntry {
+                index: i as u32,
+                len: *len,
+                name: volume_name(out_name, i as u32),
+            })
+            .collect();
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            version: FORMAT_VERSION,
+            image: ImageInfo {
+                name: spec.image_name.clone(),
+                manifest_digest: spec.manifest_digest.clone(),
+                manifest_json: spec.manifest_json.clone(),
+                config_digest: spec.config_digest.clone(),
+                config_json: spec.config_json.clone(),
+            },
+            layers,
+            payload_len: volume_lens.iter().sum(),
+            volumes,
+        };
+        let bytes = manifest.to_bytes();
+        if bytes.len() as u64 <= reserve {
+            break (manifest, bytes, segments, volume_lens);
+        }
+        reserve = align_up(bytes.len() as u64 + 1024, 4096);
+    };
+    let payload_id = format::payload_id(&manifest_bytes);
+    let total: u64 = segments.iter().map(|s| s.len).sum();
+    let mut done = 0u64;
+
+    let mut temp_files = Vec::new();
+    let mut final_files = Vec::new();
+    for (volume, volume_len) in volume_lens.iter().enumerate() {
+        let volume = volume as u32;
+        let name = volume_name(out_name, volume);
+        let temp = out_dir.join(format!(".{name}.partial-{}", std::process::id()));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if volume == 0 { 0o755 } else { 0o644 })
+            .open(&temp)
+            .map_err(io_err("creating", &temp))?;
+        temp_files.push(temp.clone());
+        final_files.push(out_dir.join(&name));
+        let base = if volume == 0 {
+            let mut stub =
+                File::open(&spec.stub).map_err(io_err("opening the stub", &spec.stub))?;
+            io::copy(&mut stub, &mut out).map_err(io_err("copying the stub into", &temp))?;
+            header_at
+        } else {
+            0
+        };
+        let (manifest_offset, manifest_len) = if volume == 0 {
+            (HEADER_LEN, manifest_bytes.len() as u64)
+        } else {
+            (0, 0)
+        };
+        let header = Header {
+            version: FORMAT_VERSION,
+            payload_id,
+            volume_index: volume,
+            volume_count: volume_lens.len() as u32,
+            manifest_offset,
+            manifest_len,
+            volume_len: *volume_len,
+            payload_len: manifest.payload_len,
+        };
+        write_at(&mut out, base, &header.encode(), &temp)?;
+        if volume == 0 {
+            write_at(&mut out, base + HEADER_LEN, &manifest_bytes, &temp)?;
+        }
+        for segment in segments.iter().filter(|s| s.volume == volume) {
+            let layer = &prepared[segment.layer];
+            let mut src = File::open(&layer.file).map_err(io_err("opening", &layer.file))?;
+            src.seek(SeekFrom::Start(segment.source_offset))
+                .map_err(io_err("reading", &layer.file))?;
+            out.seek(SeekFrom::Start(base + segment.offset))
+                .map_err(io_err("writing", &temp))?;
+            let copied = io::copy(&mut (&mut src).take(segment.len), &mut out)
+                .map_err(io_err("copying layer frames into", &temp))?;
+            if copied != segment.len {
+                return Err(WriteError::Io {
+                    what: "copying layer frames from",
+                    path: layer.file.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the blob is shorter than its frames",
+                    ),
+                });
+            }
+            done += segment.len;
+            if let Some(progress) = progress {
+                progress(done, total);
+            }
+        }
+        let mut prefix = [0u8; 16];
+        prefix.copy_from_slice(&payload_id[..16]);
+        let footer = Footer {
+            version: FORMAT_VERSION,
+            volume_index: volume,
+            volume_len: *volume_len,
+            manifest_offset,
+            manifest_len,
+            payload_id_prefix: prefix,
+        };
+        write_at(
+            &mut out,
+            base + volume_len - FOOTER_LEN,
+            &footer.encode(),
+            &temp,
+        )?;
+        out.sync_all().map_err(io_err("flushing", &temp))?;
+    }
+    for (temp, target) in temp_files.iter().zip(&final_files) {
+        fs::rename(temp, target).map_err(io_err("renaming into place", target))?;
+    }
+    if let Ok(meta) = fs::metadata(&final_files[0]) {
+        let mut perms = meta.permissions();
+        perms.set_mode(0o755);
+        let _ = fs::set_permissions(&final_files[0], perms);
+    }
+    Ok(PackReport {
+        files: final_files,
+        payload_id: hex::encode(payload_id),
+        copied_layers: prepared.iter().filter(|l| l.copied).count(),
+        manifest,
+    })
+}
+
+fn write_at(out: &mut File, at: u64, bytes: &[u8], path: &Path) -> Result<(), WriteError> {
+    out.seek(SeekFrom::Start(at))
+        .and_then(|_| out.write_all(bytes))
+        .map_err(io_err("writing", path))
+}
+
+/// The file name of volume `index` for an output named `name` (volume 0 is `name` itself).
+pub fn volume_name(name: &str, index: u32) -> String {
+    if index == 0 {
+        name.to_string()
+    } else {
+        format!("{name}.v{index:03}")
+    }
+}
+
+#[allow(clippy::type_complexity)]
+fn lay_out(
+    prepared: &[PreparedLayer],
+    header_at: u64,
+    manifest_reserve: u64,
+    split: u64,
+    stub_len: u64,
+) -> Result<(Vec<LayerEntry>, Vec<Segment>, Vec<u64>), WriteError> {
+    // Capacity of a volume's payload (header to end, footer included).
+    let capacity = |volume: u32| {
+        if volume == 0 {
+            split.saturating_sub(header_at)
+        } else {
+            split
+        }
+    };
+    let mut volume = 0u32;
+    let mut cursor = align_up(HEADER_LEN + manifest_reserve, ALIGN);
+    if cursor + FOOTER_LEN > capacity(0) {
+        return Err(WriteError::SplitTooSmall {
+            split,
+            stub: stub_len,
+            frame: 0,
+            needed: header_at + cursor + FOOTER_LEN,
+        });
+    }
+    let mut volume_lens = Vec::new();
+    let mut layers = Vec::with_capacity(prepared.len());
+    let mut segments: Vec<Segment> = Vec::new();
+    for (index, layer) in prepared.iter().enumerate() {
+        cursor = align_up(cursor, ALIGN);
+        let mut entry = layer.entry.clone();
+        entry.frames.clear();
+        let mut open_segment: Option<Segment> = None;
+        for frame in &layer.frames {
+            if cursor + frame.compressed_len + FOOTER_LEN > capacity(volume) {
+                if let Some(seg) = open_segment.take() {
+                    segments.push(seg);
+                }
+                volume_lens.push(cursor + FOOTER_LEN);
+                volume += 1;
+                cursor = ALIGN;
+                if cursor + frame.compressed_len + FOOTER_LEN > capacity(volume) {
+                    return Err(WriteError::SplitTooSmall {
+                        split,
+                        stub: stub_len,
+                        frame: frame.compressed_len,
+                        needed: ALIGN + frame.compressed_len + FOOTER_LEN,
+                    });
+                }
+            }
+            match &mut open_segment {
+                Some(seg) => seg.len += frame.compressed_len,
+                None => {
+                    open_segment = Some(Segment {
+                        layer: index,
+                        volume,
+                        offset: cursor,
+                        source_offset: frame.offset,
+                        len: frame.compressed_len,
+                    })
+                }
+            }
+            entry.frames.push(FrameEntry {
+                volume,
+                offset: cursor,
+                compressed_len: frame.compressed_len,
+                uncompressed_len: frame.uncompressed_len,
+                sha256: frame.sha256.clone(),
+            });
+            cursor += frame.compressed_len;
+        }
+        if let Some(seg) = open_segment.take() {
+            segments.push(seg);
+        }
+        layers.push(entry);
+    }
+    volume_lens.push(cursor + FOOTER_LEN);
+    Ok((layers, segments, volume_lens))
+}
+
+fn is_zstd(media_type: &str) -> bool {
+    media_type.ends_with("+zstd") || media_type.ends_with(".zstd")
+}
+
+fn is_gzip(media_type: &str) -> bool {
+    media_type.ends_with("+gzip")
+        || media_type.ends_with(".gzip")
+        || media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+}
+
+fn layer_error(blob: &LayerBlob, reason: impl Into<String>) -> WriteError {
+    WriteError::Layer {
+        path: blob.path.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn map_blob(blob: &LayerBlob) -> Result<Option<MappedFile>, WriteError> {
+    let file = File::open(&blob.path).map_err(io_err("opening layer blob", &blob.path))?;
+    let len = file
+        .metadata()
+        .map_err(io_err("reading layer blob", &blob.path))?
+        .len();
+    if len == 0 {
+        return Ok(None);
+    }
+    MappedFile::new(&file)
+        .map(Some)
+        .map_err(io_err("mapping layer blob", &blob.path))
+}
+
+fn prepare_layer(
+    spec: &PackSpec,
+    blob: &LayerBlob,
+    index: usize,
+    scratch: &Path,
+) -> Result<PreparedLayer, WriteError> {
+    let map = map_blob(blob)?;
+    let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
+    let entry = |compression, compressed_len, uncompressed_len, digest: String| LayerEntry {
+        digest,
+        diff_id: blob.diff_id.clone(),
+        media_type: blob.media_type.clone(),
+        compression,
+        compressed_len,
+        uncompressed_len,
+        frames: Vec::new(),
+    };
+
+    // Framed zstd packed as zstd: copy.
+    if is_zstd(&blob.media_type) && spec.compression == Compression::Zstd {
+        if let Ok(frames) = scan_frames(bytes) {
+            if frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME) {
+                let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
+                return Ok(PreparedLayer {
+                    file: blob.path.clone(),
+                    entry: entry(
+                        Compression::Zstd,
+                        bytes.len() as u64,
+                        uncompressed,
+                        blob.digest.clone(),
+                    ),
+                    frames,
+                    copied: true,
+                });
+            }
+        }
+    }
+
+    // Anything else: decode to tar and write framed zstd into the scratch directory.
+    let framed_path = scratch.join(format!("layer-{index}.zst"));
+    let zstd_level = if spec.compression == Compression::Zstd {
+        spec.level.clamp(1, 22) as i32
+    } else {
+        1 // only an intermediate for xz
+    };
+    let framed = if is_zstd(&blob.media_type) && frames_ok(bytes) {
+        None // already framed zstd; only the xz step below is needed
+    } else {
+        let tar: Box<dyn Read + '_> = if is_zstd(&blob.media_type) {
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(bytes)
+                    .map_err(|e| layer_error(blob, format!("not zstd: {e}")))?,
+            )
+        } else if is_gzip(&blob.media_type) {
+            Box::new(flate2::read::MultiGzDecoder::new(bytes))
+        } else if blob.media_type.ends_with(".tar") || blob.media_type.ends_with("layer.v1.tar") {
+            Box::new(bytes)
+        } else {
+            return Err(layer_error(
+                blob,
+                format!(
+                    "media type {} is not tar, tar+gzip or tar+zstd",
+                    blob.media_type
+                ),
+            ));
+        };
+        let out = File::create(&framed_path).map_err(io_err("creating", &framed_path))?;
+        let layer = reframe(tar, BufWriter::new(out), zstd_level)
+            .map_err(|e| layer_error(blob, format!("cannot be read: {e}")))?;
+        let expected = blob.diff_id.trim_start_matches("sha256:");
+        if !expected.is_empty() && layer.diff_id != expected {
+            return Err(layer_error(
+                blob,
+                format!(
+                    "its content hashes to sha256:{}, but the image says diff_id {}",
+                    layer.diff_id, blob.diff_id
+                ),
+            ));
+        }
+        Some(layer)
+    };
+
+    if spec.compression == Compression::Zstd {
+        let Some(layer) = framed else {
+            return Err(layer_error(blob, "internal: framed layer expected"));
+        };
+        return Ok(PreparedLayer {
+            file: framed_path,
+            frames: layer.frames,
+            entry: entry(
+                Compression::Zstd,
+                layer.compressed_len,
+                layer.uncompressed_len,
+                format!("sha256:{}", layer.digest),
+            ),
+            copied: false,
+        });
+    }
+
+    // xz: every frame recompressed as an independent xz stream, in parallel, in order.
+    let source_map;
+    let (zstd_bytes, zstd_frames): (&[u8], Vec<Frame>) = match &framed {
+        None => (
+            bytes,
+            scan_frames(bytes).map_err(|e| layer_error(blob, e.to_string()))?,
+        ),
+        Some(layer) => {
+            let file = File::open(&framed_path).map_err(io_err("opening", &framed_path))?;
+            source_map = if layer.compressed_len == 0 {
+                None
+            } else {
+                Some(MappedFile::new(&file).map_err(io_err("mapping", &framed_path))?)
+            };
+            (
+                source_map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]),
+                layer.frames.clone(),
+            )
+        }
+    };
+    let xz_path = scratch.join(format!("layer-{index}.xz"));
+    let mut out = BufWriter::new(File::create(&xz_path).map_err(io_err("creating", &xz_path))?);
+    let level = spec.level.min(9);
+    let mut frames = Vec::with_capacity(zstd_frames.len());
+    let mut offset = 0u64;
+    let batch = rayon::current_num_threads().max(1) * 2;
+    for chunk in zstd_frames.chunks(batch) {
+        let packed: Vec<Result<(Vec<u8>, u64), String>> = chunk
+            .par_iter()
+            .map(|frame| {
+                let start = frame.offset as usize;
+                let compressed = &zstd_bytes[start..start + frame.compressed_len as usize];
+                let plain = zstd::bulk::decompress(compressed, frame.uncompressed_len as usize)
+                    .map_err(|e| e.to_string())?;
+                let mut enc = xz2::write::XzEncoder::new(Vec::new(), level);
+                enc.write_all(&plain).map_err(|e| e.to_string())?;
+                let xz = enc.finish().map_err(|e| e.to_string())?;
+                Ok((xz, plain.len() as u64))
+            })
+            .collect();
+        for result in packed {
+            let (xz, uncompressed_len) = result.map_err(|e| layer_error(blob, e))?;
+            out.write_all(&xz).map_err(io_err("writing", &xz_path))?;
+            frames.push(Frame {
+                offset,
+                compressed_len: xz.len() as u64,
+                uncompressed_len,
+                sha256: hex::encode(Sha256::digest(&xz)),
+            });
+            offset += xz.len() as u64;
+        }
+    }
+    out.flush().map_err(io_err("writing", &xz_path))?;
+    let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
+    let digest = match &framed {
+        Some(layer) => format!("sha256:{}", layer.digest),
+        None => blob.digest.clone(),
+    };
+    Ok(PreparedLayer {
+        file: xz_path,
+        entry: entry(Compression::Xz, offset, uncompressed, digest),
+        frames,
+        copied: false,
+    })
+}
+
+fn frames_ok(bytes: &[u8]) -> bool {
+    scan_frames(bytes)
+        .is_ok_and(|frames| frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME))
+}
+
+/// Cut a tar stream into frames at entry boundaries.
+fn reframe<W: Write>(
+    mut tar: impl Read,
+    sink: W,
+    level: i32,
+) -> io::Result<crate::frames::FramedLayer> {
+    let mut writer = FramedWriter::new(sink, level);
+    let mut block = [0u8; 512];
+    // Walk tar headers so frames end at entry boundaries (the reader does not need it, but it
+    // keeps files whole inside frames, as the store's own writer does).
+    loop {
+        if !read_full(&mut tar, &mut block)? {
+            break;
+        }
+        writer.entry_boundary()?;
+        writer.write_all(&block)?;
+        let header = tar::Header::from_byte_slice(&block);
+        if block.iter().all(|b| *b == 0) {
+            // End marker: copy whatever follows verbatim.
+            io::copy(&mut tar, &mut writer)?;
+            break;
+        }
+        let size = header.entry_size().unwrap_or(0);
+        let padded = align_up(size, 512);
+        let copied = io::copy(&mut (&mut tar).take(padded), &mut writer)?;
+        if copied != padded {
+            break;
+        }
+    }
+    let (mut sink, layer) = writer.finish()?;
+    sink.flush()?;
+    Ok(layer)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = r.read(&mut buf[filled..])?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tar stream ends mid-block",
+            ));
+        }
+        filled += n;
+    }
+    Ok(true)
+}
