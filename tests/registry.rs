@@ -1363,3 +1363,42 @@ fn pull_of_an_index_takes_the_linux_amd64_image() {
     assert_eq!(image.config.architecture, "amd64");
     assert_blobs_intact(&root_b);
 }
+
+#[test]
+fn kubefile_from_a_registry_image_pulls_the_base_when_it_is_not_in_the_store() {
+    let registry = TestRegistry::start(None);
+    let home = tempfile::tempdir().unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let image = format!("{}/base/hello:v1", registry.host());
+    build_image(a.path(), &image);
+    let out = sealer(a.path(), home.path(), &["push", "--insecure", &image], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let b = tempfile::tempdir().unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    fs::write(ctx.path().join("app.conf"), "x=1\n").unwrap();
+    fs::write(
+        ctx.path().join("Kubefile"),
+        format!("FROM {image}\nCOPY app.conf /etc/\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(SEALER);
+    let out = cmd
+        .args(["build", "-t", "app:1", ctx.path().to_str().unwrap()])
+        .env("SEALER_ROOT", b.path())
+        .env("HOME", home.path())
+        .env("SEALER_INSECURE_REGISTRIES", registry.host())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = Store::open(b.path()).unwrap();
+    let base = store
+        .image(&Reference::parse(&image).unwrap())
+        .expect("the base was pulled into the store");
+    let app = store.image(&Reference::parse("app:1").unwrap()).unwrap();
+    assert_eq!(app.manifest.layers.len(), base.manifest.layers.len() + 1);
+    assert_eq!(
+        app.manifest.layers[..base.manifest.layers.len()],
+        base.manifest.layers[..]
+    );
+}
