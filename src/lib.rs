@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod kubefile;
 pub mod pack;
 pub mod reference;
+pub mod registry;
 pub mod ssh;
 pub mod store;
 pub mod ui;

@@ -606,8 +606,20 @@ fn layer_step(
     Ok(false)
 }
 
-fn pull_base(_store: &Store, reference: &Reference) -> Result<crate::store::Image, String> {
-    Err(format!("base image {reference} is not in the local store; build or load it first (`sealer images` lists what is there)"))
+/// A base image that is not in the store: pulled when its reference names a registry.
+fn pull_base(store: &Store, reference: &Reference) -> Result<crate::store::Image, String> {
+    if reference.registry.is_none() {
+        return Err(format!(
+            "base image {reference} is not in the local store; build or load it first (`sealer images` lists what is there), or name it with its registry (REGISTRY/REPO:TAG) to pull it"
+        ));
+    }
+    crate::registry::pull(
+        store,
+        reference,
+        &crate::registry::RegistryOptions::from_env(),
+        &|_| {},
+    )
+    .map_err(|e| format!("pulling base image {reference}: {e}"))
 }
 
 /// The instruction starting at 1-based `line`, continuation lines joined into one.

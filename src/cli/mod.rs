@@ -4,6 +4,7 @@
 mod build;
 mod images;
 mod pack;
+mod registry;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,14 @@ enum Command {
     Save(images::SaveArgs),
     /// Import images from an OCI archive.
     Load(images::LoadArgs),
+    /// Check credentials against a registry and save them.
+    Login(registry::LoginArgs),
+    /// Forget the saved credentials for a registry.
+    Logout(registry::LogoutArgs),
+    /// Upload an image to its registry (REGISTRY/REPOSITORY:TAG).
+    Push(registry::PushArgs),
+    /// Download an image from a registry into the local store.
+    Pull(registry::PullArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -60,6 +69,10 @@ pub fn main() -> i32 {
         Command::Rmi(a) => images::rmi(a),
         Command::Save(a) => images::save(a),
         Command::Load(a) => images::load(a),
+        Command::Login(a) => registry::login(a),
+        Command::Logout(a) => registry::logout(a),
+        Command::Push(a) => registry::push(a),
+        Command::Pull(a) => registry::pull(a),
     };
     match result {
         Ok(()) => 0,

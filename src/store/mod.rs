@@ -379,13 +379,20 @@ impl Store {
 
     pub(crate) fn set_name(&self, reference: &Reference, digest: &str, size: u64) -> Result<()> {
         let key = reference.store_key();
+        // The index entry carries the manifest's own media type (docker v2s2 images stay readable).
+        let media_type = self
+            .read_blob(digest)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+            .and_then(|m| m.media_type)
+            .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.to_string());
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
         index
             .manifests
             .retain(|d| d.annotations.get(ANNOTATION_REF_NAME) != Some(&key));
         let mut desc = Descriptor {
-            media_type: MEDIA_TYPE_MANIFEST.to_string(),
+            media_type,
             digest: digest.to_string(),
             size,
             annotations: Default::default(),
