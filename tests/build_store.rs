@@ -323,9 +323,19 @@ fn load_refuses_a_corrupt_archive_and_stores_nothing() {
     let archive = a.work.path().join("hello.tar");
     a.ok(&["save", "-o", archive.to_str().unwrap(), "hello:v1"]);
     let mut bytes = fs::read(&archive).unwrap();
-    // Flip a byte inside the last blob's content (before the two zero blocks that end a tar).
-    let at = bytes.len() - 1024 - 700;
-    bytes[at] ^= 0xff;
+    // Flip a byte in the middle of the content of the largest blob.
+    let (offset, size) = {
+        let mut tar = tar::Archive::new(&bytes[..]);
+        tar.entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().unwrap().starts_with("blobs/sha256"))
+            .map(|e| (e.raw_file_position(), e.size()))
+            .max_by_key(|&(_, size)| size)
+            .unwrap()
+    };
+    assert!(size > 0);
+    bytes[(offset + size / 2) as usize] ^= 0xff;
     fs::write(&archive, &bytes).unwrap();
     let b = Env::new();
     let out = b.sealer(&["load", "-i", archive.to_str().unwrap()]);

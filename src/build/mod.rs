@@ -314,12 +314,14 @@ pub fn build(
                 }
             }
             InstructionKind::Env(pairs) => {
-                let mut shown = Vec::new();
-                for (k, v) in pairs {
-                    let k = expand(&state, k)?;
-                    let v = expand(&state, v)?;
-                    shown.push(format!("{k}={v}"));
-                    state.set_env(&k, &v);
+                // As in Docker, every pair sees the values from before this line.
+                let expanded = pairs
+                    .iter()
+                    .map(|(k, v)| Ok((expand(&state, k)?, expand(&state, v)?)))
+                    .collect::<Result<Vec<_>, BuildError>>()?;
+                let shown: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                for (k, v) in &expanded {
+                    state.set_env(k, v);
                 }
                 state.push_empty(format!("ENV {}", shown.join(" ")), &created);
             }

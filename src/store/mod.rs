@@ -34,6 +34,8 @@ pub enum StoreError {
     BlobCorrupt { digest: String, actual: String },
     #[error("{what} in the store is not valid: {reason}")]
     Malformed { what: String, reason: String },
+    #[error("{path} is not a usable OCI archive: {reason}; nothing was imported")]
+    Archive { path: PathBuf, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
