@@ -319,7 +319,8 @@ fn write_in(
             &footer.encode(),
             &temp,
         )?;
-        out.sync_all().map_err(io_err("flushing", &temp))?;
+        // No fsync (cp does none either): the rename below makes the name appear only once
+        // the file is complete, and the reader detects any copy that is cut short.
     }
     for (temp, target) in temp_files.iter().zip(&final_files) {
         fs::rename(temp, target).map_err(io_err("renaming into place", target))?;
