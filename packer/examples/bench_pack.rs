@@ -62,6 +62,9 @@ fn layer(src: &Path, out: &Path, level: i32) -> Result<()> {
     let framed = builder.into_inner()?;
     let (mut sink, info) = framed.finish()?;
     sink.flush()?;
+    // The frame index beside the blob, as an image store may keep it.
+    let index = out.with_extension("frames.json");
+    std::fs::write(&index, serde_json::to_vec(&info.frames)?)?;
     println!(
         "{} entries, {} frames, {} -> {} bytes, digest sha256:{} diff_id sha256:{}",
         paths.len(),
@@ -77,11 +80,18 @@ fn layer(src: &Path, out: &Path, level: i32) -> Result<()> {
 fn pack(stub: &Path, out: &Path, blobs: &[String]) -> Result<()> {
     let layers = blobs
         .iter()
-        .map(|b| LayerBlob {
-            path: PathBuf::from(b),
-            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
-            digest: "sha256:unknown".into(),
-            diff_id: String::new(),
+        .map(|b| {
+            let path = PathBuf::from(b);
+            let frames = std::fs::read(path.with_extension("frames.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            LayerBlob {
+                path,
+                media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+                digest: "sha256:unknown".into(),
+                diff_id: String::new(),
+                frames,
+            }
         })
         .collect();
     let spec = PackSpec {
