@@ -1349,12 +1349,26 @@ struct FileJob {
 #[derive(Default)]
 struct PoolState {
     queued_bytes: usize,
+    /// Batches sent and not yet written.
     pending: usize,
     failure: Option<UnpackError>,
 }
 
+/// Files are handed to the workers in batches, so the threads meet (a lock, a wake-up) once
+/// per batch rather than once per file.
+const BATCH_FILES: usize = 32;
+const BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<FileJob>,
+    bytes: usize,
+}
+
 struct WriterPool {
-    jobs: Mutex<Option<mpsc::Sender<FileJob>>>,
+    jobs: Mutex<Option<mpsc::Sender<Batch>>>,
+    /// Files collected by the parsing thread, not yet sent (only that thread touches it).
+    batch: Mutex<Batch>,
     state: Arc<(Mutex<PoolState>, Condvar)>,
 }
 
@@ -1364,41 +1378,45 @@ impl WriterPool {
         workers: usize,
         ownership: bool,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<FileJob>();
+        let (tx, rx) = mpsc::channel::<Batch>();
         let rx = Arc::new(Mutex::new(rx));
         let state: Arc<(Mutex<PoolState>, Condvar)> = Arc::default();
         for _ in 0..workers {
             let rx = Arc::clone(&rx);
             let state = Arc::clone(&state);
             threads.spawn(move || loop {
-                let job = match rx.lock() {
+                let batch = match rx.lock() {
                     Ok(rx) => rx.recv(),
                     Err(_) => return,
                 };
-                let Ok(job) = job else { return };
-                let size = job.data.len();
-                let outcome = write_whole(&job.path, &job.data, job.meta, ownership);
+                let Ok(batch) = batch else { return };
+                let mut failure = None;
+                for job in batch.jobs {
+                    if let Err(e) = write_whole(&job.path, &job.data, job.meta, ownership) {
+                        failure = Some(UnpackError::Entry {
+                            layer: job.layer,
+                            path: job.shown,
+                            problem: EntryProblem::Io(e),
+                        });
+                        break;
+                    }
+                }
                 let (lock, wake) = &*state;
                 let mut st = match lock.lock() {
                     Ok(st) => st,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                st.queued_bytes -= size;
+                st.queued_bytes -= batch.bytes;
                 st.pending -= 1;
-                if let Err(e) = outcome {
-                    if st.failure.is_none() {
-                        st.failure = Some(UnpackError::Entry {
-                            layer: job.layer,
-                            path: job.shown,
-                            problem: EntryProblem::Io(e),
-                        });
-                    }
+                if st.failure.is_none() {
+                    st.failure = failure;
                 }
-                wake.notify_all();
+                wake.notify_one();
             });
         }
         WriterPool {
             jobs: Mutex::new(Some(tx)),
+            batch: Mutex::new(Batch::default()),
             state,
         }
     }
@@ -1411,11 +1429,33 @@ impl WriterPool {
     }
 
     fn submit(&self, job: FileJob) -> Result<(), UnpackError> {
-        let size = job.data.len();
+        let full = {
+            let mut batch = match self.batch.lock() {
+                Ok(b) => b,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            batch.bytes += job.data.len();
+            batch.jobs.push(job);
+            if batch.jobs.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES {
+                Some(std::mem::take(&mut *batch))
+            } else {
+                None
+            }
+        };
+        match full {
+            Some(batch) => self.send(batch),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, batch: Batch) -> Result<(), UnpackError> {
+        if batch.jobs.is_empty() {
+            return Ok(());
+        }
         {
             let mut st = self.lock();
             while st.queued_bytes > 0
-                && st.queued_bytes + size > POOL_BUDGET
+                && st.queued_bytes + batch.bytes > POOL_BUDGET
                 && st.failure.is_none()
             {
                 st = match self.state.1.wait(st) {
@@ -1426,13 +1466,13 @@ impl WriterPool {
             if let Some(failure) = st.failure.take() {
                 return Err(failure);
             }
-            st.queued_bytes += size;
+            st.queued_bytes += batch.bytes;
             st.pending += 1;
         }
         let sent = match self.jobs.lock() {
             Ok(jobs) => jobs
                 .as_ref()
-                .map(|tx| tx.send(job).is_ok())
+                .map(|tx| tx.send(batch).is_ok())
                 .unwrap_or(false),
             Err(_) => false,
         };
@@ -1446,8 +1486,13 @@ impl WriterPool {
         Ok(())
     }
 
-    /// Wait until every queued file is on disk; report the first failure.
+    /// Wait until every submitted file is on disk; report the first failure.
     fn drain(&self) -> Result<(), UnpackError> {
+        let rest = match self.batch.lock() {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        self.send(rest)?;
         let mut st = self.lock();
         while st.pending > 0 {
             st = match self.state.1.wait(st) {
