@@ -2,3 +2,14 @@
 //!
 //! The library holds all behaviour; the `sealer` CLI (`src/cli/`) and the `sealer-stub` installer
 //! (`stub/`) only parse arguments, call these functions and print.
+
+pub mod build;
+pub mod clusterfile;
+pub mod deploy;
+pub mod kubefile;
+pub mod pack;
+pub mod reference;
+pub mod registry;
+pub mod ssh;
+pub mod store;
+pub mod ui;

@@ -1,3 +1,7 @@
+//! The `sealer` command line: parses arguments, calls the library, prints.
+
+mod cli;
+
 fn main() {
-    println!("sealer");
+    std::process::exit(cli::main());
 }

@@ -1,9 +1,11 @@
 //! `sealer-stub`: the program at the head of every `.run` file.
 //!
 //! It reads its own payload through `/proc/self/exe` (rename-proof) and offers `inspect`,
-//! `verify` and `extract`. It is a thin layer over `packer`: it parses arguments, shows
-//! progress and turns errors into one sentence on stderr with a non-zero exit. It must stay a
-//! static executable that runs on a bare host, so it depends on nothing outside this binary.
+//! `verify`, `extract`, `install` and `load`. It is a thin layer over `packer` and the deploy
+//! engine (the same one `sealer run` uses): it parses arguments, shows progress and turns errors
+//! into one sentence on stderr with a non-zero exit. On remote hosts the same binary is the
+//! install agent (`agent …`). It must stay a static executable that runs on a bare host, so it
+//! depends on nothing outside this binary.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -37,15 +39,28 @@ enum Command {
     Verify,
     /// Unpack the image's merged root filesystem into DIR (which must not exist or be empty).
     Extract { dir: PathBuf },
+    /// Install the image onto hosts over SSH (-m/-n, -f Clusterfile) or this machine (--local).
+    Install(Box<sealer::deploy::target::TargetArgs>),
+    /// Import the image into the local sealer store ($SEALER_ROOT).
+    Load,
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("agent") {
+        return match sealer::deploy::agent::main(&args[1..]) {
+            0 => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         None => summary(),
         Some(Command::Inspect { json }) => inspect(json),
         Some(Command::Verify) => verify(),
         Some(Command::Extract { dir }) => extract(&dir),
+        Some(Command::Install(target)) => install(&target),
+        Some(Command::Load) => load(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,6 +136,10 @@ fn summary() -> Result<()> {
     println!("  {me} inspect [--json]   show the image, layers, frames, commands and labels");
     println!("  {me} verify             check every byte of the payload");
     println!("  {me} extract DIR        unpack the image's root filesystem into DIR");
+    println!("  {me} install -m IPS [-n IPS] [-u USER] (-p PASS | --pk KEY)   install onto hosts over SSH");
+    println!("  {me} install -f Clusterfile   hosts, Configs and Plugins from a Clusterfile");
+    println!("  {me} install --local [--data-root DIR]   install onto this machine");
+    println!("  {me} load               import the image into the local sealer store");
     println!("Running {me} without arguments changes nothing.");
     Ok(())
 }
@@ -305,5 +324,31 @@ fn extract(dir: &std::path::Path) -> Result<()> {
         mib(report.file_bytes),
         dir.display()
     );
+    Ok(())
+}
+
+fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
+    let run = open()?;
+    let resolved = sealer::deploy::target::resolve(&target.spec()).map_err(anyhow::Error::msg)?;
+    let payload = {
+        // Check every frame before any host is touched: a damaged package is refused whole.
+        let check = payload(&run)?;
+        let progress = Progress::new("verifying", check.compressed_len());
+        check.verify(Some(&|done| progress.update(done)))?;
+        progress.finish();
+        sealer::deploy::Payload::from_package(&run).map_err(anyhow::Error::msg)?
+    };
+    let mut opts = sealer::deploy::InstallOptions::new(resolved.connect.clone());
+    opts.parallel = target.parallel;
+    opts.attempts = target.attempts.max(1);
+    let report = sealer::ui::install_with_progress(&resolved.cluster, &payload, &opts)?;
+    sealer::ui::finish_install(&report).map_err(anyhow::Error::msg)
+}
+
+fn load() -> Result<()> {
+    let run = open()?;
+    let store = sealer::store::Store::open_default()?;
+    let reference = sealer::pack::load_package(&store, &run).map_err(anyhow::Error::msg)?;
+    println!("Loaded image: {reference} into {}", store.root().display());
     Ok(())
 }

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Benchmark: `sealer build` of a ~1 GiB context (many small files and a few large ones) against
+# `tar -cf - CONTEXT | zstd -T0 -3` of the same context, measured in the same run. Prints both
+# times, the ratio (ours / baseline; target <= 1.0) and our peak RSS (target well under 512 MiB).
+#
+# Usage: scripts/bench-build.sh [SIZE_MIB]   (default 1024; builds release binaries first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${1:-1024}
+cargo build --release --bins >/dev/null
+bin="$PWD/target/x86_64-unknown-linux-gnu/release/sealer"
+work=$(mktemp -d "${TMPDIR:-/tmp}/sealer-bench-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+ctx="$work/ctx"
+mkdir -p "$ctx/small" "$ctx/large"
+
+# Half the bytes in ~8 KiB text-like files (compressible), half in a few large binary-like files.
+small_total=$((size_mib / 2))
+python3 - "$ctx" "$small_total" "$((size_mib - small_total))" <<'PY'
+import os, random, sys
+ctx, small_mib, large_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(42)
+words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9))) for _ in range(4000)]
+def text(n):
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rnd.choice(words) for _ in range(16)) + b"\n"
+    return bytes(out[:n])
+block = text(1 << 20)
+written, i = 0, 0
+while written < small_mib << 20:
+    n = rnd.randint(1024, 16384)
+    d = os.path.join(ctx, "small", f"d{i // 500:03d}")
+    os.makedirs(d, exist_ok=True)
+    off = rnd.randint(0, len(block) - n)
+    with open(os.path.join(d, f"f{i:06d}.txt"), "wb") as f:
+        f.write(block[off:off + n])
+    written += n
+    i += 1
+half_random = os.urandom(1 << 20)
+for j in range(4):
+    with open(os.path.join(ctx, "large", f"blob{j}.bin"), "wb") as f:
+        for k in range((large_mib << 20) // 4 // (1 << 20)):
+            f.write(half_random[: 1 << 19] + block[(k * 4096) % (1 << 19):][: 1 << 19])
+print(f"context: {i} small files, 4 large files")
+PY
+printf 'FROM scratch\nCOPY small /data/small\nCOPY large /data/large\n' > "$ctx/Kubefile"
+du -sh "$ctx" | sed 's/^/context size: /'
+sync
+
+now() { date +%s.%N; }
+t0=$(now)
+tar -C "$ctx" -cf - . | zstd -T0 -3 -q -o "$work/baseline.tar.zst"
+t1=$(now)
+SEALER_ROOT="$work/store" /usr/bin/time -v "$bin" build --no-cache -t bench:1 "$ctx" >"$work/build.log" 2>"$work/time.log"
+t2=$(now)
+base=$(echo "$t1 - $t0" | bc -l)
+ours=$(echo "$t2 - $t1" | bc -l)
+rss=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$work/time.log")
+printf 'baseline tar | zstd -T0 -3: %.2f s (%s)\n' "$base" "$(du -h "$work/baseline.tar.zst" | cut -f1)"
+printf 'sealer build --no-cache:    %.2f s (%s)\n' "$ours" "$(du -sh "$work/store/oci/blobs" | cut -f1)"
+printf 'ratio (ours / baseline):    %.2f   (target <= 1.00)\n' "$(echo "$ours / $base" | bc -l)"
+printf 'sealer build peak RSS:      %d MiB (target < 512)\n' "$((rss / 1024))"

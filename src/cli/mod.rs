@@ -1,0 +1,98 @@
+//! Argument parsing and printing for `sealer`. Every command turns its arguments into the options
+//! struct of one library function and prints the result; no behaviour lives here.
+
+mod build;
+mod images;
+mod pack;
+mod registry;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sealer",
+    version,
+    about = "Build cluster images, pack them into one self-extracting installer, install them over SSH"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a cluster image from a Kubefile.
+    Build(build::BuildArgs),
+    /// Pack an image and the installer into one self-extracting file.
+    Pack(pack::PackArgs),
+    /// Install an image onto hosts over SSH (or this machine with --local).
+    Run(Box<run::RunArgs>),
+    #[command(hide = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the images in the local store.
+    Images(images::ImagesArgs),
+    /// Show an image's manifest, layers and config as JSON.
+    Inspect(images::InspectArgs),
+    /// Give an image another name.
+    Tag(images::TagArgs),
+    /// Remove images and the blobs only they used.
+    Rmi(images::RmiArgs),
+    /// Write images to an OCI archive.
+    Save(images::SaveArgs),
+    /// Import images from an OCI archive.
+    Load(images::LoadArgs),
+    /// Check credentials against a registry and save them.
+    Login(registry::LoginArgs),
+    /// Forget the saved credentials for a registry.
+    Logout(registry::LogoutArgs),
+    /// Upload an image to its registry (REGISTRY/REPOSITORY:TAG).
+    Push(registry::PushArgs),
+    /// Download an image from a registry into the local store.
+    Pull(registry::PullArgs),
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(a) => build::run(a),
+        Command::Run(a) => run::run(*a),
+        Command::Pack(a) => pack::run(a),
+        Command::Agent { args } => return sealer::deploy::agent::main(&args),
+        Command::Images(a) => images::images(a),
+        Command::Inspect(a) => images::inspect(a),
+        Command::Tag(a) => images::tag(a),
+        Command::Rmi(a) => images::rmi(a),
+        Command::Save(a) => images::save(a),
+        Command::Load(a) => images::load(a),
+        Command::Login(a) => registry::login(a),
+        Command::Logout(a) => registry::logout(a),
+        Command::Push(a) => registry::push(a),
+        Command::Pull(a) => registry::pull(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            1
+        }
+    }
+}
+
+/// An error and its causes as one sentence: `what: why: root cause`.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+pub use sealer::ui::human_bytes;

@@ -1,0 +1,134 @@
+//! `sealer pack`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use sealer::deploy::find_stub;
+use sealer::pack::{pack, PackOptions};
+use sealer::reference::Reference;
+use sealer::store::Store;
+use sealer::ui::human_bytes;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    Zstd,
+    Xz,
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// Image to pack (NAME:TAG).
+    image: String,
+    /// Output file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// zstd copies the store's frames as they are; xz recompresses each frame (smaller, slower).
+    #[arg(long, value_enum, default_value = "zstd")]
+    compression: CompressionArg,
+    /// Compression level when frames are recompressed (zstd 1-22, xz 0-9).
+    #[arg(long)]
+    level: Option<u32>,
+    /// Split into volumes no larger than SIZE (e.g. 4G, 3900M; FAT32 holds 4G minus 1 byte per file).
+    #[arg(long, value_name = "SIZE")]
+    split_size: Option<String>,
+    /// The installer stub (default: `sealer-stub` beside sealer, or $SEALER_STUB).
+    #[arg(long)]
+    stub: Option<PathBuf>,
+}
+
+/// `4G`, `3900M`, `512k` or plain bytes.
+fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        anyhow::anyhow!("--split-size {text:?} is not a size like 4G, 3900M or 1048576")
+    })?;
+    let size = n
+        .checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("--split-size {text:?} is too large"))?;
+    if size == 0 {
+        bail!("--split-size must be more than 0");
+    }
+    Ok(size)
+}
+
+pub fn run(args: PackArgs) -> Result<()> {
+    let store = Store::open_default()?;
+    let (compression, default_level, max_level) = match args.compression {
+        CompressionArg::Zstd => (packer::unpack::Compression::Zstd, 3, 22),
+        CompressionArg::Xz => (packer::unpack::Compression::Xz, 6, 9),
+    };
+    let level = args.level.unwrap_or(default_level);
+    if level > max_level {
+        bail!("--level {level} is out of range for this compression (at most {max_level})");
+    }
+    let stub = match args.stub {
+        Some(s) => s,
+        None => find_stub().map_err(anyhow::Error::msg)?,
+    };
+    let opts = PackOptions {
+        image: Reference::parse(&args.image)?,
+        output: args.output.clone(),
+        compression,
+        level,
+        split_size: args.split_size.as_deref().map(parse_size).transpose()?,
+        stub,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) = ProgressStyle::with_template(
+            "packing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    });
+    let update = |done: u64, total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let report = pack(&store, &opts, Some(&update)).map_err(anyhow::Error::msg)?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let total: u64 = report
+        .files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "Packed {} into {} ({}, payload {})",
+        opts.image,
+        args.output.display(),
+        human_bytes(total),
+        report.payload_id
+    );
+    if report.files.len() > 1 {
+        for f in &report.files[1..] {
+            println!("  volume {}", f.display());
+        }
+        println!(
+            "Keep the volumes beside {}; they are found by content, whatever their names.",
+            args.output.display()
+        );
+    }
+    println!(
+        "{} of {} layers copied without recompression",
+        report.copied_layers,
+        report.manifest.layers.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! `login`, `logout`, `push`, `pull`: arguments into [`RegistryOptions`], progress onto the
+//! terminal (one bar per blob) or as plain lines when stderr is not a terminal.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use sealer::reference::Reference;
+use sealer::registry::{
+    self, short_digest, BlobKind, Credentials, Progress, ProgressEvent, RegistryOptions,
+};
+use sealer::store::Store;
+
+use super::human_bytes;
+
+/// How to reach the registry.
+#[derive(Args)]
+pub struct ConnectionArgs {
+    /// Talk plain HTTP to the registry (no TLS).
+    #[arg(long)]
+    insecure: bool,
+    /// PEM file with extra CA certificates to trust.
+    #[arg(long, value_name = "PEM", env = "SEALER_REGISTRY_CA")]
+    ca_file: Option<PathBuf>,
+}
+
+impl ConnectionArgs {
+    fn options(&self) -> RegistryOptions {
+        let mut opts = RegistryOptions::from_env();
+        opts.insecure = self.insecure;
+        if let Some(ca) = &self.ca_file {
+            opts.ca_file = Some(ca.clone());
+        }
+        opts
+    }
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Registry host, with port when not 443 (e.g. `registry.example.com:5000`).
+    registry: String,
+    #[arg(short, long)]
+    username: String,
+    /// Password (visible in the process list; prefer --password-stdin).
+    #[arg(short, long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+pub fn login(args: LoginArgs) -> Result<()> {
+    let password = match (args.password, args.password_stdin) {
+        (Some(p), false) => {
+            eprintln!("warning: a password on the command line is visible to other users; use --password-stdin");
+            p
+        }
+        (None, true) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the password from standard input")?;
+            text.trim_end_matches(['\r', '\n']).to_string()
+        }
+        _ => bail!("give the password with -p PASSWORD or --password-stdin"),
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    let opts = args.connection.options();
+    let creds = Credentials {
+        username: args.username,
+        password,
+    };
+    registry::login(&args.registry, &creds, &opts)?;
+    println!(
+        "Login succeeded; credentials saved in {}",
+        opts.auth_file.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LogoutArgs {
+    /// Registry host (with port).
+    registry: String,
+}
+
+pub fn logout(args: LogoutArgs) -> Result<()> {
+    let opts = RegistryOptions::from_env();
+    registry::logout(&args.registry, &opts)?;
+    println!(
+        "Removed the credentials for {} from {}",
+        args.registry,
+        opts.auth_file.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// Image to push: REGISTRY/REPOSITORY:TAG.
+    image: String,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+pub fn push(args: PushArgs) -> Result<()> {
+    let reference = Reference::parse(&args.image)?;
+    let store = Store::open_default()?;
+    let opts = args.connection.options();
+    let view = ProgressView::new("push");
+    let report = registry::push(&store, &reference, &opts, &|p| view.show(p))?;
+    view.finish();
+    println!(
+        "Pushed {} ({}): {} blob(s) uploaded ({}), {} already there, {} mounted",
+        report.reference,
+        report.digest,
+        report.uploaded.len(),
+        human_bytes(report.bytes_uploaded),
+        report.already_present.len(),
+        report.mounted.len()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// Image to pull: REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST].
+    image: String,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+pub fn pull(args: PullArgs) -> Result<()> {
+    let reference = Reference::parse(&args.image)?;
+    let store = Store::open_default()?;
+    let opts = args.connection.options();
+    let view = ProgressView::new("pull");
+    let image = registry::pull(&store, &reference, &opts, &|p| view.show(p))?;
+    view.finish();
+    println!(
+        "Pulled {} ({}, {} layer(s), {})",
+        image.reference.store_key(),
+        image.digest,
+        image.manifest.layers.len(),
+        human_bytes(image.layers_size())
+    );
+    Ok(())
+}
+
+/// Progress of a push or pull: bars on a terminal, lines otherwise.
+struct ProgressView {
+    verb: &'static str,
+    bars: Option<(MultiProgress, RefCell<HashMap<String, ProgressBar>>)>,
+}
+
+impl ProgressView {
+    fn new(verb: &'static str) -> Self {
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| (MultiProgress::new(), RefCell::new(HashMap::new())));
+        ProgressView { verb, bars }
+    }
+
+    fn label(p: &Progress) -> String {
+        let what = match p.kind {
+            BlobKind::Layer { index, count } => format!("layer {}/{count}", index + 1),
+            BlobKind::Config => "config".to_string(),
+            BlobKind::Manifest => "manifest".to_string(),
+        };
+        format!("{what} {}", short_digest(&p.digest))
+    }
+
+    fn show(&self, p: Progress) {
+        let label = Self::label(&p);
+        let Some((multi, bars)) = &self.bars else {
+            let line = match &p.event {
+                ProgressEvent::Started => {
+                    format!("{}ing {label} ({})", self.verb, human_bytes(p.total))
+                }
+                ProgressEvent::Transferring => return,
+                ProgressEvent::AlreadyPresent => format!("{label}: already present"),
+                ProgressEvent::Mounted { from } => format!("{label}: mounted from {from}"),
+                ProgressEvent::Done => format!("{label}: done"),
+                ProgressEvent::Retrying {
+                    attempt,
+                    attempts,
+                    wait,
+                    error,
+                } => format!(
+                    "{label}: attempt {attempt}/{attempts} failed ({error}); retrying in {:.1}s",
+                    wait.as_secs_f64()
+                ),
+            };
+            eprintln!("{line}");
+            return;
+        };
+        let mut bars = bars.borrow_mut();
+        let bar = bars.entry(p.digest.clone()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new(p.total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:30} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.clone());
+            bar
+        });
+        bar.set_position(p.done);
+        match &p.event {
+            ProgressEvent::AlreadyPresent => bar.finish_with_message("already present"),
+            ProgressEvent::Mounted { from } => {
+                bar.finish_with_message(format!("mounted from {from}"))
+            }
+            ProgressEvent::Done => bar.finish_with_message("done"),
+            ProgressEvent::Retrying { error, .. } => bar.set_message(format!("retrying: {error}")),
+            ProgressEvent::Started | ProgressEvent::Transferring => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            for bar in bars.borrow().values() {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The one host-list parser: `-m/--masters`, `-n/--nodes`, `ipList` items, `ips` items and plugin
+//! `on:` selectors all go through [`parse_host_list`]. It turns comma lists and inclusive ranges
+//! (`192.168.0.2-192.168.0.9`) into addresses; it knows nothing about roles or SSH.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The most addresses one range may expand to; a typo such as `10.0.0.1-10.9.0.1` should be an
+/// error, not a million hosts.
+pub const MAX_RANGE_LEN: u128 = 4096;
+
+/// Why a host list could not be read; the message names the offending item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HostListError(pub String);
+
+/// Parses `a,b,c` where each item is an address or an inclusive range `first-last` of the same
+/// family. Whitespace around items is ignored, empty items (a trailing comma) are skipped.
+/// The order is kept; duplicates are left for the caller, which knows which field to blame.
+pub fn parse_host_list(list: &str) -> Result<Vec<IpAddr>, HostListError> {
+    let mut ips = Vec::new();
+    for item in list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        ips.extend(parse_host_item(item)?);
+    }
+    Ok(ips)
+}
+
+/// Parses one item: an address or a range `first-last`.
+pub fn parse_host_item(item: &str) -> Result<Vec<IpAddr>, HostListError> {
+    let item = item.trim();
+    if let Ok(ip) = item.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let Some((first, last)) = item.split_once('-') else {
+        return Err(HostListError(format!(
+            "`{item}` is not an IP address or a range like 192.168.0.2-192.168.0.9"
+        )));
+    };
+    let parse = |s: &str| {
+        s.trim().parse::<IpAddr>().map_err(|_| {
+            HostListError(format!(
+                "`{item}`: `{}` is not an IP address (ranges look like 192.168.0.2-192.168.0.9)",
+                s.trim()
+            ))
+        })
+    };
+    let (first, last) = (parse(first)?, parse(last)?);
+    let (start, end) = match (first, last) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b))),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b)),
+        _ => {
+            return Err(HostListError(format!(
+                "`{item}`: a range must not mix IPv4 and IPv6"
+            )))
+        }
+    };
+    if start > end {
+        return Err(HostListError(format!(
+            "`{item}`: the range ends before it starts"
+        )));
+    }
+    if end - start >= MAX_RANGE_LEN {
+        return Err(HostListError(format!(
+            "`{item}`: the range holds {} addresses, more than the {MAX_RANGE_LEN} allowed; check for a typo",
+            end - start + 1
+        )));
+    }
+    Ok((start..=end)
+        .map(|n| match first {
+            // Both ends are IPv4 here, so `n` fits in 32 bits.
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn comma_list_and_range_expand_in_order() {
+        let got = parse_host_list("10.0.0.9, 192.168.0.2-192.168.0.4,").unwrap();
+        assert_eq!(
+            got,
+            ips(&["10.0.0.9", "192.168.0.2", "192.168.0.3", "192.168.0.4"])
+        );
+    }
+
+    #[test]
+    fn range_crosses_an_octet_boundary() {
+        let got = parse_host_list("10.0.0.254-10.0.1.1").unwrap();
+        assert_eq!(
+            got,
+            ips(&["10.0.0.254", "10.0.0.255", "10.0.1.0", "10.0.1.1"])
+        );
+    }
+
+    #[test]
+    fn ipv6_range_expands() {
+        let got = parse_host_list("fd00::1-fd00::3").unwrap();
+        assert_eq!(got, ips(&["fd00::1", "fd00::2", "fd00::3"]));
+    }
+
+    #[test]
+    fn single_address_range_is_one_host() {
+        assert_eq!(
+            parse_host_list("1.2.3.4-1.2.3.4").unwrap(),
+            ips(&["1.2.3.4"])
+        );
+    }
+
+    #[test]
+    fn backwards_mixed_huge_and_garbage_ranges_are_refused_with_the_item_named() {
+        let err = parse_host_list("10.0.0.9-10.0.0.1").unwrap_err();
+        assert!(err.0.contains("10.0.0.9-10.0.0.1") && err.0.contains("ends before"));
+        let err = parse_host_list("10.0.0.1-fd00::1").unwrap_err();
+        assert!(err.0.contains("mix IPv4 and IPv6"), "{err}");
+        let err = parse_host_list("10.0.0.1-10.9.0.1").unwrap_err();
+        assert!(err.0.contains("more than"), "{err}");
+        let err = parse_host_list("x.x.x.x").unwrap_err();
+        assert!(err.0.contains("`x.x.x.x` is not an IP address"), "{err}");
+        let err = parse_host_list("10.0.0.1-10.0.0").unwrap_err();
+        assert!(err.0.contains("`10.0.0` is not an IP address"), "{err}");
+    }
+}

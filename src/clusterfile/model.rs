@@ -1,0 +1,454 @@
+//! The resolved cluster the deploy engine consumes: hosts with addresses, roles and final SSH
+//! settings, Configs and Plugins in typed form. Built by the Clusterfile parser or by
+//! [`super::from_flags`]; everything here has already been validated, so the engine never
+//! re-checks YAML. No I/O happens here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Cluster name used when neither `metadata.name` nor `--cluster-name` gives one.
+pub const DEFAULT_CLUSTER_NAME: &str = "my-cluster";
+/// Where hosts keep cluster data unless `spec.dataRoot` says otherwise.
+pub const DEFAULT_DATA_ROOT: &str = "/var/lib/sealer/data";
+/// SSH user when none is given.
+pub const DEFAULT_SSH_USER: &str = "root";
+/// SSH port when none is given.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+
+/// A password or passphrase. `Debug` and `Display` print `***`; only [`Secret::expose`] gives
+/// the text, so it can reach the SSH library but never a log line by accident.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: impl Into<String>) -> Self {
+        Secret(text.into())
+    }
+    /// The secret text, for handing to authentication only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Final SSH settings of one host (cluster `spec.ssh` with the host's `ssh` merged over it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshConfig {
+    pub user: String,
+    pub password: Option<Secret>,
+    /// Private key file on the installing machine, as written (`~` not yet expanded).
+    pub private_key: Option<PathBuf>,
+    pub key_passphrase: Option<Secret>,
+    pub port: u16,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            user: DEFAULT_SSH_USER.to_string(),
+            password: None,
+            private_key: None,
+            key_passphrase: None,
+            port: DEFAULT_SSH_PORT,
+        }
+    }
+}
+
+/// A host key pinned in the Clusterfile (`spec.hostKeys` or `hosts[].hostKey`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyPin {
+    /// The full public key as in `known_hosts` or `/etc/ssh/ssh_host_*_key.pub`:
+    /// `ssh-ed25519 AAAAC3Nza...` (a trailing comment is ignored).
+    PublicKey { algorithm: String, blob: Vec<u8> },
+    /// A SHA-256 fingerprint as printed by `ssh-keygen -lf`: `SHA256:<base64 without padding>`.
+    Sha256([u8; 32]),
+}
+
+impl HostKeyPin {
+    /// Reads `ssh-ed25519 AAAA... [comment]` or `SHA256:...`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(b64) = text.strip_prefix("SHA256:") {
+            let bytes = base64_decode(b64.trim_end_matches('='))
+                .ok_or_else(|| format!("`{text}`: the fingerprint is not valid base64"))?;
+            let digest: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| format!("`{text}`: a SHA256 fingerprint holds 32 bytes"))?;
+            return Ok(HostKeyPin::Sha256(digest));
+        }
+        let mut words = text.split_whitespace();
+        let (Some(algorithm), Some(b64)) = (words.next(), words.next()) else {
+            return Err(format!(
+                "`{text}` is not a host key; give `ssh-ed25519 AAAA...` (a line of /etc/ssh/ssh_host_ed25519_key.pub) or `SHA256:...` (ssh-keygen -lf)"
+            ));
+        };
+        let blob = base64_decode(b64)
+            .ok_or_else(|| format!("`{algorithm} {b64}`: the key is not valid base64"))?;
+        Ok(HostKeyPin::PublicKey {
+            algorithm: algorithm.to_string(),
+            blob,
+        })
+    }
+
+    /// True when the server's raw host key blob (as sent in the SSH handshake) is this pin.
+    pub fn matches(&self, server_key_blob: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        match self {
+            HostKeyPin::PublicKey { blob, .. } => blob == server_key_blob,
+            HostKeyPin::Sha256(digest) => Sha256::digest(server_key_blob).as_slice() == digest,
+        }
+    }
+}
+
+/// Standard base64 (padding optional); `None` on any other character.
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let digits = text.trim_end_matches('=').as_bytes();
+    if digits.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// One machine of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub ip: IpAddr,
+    /// `master`, `node` or custom roles, in the order written.
+    pub roles: Vec<String>,
+    pub ssh: SshConfig,
+    /// Host env as written; [`super::host_env`] merges it over the cluster env.
+    pub env: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    /// `key[=value]:Effect` (a trailing `-` removes the taint); recorded, not applied by the engine.
+    pub taints: Vec<String>,
+    pub host_key: Option<HostKeyPin>,
+}
+
+impl Host {
+    pub fn is_master(&self) -> bool {
+        self.roles.iter().any(|r| r == "master")
+    }
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// What to install where: the model the deploy engine consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    /// `spec.image`; `None` when the image comes from the command line.
+    pub image: Option<String>,
+    pub data_root: PathBuf,
+    /// Cluster env as written (`KEY=VALUE` items, repeated keys kept).
+    pub env: Vec<(String, String)>,
+    /// Hosts in the order written; at least one master, all of one address family, no duplicates.
+    pub hosts: Vec<Host>,
+    /// `spec.cmd`: replaces the image's CMDs when not empty.
+    pub cmds: Vec<String>,
+    /// `spec.cmd_args`: `KEY=VALUE` overrides of image ARGs, as written.
+    pub cmd_args: Vec<String>,
+    /// `spec.appNames`: replaces the launched apps when not empty.
+    pub app_names: Vec<String>,
+    pub configs: Vec<Config>,
+    pub plugins: Vec<Plugin>,
+}
+
+impl Cluster {
+    /// The first master in file order. Every cluster built by this module has one; a
+    /// hand-built cluster without any host makes this panic.
+    pub fn master0(&self) -> &Host {
+        // Resolution refuses clusters without a master, so the fallback is never taken.
+        self.hosts
+            .iter()
+            .find(|h| h.is_master())
+            .unwrap_or(&self.hosts[0])
+    }
+    pub fn masters(&self) -> Vec<&Host> {
+        self.hosts.iter().filter(|h| h.is_master()).collect()
+    }
+    /// Every host that is not a master.
+    pub fn nodes(&self) -> Vec<&Host> {
+        self.hosts.iter().filter(|h| !h.is_master()).collect()
+    }
+    pub fn host(&self, ip: IpAddr) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.ip == ip)
+    }
+    /// `<dataRoot>/<name>/rootfs`, where each host keeps the image root filesystem.
+    pub fn rootfs(&self) -> PathBuf {
+        self.data_root.join(&self.name).join("rootfs")
+    }
+}
+
+/// How a Config's data meets an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigStrategy {
+    /// Replace the file (the default).
+    Overwrite,
+    /// Deep-merge YAML: mappings merge key by key, everything else is replaced.
+    Merge,
+}
+
+/// A file written into the image root filesystem before it is distributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub name: String,
+    /// Relative to the rootfs; never absolute, never containing `..`.
+    pub path: PathBuf,
+    pub data: String,
+    pub strategy: ConfigStrategy,
+}
+
+impl Config {
+    /// The new content of the file, given its current content (`None` when it does not exist).
+    pub fn render(&self, existing: Option<&str>) -> Result<String, String> {
+        match (self.strategy, existing) {
+            (ConfigStrategy::Overwrite, _) | (ConfigStrategy::Merge, None) => Ok(self.data.clone()),
+            (ConfigStrategy::Merge, Some(existing)) => {
+                super::merge::merge_yaml_documents(existing, &self.data).map_err(|e| {
+                    format!(
+                        "Config {}: merging into {}: {e}",
+                        self.name,
+                        self.path.display()
+                    )
+                })
+            }
+        }
+    }
+
+    /// The file this Config writes, under `rootfs`.
+    pub fn target(&self, rootfs: &Path) -> PathBuf {
+        rootfs.join(&self.path)
+    }
+}
+
+/// When a plugin runs. Both sealer spellings map here: the lower-case hook names of sealer ≥ 0.9
+/// and the CamelCase phases of sealer ≤ 0.8 (`PreInit` = `pre-init-host`, `PreClean` =
+/// `pre-clean-host`, ...). Old phases without a new equivalent keep their own variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// `pre-install` / `PreInstall`: master0, before the first host is initialised.
+    PreInstall,
+    /// `post-install` / `PostInstall`: master0, after every host is initialised.
+    PostInstall,
+    PreUninstall,
+    PostUninstall,
+    PreScaleUp,
+    PostScaleUp,
+    Upgrade,
+    Rollback,
+    /// `pre-init-host` / `PreInit`: hosts in scope, after the rootfs is in place.
+    PreInitHost,
+    /// `post-init-host`: hosts in scope, after they are initialised.
+    PostInitHost,
+    /// `pre-clean-host` / `PreClean`.
+    PreCleanHost,
+    /// `post-clean-host` / `PostClean`.
+    PostCleanHost,
+    UpgradeHost,
+    /// Old `Originally`: before anything else, before the rootfs exists on hosts.
+    Originally,
+    /// Old `PreJoin`: on hosts about to join (sealer ≤ 0.8 Kubernetes join).
+    PreJoin,
+    /// Old `PostJoin`: on hosts that joined.
+    PostJoin,
+    /// Old `PreGuest`: before the image CMDs.
+    PreGuest,
+    /// Old `Manual`: only when asked for.
+    Manual,
+}
+
+impl Phase {
+    const SPELLINGS: &'static [(&'static str, Phase)] = &[
+        ("pre-install", Phase::PreInstall),
+        ("post-install", Phase::PostInstall),
+        ("pre-uninstall", Phase::PreUninstall),
+        ("post-uninstall", Phase::PostUninstall),
+        ("pre-scaleup", Phase::PreScaleUp),
+        ("post-scaleup", Phase::PostScaleUp),
+        ("upgrade", Phase::Upgrade),
+        ("rollback", Phase::Rollback),
+        ("pre-init-host", Phase::PreInitHost),
+        ("post-init-host", Phase::PostInitHost),
+        ("pre-clean-host", Phase::PreCleanHost),
+        ("post-clean-host", Phase::PostCleanHost),
+        ("upgrade-host", Phase::UpgradeHost),
+        ("PreInstall", Phase::PreInstall),
+        ("PostInstall", Phase::PostInstall),
+        ("PreInit", Phase::PreInitHost),
+        ("PreClean", Phase::PreCleanHost),
+        ("PostClean", Phase::PostCleanHost),
+        ("Originally", Phase::Originally),
+        ("PreJoin", Phase::PreJoin),
+        ("PostJoin", Phase::PostJoin),
+        ("PreGuest", Phase::PreGuest),
+        ("Manual", Phase::Manual),
+    ];
+
+    /// Reads one phase name in either spelling.
+    pub fn parse(name: &str) -> Option<Phase> {
+        let name = name.trim();
+        Self::SPELLINGS
+            .iter()
+            .find(|(spelling, _)| *spelling == name)
+            .map(|(_, phase)| *phase)
+    }
+
+    /// The sealer ≥ 0.9 name, or the old name when there is no new one.
+    pub fn name(self) -> &'static str {
+        Self::SPELLINGS
+            .iter()
+            .find(|(_, phase)| *phase == self)
+            .map(|(spelling, _)| *spelling)
+            .unwrap_or("unknown")
+    }
+
+    /// Cluster-level phases run on master0 only (unless an old `on:` selector says otherwise).
+    pub fn is_cluster_level(self) -> bool {
+        matches!(
+            self,
+            Phase::PreInstall
+                | Phase::PostInstall
+                | Phase::PreUninstall
+                | Phase::PostUninstall
+                | Phase::PreScaleUp
+                | Phase::PostScaleUp
+                | Phase::Upgrade
+                | Phase::Rollback
+        )
+    }
+
+    pub(crate) fn all_spellings() -> String {
+        Self::SPELLINGS
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which hosts a plugin applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSelector {
+    /// No `scope`/`on`: every host.
+    All,
+    /// Hosts having any of these roles (`scope: master|node`, `on: master`).
+    Roles(Vec<String>),
+    /// These addresses (`on: 192.168.0.2,192.168.0.5-192.168.0.7`).
+    Ips(Vec<IpAddr>),
+    /// Hosts carrying all these labels (`on: ssd=true`). Roles count as the labels
+    /// `node-role.kubernetes.io/<role>=""`.
+    Labels(Vec<(String, String)>),
+}
+
+impl HostSelector {
+    pub fn matches(&self, host: &Host) -> bool {
+        match self {
+            HostSelector::All => true,
+            HostSelector::Roles(roles) => roles.iter().any(|r| host.has_role(r)),
+            HostSelector::Ips(ips) => ips.contains(&host.ip),
+            HostSelector::Labels(labels) => labels.iter().all(|(k, v)| {
+                host.labels.get(k) == Some(v)
+                    || (v.is_empty()
+                        && k.strip_prefix("node-role.kubernetes.io/")
+                            .is_some_and(|role| host.has_role(role)))
+            }),
+        }
+    }
+}
+
+/// What a plugin does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginKind {
+    /// `SHELL`: run the script (`cd <rootfs> && <script>`, with the host env).
+    Shell { script: String },
+    /// `HOSTNAME`: set the hostname of each listed address.
+    Hostname { names: Vec<(IpAddr, String)> },
+}
+
+/// A hook from the Clusterfile or from the image's `plugins/*.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    pub name: String,
+    pub kind: PluginKind,
+    /// Phases it runs in (`action: a|b` gives several), in the order written.
+    pub phases: Vec<Phase>,
+    pub selector: HostSelector,
+    /// The selector came from an old `on:` key; then it also applies to cluster-level phases,
+    /// as sealer ≤ 0.8 did. A new `scope:` applies to host phases only.
+    pub selector_from_on: bool,
+}
+
+impl Plugin {
+    /// The hosts this plugin runs on in `phase` (empty when it does not run in `phase`).
+    pub fn targets<'c>(&self, cluster: &'c Cluster, phase: Phase) -> Vec<&'c Host> {
+        if !self.phases.contains(&phase) {
+            return Vec::new();
+        }
+        if phase.is_cluster_level() && !self.selector_from_on {
+            return vec![cluster.master0()];
+        }
+        cluster
+            .hosts
+            .iter()
+            .filter(|h| self.selector.matches(h))
+            .collect()
+    }
+}
+
+/// A document kept but not used by the installer (kubeadm and kubelet configuration,
+/// `Application`), recorded so the user can be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpaqueDocument {
+    /// 1-based position in the file.
+    pub index: usize,
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: Option<String>,
+}

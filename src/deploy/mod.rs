@@ -1,0 +1,1077 @@
+//! The deploy engine: the one implementation of "install this payload onto these hosts", used by
+//! `sealer run` (payload from the store) and `app.run install` (payload from the package).
+//!
+//! Stages, in order: connect + preflight (arch, free disk) → agent upload → distribute (send only
+//! frames a host lacks, unpack remotely into a staging dir swapped into `<dataRoot>/<cluster>/rootfs`)
+//! → Configs → `pre-init-host` / `post-init-host` hooks on hosts in scope → `pre-install` hooks →
+//! the image's CMDs on master0 → `post-install` hooks. Every step is recorded in a journal on its
+//! host keyed by content, so a second run with the same inputs does nothing and a failed run
+//! resumes where it stopped. Hosts run in parallel (bounded); a failing host is retried with
+//! exponential backoff and jitter, then reported, and never stops the others; cluster stages
+//! (pre-install, CMDs, post-install) wait until every host is ready.
+//!
+//! This module decides what runs where and in which order; it does not parse Clusterfiles,
+//! speak SSH, or know the `.run` format.
+
+pub mod agent;
+pub mod payload;
+pub mod remote;
+pub mod target;
+
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::clusterfile::{export_script, host_env, shell_quote, Cluster, Host, Phase, PluginKind};
+use agent::{HostState, PlanFrame, PlanLayer};
+pub use payload::{find_stub, Payload, PayloadLayer};
+pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
+
+/// Opens a connection to a host.
+pub type Connector = dyn Fn(&Host) -> Result<Box<dyn Remote>, RemoteError> + Send + Sync;
+
+/// How to install.
+pub struct InstallOptions {
+    /// Hosts worked on at once.
+    pub parallel: usize,
+    /// Attempts per host and stage before the host is reported failed.
+    pub attempts: u32,
+    /// First retry delay; doubles each time, with jitter.
+    pub backoff: Duration,
+    pub connect: Arc<Connector>,
+}
+
+impl InstallOptions {
+    pub fn new(connect: Arc<Connector>) -> Self {
+        InstallOptions {
+            parallel: 8,
+            attempts: 3,
+            backoff: Duration::from_secs(1),
+            connect,
+        }
+    }
+}
+
+/// What the engine reports while it works.
+#[derive(Debug, Clone)]
+pub enum InstallEvent {
+    /// A host starts a stage.
+    Stage { host: IpAddr, stage: String },
+    /// Bytes of frames sent to a host so far, of `total` it needs.
+    Sent { host: IpAddr, sent: u64, total: u64 },
+    /// A step was skipped because the host's journal has it.
+    Skipped { host: IpAddr, step: String },
+    /// Something worth a line (a retry, a finished hook).
+    Note { host: Option<IpAddr>, text: String },
+}
+
+/// How a host ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOutcome {
+    /// Steps ran and all succeeded.
+    Installed,
+    /// Every step was already done.
+    UpToDate,
+    /// It failed; the message says where and why.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HostReport {
+    pub ip: IpAddr,
+    pub roles: Vec<String>,
+    pub outcome: HostOutcome,
+    pub bytes_sent: u64,
+    pub steps_run: usize,
+    pub steps_skipped: usize,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstallReport {
+    pub hosts: Vec<HostReport>,
+    /// Why cluster stages did not run, when they did not.
+    pub cluster_stages_skipped: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl InstallReport {
+    pub fn success(&self) -> bool {
+        self.cluster_stages_skipped.is_none()
+            && self
+                .hosts
+                .iter()
+                .all(|h| !matches!(h.outcome, HostOutcome::Failed(_)))
+    }
+
+    /// True when nothing had to be done anywhere.
+    pub fn up_to_date(&self) -> bool {
+        self.success()
+            && self
+                .hosts
+                .iter()
+                .all(|h| h.outcome == HostOutcome::UpToDate)
+    }
+}
+
+/// Errors that stop an install before any host is touched.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("the cluster has no hosts")]
+    NoHosts,
+    #[error("{0}")]
+    Payload(String),
+}
+
+struct HostSlot {
+    host: Host,
+    remote: Option<Box<dyn Remote>>,
+    state: HostState,
+    failed: Option<String>,
+    bytes_sent: u64,
+    steps_run: usize,
+    steps_skipped: usize,
+    started: Instant,
+}
+
+/// One unit of work on one host.
+#[derive(Clone)]
+enum Step {
+    Distribute,
+    Config { index: usize },
+    Hook { plugin: usize, phase: Phase },
+    Cmd { index: usize },
+}
+
+struct Engine<'a> {
+    cluster: &'a Cluster,
+    payload: &'a Payload,
+    opts: &'a InstallOptions,
+    events: &'a (dyn Fn(InstallEvent) + Sync),
+    /// Exports by step key, in the order steps finished.
+    exports: Mutex<Vec<(String, String)>>,
+    cmds: Vec<String>,
+}
+
+fn sha_hex(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The image's install commands: CMDs, or for LAUNCH images the generated app commands; the
+/// Clusterfile's `cmd` list replaces them.
+fn install_commands(cluster: &Cluster, payload: &Payload) -> Vec<String> {
+    if !cluster.cmds.is_empty() {
+        return cluster.cmds.clone();
+    }
+    let Some(sealer) = &payload.config.sealer else {
+        return Vec::new();
+    };
+    let mut cmds = sealer.cmds.clone();
+    let launch = if cluster.app_names.is_empty() {
+        &sealer.launch
+    } else {
+        &cluster.app_names
+    };
+    for name in launch {
+        let Some(app) = sealer.apps.get(name) else {
+            continue;
+        };
+        if !app.cmds.is_empty() {
+            cmds.push(format!(
+                "cd {} && {}",
+                shell_quote(&app.path),
+                app.cmds.join(" ")
+            ));
+            continue;
+        }
+        let files = |pred: &dyn Fn(&str) -> bool| {
+            app.files
+                .iter()
+                .filter(|f| pred(f))
+                .map(|f| format!("{}/{f}", app.path))
+                .collect::<Vec<_>>()
+        };
+        let generated = match app.kind.as_str() {
+            "helm" => vec![format!("helm install {name} {}/", app.path)],
+            "kube" => files(&|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+                .into_iter()
+                .map(|f| format!("kubectl apply -f {f}"))
+                .collect(),
+            "shell" => files(&|f| f.ends_with(".sh"))
+                .into_iter()
+                .map(|f| format!("bash {f}"))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let env: Vec<String> = app.env.iter().map(|e| format!("export {e}")).collect();
+        let mut line = env.join("; ");
+        if !line.is_empty() {
+            line.push_str("; ");
+        }
+        line.push_str(&generated.join(" && "));
+        if !generated.is_empty() {
+            cmds.push(line);
+        }
+    }
+    cmds
+}
+
+/// Install `payload` onto `cluster`.
+pub fn install(
+    cluster: &Cluster,
+    payload: &Payload,
+    opts: &InstallOptions,
+    events: &(dyn Fn(InstallEvent) + Sync),
+) -> Result<InstallReport, InstallError> {
+    if cluster.hosts.is_empty() {
+        return Err(InstallError::NoHosts);
+    }
+    let started = Instant::now();
+    let engine = Engine {
+        cluster,
+        payload,
+        opts,
+        events,
+        exports: Mutex::new(Vec::new()),
+        cmds: install_commands(cluster, payload),
+    };
+    let slots: Vec<Mutex<HostSlot>> = cluster
+        .hosts
+        .iter()
+        .map(|h| {
+            Mutex::new(HostSlot {
+                host: h.clone(),
+                remote: None,
+                state: HostState::default(),
+                failed: None,
+                bytes_sent: 0,
+                steps_run: 0,
+                steps_skipped: 0,
+                started: Instant::now(),
+            })
+        })
+        .collect();
+
+    // Host stages: every host, in parallel.
+    engine.for_hosts(&slots, &|_| true, "prepare", &|engine, slot| {
+        engine.prepare(slot)
+    });
+    engine.for_hosts(&slots, &|_| true, "distribute", &|engine, slot| {
+        engine.run_step(slot, &Step::Distribute)
+    });
+    for index in 0..cluster.configs.len() {
+        engine.for_hosts(&slots, &|_| true, "config", &|engine, slot| {
+            engine.run_step(slot, &Step::Config { index })
+        });
+    }
+    for phase in [Phase::PreInitHost, Phase::PostInitHost] {
+        engine.run_phase(&slots, phase);
+    }
+
+    // Cluster stages: only when every host is ready.
+    let failed: Vec<String> = slots
+        .iter()
+        .filter_map(|s| {
+            s.lock()
+                .ok()
+                .and_then(|s| s.failed.as_ref().map(|_| s.host.ip.to_string()))
+        })
+        .collect();
+    let mut cluster_stages_skipped = None;
+    if failed.is_empty() {
+        engine.run_phase(&slots, Phase::PreInstall);
+        let master0 = cluster.master0().ip;
+        for index in 0..engine.cmds.len() {
+            engine.for_hosts(&slots, &|h| h.ip == master0, "install", &|engine, slot| {
+                engine.run_step(slot, &Step::Cmd { index })
+            });
+        }
+        engine.run_phase(&slots, Phase::PostInstall);
+    } else {
+        cluster_stages_skipped = Some(format!(
+            "cluster steps (pre-install hooks, install commands, post-install hooks) wait until every host is ready; not ready: {}",
+            failed.join(", ")
+        ));
+    }
+
+    let hosts = slots
+        .into_iter()
+        .map(|slot| {
+            let slot = slot.into_inner().unwrap_or_else(|p| p.into_inner());
+            let outcome = match &slot.failed {
+                Some(reason) => HostOutcome::Failed(reason.clone()),
+                None if slot.steps_run == 0 => HostOutcome::UpToDate,
+                None => HostOutcome::Installed,
+            };
+            HostReport {
+                ip: slot.host.ip,
+                roles: slot.host.roles.clone(),
+                outcome,
+                bytes_sent: slot.bytes_sent,
+                steps_run: slot.steps_run,
+                steps_skipped: slot.steps_skipped,
+                elapsed: slot.started.elapsed(),
+            }
+        })
+        .collect();
+    Ok(InstallReport {
+        hosts,
+        cluster_stages_skipped,
+        elapsed: started.elapsed(),
+    })
+}
+
+impl Engine<'_> {
+    fn work_dir(&self) -> PathBuf {
+        self.cluster
+            .data_root
+            .join(&self.cluster.name)
+            .join(".sealer")
+    }
+
+    fn agent_path(&self, remote: &dyn Remote) -> String {
+        if remote.is_local() {
+            if let Ok(exe) = std::env::current_exe() {
+                return exe.display().to_string();
+            }
+        }
+        self.cluster
+            .data_root
+            .join(".agent")
+            .join(format!("sealer-agent-{}", &self.payload.agent_sha256[..16]))
+            .display()
+            .to_string()
+    }
+
+    fn agent_cmd(&self, remote: &dyn Remote, args: &str) -> String {
+        format!("{} agent {args}", shell_quote(&self.agent_path(remote)))
+    }
+
+    /// Run `work` for every host matching `select` that has not failed, `parallel` at a time,
+    /// each with retries.
+    fn for_hosts(
+        &self,
+        slots: &[Mutex<HostSlot>],
+        select: &(dyn Fn(&Host) -> bool + Sync),
+        stage: &str,
+        work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync),
+    ) {
+        let chosen: Vec<usize> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.lock()
+                    .map(|s| s.failed.is_none() && select(&s.host))
+                    .unwrap_or(false)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let next = AtomicUsize::new(0);
+        let workers = self.opts.parallel.max(1).min(chosen.len());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&index) = chosen.get(i) else { return };
+                    let Ok(mut slot) = slots[index].lock() else {
+                        return;
+                    };
+                    (self.events)(InstallEvent::Stage {
+                        host: slot.host.ip,
+                        stage: stage.to_string(),
+                    });
+                    self.with_retries(&mut slot, stage, work);
+                });
+            }
+        });
+    }
+
+    fn with_retries(
+        &self,
+        slot: &mut HostSlot,
+        stage: &str,
+        work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync),
+    ) {
+        let mut attempt = 1;
+        loop {
+            let result = if slot.remote.is_none() {
+                self.connect(slot).and_then(|_| work(self, slot))
+            } else {
+                work(self, slot)
+            };
+            match result {
+                Ok(()) => return,
+                Err(failure) => {
+                    if failure.drop_connection {
+                        slot.remote = None;
+                    }
+                    if !failure.retry || attempt >= self.opts.attempts {
+                        let attempts = if attempt > 1 {
+                            format!(" (after {attempt} attempts)")
+                        } else {
+                            String::new()
+                        };
+                        slot.failed = Some(format!("{stage}: {}{attempts}", failure.message));
+                        return;
+                    }
+                    let delay = backoff(self.opts.backoff, attempt);
+                    (self.events)(InstallEvent::Note {
+                        host: Some(slot.host.ip),
+                        text: format!(
+                            "{stage} failed ({}); retrying in {:.1}s",
+                            failure.message,
+                            delay.as_secs_f64()
+                        ),
+                    });
+                    std::thread::sleep(delay);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn connect(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
+        let remote = (self.opts.connect)(&slot.host).map_err(StepFailure::from_remote)?;
+        slot.remote = Some(remote);
+        Ok(())
+    }
+
+    fn exec(
+        &self,
+        slot: &mut HostSlot,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, StepFailure> {
+        let remote = slot
+            .remote
+            .as_mut()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        remote
+            .exec(command, stdin)
+            .map_err(StepFailure::from_remote)
+    }
+
+    fn exec_ok(
+        &self,
+        slot: &mut HostSlot,
+        what: &str,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, StepFailure> {
+        let out = self.exec(slot, command, stdin)?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(StepFailure::retry(format!(
+                "{what} exited with status {}: {}",
+                out.status,
+                out.tail()
+            )))
+        }
+    }
+
+    /// Preflight (arch, disk), agent upload, journal read.
+    fn prepare(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
+        let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
+        let agent = self.agent_path(
+            slot.remote
+                .as_deref()
+                .ok_or_else(|| StepFailure::retry("not connected".into()))?,
+        );
+        let data_root = self.cluster.data_root.display().to_string();
+        let probe = format!(
+            "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -x {} ]; then echo agent-present; else echo agent-missing; fi",
+            shell_quote(&data_root),
+            shell_quote(&agent)
+        );
+        let out = self.exec_ok(slot, "preflight", &probe, None)?;
+        let text = out.stdout_text();
+        let mut lines = text.lines();
+        let arch = lines.next().unwrap_or("").trim().to_string();
+        let want = match self.payload.config.architecture.as_str() {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            other => other,
+        };
+        if arch != want {
+            return Err(StepFailure::fatal(format!(
+                "the host is {arch}, the image is for {want}"
+            )));
+        }
+        let free_kb: u64 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        let agent_present = lines
+            .next()
+            .map(|l| l.trim() == "agent-present")
+            .unwrap_or(false);
+        if !agent_present && !local {
+            let cmd = format!(
+                "set -e; d=$(dirname {a}); mkdir -p \"$d\"; t={a}.tmp.$$; cat > \"$t\"; echo \"{sha}  $t\" | sha256sum -c --status || {{ rm -f \"$t\"; echo 'the agent arrived corrupt' >&2; exit 3; }}; chmod 755 \"$t\"; mv -f \"$t\" {a}",
+                a = shell_quote(&agent),
+                sha = self.payload.agent_sha256
+            );
+            let bytes = self.payload.agent.clone();
+            let mut reader: &[u8] = &bytes;
+            self.exec_ok(slot, "uploading the agent", &cmd, Some(&mut reader))?;
+        }
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let cmd = self.agent_cmd(
+            remote,
+            &format!(
+                "state --work {}",
+                shell_quote(&self.work_dir().display().to_string())
+            ),
+        );
+        let out = self.exec_ok(slot, "reading the journal", &cmd, None)?;
+        slot.state = serde_json::from_slice(&out.stdout)
+            .map_err(|e| StepFailure::fatal(format!("the agent's state is unreadable: {e}")))?;
+        let needed_kb = (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
+        let rootfs_done = slot
+            .state
+            .done
+            .contains(&self.step_key(&slot.host, &Step::Distribute));
+        if !rootfs_done && free_kb < needed_kb {
+            return Err(StepFailure::fatal(format!(
+                "{} has {} MiB free, the image needs {} MiB; free space or choose another dataRoot",
+                data_root,
+                free_kb / 1024,
+                needed_kb / 1024
+            )));
+        }
+        // Exports recorded by earlier runs are visible to every later step.
+        let mut exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, text) in &slot.state.exports {
+            if !exports.iter().any(|(k, _)| k == key) {
+                exports.push((key.clone(), text.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn step_key(&self, host: &Host, step: &Step) -> String {
+        match step {
+            Step::Distribute => sha_hex(&[
+                "rootfs",
+                &self.payload.id,
+                &self.cluster.rootfs().display().to_string(),
+            ]),
+            Step::Config { index } => {
+                let c = &self.cluster.configs[*index];
+                sha_hex(&[
+                    "config",
+                    &self.payload.id,
+                    &c.path.display().to_string(),
+                    &c.data,
+                    &format!("{:?}", c.strategy),
+                ])
+            }
+            Step::Hook { plugin, phase } => {
+                let p = &self.cluster.plugins[*plugin];
+                let body = match &p.kind {
+                    PluginKind::Shell { script } => script.clone(),
+                    PluginKind::Hostname { names } => format!("{names:?}"),
+                };
+                sha_hex(&[
+                    "hook",
+                    &self.payload.id,
+                    phase.name(),
+                    &p.name,
+                    &body,
+                    &self.env_text(host),
+                ])
+            }
+            Step::Cmd { index } => sha_hex(&[
+                "cmd",
+                &self.payload.id,
+                &index.to_string(),
+                &self.cmds[*index],
+                &self.env_text(host),
+            ]),
+        }
+    }
+
+    fn step_name(&self, step: &Step) -> String {
+        match step {
+            Step::Distribute => "rootfs".into(),
+            Step::Config { index } => {
+                format!("config {}", self.cluster.configs[*index].path.display())
+            }
+            Step::Hook { plugin, phase } => format!(
+                "{} hook {}",
+                phase.name(),
+                self.cluster.plugins[*plugin].name
+            ),
+            Step::Cmd { index } => format!("CMD {}", self.cmds[*index]),
+        }
+    }
+
+    /// Env of every command on `host`: image env, then cluster and host env and the SEALER_*
+    /// variables, then what hooks exported.
+    fn env(&self, host: &Host) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .payload
+            .config
+            .config
+            .env
+            .iter()
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let set = |env: &mut Vec<(String, String)>, k: &str, v: &str| {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        };
+        for (k, v) in host_env(self.cluster, host, &self.cluster.rootfs()) {
+            set(&mut env, &k, &v);
+        }
+        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, text) in exports.iter() {
+            for line in text.lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    let k = k.trim().trim_start_matches("export ").trim();
+                    if !k.starts_with("SEALER_") && crate::clusterfile::is_env_name(k) {
+                        set(&mut env, k, v);
+                    }
+                }
+            }
+        }
+        env
+    }
+
+    fn env_text(&self, host: &Host) -> String {
+        self.env(host)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
+    }
+
+    fn run_phase(&self, slots: &[Mutex<HostSlot>], phase: Phase) {
+        for (index, plugin) in self.cluster.plugins.iter().enumerate() {
+            if !plugin.phases.contains(&phase) {
+                continue;
+            }
+            let targets: Vec<IpAddr> = plugin
+                .targets(self.cluster, phase)
+                .iter()
+                .map(|h| h.ip)
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            self.for_hosts(
+                slots,
+                &|h| targets.contains(&h.ip),
+                phase.name(),
+                &|engine, slot| {
+                    engine.run_step(
+                        slot,
+                        &Step::Hook {
+                            plugin: index,
+                            phase,
+                        },
+                    )
+                },
+            );
+        }
+    }
+
+    fn run_step(&self, slot: &mut HostSlot, step: &Step) -> Result<(), StepFailure> {
+        let key = self.step_key(&slot.host, step);
+        let name = self.step_name(step);
+        if slot.state.done.contains(&key) {
+            slot.steps_skipped += 1;
+            (self.events)(InstallEvent::Skipped {
+                host: slot.host.ip,
+                step: name,
+            });
+            return Ok(());
+        }
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let work = shell_quote(&self.work_dir().display().to_string());
+        let rootfs = self.cluster.rootfs().display().to_string();
+        let export_file = format!("{}/exports/{key}.env", self.work_dir().display());
+        match step {
+            Step::Distribute => self.distribute(slot)?,
+            Step::Config { index } => {
+                let c = &self.cluster.configs[*index];
+                let strategy = match c.strategy {
+                    crate::clusterfile::ConfigStrategy::Merge => "merge",
+                    crate::clusterfile::ConfigStrategy::Overwrite => "overwrite",
+                };
+                let cmd = self.agent_cmd(
+                    remote,
+                    &format!(
+                        "config --rootfs {} --path {} --strategy {strategy}",
+                        shell_quote(&rootfs),
+                        shell_quote(&c.path.display().to_string())
+                    ),
+                );
+                let mut data = c.data.as_bytes();
+                self.exec_ok(slot, &name, &cmd, Some(&mut data))?;
+            }
+            Step::Hook { plugin, .. } => {
+                let script = match &self.cluster.plugins[*plugin].kind {
+                    PluginKind::Shell { script } => script.clone(),
+                    PluginKind::Hostname { names } => {
+                        match names.iter().find(|(ip, _)| *ip == slot.host.ip) {
+                            Some((_, name)) => format!(
+                                "hostname {n} && echo {n} > /etc/hostname",
+                                n = shell_quote(name)
+                            ),
+                            None => "true".to_string(),
+                        }
+                    }
+                };
+                self.run_script(slot, &name, &script, &rootfs, &export_file)?;
+            }
+            Step::Cmd { index } => {
+                let script = self.cmds[*index].clone();
+                self.run_script(slot, &name, &script, &rootfs, &export_file)?;
+            }
+        }
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let record = format!(
+            "{}; cat {} 2>/dev/null || true",
+            self.agent_cmd(remote, &format!("done --work {work} --key {key}")),
+            shell_quote(&export_file)
+        );
+        let mut what = name.as_bytes();
+        let out = self.exec_ok(slot, "recording the step", &record, Some(&mut what))?;
+        let exported = out.stdout_text();
+        if !exported.trim().is_empty() {
+            let mut exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+            exports.retain(|(k, _)| k != &key);
+            exports.push((key.clone(), exported));
+        }
+        slot.state.done.push(key);
+        slot.steps_run += 1;
+        Ok(())
+    }
+
+    fn run_script(
+        &self,
+        slot: &mut HostSlot,
+        name: &str,
+        script: &str,
+        rootfs: &str,
+        export_file: &str,
+    ) -> Result<(), StepFailure> {
+        let mut env = self.env(&slot.host);
+        env.push(("SEALER_EXPORT".to_string(), export_file.to_string()));
+        let exports =
+            export_script(&env).map_err(|e| StepFailure::fatal(format!("bad env name {}", e.0)))?;
+        let cmd = format!(
+            "mkdir -p {dir} && rm -f {file} && cd {rootfs} && {exports}\nif command -v bash >/dev/null 2>&1; then bash -c {s}; else sh -c {s}; fi",
+            dir = shell_quote(&format!("{}/exports", self.work_dir().display())),
+            file = shell_quote(export_file),
+            rootfs = shell_quote(rootfs),
+            s = shell_quote(script)
+        );
+        let out = self.exec(slot, &cmd, None)?;
+        if !out.success() {
+            return Err(StepFailure::retry(format!(
+                "{name} exited with status {}: {}",
+                out.status,
+                out.tail()
+            )));
+        }
+        let printed = out.stdout_text();
+        for line in printed.lines().filter(|l| !l.trim().is_empty()).take(50) {
+            (self.events)(InstallEvent::Note {
+                host: Some(slot.host.ip),
+                text: line.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn plan(&self) -> Vec<PlanLayer> {
+        self.payload
+            .layers
+            .iter()
+            .map(|l| PlanLayer {
+                label: l.label.clone(),
+                compression: l.compression,
+                frames: l
+                    .frames
+                    .iter()
+                    .map(|f| PlanFrame {
+                        sha256: f.sha256.clone(),
+                        compressed_len: f.compressed_len,
+                        uncompressed_len: f.uncompressed_len,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn distribute(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
+        let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
+        let rootfs = self.cluster.rootfs();
+        if local {
+            return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
+        }
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let work = shell_quote(&self.work_dir().display().to_string());
+        // Which frames does the host lack?
+        let list: String = self
+            .payload
+            .layers
+            .iter()
+            .flat_map(|l| &l.frames)
+            .map(|f| format!("{}\n", f.sha256))
+            .collect();
+        let have_cmd = format!(
+            "mkdir -p {work} && {}",
+            self.agent_cmd(remote, &format!("have --work {work}"))
+        );
+        let mut list_bytes = list.as_bytes();
+        let out = self.exec_ok(
+            slot,
+            "checking received frames",
+            &have_cmd,
+            Some(&mut list_bytes),
+        )?;
+        let missing: std::collections::HashSet<String> = out
+            .stdout_text()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        let wanted: Vec<(usize, usize)> = self
+            .payload
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(li, l)| {
+                l.frames
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| missing.contains(&f.sha256))
+                    .map(move |(fi, _)| (li, fi))
+            })
+            .collect();
+        let total: u64 = wanted
+            .iter()
+            .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
+            .sum();
+        if !wanted.is_empty() {
+            let remote = slot
+                .remote
+                .as_deref()
+                .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+            let cmd = self.agent_cmd(remote, &format!("receive --work {work}"));
+            let ip = slot.host.ip;
+            let events = self.events;
+            let mut stream = FrameStream::new(self.payload, wanted, move |sent| {
+                events(InstallEvent::Sent {
+                    host: ip,
+                    sent,
+                    total,
+                })
+            });
+            let out = self.exec(slot, &cmd, Some(&mut stream))?;
+            slot.bytes_sent += stream.sent;
+            if let Some(err) = stream.error.take() {
+                return Err(StepFailure::fatal(format!("reading the payload: {err}")));
+            }
+            if !out.success() {
+                return Err(StepFailure::retry(format!(
+                    "receiving frames failed: {}",
+                    out.tail()
+                )));
+            }
+        }
+        let remote = slot
+            .remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let plan =
+            serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
+        let cmd = format!(
+            "{} && rm -rf {work}/spool",
+            self.agent_cmd(
+                remote,
+                &format!(
+                    "unpack --work {work} --dest {}",
+                    shell_quote(&rootfs.display().to_string())
+                )
+            )
+        );
+        let mut plan_bytes: &[u8] = &plan;
+        self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
+        Ok(())
+    }
+
+    /// Local install: unpack straight from the payload, no spool.
+    fn unpack_here(&self, rootfs: &Path) -> Result<(), String> {
+        let inputs = self.payload.layer_inputs();
+        agent::install_tree(rootfs, |staging| {
+            packer::unpack::unpack(
+                &inputs,
+                staging,
+                &packer::unpack::UnpackOptions {
+                    absolute_symlinks: true,
+                    ..Default::default()
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Why a step failed and whether trying again may help.
+struct StepFailure {
+    message: String,
+    retry: bool,
+    drop_connection: bool,
+}
+
+impl StepFailure {
+    fn retry(message: String) -> Self {
+        StepFailure {
+            message,
+            retry: true,
+            drop_connection: false,
+        }
+    }
+    fn fatal(message: String) -> Self {
+        StepFailure {
+            message,
+            retry: false,
+            drop_connection: false,
+        }
+    }
+    fn from_remote(e: RemoteError) -> Self {
+        StepFailure {
+            retry: e.is_transient(),
+            drop_connection: true,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Exponential backoff with ±25 % jitter.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1 << (attempt - 1).min(6));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = (nanos % 500) as f64 / 1000.0 - 0.25;
+    exp.mul_f64(1.0 + jitter)
+}
+
+/// The wire stream of `agent receive`: records of the wanted frames, then an end marker.
+struct FrameStream<'a, F: Fn(u64)> {
+    payload: &'a Payload,
+    wanted: Vec<(usize, usize)>,
+    next: usize,
+    buf: Vec<u8>,
+    pos: usize,
+    sent: u64,
+    finished: bool,
+    progress: F,
+    error: Option<io::Error>,
+}
+
+impl<'a, F: Fn(u64)> FrameStream<'a, F> {
+    fn new(payload: &'a Payload, wanted: Vec<(usize, usize)>, progress: F) -> Self {
+        FrameStream {
+            payload,
+            wanted,
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+            sent: 0,
+            finished: false,
+            progress,
+            error: None,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        self.buf.clear();
+        self.pos = 0;
+        if let Some(&(li, fi)) = self.wanted.get(self.next) {
+            let layer = &self.payload.layers[li];
+            let frame = &layer.frames[fi];
+            let source = &self.payload.sources[layer.source];
+            let bytes = source.bytes(layer.base + frame.offset, frame.compressed_len)?;
+            agent::write_record(&mut self.buf, &frame.sha256, &bytes)?;
+            source.release(layer.base + frame.offset, frame.compressed_len);
+            self.next += 1;
+        } else if !self.finished {
+            self.buf.extend_from_slice(&0u64.to_le_bytes());
+            self.finished = true;
+        }
+        Ok(())
+    }
+}
+
+impl<F: Fn(u64)> Read for FrameStream<'_, F> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.buf.len() {
+            if let Err(e) = self.refill() {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                return Err(copy);
+            }
+            if self.buf.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        self.sent += n as u64;
+        (self.progress)(self.sent);
+        Ok(n)
+    }
+}
+
+/// Group a report's hosts for printing: `(ip, roles, status text)`.
+pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
+    report
+        .hosts
+        .iter()
+        .map(|h| {
+            let status = match &h.outcome {
+                HostOutcome::Installed => format!(
+                    "installed ({} steps, {} already done)",
+                    h.steps_run, h.steps_skipped
+                ),
+                HostOutcome::UpToDate => "up to date".to_string(),
+                HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
+            };
+            (h.ip.to_string(), h.roles.join(","), status)
+        })
+        .collect()
+}

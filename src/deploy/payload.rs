@@ -1,0 +1,205 @@
+//! What gets installed: an image's layers as verified frames, its config, and the static agent
+//! binary that unpacks them on each host.
+//!
+//! A payload comes from the local store (`sealer run IMAGE`) or from a `.run` package
+//! (`app.run install`); the engine does not care which. This module reads; it never writes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use packer::format::elf_size;
+use packer::frames::{scan_frames, Frame};
+use packer::source::{ByteSource, MappedFile};
+use packer::unpack::{Compression, LayerInput};
+use packer::RunFile;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Image, ImageConfig, Store, MEDIA_TYPE_LAYER_ZSTD};
+
+/// One layer of a payload.
+#[derive(Clone)]
+pub struct PayloadLayer {
+    pub label: String,
+    pub compression: Compression,
+    /// Offset of the layer inside `source`; frame offsets are relative to it.
+    pub base: u64,
+    pub frames: Vec<Frame>,
+    /// Index into [`Payload::sources`].
+    pub source: usize,
+}
+
+/// Everything the engine distributes.
+pub struct Payload {
+    /// Identity of the content (hex); the journal keys every step on it.
+    pub id: String,
+    pub image: String,
+    pub config: ImageConfig,
+    pub layers: Vec<PayloadLayer>,
+    /// Where frame bytes are read from (store blobs, or the package's volumes).
+    pub sources: Vec<Box<dyn ByteSource>>,
+    /// The static agent executable uploaded to hosts.
+    pub agent: Arc<Vec<u8>>,
+    /// sha256 of `agent`, hex.
+    pub agent_sha256: String,
+}
+
+impl Payload {
+    pub fn compressed_len(&self) -> u64 {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.frames)
+            .map(|f| f.compressed_len)
+            .sum()
+    }
+
+    pub fn uncompressed_len(&self) -> u64 {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.frames)
+            .map(|f| f.uncompressed_len)
+            .sum()
+    }
+
+    /// The layers as inputs of the extraction engine.
+    pub fn layer_inputs(&self) -> Vec<LayerInput<'_>> {
+        self.layers
+            .iter()
+            .map(|l| LayerInput {
+                label: l.label.clone(),
+                compression: l.compression,
+                base: l.base,
+                frames: &l.frames,
+                source: self.sources[l.source].as_ref(),
+            })
+            .collect()
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.layers.iter().map(|l| l.frames.len()).sum()
+    }
+
+    /// Build a payload from an image in the store; `agent` is the static stub executable.
+    pub fn from_store(store: &Store, image: &Image, agent: &Path) -> Result<Payload, String> {
+        let mut layers = Vec::new();
+        let mut sources: Vec<Box<dyn ByteSource>> = Vec::new();
+        for (i, desc) in image.manifest.layers.iter().enumerate() {
+            if desc.media_type != MEDIA_TYPE_LAYER_ZSTD {
+                return Err(format!(
+                    "layer {} of {} is {}; only zstd layers can be installed (pack the image or rebuild it)",
+                    i + 1,
+                    image.reference,
+                    desc.media_type
+                ));
+            }
+            let path = store.blob_path(&desc.digest).map_err(|e| e.to_string())?;
+            let file =
+                File::open(&path).map_err(|e| format!("opening layer {}: {e}", path.display()))?;
+            let len = file
+                .metadata()
+                .map_err(|e| format!("reading {}: {e}", path.display()))?
+                .len();
+            let (source, frames): (Box<dyn ByteSource>, Vec<Frame>) = if len == 0 {
+                (Box::new(Vec::<u8>::new()), Vec::new())
+            } else {
+                let map = MappedFile::new(&file)
+                    .map_err(|e| format!("mapping {}: {e}", path.display()))?;
+                let frames = scan_frames(map.as_slice())
+                    .map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                (Box::new(map), frames)
+            };
+            layers.push(PayloadLayer {
+                label: format!("layer {}", i + 1),
+                compression: Compression::Zstd,
+                base: 0,
+                frames,
+                source: sources.len(),
+            });
+            sources.push(source);
+        }
+        let agent_bytes = std::fs::read(agent)
+            .map_err(|e| format!("reading the agent {}: {e}", agent.display()))?;
+        let agent_sha256 = hex::encode(Sha256::digest(&agent_bytes));
+        Ok(Payload {
+            id: image.digest.trim_start_matches("sha256:").to_string(),
+            image: image.reference.to_string(),
+            config: image.config.clone(),
+            layers,
+            sources,
+            agent: Arc::new(agent_bytes),
+            agent_sha256,
+        })
+    }
+}
+
+impl Payload {
+    /// The payload of a `.run` package: its frames, config and the stub at its head (the agent).
+    pub fn from_package(run: &RunFile) -> Result<Payload, String> {
+        let manifest = run.manifest().clone();
+        let config: ImageConfig = serde_json::from_str(&manifest.image.config_json)
+            .map_err(|e| format!("the package's image config is unreadable: {e}"))?;
+        let package = run.payload().map_err(|e| e.to_string())?;
+        let layers: Vec<PayloadLayer> = package
+            .layer_inputs()
+            .into_iter()
+            .map(|input| PayloadLayer {
+                label: input.label.clone(),
+                compression: input.compression,
+                base: input.base,
+                frames: input.frames.to_vec(),
+                source: 0,
+            })
+            .collect();
+        let agent = stub_bytes(run)?;
+        let agent_sha256 = hex::encode(Sha256::digest(&agent));
+        Ok(Payload {
+            id: run.payload_id(),
+            image: manifest.image.name.clone(),
+            config,
+            layers,
+            sources: vec![Box::new(package)],
+            agent: Arc::new(agent),
+            agent_sha256,
+        })
+    }
+}
+
+/// The installer stub at the head of a package (its ELF image, without the padding).
+fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, String> {
+    let mut file =
+        File::open(run.path()).map_err(|e| format!("opening {}: {e}", run.path().display()))?;
+    let mut head = vec![0u8; run.header_offset() as usize];
+    std::io::Read::read_exact(&mut file, &mut head).map_err(|e| {
+        format!(
+            "reading the installer stub from {}: {e}",
+            run.path().display()
+        )
+    })?;
+    if let Some(len) = elf_size(&head) {
+        head.truncate(len as usize);
+    }
+    Ok(head)
+}
+
+/// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this executable.
+pub fn find_stub() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("SEALER_STUB").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("SEALER_STUB={} is not a file", path.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for candidate in [dir.join("sealer-stub"), dir.join("../sealer-stub")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "the installer stub `sealer-stub` is not beside {}; build it (`cargo build --release`) or set SEALER_STUB",
+        exe.display()
+    ))
+}

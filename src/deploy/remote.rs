@@ -1,0 +1,123 @@
+//! How the deploy engine talks to a host: run a command, optionally feeding it a stream on stdin.
+//!
+//! [`Remote`] is implemented over SSH (`ssh` module) and for this machine ([`LocalHost`]), so
+//! the engine has one code path for both. This module must not know what the commands mean.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use crate::clusterfile::Host;
+pub use crate::ssh::{ExecOutput, SshError as RemoteError};
+use crate::ssh::{Session, SshTarget, Timeouts};
+
+/// A host the engine can run commands on.
+pub trait Remote: Send {
+    /// Run `command` with `sh -c` semantics (as root: transports for non-root users add sudo),
+    /// feeding `stdin` to it when given, and wait for it to finish.
+    fn exec(
+        &mut self,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, RemoteError>;
+
+    /// True for this machine (the engine then reads payload bytes directly instead of sending them).
+    fn is_local(&self) -> bool {
+        false
+    }
+}
+
+/// This machine, through `sh -c`.
+pub struct LocalHost;
+
+impl Remote for LocalHost {
+    fn exec(
+        &mut self,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, RemoteError> {
+        let fail = |e: io::Error| RemoteError::Local {
+            host: "localhost".into(),
+            what: "running a local command".into(),
+            source: e,
+        };
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(fail)?;
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = out {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = err {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        });
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A command that exits early closes its stdin; that is its business, not an error here.
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = input.read(&mut buf).map_err(fail)?;
+                if n == 0 || pipe.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+        let status = child.wait().map_err(fail)?;
+        Ok(ExecOutput {
+            status: status.code().unwrap_or(-1),
+            stdout: out_reader.join().unwrap_or_default(),
+            stderr: err_reader.join().unwrap_or_default(),
+        })
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+}
+
+/// A host reached over SSH.
+pub struct SshHost {
+    session: Session,
+}
+
+impl Remote for SshHost {
+    fn exec(
+        &mut self,
+        command: &str,
+        stdin: Option<&mut dyn Read>,
+    ) -> Result<ExecOutput, RemoteError> {
+        self.session.exec(command, &[], stdin)
+    }
+}
+
+/// Connects to hosts over SSH, checking host keys against `known_hosts` (or a host's pin).
+pub fn ssh_connector(known_hosts: PathBuf, timeouts: Timeouts) -> Arc<super::Connector> {
+    Arc::new(move |host: &Host| {
+        let target = SshTarget::for_host(host, &known_hosts);
+        let session = Session::connect(&target, timeouts)?;
+        Ok(Box::new(SshHost { session }) as Box<dyn Remote>)
+    })
+}
+
+/// Runs everything on this machine.
+pub fn local_connector() -> Arc<super::Connector> {
+    Arc::new(|_: &Host| Ok(Box::new(LocalHost) as Box<dyn Remote>))
+}

@@ -1,0 +1,110 @@
+//! Which hosts an install goes to and how they are reached: host flags, a Clusterfile, or
+//! `--local`, shared by `sealer run` and `app.run install`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use crate::clusterfile::{from_flags, load_cluster, Cluster, ClusterFlags};
+use crate::ssh::{default_known_hosts, Timeouts};
+
+use super::remote::{local_connector, ssh_connector};
+use super::Connector;
+
+/// Where to install, as the user said it.
+#[derive(Debug, Clone, Default)]
+pub struct TargetSpec {
+    pub flags: ClusterFlags,
+    pub clusterfile: Option<PathBuf>,
+    /// Install on this machine without SSH.
+    pub local: bool,
+    /// Replaces the cluster's dataRoot.
+    pub data_root: Option<PathBuf>,
+    /// known_hosts file (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// The resolved cluster and how to reach its hosts.
+pub struct Target {
+    pub cluster: Cluster,
+    pub connect: Arc<Connector>,
+    pub local: bool,
+}
+
+/// Resolve a [`TargetSpec`]. A Clusterfile whose only host is a loopback address is local.
+pub fn resolve(spec: &TargetSpec) -> Result<Target, String> {
+    let mut cluster = match (&spec.clusterfile, spec.local) {
+        (Some(path), _) => load_cluster(path).map_err(|e| e.to_string())?,
+        (None, true) => {
+            let mut flags = spec.flags.clone();
+            flags.masters = Some("127.0.0.1".into());
+            from_flags(&flags).map_err(|e| e.to_string())?
+        }
+        (None, false) => {
+            if spec.flags.masters.is_none() {
+                return Err("say where to install: -m MASTERS [-n NODES] with SSH credentials, -f Clusterfile, or --local".into());
+            }
+            from_flags(&spec.flags).map_err(|e| e.to_string())?
+        }
+    };
+    if let Some(root) = &spec.data_root {
+        let root = if root.is_absolute() {
+            root.clone()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| format!("resolving --data-root: {e}"))?
+                .join(root)
+        };
+        cluster.data_root = root;
+    }
+    let local = spec.local || (cluster.hosts.len() == 1 && cluster.hosts[0].ip.is_loopback());
+    let connect = if local {
+        local_connector()
+    } else {
+        let known_hosts = spec.known_hosts.clone().unwrap_or_else(default_known_hosts);
+        ssh_connector(known_hosts, Timeouts::default())
+    };
+    Ok(Target {
+        cluster,
+        connect,
+        local,
+    })
+}
+
+/// Host selection flags shared by `sealer run` and the installer stub.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub flags: ClusterFlags,
+    /// Clusterfile describing hosts, Configs and Plugins.
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    pub clusterfile: Option<PathBuf>,
+    /// Install on this machine, without SSH.
+    #[arg(long)]
+    pub local: bool,
+    /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Attempts per host before it is reported failed.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+}
+
+impl TargetArgs {
+    pub fn spec(&self) -> TargetSpec {
+        TargetSpec {
+            flags: self.flags.clone(),
+            clusterfile: self.clusterfile.clone(),
+            local: self.local,
+            data_root: self.data_root.clone(),
+            known_hosts: self.known_hosts.clone(),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! `sealer pack` → `app.run install --local` / `load`, through the real binaries.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SEALER: &str = env!("CARGO_BIN_EXE_sealer");
+const STUB: &str = env!("CARGO_BIN_EXE_sealer-stub");
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn run(&self, program: &Path, args: &[&str], root: &str) -> Output {
+        Command::new(program)
+            .args(args)
+            .env("SEALER_ROOT", self.path(root))
+            .env("SEALER_STUB", STUB)
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, program: &Path, args: &[&str], root: &str) -> String {
+        let out = self.run(program, args, root);
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed:\n{}\n{}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn sealer(&self, args: &[&str]) -> String {
+        self.ok(Path::new(SEALER), args, "store")
+    }
+    /// Build the hello fixture and pack it with extra pack arguments; returns the .run path.
+    fn packed(&self, extra: &[&str]) -> PathBuf {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello");
+        self.sealer(&["build", "-t", "hello:v1", fixture.to_str().unwrap()]);
+        let out = self.path("hello.run");
+        let mut args = vec!["pack", "hello:v1", "-o", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.sealer(&args);
+        out
+    }
+}
+
+#[test]
+fn packed_image_installs_locally_and_a_second_run_changes_nothing() {
+    let env = Env::new();
+    let run = env.packed(&[]);
+    let data = env.path("data");
+    let args = ["install", "--local", "--data-root", data.to_str().unwrap()];
+    let first = env.ok(&run, &args, "unused");
+    assert!(first.contains("installed"), "{first}");
+    assert_eq!(
+        fs::read_to_string(data.join("my-cluster/app/banner")).unwrap(),
+        "hello from sealer v1.0\n"
+    );
+    assert!(data.join("my-cluster/rootfs/etc/hello.conf").is_file());
+    assert!(
+        !data.join("my-cluster/rootfs/etc/obsolete.conf").exists(),
+        "whiteout not applied"
+    );
+    // Mark the installed file: a second run must not run the install command again.
+    fs::write(data.join("my-cluster/app/banner"), "touched").unwrap();
+    let second = env.ok(&run, &args, "unused");
+    assert!(second.contains("up to date"), "{second}");
+    assert_eq!(
+        fs::read_to_string(data.join("my-cluster/app/banner")).unwrap(),
+        "touched"
+    );
+}
+
+#[test]
+fn load_from_a_package_keeps_every_digest() {
+    let env = Env::new();
+    let run = env.packed(&[]);
+    let original: serde_json::Value =
+        serde_json::from_str(&env.sealer(&["inspect", "hello:v1"])).unwrap();
+    env.ok(&run, &["load"], "other");
+    let loaded: serde_json::Value =
+        serde_json::from_str(&env.ok(Path::new(SEALER), &["inspect", "hello:v1"], "other"))
+            .unwrap();
+    assert_eq!(loaded["digest"], original["digest"]);
+    assert_eq!(loaded["layers"], original["layers"]);
+}
+
+#[test]
+fn xz_package_extracts_the_same_tree_and_loads_with_the_same_diff_ids() {
+    let env = Env::new();
+    let zstd_run = env.packed(&[]);
+    let xz_run = env.path("hello-xz.run");
+    env.sealer(&[
+        "pack",
+        "hello:v1",
+        "-o",
+        xz_run.to_str().unwrap(),
+        "--compression",
+        "xz",
+    ]);
+    env.ok(
+        &zstd_run,
+        &["extract", env.path("a").to_str().unwrap()],
+        "unused",
+    );
+    env.ok(
+        &xz_run,
+        &["extract", env.path("b").to_str().unwrap()],
+        "unused",
+    );
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(env.path("a"))
+        .arg(env.path("b"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    env.ok(&xz_run, &["load"], "other");
+    let original: serde_json::Value =
+        serde_json::from_str(&env.sealer(&["inspect", "hello:v1"])).unwrap();
+    let loaded: serde_json::Value =
+        serde_json::from_str(&env.ok(Path::new(SEALER), &["inspect", "hello:v1"], "other"))
+            .unwrap();
+    assert_eq!(
+        loaded["config"]["rootfs"]["diff_ids"],
+        original["config"]["rootfs"]["diff_ids"]
+    );
+}
+
+#[test]
+fn corrupt_package_is_refused_before_anything_is_installed() {
+    let env = Env::new();
+    let run = env.packed(&[]);
+    let mut bytes = fs::read(&run).unwrap();
+    // The last frame ends just before the footer; flip a byte inside the payload's tail.
+    let at = bytes.len() - 64 - 10;
+    bytes[at] ^= 0x55;
+    fs::write(&run, &bytes).unwrap();
+    let data = env.path("data");
+    let out = env.run(
+        &run,
+        &["install", "--local", "--data-root", data.to_str().unwrap()],
+        "unused",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(!data.exists(), "a corrupt package touched the target");
+}
+
+#[test]
+fn split_package_installs_from_its_volumes() {
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let mut x: u64 = 7;
+    let data: Vec<u8> = (0..(24usize << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(ctx.join("big.bin"), &data).unwrap();
+    fs::write(
+        ctx.join("Kubefile"),
+        "FROM scratch\nCOPY big.bin /data/\nCMD sha256sum data/big.bin > ../sum\n",
+    )
+    .unwrap();
+    env.sealer(&["build", "-t", "big:1", ctx.to_str().unwrap()]);
+    // Volume 0 holds the stub and a little payload; the rest goes to volumes.
+    let split = fs::metadata(STUB).unwrap().len() + (12 << 20);
+    let run = env.path("big.run");
+    env.sealer(&[
+        "pack",
+        "big:1",
+        "-o",
+        run.to_str().unwrap(),
+        "--split-size",
+        &split.to_string(),
+    ]);
+    let volumes = fs::read_dir(env.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("big.run."))
+        .count();
+    assert!(volumes >= 1, "expected volumes beside the package");
+    let target = env.path("data");
+    env.ok(
+        &run,
+        &[
+            "install",
+            "--local",
+            "--data-root",
+            target.to_str().unwrap(),
+        ],
+        "unused",
+    );
+    let sum = fs::read_to_string(target.join("my-cluster/sum")).unwrap();
+    let expected = Command::new("sha256sum")
+        .arg(ctx.join("big.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        sum.split_whitespace().next(),
+        String::from_utf8_lossy(&expected.stdout)
+            .split_whitespace()
+            .next()
+    );
+}
+
+#[test]
+fn packing_an_unknown_image_says_so() {
+    let env = Env::new();
+    let out = env.run(
+        Path::new(SEALER),
+        &["pack", "nope:1", "-o", env.path("x.run").to_str().unwrap()],
+        "store",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the local store"));
+    assert!(!env.path("x.run").exists());
+}
