@@ -81,6 +81,7 @@ fn example_blobs(dir: &Path) -> Vec<LayerBlob> {
                 media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
                 digest: format!("sha256:{}", layer.digest),
                 diff_id: format!("sha256:{}", layer.diff_id),
+                frames: Some(layer.frames),
             }
         })
         .collect()

@@ -253,7 +253,8 @@ pub enum ScanError {
 /// Recover the frame index of a framed zstd blob by walking zstd frame headers.
 ///
 /// Skippable frames are passed over. Frames that do not record their content size are decoded to
-/// learn it. The result is what [`FramedWriter`] reported when the blob was written.
+/// learn it. Frames are hashed in parallel on the rayon pool. The result is what
+/// [`FramedWriter`] reported when the blob was written.
 pub fn scan_frames(blob: &[u8]) -> Result<Vec<Frame>, ScanError> {
     let mut frames = Vec::new();
     let mut offset = 0usize;
@@ -287,11 +288,18 @@ pub fn scan_frames(blob: &[u8]) -> Result<Vec<Frame>, ScanError> {
                 offset: offset as u64,
                 compressed_len: len as u64,
                 uncompressed_len,
-                sha256: hex::encode(Sha256::digest(bytes)),
+                sha256: String::new(),
             });
         }
         offset += len;
     }
+    // Hashing is most of the work; frames are independent, so hash them in parallel.
+    use rayon::prelude::*;
+    frames.par_iter_mut().for_each(|frame| {
+        let start = frame.offset as usize;
+        let bytes = &blob[start..start + frame.compressed_len as usize];
+        frame.sha256 = hex::encode(Sha256::digest(bytes));
+    });
     Ok(frames)
 }
 

@@ -63,8 +63,9 @@ pub struct UnpackOptions<'a> {
     pub ownership: bool,
     /// Create character and block devices. Default: when running as root.
     pub devices: bool,
-    /// Accept absolute symlink targets, read as rooted at the destination (chroot semantics).
-    /// Default: false, because a program on the host following such a link leaves the tree.
+    /// Accept absolute symlink targets, read as rooted at the destination (chroot semantics,
+    /// as container runtimes read them; real root filesystems are full of them). Default: true.
+    /// Set it to false when programs on the host will follow links inside the tree.
     pub absolute_symlinks: bool,
     /// Threads writing small files. Default: twice the number of CPUs, between 2 and 8.
     pub writers: usize,
@@ -81,7 +82,7 @@ impl Default for UnpackOptions<'_> {
         UnpackOptions {
             ownership: root,
             devices: root,
-            absolute_symlinks: false,
+            absolute_symlinks: true,
             writers: (2 * cpus).clamp(2, 8),
             progress: None,
         }
@@ -747,6 +748,10 @@ struct Tree<'o, 'p> {
     layer_label: String,
     /// Relative paths known to be real directories (not symlinks) right now.
     dirs: HashSet<PathBuf>,
+    /// Relative paths of everything else present right now. The staging directory starts
+    /// empty and only this code writes into it, so a path in neither set does not exist and
+    /// needs no `lstat` before it is created.
+    known: HashSet<PathBuf>,
     /// Directory modes and mtimes, applied once everything is written.
     dir_meta: HashMap<PathBuf, Meta>,
     /// Paths written by the current layer (opaque whiteouts spare them; rewriting one waits
@@ -793,6 +798,7 @@ impl<'o, 'p> Tree<'o, 'p> {
             pool,
             layer_label: String::new(),
             dirs,
+            known: HashSet::new(),
             dir_meta: HashMap::new(),
             this_layer: HashSet::new(),
             symlinks: Vec::new(),
@@ -849,6 +855,7 @@ impl<'o, 'p> Tree<'o, 'p> {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 self.clear(&rel, &full).map_err(refuse)?;
+                self.known.insert(rel.clone());
                 let size = entry.size();
                 self.report.files += 1;
                 self.report.file_bytes += size;
@@ -879,6 +886,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                     .unwrap_or_default();
                 self.check_symlink_target(&rel, &target).map_err(refuse)?;
                 self.clear(&rel, &full).map_err(refuse)?;
+                self.known.insert(rel.clone());
                 std::os::unix::fs::symlink(&target, &full)
                     .map_err(|e| refuse(EntryProblem::Io(e)))?;
                 if ownership {
@@ -919,6 +927,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                 }
                 if target != rel {
                     self.clear(&rel, &full).map_err(refuse)?;
+                    self.known.insert(rel.clone());
                     fs::hard_link(&source, &full).map_err(|e| refuse(EntryProblem::Io(e)))?;
                 }
                 self.report.hard_links += 1;
@@ -928,6 +937,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                     return Err(refuse(EntryProblem::Device));
                 }
                 self.clear(&rel, &full).map_err(refuse)?;
+                self.known.insert(rel.clone());
                 let file_type = match kind {
                     tar::EntryType::Char => libc::S_IFCHR,
                     tar::EntryType::Block => libc::S_IFBLK,
@@ -1001,22 +1011,22 @@ impl<'o, 'p> Tree<'o, 'p> {
     }
 
     fn make_dir(&mut self, rel: &Path, full: &Path) -> Result<(), EntryProblem> {
-        if !self.dirs.contains(rel) {
-            match fs::symlink_metadata(full) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    self.remove(rel, full)?;
-                    create_dir_writable(full)?;
-                }
-                Err(_) => create_dir_writable(full)?,
-            }
-            self.dirs.insert(rel.to_path_buf());
+        if self.dirs.contains(rel) {
+            return Ok(());
         }
+        if self.known.contains(rel) {
+            self.remove(rel, full)?;
+        }
+        create_dir_writable(full)?;
+        self.dirs.insert(rel.to_path_buf());
         Ok(())
     }
 
     /// Remove whatever is at `rel` so a new entry can take its place.
     fn clear(&mut self, rel: &Path, full: &Path) -> Result<(), EntryProblem> {
+        if !self.known.contains(rel) && !self.dirs.contains(rel) {
+            return Ok(());
+        }
         match fs::symlink_metadata(full) {
             Ok(_) => self.remove(rel, full),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -1034,8 +1044,10 @@ impl<'o, 'p> Tree<'o, 'p> {
             fs::remove_dir_all(full).map_err(EntryProblem::Io)?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.dir_meta.retain(|d, _| !d.starts_with(rel));
+            self.known.retain(|p| !p.starts_with(rel));
         } else {
             fs::remove_file(full).map_err(EntryProblem::Io)?;
+            self.known.remove(rel);
         }
         Ok(())
     }
@@ -1219,11 +1231,31 @@ enum StreamError {
     Write(io::Error),
 }
 
-fn create_file(path: &Path) -> io::Result<File> {
+/// The process umask, read without changing it (`None` if unknown).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+    })
+}
+
+/// True when creating a file with `mode` already gives exactly `mode` (no fchmod needed).
+fn mode_survives_creation(mode: u32) -> bool {
+    mode & 0o7000 == 0 && umask().is_some_and(|mask| mode & mask == 0)
+}
+
+fn create_file(path: &Path, mode: u32) -> io::Result<File> {
+    let initial = if mode_survives_creation(mode) {
+        mode
+    } else {
+        0o600
+    };
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(initial)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
 }
@@ -1233,7 +1265,7 @@ fn finish_file(file: &File, meta: Meta, ownership: bool) -> io::Result<()> {
     if ownership && unsafe { libc::fchown(fd, meta.uid as u32, meta.gid as u32) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if unsafe { libc::fchmod(fd, meta.mode) } != 0 {
+    if !mode_survives_creation(meta.mode) && unsafe { libc::fchmod(fd, meta.mode) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let times = [timespec(meta.mtime), timespec(meta.mtime)];
@@ -1249,7 +1281,7 @@ fn write_streamed(
     meta: Meta,
     ownership: bool,
 ) -> Result<(), StreamError> {
-    let mut file = create_file(path).map_err(StreamError::Write)?;
+    let mut file = create_file(path, meta.mode).map_err(StreamError::Write)?;
     let mut buf = vec![0u8; STREAM_BUF];
     loop {
         let n = entry.read(&mut buf).map_err(StreamError::Read)?;
@@ -1317,12 +1349,26 @@ struct FileJob {
 #[derive(Default)]
 struct PoolState {
     queued_bytes: usize,
+    /// Batches sent and not yet written.
     pending: usize,
     failure: Option<UnpackError>,
 }
 
+/// Files are handed to the workers in batches, so the threads meet (a lock, a wake-up) once
+/// per batch rather than once per file.
+const BATCH_FILES: usize = 32;
+const BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<FileJob>,
+    bytes: usize,
+}
+
 struct WriterPool {
-    jobs: Mutex<Option<mpsc::Sender<FileJob>>>,
+    jobs: Mutex<Option<mpsc::Sender<Batch>>>,
+    /// Files collected by the parsing thread, not yet sent (only that thread touches it).
+    batch: Mutex<Batch>,
     state: Arc<(Mutex<PoolState>, Condvar)>,
 }
 
@@ -1332,41 +1378,45 @@ impl WriterPool {
         workers: usize,
         ownership: bool,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<FileJob>();
+        let (tx, rx) = mpsc::channel::<Batch>();
         let rx = Arc::new(Mutex::new(rx));
         let state: Arc<(Mutex<PoolState>, Condvar)> = Arc::default();
         for _ in 0..workers {
             let rx = Arc::clone(&rx);
             let state = Arc::clone(&state);
             threads.spawn(move || loop {
-                let job = match rx.lock() {
+                let batch = match rx.lock() {
                     Ok(rx) => rx.recv(),
                     Err(_) => return,
                 };
-                let Ok(job) = job else { return };
-                let size = job.data.len();
-                let outcome = write_whole(&job.path, &job.data, job.meta, ownership);
+                let Ok(batch) = batch else { return };
+                let mut failure = None;
+                for job in batch.jobs {
+                    if let Err(e) = write_whole(&job.path, &job.data, job.meta, ownership) {
+                        failure = Some(UnpackError::Entry {
+                            layer: job.layer,
+                            path: job.shown,
+                            problem: EntryProblem::Io(e),
+                        });
+                        break;
+                    }
+                }
                 let (lock, wake) = &*state;
                 let mut st = match lock.lock() {
                     Ok(st) => st,
                     Err(poisoned) => poisoned.into_inner(),
                 };
-                st.queued_bytes -= size;
+                st.queued_bytes -= batch.bytes;
                 st.pending -= 1;
-                if let Err(e) = outcome {
-                    if st.failure.is_none() {
-                        st.failure = Some(UnpackError::Entry {
-                            layer: job.layer,
-                            path: job.shown,
-                            problem: EntryProblem::Io(e),
-                        });
-                    }
+                if st.failure.is_none() {
+                    st.failure = failure;
                 }
-                wake.notify_all();
+                wake.notify_one();
             });
         }
         WriterPool {
             jobs: Mutex::new(Some(tx)),
+            batch: Mutex::new(Batch::default()),
             state,
         }
     }
@@ -1379,11 +1429,33 @@ impl WriterPool {
     }
 
     fn submit(&self, job: FileJob) -> Result<(), UnpackError> {
-        let size = job.data.len();
+        let full = {
+            let mut batch = match self.batch.lock() {
+                Ok(b) => b,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            batch.bytes += job.data.len();
+            batch.jobs.push(job);
+            if batch.jobs.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES {
+                Some(std::mem::take(&mut *batch))
+            } else {
+                None
+            }
+        };
+        match full {
+            Some(batch) => self.send(batch),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, batch: Batch) -> Result<(), UnpackError> {
+        if batch.jobs.is_empty() {
+            return Ok(());
+        }
         {
             let mut st = self.lock();
             while st.queued_bytes > 0
-                && st.queued_bytes + size > POOL_BUDGET
+                && st.queued_bytes + batch.bytes > POOL_BUDGET
                 && st.failure.is_none()
             {
                 st = match self.state.1.wait(st) {
@@ -1394,13 +1466,13 @@ impl WriterPool {
             if let Some(failure) = st.failure.take() {
                 return Err(failure);
             }
-            st.queued_bytes += size;
+            st.queued_bytes += batch.bytes;
             st.pending += 1;
         }
         let sent = match self.jobs.lock() {
             Ok(jobs) => jobs
                 .as_ref()
-                .map(|tx| tx.send(job).is_ok())
+                .map(|tx| tx.send(batch).is_ok())
                 .unwrap_or(false),
             Err(_) => false,
         };
@@ -1414,8 +1486,13 @@ impl WriterPool {
         Ok(())
     }
 
-    /// Wait until every queued file is on disk; report the first failure.
+    /// Wait until every submitted file is on disk; report the first failure.
     fn drain(&self) -> Result<(), UnpackError> {
+        let rest = match self.batch.lock() {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        self.send(rest)?;
         let mut st = self.lock();
         while st.pending > 0 {
             st = match self.state.1.wait(st) {
@@ -1437,7 +1514,7 @@ impl WriterPool {
 }
 
 fn write_whole(path: &Path, data: &[u8], meta: Meta, ownership: bool) -> io::Result<()> {
-    let mut file = create_file(path)?;
+    let mut file = create_file(path, meta.mode)?;
     file.write_all(data)?;
     finish_file(&file, meta, ownership)
 }

@@ -37,6 +37,9 @@ pub struct LayerBlob {
     pub digest: String,
     /// sha256 of the uncompressed tar, `sha256:…`.
     pub diff_id: String,
+    /// The blob's frame index if the store kept it (what `FramedWriter` reported). Packing
+    /// then copies the blob without reading it; without it the blob is scanned and hashed.
+    pub frames: Option<Vec<Frame>>,
 }
 
 /// Everything [`write`] needs.
@@ -319,7 +322,8 @@ fn write_in(
             &footer.encode(),
             &temp,
         )?;
-        out.sync_all().map_err(io_err("flushing", &temp))?;
+        // No fsync (cp does none either): the rename below makes the name appear only once
+        // the file is complete, and the reader detects any copy that is cut short.
     }
     for (temp, target) in temp_files.iter().zip(&final_files) {
         fs::rename(temp, target).map_err(io_err("renaming into place", target))?;
@@ -470,8 +474,6 @@ fn prepare_layer(
     index: usize,
     scratch: &Path,
 ) -> Result<PreparedLayer, WriteError> {
-    let map = map_blob(blob)?;
-    let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
     let entry = |compression, compressed_len, uncompressed_len, digest: String| LayerEntry {
         digest,
         diff_id: blob.diff_id.clone(),
@@ -481,6 +483,38 @@ fn prepare_layer(
         uncompressed_len,
         frames: Vec::new(),
     };
+
+    // Framed zstd with a known index packed as zstd: copy without reading.
+    if let (Some(frames), true) = (&blob.frames, spec.compression == Compression::Zstd) {
+        let len = fs::metadata(&blob.path)
+            .map_err(io_err("reading layer blob", &blob.path))?
+            .len();
+        let contiguous = frames.iter().try_fold(0u64, |at, f| {
+            (f.offset == at).then_some(at + f.compressed_len)
+        });
+        if is_zstd(&blob.media_type)
+            && contiguous == Some(len)
+            && frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME)
+        {
+            let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
+            return Ok(PreparedLayer {
+                file: blob.path.clone(),
+                entry: LayerEntry {
+                    digest: blob.digest.clone(),
+                    diff_id: blob.diff_id.clone(),
+                    media_type: blob.media_type.clone(),
+                    compression: Compression::Zstd,
+                    compressed_len: len,
+                    uncompressed_len: uncompressed,
+                    frames: Vec::new(),
+                },
+                frames: frames.clone(),
+                copied: true,
+            });
+        }
+    }
+    let map = map_blob(blob)?;
+    let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
 
     // Framed zstd packed as zstd: copy.
     if is_zstd(&blob.media_type) && spec.compression == Compression::Zstd {

@@ -31,6 +31,7 @@ fn store_blobs(dir: &Path, tars: &[Vec<u8>]) -> Vec<LayerBlob> {
                 media_type: ZSTD_LAYER.into(),
                 digest: format!("sha256:{}", layer.digest),
                 diff_id: format!("sha256:{}", layer.diff_id),
+                frames: None,
             }
         })
         .collect()
@@ -123,6 +124,32 @@ fn zstd_layers_are_copied_and_round_trip_like_gnu_tar() {
 }
 
 #[test]
+fn a_known_frame_index_is_copied_without_rescanning_and_gives_the_same_file() {
+    let work = tempfile::tempdir().unwrap();
+    let tars = two_layers();
+    let scanned = store_blobs(work.path(), &tars);
+    let indexed: Vec<LayerBlob> = scanned
+        .iter()
+        .map(|b| {
+            let bytes = fs::read(&b.path).unwrap();
+            LayerBlob {
+                frames: Some(packer::frames::scan_frames(&bytes).unwrap()),
+                ..b.clone()
+            }
+        })
+        .collect();
+    let (dir_a, dir_b) = (work.path().join("a"), work.path().join("b"));
+    fs::create_dir(&dir_a).unwrap();
+    fs::create_dir(&dir_b).unwrap();
+    let a = write(&spec(scanned, dir_a.join("app.run")), None).unwrap();
+    let b = write(&spec(indexed, dir_b.join("app.run")), None).unwrap();
+    assert_eq!(b.copied_layers, 2);
+    assert_eq!(a.manifest.layers, b.manifest.layers);
+    let same = fs::read(&a.files[0]).unwrap() == fs::read(&b.files[0]).unwrap();
+    assert!(same, "both ways of packing give the same bytes");
+}
+
+#[test]
 fn xz_payload_round_trips() {
     let work = tempfile::tempdir().unwrap();
     let (report, _) = pack(work.path(), Compression::Xz);
@@ -182,12 +209,14 @@ fn gzip_and_single_frame_layers_are_reframed() {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             digest: "sha256:gz".into(),
             diff_id: diff_id.clone(),
+            frames: None,
         },
         LayerBlob {
             path: one_frame,
             media_type: ZSTD_LAYER.into(),
             digest: "sha256:one".into(),
             diff_id: big_diff_id,
+            frames: None,
         },
     ];
     let report = write(&spec(layers, work.path().join("app.run")), None).unwrap();
@@ -220,6 +249,7 @@ fn a_wrong_diff_id_is_refused() {
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
         digest: "sha256:gz".into(),
         diff_id: "sha256:0000".into(),
+        frames: None,
     }];
     let err = write(&spec(layers, work.path().join("app.run")), None).unwrap_err();
     assert!(err.to_string().contains("diff_id"), "{err}");

@@ -316,10 +316,28 @@ fn symlink_climbing_out_is_refused() {
 }
 
 #[test]
-fn absolute_symlink_is_refused_by_default() {
+fn absolute_symlink_is_kept_as_rooted_at_the_destination_by_default() {
+    let work = tempfile::tempdir().unwrap();
+    let mut t = LayerTar::new();
+    t.dir("etc/", 0o755)
+        .symlink("etc/localtime", "/usr/share/zoneinfo/UTC");
+    let dest = work.path().join("out");
+    extract(&[blob(&t.finish())], &dest).unwrap();
+    assert_eq!(
+        fs::read_link(dest.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/UTC")
+    );
+}
+
+#[test]
+fn absolute_symlink_is_refused_when_the_caller_forbids_them() {
     let mut t = LayerTar::new();
     t.symlink("etc-link", "/etc");
-    let err = refused(t.finish(), &UnpackOptions::default());
+    let options = UnpackOptions {
+        absolute_symlinks: false,
+        ..UnpackOptions::default()
+    };
+    let err = refused(t.finish(), &options);
     assert_entry_refused(err, "etc-link", |p| {
         matches!(p, EntryProblem::SymlinkEscapes { .. })
     });
