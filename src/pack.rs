@@ -62,6 +62,7 @@ pub fn pack(
             media_type: desc.media_type.clone(),
             digest: desc.digest.clone(),
             diff_id,
+            frames: store.frame_index(&desc.digest),
         });
     }
     let spec = PackSpec {

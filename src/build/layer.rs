@@ -24,6 +24,7 @@ pub struct LayerBlob {
 pub struct LayerWriter {
     tar: tar::Builder<FramedWriter<BlobWriter>>,
     mtime: u64,
+    store: Store,
 }
 
 impl LayerWriter {
@@ -31,7 +32,11 @@ impl LayerWriter {
         let blob = store.blob_writer()?;
         let mut tar = tar::Builder::new(FramedWriter::new(blob, level));
         tar.mode(tar::HeaderMode::Deterministic);
-        Ok(LayerWriter { tar, mtime })
+        Ok(LayerWriter {
+            tar,
+            mtime,
+            store: store.clone(),
+        })
     }
 
     fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -117,6 +122,7 @@ impl LayerWriter {
             .map_err(|e| BuildError::io("compressing a layer", e))?;
         let digest = format!("sha256:{}", info.digest);
         let (digest, size) = blob.commit(Some(&digest))?;
+        self.store.put_frame_index(&digest, &info.frames);
         Ok(LayerBlob {
             descriptor: Descriptor {
                 media_type: MEDIA_TYPE_LAYER_ZSTD.to_string(),

@@ -161,6 +161,27 @@ impl Store {
         self.root.join("cache")
     }
 
+    /// Record where the zstd frames of a layer blob lie (what the writer reported), so packing
+    /// can copy the blob without scanning it. Advisory: failing to record it only costs a scan.
+    pub fn put_frame_index(&self, digest: &str, frames: &[packer::frames::Frame]) {
+        let (Ok(hex), Ok(bytes)) = (digest_hex(digest), serde_json::to_vec(frames)) else {
+            return;
+        };
+        let dir = self.root.join("frames");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            let _ = self.write_atomic(&dir.join(format!("{hex}.json")), &bytes);
+        }
+    }
+
+    /// The frame index recorded for a blob, when there is one and its lengths add up.
+    pub fn frame_index(&self, digest: &str) -> Option<Vec<packer::frames::Frame>> {
+        let hex = digest_hex(digest).ok()?;
+        let bytes = fs::read(self.root.join("frames").join(format!("{hex}.json"))).ok()?;
+        let frames: Vec<packer::frames::Frame> = serde_json::from_slice(&bytes).ok()?;
+        let len = fs::metadata(self.blob_path(digest).ok()?).ok()?.len();
+        (frames.iter().map(|f| f.compressed_len).sum::<u64>() == len).then_some(frames)
+    }
+
     /// Exclusive lock over changes to `index.json` and garbage collection.
     pub fn lock(&self) -> Result<StoreLock> {
         self.lock_file("store.lock", LockMode::Exclusive)?
@@ -473,6 +494,11 @@ impl Store {
             freed += meta.len();
             fs::remove_file(entry.path())
                 .map_err(|e| StoreError::io(format!("removing {}", entry.path().display()), e))?;
+            let index = self
+                .root
+                .join("frames")
+                .join(format!("{}.json", entry.file_name().to_string_lossy()));
+            let _ = fs::remove_file(index);
         }
         Ok(Some(freed))
     }
