@@ -1086,6 +1086,21 @@ impl<F: Fn(u64)> Read for FrameStream<'_, F> {
     }
 }
 
+/// `1536` → `1.5 KiB`.
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Group a report's hosts for printing: `(ip, roles, status text)`.
 pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
     report
@@ -1094,8 +1109,10 @@ pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
         .map(|h| {
             let status = match &h.outcome {
                 HostOutcome::Installed => format!(
-                    "installed ({} steps, {} already done)",
-                    h.steps_run, h.steps_skipped
+                    "installed ({} steps, {} already done, {} sent)",
+                    h.steps_run,
+                    h.steps_skipped,
+                    human_size(h.bytes_sent)
                 ),
                 HostOutcome::UpToDate => "up to date".to_string(),
                 HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
