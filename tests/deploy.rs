@@ -456,6 +456,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     };
     let started = Instant::now();
 
+    eprintln!(
+        "[{:>5.1}s] Corrupt input is refused",
+        started.elapsed().as_secs_f64()
+    );
     // Corrupt input is refused before any host is touched.
     let broken = write_file(
         work.path(),
@@ -494,6 +498,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         .run(&bed, "hello:v1", &["-f", &cf("corrupt", &all, "")])
         .assert_ok("install after the corrupt input");
 
+    eprintln!(
+        "[{:>5.1}s] Wrong password:",
+        started.elapsed().as_secs_f64()
+    );
     // Wrong password: one clear error, the password never printed; the right one completes.
     let wrong = "not-the-password-7f3a";
     let pw_args = |password: &str| {
@@ -528,6 +536,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     run.assert_ok("right password");
     assert!(!run.text.contains(bed.root_password()), "{}", run.text);
 
+    eprintln!(
+        "[{:>5.1}s] A changed host key is refused",
+        started.elapsed().as_secs_f64()
+    );
     // A changed host key is refused, naming the host; nothing is installed there.
     bed.regen_hostkey(n2).unwrap();
     let file = cf("hostkey", &all, "");
@@ -552,6 +564,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     assert!(run.row(n1).contains("up to date"), "{}", run.row(n1));
     assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
 
+    eprintln!(
+        "[{:>5.1}s] A host whose link is down",
+        started.elapsed().as_secs_f64()
+    );
     // A host whose link is down: the others finish, the host is named; link up, rerun.
     bed.link_down(n2).unwrap();
     let file = cf("link", &all, "");
@@ -568,6 +584,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
     assert!(exists_on(&bed, n2, &rootfs("link")));
 
+    eprintln!(
+        "[{:>5.1}s] A failing hook is retried",
+        started.elapsed().as_secs_f64()
+    );
     // A failing hook is retried with backoff and reported; the fixed Clusterfile completes.
     let failing = shell_plugin("flaky", "post-init-host", "node", "echo broken >&2\nexit 7");
     let file = cf("hook", &all, &failing);
@@ -584,6 +604,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     let run = store.run(&bed, "hello:v1", &["-f", &file]);
     run.assert_ok("rerun with the fixed hook");
 
+    eprintln!(
+        "[{:>5.1}s] sshd killed mid-transfer",
+        started.elapsed().as_secs_f64()
+    );
     // sshd killed mid-transfer: the rerun sends only the frames the host lacks.
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(ctx.path().join("noise.bin"), noise(40 << 20)).unwrap();
@@ -593,6 +617,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         "FROM scratch\nCOPY noise.bin data/\n",
     );
     store.build("noise:v1", ctx.path());
+    eprintln!("[{:>5.1}s] built noise", started.elapsed().as_secs_f64());
     bed.shape(n1, "64mbit").unwrap();
     let spool = format!("{DATA_ROOT}/kill/.sealer/spool");
     let child = store
@@ -623,8 +648,13 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         assert!(Instant::now() < deadline, "no frame arrived within 60 s");
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!("[{:>5.1}s] killing sshd", started.elapsed().as_secs_f64());
     bed.kill_sshd(n1).unwrap();
     let run = Run::from(child.wait_with_output().unwrap());
+    eprintln!(
+        "[{:>5.1}s] failed run returned",
+        started.elapsed().as_secs_f64()
+    );
     bed.start_sshd(n1).unwrap();
     bed.unshape(n1).unwrap();
     run.assert_failed("sshd killed mid-transfer");
@@ -644,6 +674,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         ],
     );
     run.assert_ok("rerun after sshd came back");
+    eprintln!("[{:>5.1}s] rerun returned", started.elapsed().as_secs_f64());
     let total = payload_size(&run);
     let resent = sent_in_row(run.row(n1));
     assert!(
