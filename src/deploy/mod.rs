@@ -763,8 +763,12 @@ impl Engine<'_> {
             .remote
             .as_deref()
             .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let cleanup = match step {
+            Step::Distribute => format!(" && rm -rf {work}/spool"),
+            _ => String::new(),
+        };
         let record = format!(
-            "{}; cat {} 2>/dev/null || true",
+            "{} && {{ cat {} 2>/dev/null || true; }}{cleanup}",
             self.agent_cmd(remote, &format!("done --work {work} --key {key}")),
             shell_quote(&export_file)
         );
@@ -923,15 +927,14 @@ impl Engine<'_> {
             .ok_or_else(|| StepFailure::retry("not connected".into()))?;
         let plan =
             serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
-        let cmd = format!(
-            "{} && rm -rf {work}/spool",
-            self.agent_cmd(
-                remote,
-                &format!(
-                    "unpack --work {work} --dest {}",
-                    shell_quote(&rootfs.display().to_string())
-                )
-            )
+        // The spool is removed only once the step is in the journal (see `run_step`): a run cut
+        // off between the two finds every frame still there and sends nothing again.
+        let cmd = self.agent_cmd(
+            remote,
+            &format!(
+                "unpack --work {work} --dest {}",
+                shell_quote(&rootfs.display().to_string())
+            ),
         );
         let mut plan_bytes: &[u8] = &plan;
         self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
