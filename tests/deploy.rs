@@ -650,7 +650,14 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     }
     eprintln!("[{:>5.1}s] killing sshd", started.elapsed().as_secs_f64());
     bed.kill_sshd(n1).unwrap();
+    let killed = Instant::now();
     let run = Run::from(child.wait_with_output().unwrap());
+    // A lost peer is noticed from the dead connection, not after an idle timeout.
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "the run took {:?} to notice sshd was gone",
+        killed.elapsed()
+    );
     eprintln!(
         "[{:>5.1}s] failed run returned",
         started.elapsed().as_secs_f64()
