@@ -689,6 +689,16 @@ impl Session {
         let (stdout, stderr) = match pumped {
             Ok(output) => output,
             Err(e) => {
+                // After a failed transfer the connection is not used again (the engine
+                // reconnects). libssh2 may still hold part of an unsent packet and would retry
+                // it for its whole timeout on every blocking call (channel free, disconnect,
+                // session free) against a peer that is gone: cut the socket, free the channel
+                // without blocking and give whatever comes later one second.
+                if !matches!(e, SshError::Local { .. }) {
+                    let _ = self.socket.shutdown(std::net::Shutdown::Both);
+                    self.sess.set_timeout(1000);
+                    self.sess.set_blocking(false);
+                }
                 drop(channel);
                 return Err(e);
             }
