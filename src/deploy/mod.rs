@@ -14,6 +14,7 @@
 //! speak SSH, or know the `.run` format.
 
 pub mod agent;
+pub mod image_plugins;
 pub mod payload;
 pub mod remote;
 pub mod target;
@@ -27,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::clusterfile::{export_script, host_env, shell_quote, Cluster, Host, Phase, PluginKind};
+use crate::clusterfile::{
+    export_script, host_env, shell_quote, Cluster, Host, Phase, Plugin, PluginKind,
+};
 use agent::{HostState, PlanFrame, PlanLayer};
 pub use payload::{find_stub, Payload, PayloadLayer};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
@@ -156,6 +159,8 @@ struct Engine<'a> {
     /// Exports by step key, in the order steps finished.
     exports: Mutex<Vec<(String, String)>>,
     cmds: Vec<String>,
+    /// The image's `plugins/*.yaml`, then the Clusterfile's plugins.
+    plugins: Vec<Plugin>,
 }
 
 fn sha_hex(parts: &[&str]) -> String {
@@ -237,6 +242,8 @@ pub fn install(
         return Err(InstallError::NoHosts);
     }
     let started = Instant::now();
+    let mut plugins = image_plugins::image_plugins(payload).map_err(InstallError::Payload)?;
+    plugins.extend(cluster.plugins.iter().cloned());
     let engine = Engine {
         cluster,
         payload,
@@ -244,6 +251,7 @@ pub fn install(
         events,
         exports: Mutex::new(Vec::new()),
         cmds: install_commands(cluster, payload),
+        plugins,
     };
     let slots: Vec<Mutex<HostSlot>> = cluster
         .hosts
@@ -582,7 +590,7 @@ impl Engine<'_> {
                 ])
             }
             Step::Hook { plugin, phase } => {
-                let p = &self.cluster.plugins[*plugin];
+                let p = &self.plugins[*plugin];
                 let body = match &p.kind {
                     PluginKind::Shell { script } => script.clone(),
                     PluginKind::Hostname { names } => format!("{names:?}"),
@@ -612,18 +620,17 @@ impl Engine<'_> {
             Step::Config { index } => {
                 format!("config {}", self.cluster.configs[*index].path.display())
             }
-            Step::Hook { plugin, phase } => format!(
-                "{} hook {}",
-                phase.name(),
-                self.cluster.plugins[*plugin].name
-            ),
+            Step::Hook { plugin, phase } => {
+                format!("{} hook {}", phase.name(), self.plugins[*plugin].name)
+            }
             Step::Cmd { index } => format!("CMD {}", self.cmds[*index]),
         }
     }
 
-    /// Env of every command on `host`: image env, then cluster and host env and the SEALER_*
-    /// variables, then what hooks exported.
-    fn env(&self, host: &Host) -> Vec<(String, String)> {
+    /// The env a host's steps start from: image env, then cluster and host env and the SEALER_*
+    /// variables. Step keys hash this (not the exports), so a rerun that reads back the exports
+    /// of finished steps computes the same keys.
+    fn base_env(&self, host: &Host) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self
             .payload
             .config
@@ -635,20 +642,22 @@ impl Engine<'_> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
-        let set = |env: &mut Vec<(String, String)>, k: &str, v: &str| {
-            env.retain(|(key, _)| key != k);
-            env.push((k.to_string(), v.to_string()));
-        };
         for (k, v) in host_env(self.cluster, host, &self.cluster.rootfs()) {
-            set(&mut env, &k, &v);
+            set_env(&mut env, &k, &v);
         }
+        env
+    }
+
+    /// Env of every command on `host`: [`Engine::base_env`], then what hooks exported.
+    fn env(&self, host: &Host) -> Vec<(String, String)> {
+        let mut env = self.base_env(host);
         let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
         for (_, text) in exports.iter() {
             for line in text.lines() {
                 if let Some((k, v)) = line.split_once('=') {
                     let k = k.trim().trim_start_matches("export ").trim();
                     if !k.starts_with("SEALER_") && crate::clusterfile::is_env_name(k) {
-                        set(&mut env, k, v);
+                        set_env(&mut env, k, v);
                     }
                 }
             }
@@ -657,14 +666,14 @@ impl Engine<'_> {
     }
 
     fn env_text(&self, host: &Host) -> String {
-        self.env(host)
+        self.base_env(host)
             .iter()
             .map(|(k, v)| format!("{k}={v}\n"))
             .collect()
     }
 
     fn run_phase(&self, slots: &[Mutex<HostSlot>], phase: Phase) {
-        for (index, plugin) in self.cluster.plugins.iter().enumerate() {
+        for (index, plugin) in self.plugins.iter().enumerate() {
             if !plugin.phases.contains(&phase) {
                 continue;
             }
@@ -731,7 +740,7 @@ impl Engine<'_> {
                 self.exec_ok(slot, &name, &cmd, Some(&mut data))?;
             }
             Step::Hook { plugin, .. } => {
-                let script = match &self.cluster.plugins[*plugin].kind {
+                let script = match &self.plugins[*plugin].kind {
                     PluginKind::Shell { script } => script.clone(),
                     PluginKind::Hostname { names } => {
                         match names.iter().find(|(ip, _)| *ip == slot.host.ip) {
@@ -754,8 +763,12 @@ impl Engine<'_> {
             .remote
             .as_deref()
             .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let cleanup = match step {
+            Step::Distribute => format!(" && rm -rf {work}/spool"),
+            _ => String::new(),
+        };
         let record = format!(
-            "{}; cat {} 2>/dev/null || true",
+            "{} && {{ cat {} 2>/dev/null || true; }}{cleanup}",
             self.agent_cmd(remote, &format!("done --work {work} --key {key}")),
             shell_quote(&export_file)
         );
@@ -914,15 +927,14 @@ impl Engine<'_> {
             .ok_or_else(|| StepFailure::retry("not connected".into()))?;
         let plan =
             serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
-        let cmd = format!(
-            "{} && rm -rf {work}/spool",
-            self.agent_cmd(
-                remote,
-                &format!(
-                    "unpack --work {work} --dest {}",
-                    shell_quote(&rootfs.display().to_string())
-                )
-            )
+        // The spool is removed only once the step is in the journal (see `run_step`): a run cut
+        // off between the two finds every frame still there and sends nothing again.
+        let cmd = self.agent_cmd(
+            remote,
+            &format!(
+                "unpack --work {work} --dest {}",
+                shell_quote(&rootfs.display().to_string())
+            ),
         );
         let mut plan_bytes: &[u8] = &plan;
         self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
@@ -945,6 +957,12 @@ impl Engine<'_> {
             .map_err(|e| e.to_string())
         })
     }
+}
+
+/// Set `k` to `v`, replacing an earlier value.
+fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    env.retain(|(key, _)| key != k);
+    env.push((k.to_string(), v.to_string()));
 }
 
 /// Why a step failed and whether trying again may help.
@@ -1057,6 +1075,21 @@ impl<F: Fn(u64)> Read for FrameStream<'_, F> {
     }
 }
 
+/// `1536` → `1.5 KiB`.
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Group a report's hosts for printing: `(ip, roles, status text)`.
 pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
     report
@@ -1065,8 +1098,10 @@ pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
         .map(|h| {
             let status = match &h.outcome {
                 HostOutcome::Installed => format!(
-                    "installed ({} steps, {} already done)",
-                    h.steps_run, h.steps_skipped
+                    "installed ({} steps, {} already done, {} sent)",
+                    h.steps_run,
+                    h.steps_skipped,
+                    human_size(h.bytes_sent)
                 ),
                 HostOutcome::UpToDate => "up to date".to_string(),
                 HostOutcome::Failed(reason) => format!("FAILED: {reason}"),

@@ -104,6 +104,15 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
+                // A damaged blob is refused here, before any host is touched.
+                let actual = format!("sha256:{}", hex::encode(Sha256::digest(map.as_slice())));
+                if actual != desc.digest {
+                    return Err(crate::store::StoreError::BlobCorrupt {
+                        digest: desc.digest.clone(),
+                        actual,
+                    }
+                    .to_string());
+                }
                 let frames = scan_frames(map.as_slice())
                     .map_err(|e| format!("layer {}: {e}", desc.digest))?;
                 (Box::new(map), frames)

@@ -683,16 +683,37 @@ impl Session {
         let pumped = self.pump(&mut channel, stdin);
         self.sess.set_blocking(true);
         // Closing and freeing a channel can block (ssh2-rs#165): always under the watchdog.
+        // The channel is freed (explicitly, below) while the watchdog is still armed: freeing it
+        // after the guard was dropped would wait unbounded on a peer that vanished mid-transfer.
         let _armed = self.watchdog.arm(self.timeouts.handshake);
-        let (stdout, stderr) = pumped?;
+        let (stdout, stderr) = match pumped {
+            Ok(output) => output,
+            Err(e) => {
+                // After a failed transfer the connection is not used again (the engine
+                // reconnects). libssh2 may still hold part of an unsent packet and would retry
+                // it for its whole timeout on every blocking call (channel free, disconnect,
+                // session free) against a peer that is gone: cut the socket, free the channel
+                // without blocking and give whatever comes later one second.
+                if !matches!(e, SshError::Local { .. }) {
+                    let _ = self.socket.shutdown(std::net::Shutdown::Both);
+                    self.sess.set_timeout(1000);
+                    self.sess.set_blocking(false);
+                }
+                drop(channel);
+                return Err(e);
+            }
+        };
         let _ = channel.close();
-        channel
-            .wait_close()
-            .map_err(|e| self.protocol("closing the channel", &e))?;
+        if let Err(e) = channel.wait_close() {
+            let err = self.protocol("closing the channel", &e);
+            drop(channel);
+            return Err(err);
+        }
         let status = match channel.exit_signal() {
             Ok(signal) if signal.exit_signal.is_some() => -1,
             _ => channel.exit_status().unwrap_or(-1),
         };
+        drop(channel);
         Ok(ExecOutput {
             status,
             stdout,

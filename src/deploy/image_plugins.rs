@@ -1,0 +1,264 @@
+//! Hooks shipped inside an image: the `plugins/*.yaml` files of its root filesystem, read from
+//! the payload's layers before any host is touched.
+//!
+//! Each layer is decoded frame by frame (every frame is an independent zstd or xz stream, so
+//! memory stays bounded by one frame) and walked as a tar stream; only regular files directly
+//! under `plugins/` whose names end in `.yaml` or `.yml` are kept. Layers apply in order with OCI
+//! whiteouts (`plugins/.wh.NAME`, `plugins/.wh..wh..opq`, `.wh.plugins`), so the result is what
+//! the unpacked rootfs holds. Files are parsed as plugin-only Clusterfiles in file-name order;
+//! the engine runs them before the Clusterfile's own plugins, as sealer does. This module reads
+//! the payload; it never writes and never talks to hosts.
+
+use std::collections::BTreeMap;
+use std::io::{self, Cursor, Read};
+
+use packer::unpack::Compression;
+
+use super::payload::{Payload, PayloadLayer};
+use crate::clusterfile::{Clusterfile, Plugin};
+
+/// Plugins files in the image, by file name (`plugins/NAME`), after all layers.
+pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, String> {
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    for layer in &payload.layers {
+        let mut archive = tar::Archive::new(LayerReader::new(layer));
+        let entries = archive
+            .entries()
+            .map_err(|e| format!("reading {} of {}: {e}", layer.label, payload.image))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| format!("reading {} of {}: {e}", layer.label, payload.image))?;
+            let path = entry
+                .path()
+                .map_err(|e| format!("{} of {}: bad entry name: {e}", layer.label, payload.image))?
+                .to_string_lossy()
+                .into_owned();
+            let path = path.trim_start_matches("./").trim_start_matches('/');
+            let path = path.trim_end_matches('/');
+            if path == ".wh.plugins" || path == "plugins" && !entry.header().entry_type().is_dir() {
+                files.clear();
+                continue;
+            }
+            let Some(name) = path.strip_prefix("plugins/") else {
+                continue;
+            };
+            if name.contains('/') {
+                continue;
+            }
+            if name == ".wh..wh..opq" {
+                files.clear();
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                files.remove(hidden);
+                continue;
+            }
+            if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+                continue;
+            }
+            if !entry.header().entry_type().is_file() {
+                files.remove(name);
+                continue;
+            }
+            let mut text = String::new();
+            entry.read_to_string(&mut text).map_err(|e| {
+                format!(
+                    "{} of {}: reading plugins/{name}: {e}",
+                    layer.label, payload.image
+                )
+            })?;
+            files.insert(name.to_string(), text);
+        }
+    }
+    Ok(files)
+}
+
+/// The image's plugins in file-name order; a malformed file is an error naming it.
+pub fn image_plugins(payload: &Payload) -> Result<Vec<Plugin>, String> {
+    let mut plugins = Vec::new();
+    for (name, text) in plugin_files(payload)? {
+        let file = Clusterfile::parse(&text)
+            .map_err(|e| format!("plugins/{name} in image {}: {e}", payload.image))?;
+        plugins.extend(file.plugins);
+    }
+    Ok(plugins)
+}
+
+/// A layer's uncompressed tar stream, decoded one frame at a time.
+struct LayerReader<'a> {
+    layer: &'a PayloadLayer,
+    next: usize,
+    current: Cursor<Vec<u8>>,
+}
+
+impl<'a> LayerReader<'a> {
+    fn new(layer: &'a PayloadLayer) -> Self {
+        LayerReader {
+            layer,
+            next: 0,
+            current: Cursor::new(Vec::new()),
+        }
+    }
+
+    /// Decode the next frame; false at the end of the layer.
+    fn advance(&mut self) -> io::Result<bool> {
+        let Some(frame) = self.layer.frames.get(self.next) else {
+            return Ok(false);
+        };
+        self.next += 1;
+        let compressed = self
+            .layer
+            .source
+            .bytes(self.layer.base + frame.offset, frame.compressed_len)?;
+        let mut plain = Vec::with_capacity(frame.uncompressed_len as usize);
+        match self.layer.compression {
+            Compression::Zstd => {
+                zstd::stream::read::Decoder::new(&compressed[..])?.read_to_end(&mut plain)?
+            }
+            Compression::Xz => {
+                xz2::read::XzDecoder::new(&compressed[..]).read_to_end(&mut plain)?
+            }
+        };
+        self.layer
+            .source
+            .release(self.layer.base + frame.offset, frame.compressed_len);
+        self.current = Cursor::new(plain);
+        Ok(true)
+    }
+}
+
+impl Read for LayerReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.current.read(out)?;
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            if !self.advance()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A tar stream of `(path, Some(content) | None for a directory)`.
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            match content {
+                Some(text) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(text.len() as u64);
+                    header.set_mode(0o644);
+                    builder
+                        .append_data(&mut header, path, text.as_bytes())
+                        .unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    header.set_mode(0o755);
+                    builder.append_data(&mut header, path, &[][..]).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// A layer whose tar is split into two independent zstd frames at an arbitrary byte.
+    fn layer(tar: Vec<u8>) -> PayloadLayer {
+        let cut = tar.len() / 3;
+        let mut blob = Vec::new();
+        let mut frames = Vec::new();
+        for part in [&tar[..cut], &tar[cut..]] {
+            let compressed = zstd::bulk::compress(part, 3).unwrap();
+            frames.push(packer::frames::Frame {
+                offset: blob.len() as u64,
+                compressed_len: compressed.len() as u64,
+                uncompressed_len: part.len() as u64,
+                sha256: String::new(),
+            });
+            blob.extend_from_slice(&compressed);
+        }
+        PayloadLayer {
+            label: "layer".into(),
+            compression: Compression::Zstd,
+            base: 0,
+            frames,
+            source: Arc::new(blob),
+        }
+    }
+
+    fn payload(layers: Vec<PayloadLayer>) -> Payload {
+        Payload {
+            id: "0".repeat(64),
+            image: "test:v1".into(),
+            config: Default::default(),
+            layers,
+            agent: Arc::new(Vec::new()),
+            agent_sha256: "0".repeat(64),
+        }
+    }
+
+    fn shell(name: &str, phase: &str) -> String {
+        format!(
+            "apiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  type: SHELL\n  action: {phase}\n  scope: master\n  data: |\n    echo {name}\n"
+        )
+    }
+
+    #[test]
+    fn plugins_come_from_plugins_yaml_across_layers_with_whiteouts() {
+        let a = shell("a", "post-init-host");
+        let b = shell("b", "pre-init-host");
+        let c = shell("c", "post-install");
+        let lower = tar_of(&[
+            ("plugins", None),
+            ("plugins/b.yaml", Some(&b)),
+            ("plugins/gone.yaml", Some(&shell("gone", "pre-install"))),
+            ("plugins/readme.txt", Some("not a plugin")),
+            ("etc/plugins/x.yaml", Some("not: [valid")),
+        ]);
+        let upper = tar_of(&[
+            ("./plugins/a.yaml", Some(&a)),
+            ("plugins/.wh.gone.yaml", Some("")),
+            ("plugins/nested", None),
+            (
+                "plugins/nested/n.yaml",
+                Some("ignored: deeper than plugins/"),
+            ),
+            ("plugins/c.yml", Some(&c)),
+        ]);
+        let p = payload(vec![layer(lower), layer(upper)]);
+        let names: Vec<String> = image_plugins(&p)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn an_opaque_plugins_dir_hides_lower_plugins() {
+        let lower = tar_of(&[("plugins/old.yaml", Some(&shell("old", "pre-init-host")))]);
+        let upper = tar_of(&[
+            ("plugins/.wh..wh..opq", Some("")),
+            ("plugins/new.yaml", Some(&shell("new", "pre-init-host"))),
+        ]);
+        let plugins = image_plugins(&payload(vec![layer(lower), layer(upper)])).unwrap();
+        assert_eq!(plugins.len(), 1);
+        assert_eq!(plugins[0].name, "new");
+    }
+
+    #[test]
+    fn a_malformed_plugin_file_is_refused_naming_it() {
+        let bad = tar_of(&[("plugins/broken.yaml", Some("kind: Plugin\nspec: [oops"))]);
+        let err = image_plugins(&payload(vec![layer(bad)])).unwrap_err();
+        assert!(err.contains("plugins/broken.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,724 @@
+//! End to end: `sealer build` then `sealer run` onto real OpenSSH hosts of a testbed, through the
+//! real binaries (`sealer`, with `sealer-stub` as the uploaded agent). Covers the etcd fixture on
+//! 3 masters + 2 nodes, the double run, a non-root sudo user with Configs, exports and the
+//! `SEALER_*` env, and the fault scenarios, each followed by a rerun that completes.
+//!
+//! Needs root and the testbed tools (`scripts/ci-deps.sh`); skipped elsewhere unless `CI` or
+//! `SEALER_TESTBED_REQUIRED` is set. The etcd fixture fetches Debian's etcd packages at build
+//! time through apt.
+
+#[path = "support/testbed.rs"]
+mod testbed;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::{TestHost, Testbed};
+
+const DATA_ROOT: &str = "/var/lib/sealer-e2e";
+
+/// A private image store for one test.
+struct Store {
+    root: tempfile::TempDir,
+}
+
+impl Store {
+    fn new() -> Store {
+        Store {
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The real `sealer` with this store and the real stub.
+    fn sealer(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sealer"));
+        c.env("SEALER_ROOT", self.path())
+            .env("SEALER_STUB", env!("CARGO_BIN_EXE_sealer-stub"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn build(&self, tag: &str, context: &Path) {
+        let out = self
+            .sealer()
+            .args(["build", "-t", tag])
+            .arg(context)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sealer build {tag} failed:\n{}",
+            text(&out)
+        );
+    }
+
+    /// `sealer run IMAGE ARGS...` with the testbed's known_hosts.
+    fn run(&self, bed: &Testbed, image: &str, args: &[&str]) -> Run {
+        let out = self
+            .sealer()
+            .arg("run")
+            .arg(image)
+            .arg("--known-hosts")
+            .arg(bed.known_hosts_path())
+            .args(args)
+            .output()
+            .unwrap();
+        Run::from(out)
+    }
+}
+
+/// What one `sealer run` did.
+struct Run {
+    ok: bool,
+    text: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            ok: out.status.success(),
+            text: text(&out),
+        }
+    }
+
+    /// The table row of `host` (the line starting with its address).
+    fn row(&self, host: &TestHost) -> &str {
+        let ip = host.ip.to_string();
+        self.text
+            .lines()
+            .rev()
+            .find(|l| l.split_whitespace().next() == Some(ip.as_str()))
+            .unwrap_or_else(|| panic!("no table row for {ip} in:\n{}", self.text))
+    }
+
+    fn assert_ok(&self, what: &str) {
+        assert!(self.ok, "{what}: sealer run failed:\n{}", self.text);
+    }
+
+    fn assert_failed(&self, what: &str) {
+        assert!(
+            !self.ok,
+            "{what}: sealer run should have failed:\n{}",
+            self.text
+        );
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Runs `cmd` inside `host` (not over SSH) and returns its stdout; panics when it fails.
+fn on_host(bed: &Testbed, host: &TestHost, cmd: &str) -> String {
+    let out = bed.exec(host, cmd).unwrap();
+    assert!(
+        out.status.success(),
+        "on {host}: `{cmd}` failed:\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exists_on(bed: &Testbed, host: &TestHost, path: &str) -> bool {
+    bed.exec(host, &format!("test -e '{path}'"))
+        .unwrap()
+        .status
+        .success()
+}
+
+/// A sealer.io/v2 Clusterfile: `hosts` as `(address, role)`, `ssh` the spec.ssh flow mapping,
+/// then extra documents (Configs, Plugins) appended as written.
+fn clusterfile(name: &str, hosts: &[(&TestHost, &str)], ssh: &str, extra: &str) -> String {
+    let mut text = format!(
+        "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  dataRoot: {DATA_ROOT}\n  ssh: {ssh}\n  hosts:\n"
+    );
+    for (host, role) in hosts {
+        writeln!(text, "    - ips: [{}]\n      roles: [{role}]", host.ip).unwrap();
+    }
+    text.push_str(extra);
+    text
+}
+
+fn key_ssh(bed: &Testbed) -> String {
+    format!("{{user: root, pk: {}}}", bed.key_path().display())
+}
+
+/// A SHELL plugin document.
+fn shell_plugin(name: &str, action: &str, scope: &str, script: &str) -> String {
+    let mut doc = format!(
+        "---\napiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  type: SHELL\n  action: {action}\n  scope: {scope}\n  data: |\n"
+    );
+    for line in script.lines() {
+        writeln!(doc, "    {line}").unwrap();
+    }
+    doc
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rootfs(cluster: &str) -> String {
+    format!("{DATA_ROOT}/{cluster}/rootfs")
+}
+
+#[test]
+fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_changes_nothing() {
+    let Some(bed) = Testbed::up_for_test(5) else {
+        return;
+    };
+    let store = Store::new();
+    store.build("etcd-cluster:v1", &fixture("etcd-cluster"));
+    let hosts = bed.hosts();
+    let work = tempfile::tempdir().unwrap();
+    let layout: Vec<(&TestHost, &str)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h, if i < 3 { "master" } else { "node" }))
+        .collect();
+    // A hook on every host that counts its runs, to prove the second run repeats nothing.
+    let counter = shell_plugin(
+        "count-runs",
+        "pre-init-host",
+        "master|node",
+        "echo ran >> /var/tmp/count-runs",
+    );
+    let file = write_file(
+        work.path(),
+        "Clusterfile",
+        &clusterfile("etcd", &layout, &key_ssh(&bed), &counter),
+    );
+    let file = file.to_str().unwrap();
+
+    let first = store.run(&bed, "etcd-cluster:v1", &["-f", file]);
+    first.assert_ok("first install");
+    for host in hosts {
+        assert!(first.row(host).contains("installed"), "{}", first.row(host));
+        assert!(
+            exists_on(&bed, host, &format!("{}/usr/bin/etcd", rootfs("etcd"))),
+            "{host} has no rootfs at {}",
+            rootfs("etcd")
+        );
+        assert_eq!(on_host(&bed, host, "cat /var/tmp/count-runs"), "ran\n");
+    }
+    // The plugin came from the image's plugins/etcd.yaml.
+    assert!(first.text.contains("etcd member"), "{}", first.text);
+
+    // Checked from a node, which runs no etcd of its own.
+    let endpoints = hosts[..3]
+        .iter()
+        .map(|h| format!("http://{}:2379", h.ip))
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcdctl = format!("{}/usr/bin/etcdctl --endpoints {endpoints}", rootfs("etcd"));
+    let members = on_host(&bed, &hosts[3], &format!("{etcdctl} member list"));
+    assert_eq!(
+        members
+            .lines()
+            .filter(|l| l.contains(", started, "))
+            .count(),
+        3,
+        "member list:\n{members}"
+    );
+    let health = on_host(&bed, &hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
+    for h in &hosts[..3] {
+        assert!(
+            health.contains(&format!("http://{}:2379 is healthy", h.ip)),
+            "endpoint health:\n{health}"
+        );
+    }
+    let pid_file = format!("{DATA_ROOT}/etcd/etcd/etcd.pid");
+    let pid_before = on_host(&bed, &hosts[0], &format!("cat {pid_file}"));
+
+    // Double run: nothing sent, nothing run, everyone up to date.
+    let second = store.run(&bed, "etcd-cluster:v1", &["-f", file]);
+    second.assert_ok("second install");
+    assert!(
+        second.text.contains("Everything is up to date"),
+        "{}",
+        second.text
+    );
+    for host in hosts {
+        assert!(
+            second.row(host).contains("up to date"),
+            "{}",
+            second.row(host)
+        );
+        assert_eq!(on_host(&bed, host, "cat /var/tmp/count-runs"), "ran\n");
+        assert!(!exists_on(
+            &bed,
+            host,
+            &format!("{DATA_ROOT}/etcd/.sealer/spool")
+        ));
+    }
+    assert!(!second.text.contains(" sent "), "{}", second.text);
+    assert!(!second.text.contains("etcd member"), "{}", second.text);
+    assert!(!second.text.contains(", started, "), "{}", second.text);
+    assert_eq!(
+        on_host(&bed, &hosts[0], &format!("cat {pid_file}")),
+        pid_before
+    );
+}
+
+#[test]
+fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
+    let Some(bed) = Testbed::up_for_test(2) else {
+        return;
+    };
+    let (master, node) = (&bed.hosts()[0], &bed.hosts()[1]);
+    let store = Store::new();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(ctx.path().join("etc")).unwrap();
+    write_file(ctx.path(), "etc/app.yaml", "a: 1\nb:\n  c: 2\n");
+    write_file(ctx.path(), "etc/plain.conf", "old\n");
+    write_file(
+        ctx.path(),
+        "Kubefile",
+        "FROM scratch\nCOPY etc etc\nCMD echo \"cmd sees TOKEN=$TOKEN as $(id -u)\" > \"$SEALER_ROOTFS/../cmd-token\"\n",
+    );
+    store.build("conf:v1", ctx.path());
+
+    let mut extra = String::new();
+    extra.push_str(
+        "---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: app\nspec:\n  path: etc/app.yaml\n  strategy: merge\n  data: |\n    b:\n      d: 3\n",
+    );
+    extra.push_str(
+        "---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: plain\nspec:\n  path: etc/plain.conf\n  data: |\n    new\n",
+    );
+    extra.push_str(&shell_plugin(
+        "make-token",
+        "pre-init-host",
+        "master",
+        "echo \"TOKEN=tok-$SEALER_HOST_IP\" >> \"$SEALER_EXPORT\"\nenv | grep '^SEALER_' | sort > \"$SEALER_ROOTFS/../sealer-env\"",
+    ));
+    extra.push_str(&shell_plugin(
+        "use-token",
+        "post-init-host",
+        "node",
+        "echo \"$TOKEN $(id -u)\" > \"$SEALER_ROOTFS/../token\"\nenv | grep '^SEALER_' | sort > \"$SEALER_ROOTFS/../sealer-env\"",
+    ));
+    let ssh = format!(
+        "{{user: {}, passwd: {}}}",
+        bed.deploy_user(),
+        bed.deploy_password()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let file = write_file(
+        work.path(),
+        "Clusterfile",
+        &clusterfile("conf", &[(master, "master"), (node, "node")], &ssh, &extra),
+    );
+    let run = store.run(&bed, "conf:v1", &["-f", file.to_str().unwrap()]);
+    run.assert_ok("install as deploy");
+    assert!(
+        !run.text.contains(bed.deploy_password()),
+        "the password was printed:\n{}",
+        run.text
+    );
+
+    let cluster_dir = format!("{DATA_ROOT}/conf");
+    for host in [master, node] {
+        let merged = on_host(&bed, host, &format!("cat {}/etc/app.yaml", rootfs("conf")));
+        let value: serde_yaml::Value = serde_yaml::from_str(&merged).unwrap();
+        assert_eq!(value["a"], serde_yaml::Value::from(1), "{merged}");
+        assert_eq!(value["b"]["c"], serde_yaml::Value::from(2), "{merged}");
+        assert_eq!(value["b"]["d"], serde_yaml::Value::from(3), "{merged}");
+        assert_eq!(
+            on_host(
+                &bed,
+                host,
+                &format!("cat {}/etc/plain.conf", rootfs("conf"))
+            ),
+            "new\n"
+        );
+        let env = on_host(&bed, host, &format!("cat {cluster_dir}/sealer-env"));
+        for line in [
+            "SEALER_CLUSTER=conf".to_string(),
+            format!("SEALER_ROOTFS={}", rootfs("conf")),
+            format!("SEALER_MASTER0={}", master.ip),
+            format!("SEALER_MASTERS={}", master.ip),
+            format!("SEALER_NODES={}", node.ip),
+            format!("SEALER_HOST_IP={}", host.ip),
+        ] {
+            assert!(
+                env.lines().any(|l| l == line),
+                "{host}: no {line} in\n{env}"
+            );
+        }
+    }
+    // Exported on master0 by a pre-init-host hook, seen by a later hook on the node (run as
+    // root through sudo) and by the CMD.
+    assert_eq!(
+        on_host(&bed, node, &format!("cat {cluster_dir}/token")),
+        format!("tok-{} 0\n", master.ip)
+    );
+    assert_eq!(
+        on_host(&bed, master, &format!("cat {cluster_dir}/cmd-token")),
+        format!("cmd sees TOKEN=tok-{} as 0\n", master.ip)
+    );
+
+    // A rerun reads the exports back from the journal and still changes nothing.
+    let again = store.run(&bed, "conf:v1", &["-f", file.to_str().unwrap()]);
+    again.assert_ok("second install as deploy");
+    assert!(
+        again.text.contains("Everything is up to date"),
+        "{}",
+        again.text
+    );
+}
+
+/// `len` pseudo-random (incompressible) bytes.
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `12.3 MiB` → bytes.
+fn parse_size(number: &str, unit: &str) -> f64 {
+    let n: f64 = number.parse().unwrap();
+    let scale = match unit.trim_end_matches(')').trim_end_matches(',') {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other}"),
+    };
+    n * scale
+}
+
+/// The compressed size from `Installing IMAGE (SIZE in N frames, ...`.
+fn payload_size(run: &Run) -> f64 {
+    let line = run
+        .text
+        .lines()
+        .find(|l| l.starts_with("Installing "))
+        .unwrap();
+    let inner = line.split_once('(').unwrap().1;
+    let words: Vec<&str> = inner.split_whitespace().collect();
+    parse_size(words[0], words[1])
+}
+
+/// The bytes a table row says were sent (`..., 12.3 MiB sent)`).
+fn sent_in_row(row: &str) -> f64 {
+    let words: Vec<&str> = row.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| w.starts_with("sent"))
+        .unwrap_or_else(|| panic!("no bytes sent in {row}"));
+    parse_size(words[i - 2], words[i - 1])
+}
+
+#[test]
+fn faults_are_reported_per_host_and_each_rerun_completes() {
+    let Some(bed) = Testbed::up_for_test(3) else {
+        return;
+    };
+    let hosts = bed.hosts();
+    let (m, n1, n2) = (&hosts[0], &hosts[1], &hosts[2]);
+    let all = [(m, "master"), (n1, "node"), (n2, "node")];
+    let store = Store::new();
+    store.build("hello:v1", &fixture("hello"));
+    let work = tempfile::tempdir().unwrap();
+    let key = bed.key_path().to_str().unwrap().to_string();
+    let cf = |name: &str, layout: &[(&TestHost, &str)], extra: &str| {
+        let path = write_file(
+            work.path(),
+            &format!("{name}.yaml"),
+            &clusterfile(name, layout, &key_ssh(&bed), extra),
+        );
+        path.to_str().unwrap().to_string()
+    };
+    let started = Instant::now();
+
+    eprintln!(
+        "[{:>5.1}s] Corrupt input is refused",
+        started.elapsed().as_secs_f64()
+    );
+    // Corrupt input is refused before any host is touched.
+    let broken = write_file(
+        work.path(),
+        "broken.yaml",
+        "apiVersion: sealer.io/v2\nkind: Cluster\nspec:\n  hosts: [oops\n",
+    );
+    let run = store.run(&bed, "hello:v1", &["-f", broken.to_str().unwrap()]);
+    run.assert_failed("malformed Clusterfile");
+    assert!(run.text.contains("broken.yaml"), "{}", run.text);
+    let damaged = tempfile::tempdir().unwrap();
+    copy_tree(store.path(), damaged.path());
+    let blob = largest_file(&damaged.path().join("oci/blobs/sha256"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sealer"))
+        .env("SEALER_ROOT", damaged.path())
+        .env("SEALER_STUB", env!("CARGO_BIN_EXE_sealer-stub"))
+        .args(["run", "hello:v1", "-f", &cf("corrupt", &all, "")])
+        .arg("--known-hosts")
+        .arg(bed.known_hosts_path())
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    run.assert_failed("corrupt blob");
+    assert!(run.text.contains("corrupt"), "{}", run.text);
+    for host in hosts {
+        assert!(
+            !exists_on(&bed, host, DATA_ROOT),
+            "{host} was touched by a refused install"
+        );
+    }
+    // The same install from the intact store completes.
+    store
+        .run(&bed, "hello:v1", &["-f", &cf("corrupt", &all, "")])
+        .assert_ok("install after the corrupt input");
+
+    eprintln!(
+        "[{:>5.1}s] Wrong password:",
+        started.elapsed().as_secs_f64()
+    );
+    // Wrong password: one clear error, the password never printed; the right one completes.
+    let wrong = "not-the-password-7f3a";
+    let pw_args = |password: &str| {
+        vec![
+            "-m".to_string(),
+            n1.ip.to_string(),
+            "-p".to_string(),
+            password.to_string(),
+            "--cluster-name".to_string(),
+            "pw".to_string(),
+            "--data-root".to_string(),
+            DATA_ROOT.to_string(),
+        ]
+    };
+    let args = pw_args(wrong);
+    let run = store.run(
+        &bed,
+        "hello:v1",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    run.assert_failed("wrong password");
+    assert!(!run.text.contains(wrong), "password printed:\n{}", run.text);
+    assert_eq!(run.text.matches("FAILED").count(), 1, "{}", run.text);
+    assert!(run.row(n1).contains("password"), "{}", run.row(n1));
+    assert!(!exists_on(&bed, n1, &rootfs("pw")));
+    let args = pw_args(bed.root_password());
+    let run = store.run(
+        &bed,
+        "hello:v1",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    run.assert_ok("right password");
+    assert!(!run.text.contains(bed.root_password()), "{}", run.text);
+
+    eprintln!(
+        "[{:>5.1}s] A changed host key is refused",
+        started.elapsed().as_secs_f64()
+    );
+    // A changed host key is refused, naming the host; nothing is installed there.
+    bed.regen_hostkey(n2).unwrap();
+    let file = cf("hostkey", &all, "");
+    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    run.assert_failed("changed host key");
+    let row = run.row(n2);
+    assert!(row.contains("FAILED") && row.contains("host key"), "{row}");
+    assert!(row.contains(&n2.ip.to_string()), "{row}");
+    assert!(!exists_on(&bed, n2, &rootfs("hostkey")));
+    assert!(exists_on(&bed, n1, &rootfs("hostkey")));
+    // The operator removes the stale key; the rerun completes only what is missing.
+    let status = Command::new("ssh-keygen")
+        .arg("-R")
+        .arg(n2.ip.to_string())
+        .arg("-f")
+        .arg(bed.known_hosts_path())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status));
+    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    run.assert_ok("rerun after the host key was accepted");
+    assert!(run.row(n1).contains("up to date"), "{}", run.row(n1));
+    assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
+
+    eprintln!(
+        "[{:>5.1}s] A host whose link is down",
+        started.elapsed().as_secs_f64()
+    );
+    // A host whose link is down: the others finish, the host is named; link up, rerun.
+    bed.link_down(n2).unwrap();
+    let file = cf("link", &all, "");
+    let run = store.run(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
+    bed.link_up(n2).unwrap();
+    run.assert_failed("link down");
+    assert!(run.row(n2).contains("FAILED"), "{}", run.row(n2));
+    assert!(run.row(n1).contains("installed"), "{}", run.row(n1));
+    assert!(exists_on(&bed, n1, &rootfs("link")));
+    assert!(!exists_on(&bed, n2, &rootfs("link")));
+    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    run.assert_ok("rerun after link up");
+    assert!(run.row(n1).contains("up to date"), "{}", run.row(n1));
+    assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
+    assert!(exists_on(&bed, n2, &rootfs("link")));
+
+    eprintln!(
+        "[{:>5.1}s] A failing hook is retried",
+        started.elapsed().as_secs_f64()
+    );
+    // A failing hook is retried with backoff and reported; the fixed Clusterfile completes.
+    let failing = shell_plugin("flaky", "post-init-host", "node", "echo broken >&2\nexit 7");
+    let file = cf("hook", &all, &failing);
+    let run = store.run(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
+    run.assert_failed("failing hook");
+    assert!(run.text.contains("retrying in"), "{}", run.text);
+    for node in [n1, n2] {
+        let row = run.row(node);
+        assert!(row.contains("flaky") && row.contains("status 7"), "{row}");
+    }
+    assert!(run.text.contains("not ready"), "{}", run.text);
+    let fixed = shell_plugin("flaky", "post-init-host", "node", "true");
+    let file = cf("hook", &all, &fixed);
+    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    run.assert_ok("rerun with the fixed hook");
+
+    eprintln!(
+        "[{:>5.1}s] sshd killed mid-transfer",
+        started.elapsed().as_secs_f64()
+    );
+    // sshd killed mid-transfer: the rerun sends only the frames the host lacks.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("noise.bin"), noise(40 << 20)).unwrap();
+    write_file(
+        ctx.path(),
+        "Kubefile",
+        "FROM scratch\nCOPY noise.bin data/\n",
+    );
+    store.build("noise:v1", ctx.path());
+    eprintln!("[{:>5.1}s] built noise", started.elapsed().as_secs_f64());
+    bed.shape(n1, "32mbit").unwrap();
+    let spool = format!("{DATA_ROOT}/kill/.sealer/spool");
+    let child = store
+        .sealer()
+        .args(["run", "noise:v1", "-m", &n1.ip.to_string(), "--pk", &key])
+        .args(["--cluster-name", "kill", "--data-root", DATA_ROOT])
+        .args(["--attempts", "1", "--known-hosts"])
+        .arg(bed.known_hosts_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watched through the host's root filesystem as mounted here: no process per look.
+    let spool_dir = bed.host_root(n1).join(spool.trim_start_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let frames = std::fs::read_dir(&spool_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if frames >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no frame arrived within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bed.kill_sshd(n1).unwrap();
+    let killed = Instant::now();
+    let run = Run::from(child.wait_with_output().unwrap());
+    // A lost peer is noticed from the dead connection, not after an idle timeout.
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "the run took {:?} to notice sshd was gone",
+        killed.elapsed()
+    );
+    eprintln!(
+        "[{:>5.1}s] failed run returned",
+        started.elapsed().as_secs_f64()
+    );
+    bed.start_sshd(n1).unwrap();
+    bed.unshape(n1).unwrap();
+    run.assert_failed("sshd killed mid-transfer");
+    assert!(run.row(n1).contains("FAILED"), "{}", run.row(n1));
+    let run = store.run(
+        &bed,
+        "noise:v1",
+        &[
+            "-m",
+            &n1.ip.to_string(),
+            "--pk",
+            &key,
+            "--cluster-name",
+            "kill",
+            "--data-root",
+            DATA_ROOT,
+        ],
+    );
+    run.assert_ok("rerun after sshd came back");
+    eprintln!("[{:>5.1}s] rerun returned", started.elapsed().as_secs_f64());
+    let total = payload_size(&run);
+    let resent = sent_in_row(run.row(n1));
+    assert!(
+        resent > 0.0 && resent < total,
+        "the rerun sent {resent} bytes of {total}:\n{}",
+        run.text
+    );
+    let installed = on_host(
+        &bed,
+        n1,
+        &format!("sha256sum < {}/data/noise.bin", rootfs("kill")),
+    );
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(noise(40 << 20)))
+    };
+    assert!(installed.starts_with(&expected), "{installed}");
+    eprintln!("fault scenarios took {:?}", started.elapsed());
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn largest_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .unwrap()
+        .path()
+}
