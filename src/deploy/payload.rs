@@ -104,8 +104,7 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
-                let frames = scan_frames(map.as_slice())
-                    .map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                let frames = index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
                 (Box::new(map), frames)
             };
             layers.push(PayloadLayer {
@@ -162,6 +161,31 @@ impl Payload {
             agent_sha256,
         })
     }
+}
+
+/// The frame index of a mapped store blob, one frame at a time: each frame's pages are dropped
+/// once it is hashed, so indexing a blob of any size keeps only one frame resident.
+fn index_blob(map: &MappedFile) -> Result<Vec<Frame>, String> {
+    let blob = map.as_slice();
+    let mut frames = Vec::new();
+    let mut offset = 0usize;
+    while offset < blob.len() {
+        let len = zstd::zstd_safe::find_frame_compressed_size(&blob[offset..]).map_err(|code| {
+            format!(
+                "no zstd frame at byte {offset} ({}); the blob is damaged, pull or build the image again",
+                zstd::zstd_safe::get_error_name(code)
+            )
+        })?;
+        let found = scan_frames(&blob[offset..offset + len])
+            .map_err(|e| format!("the frame at byte {offset}: {e}"))?;
+        frames.extend(found.into_iter().map(|mut f| {
+            f.offset += offset as u64;
+            f
+        }));
+        map.release(offset as u64, len as u64);
+        offset += len;
+    }
+    Ok(frames)
 }
 
 /// The installer stub at the head of a package (its ELF image, without the padding).
