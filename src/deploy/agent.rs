@@ -5,13 +5,15 @@
 //! compressed frames by sha256 (each verified, written to a temporary name and renamed), `journal/`
 //! holds one file per finished step, `exports/` the `KEY=VALUE` lines hooks wrote. `unpack` turns
 //! spooled frames into the rootfs through the project's one extraction routine, into a staging
-//! directory swapped into place. It trusts nothing it receives: every frame is hashed.
+//! directory swapped into place; `receive --dest` does both at once, unpacking each frame as soon
+//! as it is spooled, so the transfer and the unpack overlap. It trusts nothing it receives: every frame is hashed.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 use packer::frames::Frame;
 use packer::source::ByteSource;
@@ -72,7 +74,10 @@ fn dispatch(args: &[String]) -> Result<(), String> {
     match sub {
         "state" => state(Path::new(flag(rest, "--work")?)),
         "have" => have(Path::new(flag(rest, "--work")?)),
-        "receive" => receive(Path::new(flag(rest, "--work")?)),
+        "receive" => match flag(rest, "--dest") {
+            Ok(dest) => receive_and_unpack(Path::new(flag(rest, "--work")?), Path::new(dest)),
+            Err(_) => receive(Path::new(flag(rest, "--work")?)),
+        },
         "unpack" => unpack_rootfs(
             Path::new(flag(rest, "--work")?),
             Path::new(flag(rest, "--dest")?),
@@ -149,17 +154,79 @@ fn valid_sha(sha: &str) -> Result<(), String> {
 
 /// Frame record on the wire: 8-byte little-endian length, 32-byte sha256, the bytes. Length 0 ends.
 pub fn write_record(out: &mut dyn Write, sha256_hex: &str, bytes: &[u8]) -> io::Result<()> {
-    out.write_all(&(bytes.len() as u64).to_le_bytes())?;
-    let sha =
-        hex::decode(sha256_hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    out.write_all(&sha)?;
+    write_record_header(out, sha256_hex, bytes.len() as u64)?;
     out.write_all(bytes)
 }
 
+/// The part of a frame record before the frame's bytes (see [`write_record`]).
+pub fn write_record_header(out: &mut dyn Write, sha256_hex: &str, len: u64) -> io::Result<()> {
+    out.write_all(&len.to_le_bytes())?;
+    let sha =
+        hex::decode(sha256_hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    out.write_all(&sha)
+}
+
 fn receive(work: &Path) -> Result<(), String> {
+    let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
+    let count = receive_frames(work, &mut input, None)?;
+    println!("{count}");
+    Ok(())
+}
+
+/// `receive --dest DIR`: stdin carries the layer plan (8-byte little-endian length, then JSON)
+/// and then frame records. Frames are spooled as they arrive, as in `receive`, while the rootfs
+/// is unpacked from the spool in parallel, each frame as soon as it is there; the transfer and
+/// the unpack overlap instead of running one after the other.
+fn receive_and_unpack(work: &Path, dest: &Path) -> Result<(), String> {
+    let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
+    let count = receive_and_unpack_from(work, dest, &mut input)?;
+    println!("{count}");
+    Ok(())
+}
+
+fn receive_and_unpack_from(work: &Path, dest: &Path, input: &mut dyn Read) -> Result<u64, String> {
+    let mut len = [0u8; 8];
+    input
+        .read_exact(&mut len)
+        .map_err(io_context("reading the layer plan length"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 64 << 20 {
+        return Err(format!(
+            "a layer plan of {len} bytes is implausible; refusing it"
+        ));
+    }
+    let mut text = vec![0u8; len as usize];
+    input
+        .read_exact(&mut text)
+        .map_err(io_context("reading the layer plan"))?;
+    let plan: Vec<PlanLayer> =
+        serde_json::from_slice(&text).map_err(|e| format!("the layer plan is malformed: {e}"))?;
+    let arrivals = Arrivals::default();
+    let (spool, frames) = spool_for_plan(work, &plan, Some(&arrivals))?;
+    let (received, unpacked) = std::thread::scope(|threads| {
+        let unpacker = threads.spawn(|| unpack_plan(&plan, &frames, &spool, dest));
+        let received = receive_frames(work, input, Some(&arrivals));
+        arrivals.finish();
+        let unpacked = unpacker
+            .join()
+            .unwrap_or_else(|_| Err("the unpacking thread failed".to_string()));
+        (received, unpacked)
+    });
+    // A broken transfer explains a failed unpack; report it first.
+    let count = received?;
+    unpacked?;
+    Ok(count)
+}
+
+/// Reads frame records until the end marker, storing each verified frame in the spool.
+/// Returns how many frames were stored.
+fn receive_frames(
+    work: &Path,
+    input: &mut dyn Read,
+    arrivals: Option<&Arrivals>,
+) -> Result<u64, String> {
     let dir = spool(work);
     fs::create_dir_all(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
-    let mut input = io::BufReader::with_capacity(1 << 20, io::stdin().lock());
     let mut count = 0u64;
     let mut buf = Vec::new();
     loop {
@@ -194,19 +261,62 @@ fn receive(work: &Path) -> Result<(), String> {
         let tmp = dir.join(format!(".{sha}.tmp"));
         fs::write(&tmp, &buf).map_err(io_context(format!("writing {}", tmp.display())))?;
         fs::rename(&tmp, dir.join(&sha)).map_err(io_context(format!("storing frame {sha}")))?;
+        if let Some(arrivals) = arrivals {
+            arrivals.arrived();
+        }
         count += 1;
     }
-    println!("{count}");
-    Ok(())
+    Ok(count)
+}
+
+/// Tells an unpack that reads the spool while frames are still arriving when a frame was stored
+/// and when no more will come.
+#[derive(Default)]
+struct Arrivals {
+    finished: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Arrivals {
+    fn arrived(&self) {
+        let _guard = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        self.changed.notify_all();
+    }
+
+    fn finish(&self) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        *finished = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `path` exists; an error once receiving ended without it.
+    fn wait_for(&self, path: &Path) -> io::Result<()> {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        while !path.is_file() {
+            if *finished {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} was not received", path.display()),
+                ));
+            }
+            finished = self
+                .changed
+                .wait(finished)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
 }
 
 /// The spooled frames of all layers, laid end to end at synthetic offsets.
-struct Spool {
+struct Spool<'a> {
     files: Vec<(u64, PathBuf)>,
     total: u64,
+    /// Set while frames are still arriving: a read waits for its frame.
+    arrivals: Option<&'a Arrivals>,
 }
 
-impl ByteSource for Spool {
+impl ByteSource for Spool<'_> {
     fn bytes(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
         let i = self
             .files
@@ -216,6 +326,9 @@ impl ByteSource for Spool {
             .files
             .get(i)
             .ok_or_else(|| io::Error::other("offset beyond the spool"))?;
+        if let Some(arrivals) = self.arrivals {
+            arrivals.wait_for(path)?;
+        }
         let data = fs::read(path)?;
         let from = (offset - start) as usize;
         let to = from + len as usize;
@@ -240,18 +353,30 @@ fn unpack_rootfs(work: &Path, dest: &Path) -> Result<(), String> {
         .map_err(io_context("reading the layer plan"))?;
     let plan: Vec<PlanLayer> =
         serde_json::from_str(&text).map_err(|e| format!("the layer plan is malformed: {e}"))?;
+    let (spool, frames) = spool_for_plan(work, &plan, None)?;
+    unpack_plan(&plan, &frames, &spool, dest)
+}
+
+/// The spool laid out for `plan`, and each layer's frames at their offsets in it. Without
+/// `arrivals` every frame must already be in the spool.
+fn spool_for_plan<'a>(
+    work: &Path,
+    plan: &[PlanLayer],
+    arrivals: Option<&'a Arrivals>,
+) -> Result<(Spool<'a>, Vec<Vec<Frame>>), String> {
     let dir = spool(work);
     let mut spool = Spool {
         files: Vec::new(),
         total: 0,
+        arrivals,
     };
     let mut frames: Vec<Vec<Frame>> = Vec::new();
-    for layer in &plan {
+    for layer in plan {
         let mut list = Vec::new();
         for f in &layer.frames {
             valid_sha(&f.sha256)?;
             let path = dir.join(&f.sha256);
-            if !path.is_file() {
+            if arrivals.is_none() && !path.is_file() {
                 return Err(format!(
                     "frame {} of {} has not been received",
                     f.sha256, layer.label
@@ -268,15 +393,25 @@ fn unpack_rootfs(work: &Path, dest: &Path) -> Result<(), String> {
         }
         frames.push(list);
     }
+    Ok((spool, frames))
+}
+
+/// Unpack `plan`'s layers from `spool` into a tree swapped into `dest`.
+fn unpack_plan(
+    plan: &[PlanLayer],
+    frames: &[Vec<Frame>],
+    spool: &Spool<'_>,
+    dest: &Path,
+) -> Result<(), String> {
     let inputs: Vec<LayerInput<'_>> = plan
         .iter()
-        .zip(&frames)
+        .zip(frames)
         .map(|(layer, frames)| LayerInput {
             label: layer.label.clone(),
             compression: layer.compression,
             base: 0,
             frames,
-            source: &spool,
+            source: spool,
         })
         .collect();
     install_tree(dest, |staging| {
@@ -375,4 +510,91 @@ fn write_config(rootfs: &Path, rel: &str, strategy: &str) -> Result<(), String> 
     fs::write(&tmp, content).map_err(io_context(format!("writing {}", tmp.display())))?;
     fs::rename(&tmp, &target).map_err(io_context(format!("writing {}", target.display())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A two-file tar cut in two independent zstd frames, as plan and wire stream.
+    fn two_frame_stream() -> (Vec<PlanLayer>, Vec<Vec<u8>>) {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, body) in [
+            ("etc/hello", b"hello\n".repeat(3000)),
+            ("usr/bin/tool", vec![7u8; 40000]),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, &body[..]).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mid = tar.len() / 2;
+        let frames: Vec<Vec<u8>> = [&tar[..mid], &tar[mid..]]
+            .iter()
+            .map(|part| zstd::bulk::compress(part, 3).unwrap())
+            .collect();
+        let plan = vec![PlanLayer {
+            label: "layer 1".into(),
+            compression: Compression::Zstd,
+            frames: frames
+                .iter()
+                .zip([mid, tar.len() - mid])
+                .map(|(f, raw)| PlanFrame {
+                    sha256: hex::encode(Sha256::digest(f)),
+                    compressed_len: f.len() as u64,
+                    uncompressed_len: raw as u64,
+                })
+                .collect(),
+        }];
+        (plan, frames)
+    }
+
+    fn wire(plan: &[PlanLayer], frames: &[Vec<u8>], end: bool) -> Vec<u8> {
+        let json = serde_json::to_vec(plan).unwrap();
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&json);
+        for (f, p) in frames.iter().zip(&plan[0].frames) {
+            write_record(&mut out, &p.sha256, f).unwrap();
+        }
+        if end {
+            out.extend_from_slice(&0u64.to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn receive_with_dest_unpacks_frames_as_they_arrive_and_keeps_them_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (work, dest) = (dir.path().join("work"), dir.path().join("rootfs"));
+        let (plan, frames) = two_frame_stream();
+        let stream = wire(&plan, &frames, true);
+        let count = receive_and_unpack_from(&work, &dest, &mut &stream[..]).unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(
+            fs::read(dest.join("etc/hello")).unwrap(),
+            b"hello\n".repeat(3000)
+        );
+        assert_eq!(
+            fs::read(dest.join("usr/bin/tool")).unwrap(),
+            vec![7u8; 40000]
+        );
+        for f in &plan[0].frames {
+            assert!(spool(&work).join(&f.sha256).is_file());
+        }
+    }
+
+    #[test]
+    fn receive_with_dest_cut_mid_stream_fails_leaves_no_rootfs_and_keeps_what_arrived() {
+        let dir = tempfile::tempdir().unwrap();
+        let (work, dest) = (dir.path().join("work"), dir.path().join("rootfs"));
+        let (plan, frames) = two_frame_stream();
+        let stream = wire(&plan, &frames[..1], false);
+        let err = receive_and_unpack_from(&work, &dest, &mut &stream[..]).unwrap_err();
+        assert!(err.contains("the stream was cut"), "{err}");
+        assert!(!dest.exists());
+        assert!(spool(&work).join(&plan[0].frames[0].sha256).is_file());
+        assert!(!spool(&work).join(&plan[0].frames[1].sha256).exists());
+    }
 }

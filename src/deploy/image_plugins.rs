@@ -21,7 +21,7 @@ use crate::clusterfile::{Clusterfile, Plugin};
 pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, String> {
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     for layer in &payload.layers {
-        let mut archive = tar::Archive::new(LayerReader::new(layer));
+        let mut archive = tar::Archive::new(LayerReader::new(payload, layer));
         let entries = archive
             .entries()
             .map_err(|e| format!("reading {} of {}: {e}", layer.label, payload.image))?;
@@ -87,14 +87,16 @@ pub fn image_plugins(payload: &Payload) -> Result<Vec<Plugin>, String> {
 /// A layer's uncompressed tar stream, decoded one frame at a time.
 struct LayerReader<'a> {
     layer: &'a PayloadLayer,
+    source: &'a dyn packer::source::ByteSource,
     next: usize,
     current: Cursor<Vec<u8>>,
 }
 
 impl<'a> LayerReader<'a> {
-    fn new(layer: &'a PayloadLayer) -> Self {
+    fn new(payload: &'a Payload, layer: &'a PayloadLayer) -> Self {
         LayerReader {
             layer,
+            source: payload.sources[layer.source].as_ref(),
             next: 0,
             current: Cursor::new(Vec::new()),
         }
@@ -107,7 +109,6 @@ impl<'a> LayerReader<'a> {
         };
         self.next += 1;
         let compressed = self
-            .layer
             .source
             .bytes(self.layer.base + frame.offset, frame.compressed_len)?;
         let mut plain = Vec::with_capacity(frame.uncompressed_len as usize);
@@ -119,8 +120,7 @@ impl<'a> LayerReader<'a> {
                 xz2::read::XzDecoder::new(&compressed[..]).read_to_end(&mut plain)?
             }
         };
-        self.layer
-            .source
+        self.source
             .release(self.layer.base + frame.offset, frame.compressed_len);
         self.current = Cursor::new(plain);
         Ok(true)

@@ -890,54 +890,55 @@ impl Engine<'_> {
                     .map(move |(fi, _)| (li, fi))
             })
             .collect();
-        let total: u64 = wanted
-            .iter()
-            .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
-            .sum();
-        if !wanted.is_empty() {
+        let plan =
+            serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
+        let rootfs = shell_quote(&rootfs.display().to_string());
+        if wanted.is_empty() {
+            // Every frame is spooled (an earlier run stopped before unpacking): unpack only.
             let remote = slot
                 .remote
                 .as_deref()
                 .ok_or_else(|| StepFailure::retry("not connected".into()))?;
-            let cmd = self.agent_cmd(remote, &format!("receive --work {work}"));
-            let ip = slot.host.ip;
-            let events = self.events;
-            let mut stream = FrameStream::new(self.payload, wanted, move |sent| {
-                events(InstallEvent::Sent {
-                    host: ip,
-                    sent,
-                    total,
-                })
-            });
-            let out = self.exec(slot, &cmd, Some(&mut stream))?;
-            slot.bytes_sent += stream.sent;
-            if let Some(err) = stream.error.take() {
-                return Err(StepFailure::fatal(format!("reading the payload: {err}")));
-            }
-            if !out.success() {
-                return Err(StepFailure::retry(format!(
-                    "receiving frames failed: {}",
-                    out.tail()
-                )));
-            }
+            let cmd = self.agent_cmd(remote, &format!("unpack --work {work} --dest {rootfs}"));
+            let mut plan_bytes: &[u8] = &plan;
+            self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
+            return Ok(());
         }
+        // Send the plan, then the missing frames; the host unpacks while they arrive.
+        let mut prefix = (plan.len() as u64).to_le_bytes().to_vec();
+        prefix.extend_from_slice(&plan);
+        let total: u64 = prefix.len() as u64
+            + wanted
+                .iter()
+                .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
+                .sum::<u64>();
         let remote = slot
             .remote
             .as_deref()
             .ok_or_else(|| StepFailure::retry("not connected".into()))?;
-        let plan =
-            serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
         // The spool is removed only once the step is in the journal (see `run_step`): a run cut
         // off between the two finds every frame still there and sends nothing again.
-        let cmd = self.agent_cmd(
-            remote,
-            &format!(
-                "unpack --work {work} --dest {}",
-                shell_quote(&rootfs.display().to_string())
-            ),
-        );
-        let mut plan_bytes: &[u8] = &plan;
-        self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
+        let cmd = self.agent_cmd(remote, &format!("receive --work {work} --dest {rootfs}"));
+        let ip = slot.host.ip;
+        let events = self.events;
+        let mut stream = FrameStream::new(self.payload, wanted, prefix, move |sent| {
+            events(InstallEvent::Sent {
+                host: ip,
+                sent,
+                total,
+            })
+        });
+        let out = self.exec(slot, &cmd, Some(&mut stream))?;
+        slot.bytes_sent += stream.sent;
+        if let Some(err) = stream.error.take() {
+            return Err(StepFailure::fatal(format!("reading the payload: {err}")));
+        }
+        if !out.success() {
+            return Err(StepFailure::retry(format!(
+                "receiving and unpacking frames failed: {}",
+                out.tail()
+            )));
+        }
         Ok(())
     }
 
@@ -1007,27 +1008,54 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     exp.mul_f64(1.0 + jitter)
 }
 
-/// The wire stream of `agent receive`: records of the wanted frames, then an end marker.
+/// The wire stream of `agent receive`: a prefix (the layer plan), records of the wanted frames,
+/// then an end marker.
+///
+/// Frame bytes are served straight from the payload's source, without copying a whole frame,
+/// and released as they are sent: the installing process holds a few MiB per host whatever the
+/// frame size, host count or image size.
 struct FrameStream<'a, F: Fn(u64)> {
     payload: &'a Payload,
     wanted: Vec<(usize, usize)>,
     next: usize,
-    buf: Vec<u8>,
-    pos: usize,
+    /// Record header of the current frame (or the end marker) and how much of it was sent.
+    head: Vec<u8>,
+    head_pos: usize,
+    body: Option<FrameBody<'a>>,
     sent: u64,
     finished: bool,
     progress: F,
     error: Option<io::Error>,
 }
 
+/// The frame being sent.
+struct FrameBody<'a> {
+    bytes: std::borrow::Cow<'a, [u8]>,
+    source: &'a dyn packer::source::ByteSource,
+    /// Where the frame starts in `source`.
+    offset: u64,
+    pos: usize,
+    released: usize,
+}
+
+/// Sent bytes of a frame are released in steps of this size.
+const RELEASE_STEP: usize = 4 << 20;
+
 impl<'a, F: Fn(u64)> FrameStream<'a, F> {
-    fn new(payload: &'a Payload, wanted: Vec<(usize, usize)>, progress: F) -> Self {
+    /// `prefix` goes out before the first record.
+    fn new(
+        payload: &'a Payload,
+        wanted: Vec<(usize, usize)>,
+        prefix: Vec<u8>,
+        progress: F,
+    ) -> Self {
         FrameStream {
             payload,
             wanted,
             next: 0,
-            buf: Vec::new(),
-            pos: 0,
+            head: prefix,
+            head_pos: 0,
+            body: None,
             sent: 0,
             finished: false,
             progress,
@@ -1035,43 +1063,83 @@ impl<'a, F: Fn(u64)> FrameStream<'a, F> {
         }
     }
 
-    fn refill(&mut self) -> io::Result<()> {
-        self.buf.clear();
-        self.pos = 0;
+    /// Start the next record (or the end marker); false when everything was sent.
+    fn advance(&mut self) -> io::Result<bool> {
+        self.head.clear();
+        self.head_pos = 0;
         if let Some(&(li, fi)) = self.wanted.get(self.next) {
             let layer = &self.payload.layers[li];
             let frame = &layer.frames[fi];
-            let source = &self.payload.sources[layer.source];
-            let bytes = source.bytes(layer.base + frame.offset, frame.compressed_len)?;
-            agent::write_record(&mut self.buf, &frame.sha256, &bytes)?;
-            source.release(layer.base + frame.offset, frame.compressed_len);
+            let source = self.payload.sources[layer.source].as_ref();
+            let offset = layer.base + frame.offset;
+            let bytes = source.bytes(offset, frame.compressed_len)?;
+            agent::write_record_header(&mut self.head, &frame.sha256, frame.compressed_len)?;
+            self.body = Some(FrameBody {
+                bytes,
+                source,
+                offset,
+                pos: 0,
+                released: 0,
+            });
             self.next += 1;
+            Ok(true)
         } else if !self.finished {
-            self.buf.extend_from_slice(&0u64.to_le_bytes());
+            self.head.extend_from_slice(&0u64.to_le_bytes());
             self.finished = true;
+            Ok(true)
+        } else {
+            Ok(false)
         }
-        Ok(())
+    }
+
+    fn fill(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.head_pos < self.head.len() {
+                let n = out.len().min(self.head.len() - self.head_pos);
+                out[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+                self.head_pos += n;
+                return Ok(n);
+            }
+            if let Some(body) = &mut self.body {
+                if body.pos < body.bytes.len() {
+                    let n = out.len().min(body.bytes.len() - body.pos);
+                    out[..n].copy_from_slice(&body.bytes[body.pos..body.pos + n]);
+                    body.pos += n;
+                    if body.pos - body.released >= RELEASE_STEP {
+                        body.source.release(
+                            body.offset + body.released as u64,
+                            (body.pos - body.released) as u64,
+                        );
+                        body.released = body.pos;
+                    }
+                    return Ok(n);
+                }
+                body.source.release(body.offset, body.bytes.len() as u64);
+                self.body = None;
+            }
+            if !self.advance()? {
+                return Ok(0);
+            }
+        }
     }
 }
 
 impl<F: Fn(u64)> Read for FrameStream<'_, F> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.buf.len() {
-            if let Err(e) = self.refill() {
+        match self.fill(out) {
+            Ok(n) => {
+                self.sent += n as u64;
+                if n > 0 {
+                    (self.progress)(self.sent);
+                }
+                Ok(n)
+            }
+            Err(e) => {
                 let copy = io::Error::new(e.kind(), e.to_string());
                 self.error = Some(e);
-                return Err(copy);
-            }
-            if self.buf.is_empty() {
-                return Ok(0);
+                Err(copy)
             }
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        self.sent += n as u64;
-        (self.progress)(self.sent);
-        Ok(n)
     }
 }
 

@@ -104,8 +104,10 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
-                // A damaged blob is refused here, before any host is touched.
-                let actual = format!("sha256:{}", hex::encode(Sha256::digest(map.as_slice())));
+                // One pass: frame index and whole-blob digest, releasing pages as it goes; a
+                // damaged blob is refused here, before any host is touched.
+                let (frames, actual) =
+                    index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
                 if actual != desc.digest {
                     return Err(crate::store::StoreError::BlobCorrupt {
                         digest: desc.digest.clone(),
@@ -113,8 +115,6 @@ impl Payload {
                     }
                     .to_string());
                 }
-                let frames = scan_frames(map.as_slice())
-                    .map_err(|e| format!("layer {}: {e}", desc.digest))?;
                 (Box::new(map), frames)
             };
             layers.push(PayloadLayer {
@@ -171,6 +171,33 @@ impl Payload {
             agent_sha256,
         })
     }
+}
+
+/// The frame index of a mapped store blob, one frame at a time: each frame's pages are dropped
+/// once it is hashed, so indexing a blob of any size keeps only one frame resident.
+fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
+    let blob = map.as_slice();
+    let mut whole = Sha256::new();
+    let mut frames = Vec::new();
+    let mut offset = 0usize;
+    while offset < blob.len() {
+        let len = zstd::zstd_safe::find_frame_compressed_size(&blob[offset..]).map_err(|code| {
+            format!(
+                "no zstd frame at byte {offset} ({}); the blob is damaged, pull or build the image again",
+                zstd::zstd_safe::get_error_name(code)
+            )
+        })?;
+        let found = scan_frames(&blob[offset..offset + len])
+            .map_err(|e| format!("the frame at byte {offset}: {e}"))?;
+        frames.extend(found.into_iter().map(|mut f| {
+            f.offset += offset as u64;
+            f
+        }));
+        whole.update(&blob[offset..offset + len]);
+        map.release(offset as u64, len as u64);
+        offset += len;
+    }
+    Ok((frames, format!("sha256:{}", hex::encode(whole.finalize()))))
 }
 
 /// The installer stub at the head of a package (its ELF image, without the padding).
