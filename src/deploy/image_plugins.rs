@@ -172,7 +172,7 @@ mod tests {
     }
 
     /// A layer whose tar is split into two independent zstd frames at an arbitrary byte.
-    fn layer(tar: Vec<u8>) -> PayloadLayer {
+    fn layer(tar: Vec<u8>) -> (PayloadLayer, Vec<u8>) {
         let cut = tar.len() / 3;
         let mut blob = Vec::new();
         let mut frames = Vec::new();
@@ -186,21 +186,30 @@ mod tests {
             });
             blob.extend_from_slice(&compressed);
         }
-        PayloadLayer {
+        let layer = PayloadLayer {
             label: "layer".into(),
             compression: Compression::Zstd,
             base: 0,
             frames,
-            source: Arc::new(blob),
-        }
+            source: 0,
+        };
+        (layer, blob)
     }
 
-    fn payload(layers: Vec<PayloadLayer>) -> Payload {
+    fn payload(parts: Vec<(PayloadLayer, Vec<u8>)>) -> Payload {
+        let mut layers = Vec::new();
+        let mut sources: Vec<Box<dyn packer::source::ByteSource>> = Vec::new();
+        for (mut layer, blob) in parts {
+            layer.source = sources.len();
+            sources.push(Box::new(blob));
+            layers.push(layer);
+        }
         Payload {
             id: "0".repeat(64),
             image: "test:v1".into(),
             config: Default::default(),
             layers,
+            sources,
             agent: Arc::new(Vec::new()),
             agent_sha256: "0".repeat(64),
         }
