@@ -81,9 +81,10 @@ struct Run {
 
 impl Run {
     fn from(out: Output) -> Run {
+        // The exit status is part of the text so a failure shows a crash or kill (signal N).
         Run {
             ok: out.status.success(),
-            text: text(&out),
+            text: format!("{}[{}]\n", text(&out), out.status),
         }
     }
 
