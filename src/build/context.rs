@@ -298,18 +298,13 @@ impl Plan {
         Ok(hex::encode(h.finalize()))
     }
 
-    /// Write the plan's entries into `layer`; returns the content hash of everything written
-    /// (paths, modes, link targets and file contents).
-    pub fn write(
-        &self,
-        layer: &mut LayerWriter,
-        add_entry: &mut dyn FnMut(u64),
-    ) -> Result<String, String> {
-        let mut h = Sha256::new();
+    /// Write the plan's entries into `layer`. What was written is identified afterwards by the
+    /// layer's diff_id (tar headers are normalised, so it depends on paths, modes, link targets
+    /// and contents only).
+    pub fn write(&self, layer: &mut LayerWriter) -> Result<(), String> {
         for entry in &self.entries {
             match entry {
                 PlanEntry::Dir { dest, mode } => {
-                    h.update(format!("D {dest} {mode:o}\n"));
                     if !dest.is_empty() {
                         layer
                             .add_dir(dest, *mode)
@@ -317,39 +312,22 @@ impl Plan {
                     }
                 }
                 PlanEntry::Symlink { dest, target } => {
-                    h.update(format!("L {dest} {}\n", target.display()));
                     layer
                         .add_symlink(dest, target)
                         .map_err(|e| format!("writing {dest}: {e}"))?;
                 }
                 PlanEntry::File { dest, mode, source } => {
-                    let file = File::open(source)
-                        .map_err(|e| format!("reading {}: {e}", source.display()))?;
-                    let size = file
-                        .metadata()
-                        .map_err(|e| format!("reading {}: {e}", source.display()))?
-                        .len();
-                    let mut hashing = HashingReader {
-                        inner: io::BufReader::with_capacity(1 << 20, file),
-                        hasher: Sha256::new(),
-                    };
                     layer
-                        .add_file(dest, *mode, size, &mut hashing)
+                        .add_file_from(dest, *mode, source)
                         .map_err(|e| format!("writing {dest} from {}: {e}", source.display()))?;
-                    h.update(format!(
-                        "F {dest} {mode:o} {size} {}\n",
-                        hex::encode(hashing.hasher.finalize())
-                    ));
-                    add_entry(size);
                 }
                 PlanEntry::Archive { dest, source } => {
-                    let digest = unpack_archive_into(layer, dest, source)
+                    unpack_archive_into(layer, dest, source)
                         .map_err(|e| format!("unpacking {}: {e}", source.display()))?;
-                    h.update(format!("A {dest} {digest}\n"));
                 }
             }
         }
-        Ok(hex::encode(h.finalize()))
+        Ok(())
     }
 }
 

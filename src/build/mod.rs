@@ -595,8 +595,9 @@ fn layer_step(
     }
     let mut layer =
         LayerWriter::new(store, opts.level, opts.source_date_epoch).map_err(|e| e.to_string())?;
-    let content = plan.write(&mut layer, &mut |_| {})?;
+    plan.write(&mut layer)?;
     let blob = layer.finish().map_err(|e| e.to_string())?;
+    let content = blob.diff_id.clone();
     let key = chain(&state.key, &[text, &content]);
     cache.record_memo(&fingerprint, &content);
     cache.record_step(&key, &blob);
