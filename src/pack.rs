@@ -62,6 +62,8 @@ pub fn pack(
             media_type: desc.media_type.clone(),
             digest: desc.digest.clone(),
             diff_id,
+            // The store does not keep frame indexes yet; the writer scans each blob.
+            frames: None,
         });
     }
     let spec = PackSpec {
