@@ -9,13 +9,15 @@
 #   stub    : size of the release stub
 #
 # Corpus (~1 GiB): layer 1 = /usr/share (many small files), layer 2 = /usr/lib/llvm-14
-# (large files); override with BENCH_SMALL / BENCH_LARGE. Scratch space: BENCH_DIR.
+# (large files); override with BENCH_SMALL / BENCH_LARGE. Scratch space: BENCH_DIR; both
+# extractions go to EXTRACT_DIR (default BENCH_DIR; /dev/shm/... takes the disk out).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 BENCH_DIR=${BENCH_DIR:-/tmp/sealer-bench}
 SMALL=${BENCH_SMALL:-/usr/share}
 LARGE=${BENCH_LARGE:-/usr/lib/llvm-14}
+EXTRACT_DIR=${EXTRACT_DIR:-$BENCH_DIR}
 REPEAT_FOR_BIG=${BENCH_REPEAT:-6}
 TARGET=target/x86_64-unknown-linux-gnu/release
 
@@ -24,7 +26,7 @@ cargo build --release -p packer --example bench_pack -q
 STUB=$TARGET/sealer-stub
 TOOL=$TARGET/examples/bench_pack
 
-mkdir -p "$BENCH_DIR"
+mkdir -p "$BENCH_DIR" "$EXTRACT_DIR"
 if [[ ! -f $BENCH_DIR/small.tar.zst || ! -f $BENCH_DIR/large.tar.zst ]]; then
   echo "building layer blobs from $SMALL and $LARGE (zstd -3, 16 MiB frames)..."
   "$TOOL" layer "$SMALL" "$BENCH_DIR/small.tar.zst" 3
@@ -69,28 +71,28 @@ rm -rf "$BENCH_DIR/cp"
 # --- extract vs GNU tar + zstd --------------------------------------------------------------
 tar_extract() {
   case $1 in
-    pre) rm -rf "$BENCH_DIR/x-tar"; mkdir -p "$BENCH_DIR/x-tar"; sync ;;
-    run) for blob in "${BLOBS[@]}"; do tar -I zstd -xf "$blob" -C "$BENCH_DIR/x-tar"; done ;;
+    pre) rm -rf "$EXTRACT_DIR/x-tar"; mkdir -p "$EXTRACT_DIR/x-tar"; sync ;;
+    run) for blob in "${BLOBS[@]}"; do tar -I zstd -xf "$blob" -C "$EXTRACT_DIR/x-tar"; done ;;
   esac
 }
 run_extract() {
   case $1 in
-    pre) rm -rf "$BENCH_DIR/x-run"; sync ;;
-    run) "$BENCH_DIR/app.run" extract "$BENCH_DIR/x-run" > /dev/null 2>&1 ;;
+    pre) rm -rf "$EXTRACT_DIR/x-run"; sync ;;
+    run) "$BENCH_DIR/app.run" extract "$EXTRACT_DIR/x-run" > /dev/null 2>&1 ;;
   esac
 }
 cat "$BENCH_DIR/app.run" > /dev/null
 t_tar=$(best tar_extract)
 t_run=$(best run_extract)
-if ! diff -r --no-dereference -q "$BENCH_DIR/x-tar" "$BENCH_DIR/x-run" > /dev/null; then
+if ! diff -r --no-dereference -q "$EXTRACT_DIR/x-tar" "$EXTRACT_DIR/x-run" > /dev/null; then
   echo "WARNING: the two extracted trees differ" >&2
 fi
 
 # --- peak RSS of extract --------------------------------------------------------------------
-rm -rf "$BENCH_DIR/x-run"
-rss_kb=$(/usr/bin/time -v "$BENCH_DIR/app.run" extract "$BENCH_DIR/x-run" 2>&1 >/dev/null |
+rm -rf "$EXTRACT_DIR/x-run"
+rss_kb=$(/usr/bin/time -v "$BENCH_DIR/app.run" extract "$EXTRACT_DIR/x-run" 2>&1 >/dev/null |
   awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}')
-rm -rf "$BENCH_DIR/x-run" "$BENCH_DIR/x-tar"
+rm -rf "$EXTRACT_DIR/x-run" "$EXTRACT_DIR/x-tar"
 
 # --- inspect on a multi-GB file -------------------------------------------------------------
 BIG_BLOBS=()
@@ -109,6 +111,7 @@ tar_bytes=$(du -sb "$SMALL" "$LARGE" | awk '{s += $1} END {print s}')
 stub_size=$(stat -c %s "$STUB")
 
 echo
+echo "extracting into $EXTRACT_DIR ($(stat -f -c %T "$EXTRACT_DIR")), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "corpus: $SMALL + $LARGE ($((tar_bytes >> 20)) MiB of files, $((blob_bytes >> 20)) MiB of zstd blobs), $(nproc) CPUs"
 printf 'extract  app.run %.2f s   tar -I zstd -xf %.2f s   ratio %s (target <= 0.7)\n' "$t_run" "$t_tar" "$(ratio "$t_run" "$t_tar")"
 printf 'pack     %.2f s   cp %.2f s   ratio %s (target <= 1.5)\n' "$t_pack" "$t_cp" "$(ratio "$t_pack" "$t_cp")"

@@ -4,6 +4,7 @@
 //! ```text
 //! bench_pack layer SRC_DIR OUT_BLOB [LEVEL]
 //! bench_pack pack STUB OUT BLOB...
+//! bench_pack extract RUN DIR      (what `RUN extract DIR` does, without the stub around it)
 //! ```
 
 use std::fs::File;
@@ -24,7 +25,15 @@ fn main() -> Result<()> {
         Some("pack") if args.len() >= 4 => {
             pack(Path::new(&args[1]), Path::new(&args[2]), &args[3..])
         }
-        _ => bail!("usage: bench_pack layer SRC_DIR OUT_BLOB [LEVEL] | pack STUB OUT BLOB..."),
+        Some("extract") if args.len() == 3 => {
+            let run = packer::RunFile::open(Path::new(&args[1]))?;
+            let report = run
+                .payload()?
+                .extract(Path::new(&args[2]), &Default::default())?;
+            println!("{report:?}");
+            Ok(())
+        }
+        _ => bail!("usage: bench_pack layer SRC_DIR OUT_BLOB [LEVEL] | pack STUB OUT BLOB... | extract RUN DIR"),
     }
 }
 

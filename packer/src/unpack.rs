@@ -326,8 +326,9 @@ fn unpack_into(
     let window = (2 * decode_threads).max(2);
     std::thread::scope(|threads| {
         let pool = WriterPool::start(threads, writers, options.ownership);
+        let spare = Spare::default();
         let result = rayon::in_place_scope(|scope| {
-            let mut pipeline = Pipeline::new(scope, layers, window);
+            let mut pipeline = Pipeline::new(scope, layers, window, &spare);
             let mut tree = Tree::new(root, options, &pool);
             for (index, layer) in layers.iter().enumerate() {
                 apply_layer(&mut pipeline, &mut tree, index, layer)?;
@@ -361,6 +362,7 @@ struct FrameId {
 
 struct Pipeline<'s, 'a> {
     scope: &'s rayon::Scope<'a>,
+    spare: &'a Spare,
     layers: &'a [LayerInput<'a>],
     jobs: Vec<FrameId>,
     next_job: usize,
@@ -409,7 +411,15 @@ fn verified_bytes<'a>(
     Ok(bytes)
 }
 
-fn decode_frame(layer: &LayerInput<'_>, index: usize) -> Result<Vec<u8>, UnpackError> {
+/// Decoded-frame buffers handed back by the parser for reuse, so each frame does not fault in
+/// fresh pages.
+type Spare = Mutex<Vec<Vec<u8>>>;
+
+fn decode_frame(
+    layer: &LayerInput<'_>,
+    index: usize,
+    spare: &Spare,
+) -> Result<Vec<u8>, UnpackError> {
     let frame = &layer.frames[index];
     let bytes = verified_bytes(layer, index)?;
     let decode_error = |reason: String| {
@@ -423,18 +433,26 @@ fn decode_frame(layer: &LayerInput<'_>, index: usize) -> Result<Vec<u8>, UnpackE
         )
     };
     let expected = frame.uncompressed_len;
-    let data = match layer.compression {
-        Compression::Zstd => zstd::bulk::decompress(&bytes, expected as usize)
-            .map_err(|e| decode_error(e.to_string()))?,
+    let mut data = spare
+        .lock()
+        .ok()
+        .and_then(|mut s| s.pop())
+        .unwrap_or_default();
+    data.clear();
+    data.reserve(expected as usize);
+    match layer.compression {
+        Compression::Zstd => {
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(&bytes[..], &mut data))
+                .map_err(|e| decode_error(e.to_string()))?;
+        }
         Compression::Xz => {
-            let mut out = Vec::with_capacity(expected as usize);
             xz2::read::XzDecoder::new(&bytes[..])
                 .take(expected + 1)
-                .read_to_end(&mut out)
+                .read_to_end(&mut data)
                 .map_err(|e| decode_error(e.to_string()))?;
-            out
         }
-    };
+    }
     drop(bytes);
     layer
         .source
@@ -453,7 +471,12 @@ fn decode_frame(layer: &LayerInput<'_>, index: usize) -> Result<Vec<u8>, UnpackE
 }
 
 impl<'s, 'a> Pipeline<'s, 'a> {
-    fn new(scope: &'s rayon::Scope<'a>, layers: &'a [LayerInput<'a>], window: usize) -> Self {
+    fn new(
+        scope: &'s rayon::Scope<'a>,
+        layers: &'a [LayerInput<'a>],
+        window: usize,
+        spare: &'a Spare,
+    ) -> Self {
         let jobs = layers
             .iter()
             .enumerate()
@@ -463,6 +486,7 @@ impl<'s, 'a> Pipeline<'s, 'a> {
             .collect();
         let mut pipeline = Pipeline {
             scope,
+            spare,
             layers,
             jobs,
             next_job: 0,
@@ -483,8 +507,9 @@ impl<'s, 'a> Pipeline<'s, 'a> {
                 continue;
             }
             let (tx, rx) = mpsc::sync_channel(1);
+            let spare = self.spare;
             self.scope.spawn(move |_| {
-                let _ = tx.send(decode_frame(input, frame));
+                let _ = tx.send(decode_frame(input, frame, spare));
             });
             self.in_flight.push_back(Slot::Spawned(rx));
         }
@@ -622,11 +647,21 @@ impl<'a> LayerReader<'_, '_, 'a> {
                     self.chunk = None;
                 }
                 _ => {
-                    self.chunk = None;
+                    if let Some(Chunk::Bytes(used)) = self.chunk.take() {
+                        self.recycle(used);
+                    }
                     if !self.fetch()? {
                         return Ok(0);
                     }
                 }
+            }
+        }
+    }
+
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        if let Ok(mut spare) = self.pipeline.spare.lock() {
+            if spare.len() <= self.pipeline.window {
+                spare.push(buffer);
             }
         }
     }
