@@ -104,7 +104,16 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
-                let frames = index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                let (frames, actual) =
+                    index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                // A damaged blob is refused here, before any host is touched.
+                if actual != desc.digest {
+                    return Err(crate::store::StoreError::BlobCorrupt {
+                        digest: desc.digest.clone(),
+                        actual,
+                    }
+                    .to_string());
+                }
                 (Box::new(map), frames)
             };
             layers.push(PayloadLayer {
@@ -163,10 +172,11 @@ impl Payload {
     }
 }
 
-/// The frame index of a mapped store blob, one frame at a time: each frame's pages are dropped
-/// once it is hashed, so indexing a blob of any size keeps only one frame resident.
-fn index_blob(map: &MappedFile) -> Result<Vec<Frame>, String> {
+/// The frame index and the digest (`sha256:…`) of a mapped store blob, one frame at a time: each
+/// frame's pages are dropped once it is hashed, so a blob of any size keeps one frame resident.
+fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
     let blob = map.as_slice();
+    let mut whole = Sha256::new();
     let mut frames = Vec::new();
     let mut offset = 0usize;
     while offset < blob.len() {
@@ -176,6 +186,7 @@ fn index_blob(map: &MappedFile) -> Result<Vec<Frame>, String> {
                 zstd::zstd_safe::get_error_name(code)
             )
         })?;
+        whole.update(&blob[offset..offset + len]);
         let found = scan_frames(&blob[offset..offset + len])
             .map_err(|e| format!("the frame at byte {offset}: {e}"))?;
         frames.extend(found.into_iter().map(|mut f| {
@@ -185,7 +196,7 @@ fn index_blob(map: &MappedFile) -> Result<Vec<Frame>, String> {
         map.release(offset as u64, len as u64);
         offset += len;
     }
-    Ok(frames)
+    Ok((frames, format!("sha256:{}", hex::encode(whole.finalize()))))
 }
 
 /// The installer stub at the head of a package (its ELF image, without the padding).
