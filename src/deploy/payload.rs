@@ -104,10 +104,9 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
-                // One pass: frame index and whole-blob digest, releasing pages as it goes; a
-                // damaged blob is refused here, before any host is touched.
                 let (frames, actual) =
                     index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                // A damaged blob is refused here, before any host is touched.
                 if actual != desc.digest {
                     return Err(crate::store::StoreError::BlobCorrupt {
                         digest: desc.digest.clone(),
@@ -173,8 +172,8 @@ impl Payload {
     }
 }
 
-/// The frame index of a mapped store blob, one frame at a time: each frame's pages are dropped
-/// once it is hashed, so indexing a blob of any size keeps only one frame resident.
+/// The frame index and the digest (`sha256:…`) of a mapped store blob, one frame at a time: each
+/// frame's pages are dropped once it is hashed, so a blob of any size keeps one frame resident.
 fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
     let blob = map.as_slice();
     let mut whole = Sha256::new();
@@ -187,13 +186,13 @@ fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
                 zstd::zstd_safe::get_error_name(code)
             )
         })?;
+        whole.update(&blob[offset..offset + len]);
         let found = scan_frames(&blob[offset..offset + len])
             .map_err(|e| format!("the frame at byte {offset}: {e}"))?;
         frames.extend(found.into_iter().map(|mut f| {
             f.offset += offset as u64;
             f
         }));
-        whole.update(&blob[offset..offset + len]);
         map.release(offset as u64, len as u64);
         offset += len;
     }
