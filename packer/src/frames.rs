@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use sha2::{Digest, Sha256};
@@ -60,7 +60,10 @@ pub struct FramedWriter<W: Write> {
     next_seq: u64,
     written_seq: u64,
     pending: BTreeMap<u64, Compressed>,
-    jobs: Option<mpsc::SyncSender<(u64, Vec<u8>)>>,
+    jobs: Option<mpsc::SyncSender<(u64, Arc<Vec<u8>>)>>,
+    /// Frames in order, to the thread computing the diff_id (off the producer's thread).
+    diff_jobs: Option<mpsc::SyncSender<Arc<Vec<u8>>>>,
+    diff_thread: Option<thread::JoinHandle<Sha256>>,
     results: mpsc::Receiver<Compressed>,
     workers: Vec<thread::JoinHandle<()>>,
     in_flight: usize,
@@ -69,7 +72,6 @@ pub struct FramedWriter<W: Write> {
     offset: u64,
     uncompressed_len: u64,
     whole: Sha256,
-    diff: Sha256,
 }
 
 impl<W: Write> FramedWriter<W> {
@@ -83,7 +85,15 @@ impl<W: Write> FramedWriter<W> {
 
     pub fn with_threads(sink: W, level: i32, threads: usize) -> Self {
         let threads = threads.max(1);
-        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Arc<Vec<u8>>)>(threads);
+        let (diff_tx, diff_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(2 * threads + 2);
+        let diff_thread = thread::spawn(move || {
+            let mut diff = Sha256::new();
+            for data in diff_rx {
+                diff.update(&data[..]);
+            }
+            diff
+        });
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         let (res_tx, res_rx) = mpsc::channel();
         let workers = (0..threads)
@@ -96,7 +106,7 @@ impl<W: Write> FramedWriter<W> {
                         Err(_) => return,
                     };
                     let Ok((seq, data)) = job else { return };
-                    let bytes = zstd::bulk::compress(&data, level);
+                    let bytes = zstd::bulk::compress(&data[..], level);
                     if res_tx
                         .send(Compressed {
                             seq,
@@ -118,6 +128,8 @@ impl<W: Write> FramedWriter<W> {
             written_seq: 0,
             pending: BTreeMap::new(),
             jobs: Some(job_tx),
+            diff_jobs: Some(diff_tx),
+            diff_thread: Some(diff_thread),
             results: res_rx,
             workers,
             in_flight: 0,
@@ -126,7 +138,6 @@ impl<W: Write> FramedWriter<W> {
             offset: 0,
             uncompressed_len: 0,
             whole: Sha256::new(),
-            diff: Sha256::new(),
         }
     }
 
@@ -147,8 +158,15 @@ impl<W: Write> FramedWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(FRAME_TARGET));
-        self.diff.update(&data);
+        let data = Arc::new(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(FRAME_TARGET),
+        ));
+        self.diff_jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("framed writer already finished"))?
+            .send(data.clone())
+            .map_err(|_| io::Error::other("diff_id thread stopped"))?;
         self.uncompressed_len += data.len() as u64;
         while self.in_flight >= self.max_in_flight {
             self.receive_one()?;
@@ -209,10 +227,17 @@ impl<W: Write> FramedWriter<W> {
             let _ = worker.join();
         }
         self.sink.flush()?;
+        self.diff_jobs = None;
+        let diff = self
+            .diff_thread
+            .take()
+            .ok_or_else(|| io::Error::other("framed writer already finished"))?
+            .join()
+            .map_err(|_| io::Error::other("diff_id thread panicked"))?;
         let layer = FramedLayer {
             frames: std::mem::take(&mut self.frames),
             digest: hex::encode(std::mem::take(&mut self.whole).finalize()),
-            diff_id: hex::encode(std::mem::take(&mut self.diff).finalize()),
+            diff_id: hex::encode(diff.finalize()),
             compressed_len: self.offset,
             uncompressed_len: self.uncompressed_len,
         };

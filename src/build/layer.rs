@@ -25,7 +25,12 @@ pub struct LayerWriter {
     tar: tar::Builder<FramedWriter<BlobWriter>>,
     mtime: u64,
     store: Store,
+    /// Reused for small files.
+    small: Vec<u8>,
 }
+
+/// Files up to this size are read whole into [`LayerWriter`]'s reusable buffer.
+const SMALL_FILE: u64 = 1 << 20;
 
 impl LayerWriter {
     pub fn new(store: &Store, level: i32, mtime: u64) -> Result<Self, BuildError> {
@@ -36,6 +41,7 @@ impl LayerWriter {
             tar,
             mtime,
             store: store.clone(),
+            small: Vec::with_capacity(SMALL_FILE as usize),
         })
     }
 
@@ -75,10 +81,25 @@ impl LayerWriter {
         self.boundary()
     }
 
-    /// A regular file copied from `source` on disk.
+    /// A regular file copied from `source` on disk. Small files are read whole into a buffer
+    /// reused across files; large ones are streamed.
     pub fn add_file_from(&mut self, path: &str, mode: u32, source: &Path) -> io::Result<()> {
-        let file = File::open(source)?;
+        let mut file = File::open(source)?;
         let size = file.metadata()?.len();
+        if size <= SMALL_FILE {
+            let mut buf = std::mem::take(&mut self.small);
+            buf.clear();
+            (&mut file).take(size).read_to_end(&mut buf)?;
+            if buf.len() as u64 != size {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} changed while it was read", source.display()),
+                ));
+            }
+            let result = self.add_file(path, mode, size, &buf[..]);
+            self.small = buf;
+            return result;
+        }
         self.add_file(
             path,
             mode,
