@@ -2,7 +2,6 @@
 //! Clusterfile gives. Both CLIs flatten [`ClusterFlags`] into their arguments, so the flag names
 //! and their parsing exist once.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::hostlist::parse_host_list;
@@ -114,15 +113,7 @@ pub fn from_flags(flags: &ClusterFlags) -> Result<Cluster, ClusterfileError> {
         )
         .map(|(field, ip, role)| HostDraft {
             field,
-            host: Host {
-                ip,
-                roles: vec![role.to_string()],
-                ssh: ssh.clone(),
-                env: Vec::new(),
-                labels: BTreeMap::new(),
-                taints: Vec::new(),
-                host_key: None,
-            },
+            host: Host::with_role(ip, role, ssh.clone()),
         })
         .collect();
     check_hosts(&drafts, "--masters")

@@ -165,6 +165,19 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host with one role and nothing else set (how flags and the old ipList form list hosts).
+    pub fn with_role(ip: IpAddr, role: &str, ssh: SshConfig) -> Host {
+        Host {
+            ip,
+            roles: vec![role.to_string()],
+            ssh,
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            host_key: None,
+        }
+    }
+
     pub fn is_master(&self) -> bool {
         self.roles.iter().any(|r| r == "master")
     }

@@ -819,15 +819,7 @@ fn machines_v1(
     for (ip, ip_field) in ips {
         drafts.push(HostDraft {
             field: ip_field,
-            host: Host {
-                ip,
-                roles: vec![role.to_string()],
-                ssh: ssh.clone(),
-                env: Vec::new(),
-                labels: BTreeMap::new(),
-                taints: Vec::new(),
-                host_key: None,
-            },
+            host: Host::with_role(ip, role, ssh.clone()),
         });
     }
     Ok(())
