@@ -78,7 +78,7 @@ fn key_auth_runs_commands_with_env_quoted_and_reports_exit_status() {
     };
     let host = &tb.hosts()[0];
     let mut s = connect(&target(&tb, host, "root", key(&tb)));
-    assert_eq!(s.cipher().as_deref(), Some("aes128-ctr"));
+    assert_eq!(s.cipher().as_deref(), Some("aes128-gcm@openssh.com"));
     let tricky = "it's \"$HOME\" `id` $(id)\nline2 \\ ; #";
     let env = vec![("TRICKY".to_string(), tricky.to_string())];
     let out = s.exec("printf %s \"$TRICKY\"", &env, None).unwrap();
