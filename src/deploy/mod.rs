@@ -142,6 +142,15 @@ struct HostSlot {
     started: Instant,
 }
 
+impl HostSlot {
+    /// The open connection to the host; not connected is a retryable failure.
+    fn connected(&self) -> Result<&dyn Remote, StepFailure> {
+        self.remote
+            .as_deref()
+            .ok_or_else(|| StepFailure::retry("not connected".into()))
+    }
+}
+
 /// One unit of work on one host.
 #[derive(Clone)]
 enum Step {
@@ -491,11 +500,7 @@ impl Engine<'_> {
     /// Preflight (arch, disk), agent upload, journal read.
     fn prepare(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
-        let agent = self.agent_path(
-            slot.remote
-                .as_deref()
-                .ok_or_else(|| StepFailure::retry("not connected".into()))?,
-        );
+        let agent = self.agent_path(slot.connected()?);
         let data_root = self.cluster.data_root.display().to_string();
         let probe = format!(
             "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -x {} ]; then echo agent-present; else echo agent-missing; fi",
@@ -535,10 +540,7 @@ impl Engine<'_> {
             let mut reader: &[u8] = &bytes;
             self.exec_ok(slot, "uploading the agent", &cmd, Some(&mut reader))?;
         }
-        let remote = slot
-            .remote
-            .as_deref()
-            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot.connected()?;
         let cmd = self.agent_cmd(
             remote,
             &format!(
@@ -713,10 +715,7 @@ impl Engine<'_> {
             });
             return Ok(());
         }
-        let remote = slot
-            .remote
-            .as_deref()
-            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot.connected()?;
         let work = shell_quote(&self.work_dir().display().to_string());
         let rootfs = self.cluster.rootfs().display().to_string();
         let export_file = format!("{}/exports/{key}.env", self.work_dir().display());
@@ -759,10 +758,7 @@ impl Engine<'_> {
                 self.run_script(slot, &name, &script, &rootfs, &export_file)?;
             }
         }
-        let remote = slot
-            .remote
-            .as_deref()
-            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot.connected()?;
         let cleanup = match step {
             Step::Distribute => format!(" && rm -rf {work}/spool"),
             _ => String::new(),
@@ -848,10 +844,7 @@ impl Engine<'_> {
         if local {
             return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
         }
-        let remote = slot
-            .remote
-            .as_deref()
-            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot.connected()?;
         let work = shell_quote(&self.work_dir().display().to_string());
         // Which frames does the host lack?
         let list: String = self
@@ -895,10 +888,7 @@ impl Engine<'_> {
         let rootfs = shell_quote(&rootfs.display().to_string());
         if wanted.is_empty() {
             // Every frame is spooled (an earlier run stopped before unpacking): unpack only.
-            let remote = slot
-                .remote
-                .as_deref()
-                .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+            let remote = slot.connected()?;
             let cmd = self.agent_cmd(remote, &format!("unpack --work {work} --dest {rootfs}"));
             let mut plan_bytes: &[u8] = &plan;
             self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
@@ -912,10 +902,7 @@ impl Engine<'_> {
                 .iter()
                 .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
                 .sum::<u64>();
-        let remote = slot
-            .remote
-            .as_deref()
-            .ok_or_else(|| StepFailure::retry("not connected".into()))?;
+        let remote = slot.connected()?;
         // The spool is removed only once the step is in the journal (see `run_step`): a run cut
         // off between the two finds every frame still there and sends nothing again.
         let cmd = self.agent_cmd(remote, &format!("receive --work {work} --dest {rootfs}"));
