@@ -387,3 +387,51 @@ fn streams_64_mib_of_stdin_verified_remotely_and_uploads_atomically() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out), "agent\n755\nagent\n");
 }
+
+/// libssh2 computes an HMAC for every packet with AES-CTR, through libcrypto; sessions on
+/// several threads share libcrypto's objects. An OpenSSL built without threads (what `-static`
+/// in its Configure arguments gives) corrupted the heap here within a few megabytes.
+#[test]
+fn parallel_sessions_with_aes_ctr_and_hmac_stream_intact() {
+    let Some(tb) = Testbed::up_for_test(2) else {
+        return;
+    };
+    for host in tb.hosts() {
+        let conf = tb
+            .host_root(host)
+            .join("etc/ssh/sshd_config.d/10-ctr-only.conf");
+        std::fs::write(&conf, "Ciphers aes128-ctr\nMACs hmac-sha2-256\n").unwrap();
+        tb.kill_sshd(host).unwrap();
+        tb.start_sshd(host).unwrap();
+    }
+    const SIZE: u64 = 24 << 20;
+    let mut payload = Vec::with_capacity(SIZE as usize);
+    Noise {
+        state: 0x2545f4914f6cdd1d,
+        left: SIZE,
+    }
+    .read_to_end(&mut payload)
+    .unwrap();
+    let want = hex::encode(Sha256::digest(&payload));
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..6)
+            .map(|i| {
+                let host = &tb.hosts()[i % 2];
+                let (tb, payload) = (&tb, &payload);
+                scope.spawn(move || {
+                    let mut s = connect(&target(tb, host, "root", key(tb)));
+                    assert_eq!(s.cipher().as_deref(), Some("aes128-ctr"));
+                    let out = s.run("sha256sum", &[], Some(&mut &payload[..])).unwrap();
+                    String::from_utf8_lossy(&out)
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            })
+            .collect();
+        for worker in workers {
+            assert_eq!(worker.join().unwrap(), want);
+        }
+    });
+}

@@ -26,10 +26,8 @@ use crate::clusterfile::{self, shell_quote, HostKeyPin, Secret};
 use known_hosts::Verdict;
 use watchdog::Watchdog;
 
-/// Ciphers in order of preference: AES-GCM runs on AES-NI through OpenSSL, while libssh2's
-/// chacha20-poly1305 is portable C (research: techniques.md §2.5, §5.2). With AES-CTR (+HMAC)
-/// negotiated, parallel installs crashed the client with heap corruption every time in the
-/// deploy tests; with AES-GCM rarely. The cause is not found yet; keep AES-GCM first.
+/// Ciphers in order of preference: AES-GCM runs on AES-NI through OpenSSL and needs no separate
+/// MAC, while libssh2's chacha20-poly1305 is portable C (research: techniques.md §2.5, §5.2).
 pub const CIPHER_PREFERENCE: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr,aes192-ctr,chacha20-poly1305@openssh.com";
 const HOST_KEY_PREFERENCE: &[&str] = &[
     "ssh-ed25519",
@@ -285,14 +283,10 @@ fn is_eagain(e: &ssh2::Error) -> bool {
 }
 
 impl Session {
-    /// Connects, checks the host key and authenticates, within `timeouts`.
-    ///
-    /// Handshakes run one at a time in this process: with several handshakes at once the client
-    /// has shown heap corruption inside libssh2/OpenSSL (cause not yet found). A handshake takes
-    /// milliseconds; the transfers that follow still run in parallel.
+    /// Connects, checks the host key and authenticates, within `timeouts`. Sessions on several
+    /// threads at once are safe only because the vendored OpenSSL is built with threads
+    /// (`.cargo/openssl-configure`).
     pub fn connect(target: &SshTarget, timeouts: Timeouts) -> Result<Session, SshError> {
-        static HANDSHAKE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one_at_a_time = HANDSHAKE.lock().unwrap_or_else(|p| p.into_inner());
         let name = target.display_name();
         let addr = SocketAddr::new(target.ip, target.port);
         let socket = TcpStream::connect_timeout(&addr, timeouts.connect).map_err(|e| {
