@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use packer::frames::FramedWriter;
 use packer::unpack::Compression;
 use packer::{LayerBlob, PackReport, PackSpec, RunFile};
+use sha2::{Digest, Sha256};
 
 use crate::reference::Reference;
 use crate::store::{Manifest, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD};
@@ -19,8 +20,9 @@ pub struct PackOptions {
     pub image: Reference,
     pub output: PathBuf,
     pub compression: Compression,
-    /// zstd 1–22 or xz 0–9; frames already zstd are copied and keep their level.
-    pub level: u32,
+    /// zstd 1–22 or xz 0–9. Without a level, zstd frames are copied and keep their level;
+    /// with one, every frame is recompressed at it.
+    pub level: Option<u32>,
     /// Largest output file; larger packages become volumes.
     pub split_size: Option<u64>,
     /// The installer stub (`sealer-stub`).
@@ -81,8 +83,10 @@ pub fn pack(
     packer::write(&spec, progress).map_err(|e| e.to_string())
 }
 
-/// Import the image of a package into `store`, verifying every frame. zstd layers keep their
-/// digests (their frames are the original blobs); xz layers are recompressed to zstd frames.
+/// Import the image of a package into `store`, verifying every frame. zstd layers packed as
+/// they were keep their digests (their frames are the original blobs); zstd layers packed at
+/// another level are stored as packed, and xz layers are recompressed to zstd frames; both are
+/// checked against the image's diff_ids and the manifest is rewritten to name them.
 pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     let _writers = store.writer_guard().map_err(|e| e.to_string())?;
     let m = run.manifest();
@@ -99,21 +103,46 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
             m.image.config_digest
         ));
     }
+    let original_layers = manifest.layers.clone();
     for (li, layer) in m.layers.iter().enumerate() {
         let mut blob = store.blob_writer().map_err(|e| e.to_string())?;
         match layer.compression {
             Compression::Zstd => {
+                let original = original_layers.get(li).map(|d| d.digest.as_str());
+                // Layers recompressed at pack time: hash their content as it is written.
+                let mut diff_id = (original != Some(layer.digest.as_str())).then(Sha256::new);
                 for fi in 0..layer.frames.len() {
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
+                    if let Some(hasher) = diff_id.as_mut() {
+                        let mut decoder = zstd::stream::read::Decoder::new(&bytes[..])
+                            .and_then(|mut d| std::io::copy(&mut d, hasher));
+                        decoder.as_mut().map_err(|e| {
+                            format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
+                        })?;
+                    }
                     blob.write_all(&bytes)
                         .map_err(|e| format!("writing layer {}: {e}", li + 1))?;
                 }
-                blob.commit(Some(&layer.digest)).map_err(|e| match e {
+                if let Some(hasher) = diff_id {
+                    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+                    if actual != layer.diff_id {
+                        return Err(format!(
+                            "layer {} unpacks to {actual}, not {}",
+                            li + 1,
+                            layer.diff_id
+                        ));
+                    }
+                }
+                let (digest, size) = blob.commit(Some(&layer.digest)).map_err(|e| match e {
                     StoreError::BlobCorrupt { actual, .. } => {
                         format!("layer {} hashes to {actual}, not {}", li + 1, layer.digest)
                     }
                     other => other.to_string(),
                 })?;
+                if let Some(desc) = manifest.layers.get_mut(li) {
+                    desc.digest = digest;
+                    desc.size = size;
+                }
             }
             Compression::Xz => {
                 let mut framed = FramedWriter::new(blob, 3);
@@ -146,8 +175,8 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
             }
         }
     }
-    if m.layers.iter().all(|l| l.compression == Compression::Zstd) {
-        // The original manifest bytes, so the image keeps its digest.
+    if manifest.layers == original_layers {
+        // Every layer as it was: the original manifest bytes, so the image keeps its digest.
         let (digest, size) = store
             .put_blob(m.image.manifest_json.as_bytes())
             .map_err(|e| e.to_string())?;

@@ -98,7 +98,7 @@ fn pack_example(dir: &Path, split: Option<u64>) -> (Vec<PathBuf>, Vec<LayerBlob>
         config_json: r#"{"config":{"Env":["ETCD_VERSION=3.5"],"Cmd":["bin/install.sh"],"Labels":{"vendor":"example"}}}"#.into(),
         layers: blobs.clone(),
         compression: Compression::Zstd,
-        level: 3,
+        level: None,
         split_size: split,
         output: dir.join("app.run"),
     };

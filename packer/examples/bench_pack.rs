@@ -112,7 +112,7 @@ fn pack(stub: &Path, out: &Path, blobs: &[String]) -> Result<()> {
         config_json: "{}".into(),
         layers,
         compression: Compression::Zstd,
-        level: 3,
+        level: None,
         split_size: None,
         output: out.to_path_buf(),
     };

@@ -26,6 +26,9 @@ use crate::unpack::Compression;
 
 /// Frames larger than this (uncompressed) are re-framed rather than copied.
 const MAX_COPY_FRAME: u64 = 32 << 20;
+/// Levels when none is asked for (the store's own zstd level; xz's default).
+const DEFAULT_ZSTD_LEVEL: u32 = 3;
+const DEFAULT_XZ_LEVEL: u32 = 6;
 
 /// One layer blob to pack, as the image store holds it.
 #[derive(Debug, Clone)]
@@ -56,8 +59,10 @@ pub struct PackSpec {
     pub config_json: String,
     pub layers: Vec<LayerBlob>,
     pub compression: Compression,
-    /// Compression level used when frames are (re)compressed: zstd 1–22, xz 0–9.
-    pub level: u32,
+    /// `None`: zstd frames are copied as they are (other layers are framed at zstd 3) and xz
+    /// uses level 6. `Some(n)`: every frame is compressed at `n` (zstd 1–22, xz 0–9), zstd frames
+    /// included; the frame boundaries stay, so decoding stays parallel.
+    pub level: Option<u32>,
     /// Largest size of any output file; `None` writes one file.
     pub split_size: Option<u64>,
     pub output: PathBuf,
@@ -484,8 +489,10 @@ fn prepare_layer(
         frames: Vec::new(),
     };
 
+    // Zstd frames keep their bytes unless a level was asked for.
+    let copy_zstd = spec.compression == Compression::Zstd && spec.level.is_none();
     // Framed zstd with a known index packed as zstd: copy without reading.
-    if let (Some(frames), true) = (&blob.frames, spec.compression == Compression::Zstd) {
+    if let (Some(frames), true) = (&blob.frames, copy_zstd) {
         let len = fs::metadata(&blob.path)
             .map_err(io_err("reading layer blob", &blob.path))?
             .len();
@@ -517,7 +524,7 @@ fn prepare_layer(
     let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
 
     // Framed zstd packed as zstd: copy.
-    if is_zstd(&blob.media_type) && spec.compression == Compression::Zstd {
+    if is_zstd(&blob.media_type) && copy_zstd {
         if let Ok(frames) = scan_frames(bytes) {
             if frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME) {
                 let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
@@ -539,7 +546,7 @@ fn prepare_layer(
     // Anything else: decode to tar and write framed zstd into the scratch directory.
     let framed_path = scratch.join(format!("layer-{index}.zst"));
     let zstd_level = if spec.compression == Compression::Zstd {
-        spec.level.clamp(1, 22) as i32
+        spec.level.unwrap_or(DEFAULT_ZSTD_LEVEL).clamp(1, 22) as i32
     } else {
         1 // only an intermediate for xz
     };
@@ -580,13 +587,10 @@ fn prepare_layer(
         Some(layer)
     };
 
-    if spec.compression == Compression::Zstd {
-        let Some(layer) = framed else {
-            return Err(layer_error(blob, "internal: framed layer expected"));
-        };
+    if let (Compression::Zstd, Some(layer)) = (spec.compression, &framed) {
         return Ok(PreparedLayer {
             file: framed_path,
-            frames: layer.frames,
+            frames: layer.frames.clone(),
             entry: entry(
                 Compression::Zstd,
                 layer.compressed_len,
@@ -597,7 +601,8 @@ fn prepare_layer(
         });
     }
 
-    // xz: every frame recompressed as an independent xz stream, in parallel, in order.
+    // Every frame recompressed on its own (xz streams, or zstd frames at the asked level), in
+    // parallel, written in order.
     let source_map;
     let (zstd_bytes, zstd_frames): (&[u8], Vec<Frame>) = match &framed {
         None => (
@@ -617,51 +622,86 @@ fn prepare_layer(
             )
         }
     };
-    let xz_path = scratch.join(format!("layer-{index}.xz"));
-    let mut out = BufWriter::new(File::create(&xz_path).map_err(io_err("creating", &xz_path))?);
-    let level = spec.level.min(9);
+    let (out_path, encode): (PathBuf, FrameEncoder) = match spec.compression {
+        Compression::Xz => {
+            let level = spec.level.unwrap_or(DEFAULT_XZ_LEVEL).min(9);
+            (
+                scratch.join(format!("layer-{index}.xz")),
+                Box::new(move |plain: &[u8]| {
+                    let mut enc = xz2::write::XzEncoder::new(Vec::new(), level);
+                    enc.write_all(plain)?;
+                    enc.finish()
+                }),
+            )
+        }
+        Compression::Zstd => {
+            let level = zstd_level;
+            (
+                scratch.join(format!("layer-{index}.zst")),
+                Box::new(move |plain: &[u8]| zstd::bulk::compress(plain, level)),
+            )
+        }
+    };
+    let mut out = BufWriter::new(File::create(&out_path).map_err(io_err("creating", &out_path))?);
+    let mut blob_hash = Sha256::new();
     let mut frames = Vec::with_capacity(zstd_frames.len());
     let mut offset = 0u64;
     let batch = rayon::current_num_threads().max(1) * 2;
     for chunk in zstd_frames.chunks(batch) {
-        let packed: Vec<Result<(Vec<u8>, u64), String>> = chunk
+        let packed: Vec<Result<Recompressed, String>> = chunk
             .par_iter()
             .map(|frame| {
                 let start = frame.offset as usize;
                 let compressed = &zstd_bytes[start..start + frame.compressed_len as usize];
                 let plain = zstd::bulk::decompress(compressed, frame.uncompressed_len as usize)
                     .map_err(|e| e.to_string())?;
-                let mut enc = xz2::write::XzEncoder::new(Vec::new(), level);
-                enc.write_all(&plain).map_err(|e| e.to_string())?;
-                let xz = enc.finish().map_err(|e| e.to_string())?;
-                Ok((xz, plain.len() as u64))
+                let bytes = encode(&plain).map_err(|e| e.to_string())?;
+                Ok(Recompressed {
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    uncompressed_len: plain.len() as u64,
+                    bytes,
+                })
             })
             .collect();
         for result in packed {
-            let (xz, uncompressed_len) = result.map_err(|e| layer_error(blob, e))?;
-            out.write_all(&xz).map_err(io_err("writing", &xz_path))?;
+            let frame = result.map_err(|e| layer_error(blob, e))?;
+            out.write_all(&frame.bytes)
+                .map_err(io_err("writing", &out_path))?;
+            blob_hash.update(&frame.bytes);
             frames.push(Frame {
                 offset,
-                compressed_len: xz.len() as u64,
-                uncompressed_len,
-                sha256: hex::encode(Sha256::digest(&xz)),
+                compressed_len: frame.bytes.len() as u64,
+                uncompressed_len: frame.uncompressed_len,
+                sha256: frame.sha256,
             });
-            offset += xz.len() as u64;
+            offset += frame.bytes.len() as u64;
         }
     }
-    out.flush().map_err(io_err("writing", &xz_path))?;
+    out.flush().map_err(io_err("writing", &out_path))?;
     let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
-    let digest = match &framed {
-        Some(layer) => format!("sha256:{}", layer.digest),
-        None => blob.digest.clone(),
+    // zstd: the digest of the new blob (what `load` stores); xz: the zstd blob it stands for.
+    let digest = match (spec.compression, &framed) {
+        (Compression::Zstd, _) => format!("sha256:{}", hex::encode(blob_hash.finalize())),
+        (Compression::Xz, Some(layer)) => format!("sha256:{}", layer.digest),
+        (Compression::Xz, None) => blob.digest.clone(),
     };
     Ok(PreparedLayer {
-        file: xz_path,
-        entry: entry(Compression::Xz, offset, uncompressed, digest),
+        file: out_path,
+        entry: entry(spec.compression, offset, uncompressed, digest),
         frames,
         copied: false,
     })
 }
+
+/// One frame after recompression.
+struct Recompressed {
+    bytes: Vec<u8>,
+    uncompressed_len: u64,
+    sha256: String,
+}
+
+/// Compresses one frame's bytes into one independent stream.
+type FrameEncoder = Box<dyn Fn(&[u8]) -> io::Result<Vec<u8>> + Sync>;
 
 fn frames_ok(bytes: &[u8]) -> bool {
     scan_frames(bytes)

@@ -47,7 +47,7 @@ fn spec(layers: Vec<LayerBlob>, output: PathBuf) -> PackSpec {
         config_json: r#"{"config":{"Env":["A=1"],"Cmd":["install.sh"],"Labels":{"k":"v"}}}"#.into(),
         layers,
         compression: Compression::Zstd,
-        level: 3,
+        level: None,
         split_size: None,
         output,
     }

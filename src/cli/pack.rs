@@ -29,7 +29,8 @@ pub struct PackArgs {
     /// zstd copies the store's frames as they are; xz recompresses each frame (smaller, slower).
     #[arg(long, value_enum, default_value = "zstd")]
     compression: CompressionArg,
-    /// Compression level when frames are recompressed (zstd 1-22, xz 0-9).
+    /// Compress every frame at this level (zstd 1-22, xz 0-9; default: zstd frames copied as
+    /// built, xz at 6). Higher levels make a smaller file for slow links, at pack-time cost.
     #[arg(long)]
     level: Option<u32>,
     /// Split into volumes no larger than SIZE (e.g. 4G, 3900M; FAT32 holds 4G minus 1 byte per file).
@@ -64,14 +65,14 @@ fn parse_size(text: &str) -> Result<u64> {
 
 pub fn run(args: PackArgs) -> Result<()> {
     let store = Store::open_default()?;
-    let (compression, default_level, max_level) = match args.compression {
-        CompressionArg::Zstd => (packer::unpack::Compression::Zstd, 3, 22),
-        CompressionArg::Xz => (packer::unpack::Compression::Xz, 6, 9),
+    let (compression, min_level, max_level) = match args.compression {
+        CompressionArg::Zstd => (packer::unpack::Compression::Zstd, 1, 22),
+        CompressionArg::Xz => (packer::unpack::Compression::Xz, 0, 9),
     };
-    let level = args.level.unwrap_or(default_level);
-    if level > max_level {
-        bail!("--level {level} is out of range for this compression (at most {max_level})");
+    if let Some(level) = args.level.filter(|l| !(min_level..=max_level).contains(l)) {
+        bail!("--level {level} is out of range for this compression ({min_level} to {max_level})");
     }
+    let level = args.level;
     let stub = match args.stub {
         Some(s) => s,
         None => find_stub().map_err(anyhow::Error::msg)?,
