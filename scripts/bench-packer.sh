@@ -27,7 +27,9 @@ STUB=$TARGET/sealer-stub
 TOOL=$TARGET/examples/bench_pack
 
 mkdir -p "$BENCH_DIR" "$EXTRACT_DIR"
-if [[ ! -f $BENCH_DIR/small.tar.zst || ! -f $BENCH_DIR/large.tar.zst ]]; then
+# Blobs with their frame index beside them, as the image store keeps them (`sealer pack` then
+# copies frames without reading them); a blob without its index is rebuilt.
+if [[ ! -f $BENCH_DIR/small.tar.frames.json || ! -f $BENCH_DIR/large.tar.frames.json ]]; then
   echo "building layer blobs from $SMALL and $LARGE (zstd -3, 16 MiB frames)..."
   "$TOOL" layer "$SMALL" "$BENCH_DIR/small.tar.zst" 3
   "$TOOL" layer "$LARGE" "$BENCH_DIR/large.tar.zst" 3

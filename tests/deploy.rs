@@ -620,38 +620,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     store.build("noise:v1", ctx.path());
     eprintln!("[{:>5.1}s] built noise", started.elapsed().as_secs_f64());
     bed.shape(n1, "32mbit").unwrap();
-    let spool = format!("{DATA_ROOT}/kill/.sealer/spool");
-    let child = store
-        .sealer()
-        .args(["run", "noise:v1", "-m", &n1.ip.to_string(), "--pk", &key])
-        .args(["--cluster-name", "kill", "--data-root", DATA_ROOT])
-        .args(["--attempts", "1", "--known-hosts"])
-        .arg(bed.known_hosts_path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Watched through the host's root filesystem as mounted here: no process per look.
-    let spool_dir = bed.host_root(n1).join(spool.trim_start_matches('/'));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let frames = std::fs::read_dir(&spool_dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        if frames >= 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no frame arrived within 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start_transfer(&store, &bed, n1, &key, "kill");
     bed.kill_sshd(n1).unwrap();
     let killed = Instant::now();
     let run = Run::from(child.wait_with_output().unwrap());
@@ -702,7 +671,100 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         hex::encode(sha2::Sha256::digest(noise(40 << 20)))
     };
     assert!(installed.starts_with(&expected), "{installed}");
+
+    // The installer itself killed mid-transfer (kill -9), or stopped with Ctrl-C (SIGINT): the
+    // rerun sends only the frames the host lacks and completes.
+    for (signal, cluster) in [(libc::SIGKILL, "sigkill"), (libc::SIGINT, "sigint")] {
+        eprintln!(
+            "[{:>5.1}s] installer gets signal {signal} mid-transfer",
+            started.elapsed().as_secs_f64()
+        );
+        bed.shape(n1, "32mbit").unwrap();
+        let child = start_transfer(&store, &bed, n1, &key, cluster);
+        let signalled = Instant::now();
+        // SAFETY: a plain kill(2) of our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the installer took {:?} to stop after signal {signal}",
+            signalled.elapsed()
+        );
+        bed.unshape(n1).unwrap();
+        let args = [
+            "-m",
+            &n1.ip.to_string(),
+            "--pk",
+            &key,
+            "--cluster-name",
+            cluster,
+            "--data-root",
+            DATA_ROOT,
+        ];
+        let run = store.run(&bed, "noise:v1", &args);
+        run.assert_ok(&format!("rerun after signal {signal}"));
+        let total = payload_size(&run);
+        let resent = sent_in_row(run.row(n1));
+        assert!(
+            resent > 0.0 && resent < total,
+            "after signal {signal} the rerun sent {resent} bytes of {total}:\n{}",
+            run.text
+        );
+        let installed = on_host(
+            &bed,
+            n1,
+            &format!("sha256sum < {}/data/noise.bin", rootfs(cluster)),
+        );
+        assert!(installed.starts_with(&expected), "{installed}");
+        let again = store.run(&bed, "noise:v1", &args);
+        again.assert_ok(&format!("second rerun after signal {signal}"));
+        assert!(again.row(n1).contains("up to date"), "{}", again.row(n1));
+    }
     eprintln!("fault scenarios took {:?}", started.elapsed());
+}
+
+/// Starts `sealer run noise:v1` onto `host` as cluster `cluster` and returns once the host
+/// holds at least one whole frame of it (the transfer is under way).
+fn start_transfer(
+    store: &Store,
+    bed: &Testbed,
+    host: &TestHost,
+    key: &str,
+    cluster: &str,
+) -> std::process::Child {
+    let spool = format!("{DATA_ROOT}/{cluster}/.sealer/spool");
+    let child = store
+        .sealer()
+        .args(["run", "noise:v1", "-m", &host.ip.to_string(), "--pk", key])
+        .args(["--cluster-name", cluster, "--data-root", DATA_ROOT])
+        .args(["--attempts", "1", "--known-hosts"])
+        .arg(bed.known_hosts_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Watched through the host's root filesystem as mounted here: no process per look.
+    let spool_dir = bed.host_root(host).join(spool.trim_start_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let frames = std::fs::read_dir(&spool_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if frames >= 1 {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "no frame arrived within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {
