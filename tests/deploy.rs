@@ -734,7 +734,7 @@ fn start_transfer(
     cluster: &str,
 ) -> std::process::Child {
     let spool = format!("{DATA_ROOT}/{cluster}/.sealer/spool");
-    let child = store
+    let mut child = store
         .sealer()
         .args(["run", "noise:v1", "-m", &host.ip.to_string(), "--pk", key])
         .args(["--cluster-name", cluster, "--data-root", DATA_ROOT])
@@ -762,7 +762,11 @@ fn start_transfer(
         if frames >= 1 {
             return child;
         }
-        assert!(Instant::now() < deadline, "no frame arrived within 60 s");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no frame arrived within 60 s");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
