@@ -725,7 +725,8 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
 }
 
 /// Starts `sealer run noise:v1` onto `host` as cluster `cluster` and returns once the host
-/// holds at least one whole frame of it (the transfer is under way).
+/// holds at least one whole frame of it (the transfer is under way). The caller waits on it.
+#[allow(clippy::zombie_processes)]
 fn start_transfer(
     store: &Store,
     bed: &Testbed,
