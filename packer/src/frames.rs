@@ -44,7 +44,8 @@ pub struct FramedLayer {
 
 struct Compressed {
     seq: u64,
-    bytes: io::Result<Vec<u8>>,
+    /// The frame and the sha256 of it, computed on the worker.
+    bytes: io::Result<(Vec<u8>, String)>,
     uncompressed_len: usize,
 }
 
@@ -100,22 +101,33 @@ impl<W: Write> FramedWriter<W> {
             .map(|_| {
                 let job_rx = job_rx.clone();
                 let res_tx = res_tx.clone();
-                thread::spawn(move || loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((seq, data)) = job else { return };
-                    let bytes = zstd::bulk::compress(&data[..], level);
-                    if res_tx
-                        .send(Compressed {
-                            seq,
-                            bytes,
-                            uncompressed_len: data.len(),
-                        })
-                        .is_err()
-                    {
-                        return;
+                thread::spawn(move || {
+                    // One compression context per worker, reused for every frame.
+                    let mut compressor = zstd::bulk::Compressor::new(level);
+                    loop {
+                        let job = match job_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok((seq, data)) = job else { return };
+                        let bytes = match compressor.as_mut() {
+                            Ok(c) => c.compress(&data[..]),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        }
+                        .map(|frame| {
+                            let sha256 = hex::encode(Sha256::digest(&frame));
+                            (frame, sha256)
+                        });
+                        if res_tx
+                            .send(Compressed {
+                                seq,
+                                bytes,
+                                uncompressed_len: data.len(),
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                 })
             })
@@ -200,14 +212,14 @@ impl<W: Write> FramedWriter<W> {
 
     fn write_ready(&mut self) -> io::Result<()> {
         while let Some(done) = self.pending.remove(&self.written_seq) {
-            let bytes = done.bytes?;
+            let (bytes, sha256) = done.bytes?;
             self.sink.write_all(&bytes)?;
             self.whole.update(&bytes);
             self.frames.push(Frame {
                 offset: self.offset,
                 compressed_len: bytes.len() as u64,
                 uncompressed_len: done.uncompressed_len as u64,
-                sha256: hex::encode(Sha256::digest(&bytes)),
+                sha256,
             });
             self.offset += bytes.len() as u64;
             self.written_seq += 1;
