@@ -158,6 +158,26 @@ impl<W: Write> FramedWriter<W> {
         self.level
     }
 
+    /// Reads up to `len` bytes from `reader` straight into the frame being filled (no
+    /// intermediate buffer) and returns how many arrived; fewer than `len` means `reader` ended.
+    pub fn write_from(&mut self, reader: &mut impl io::Read, len: u64) -> io::Result<u64> {
+        let mut left = len;
+        while left > 0 {
+            let take = ((FRAME_TARGET - self.buf.len()) as u64).min(left);
+            let before = self.buf.len();
+            io::Read::read_to_end(&mut io::Read::take(&mut *reader, take), &mut self.buf)?;
+            let got = (self.buf.len() - before) as u64;
+            left -= got;
+            if self.buf.len() >= FRAME_TARGET {
+                self.cut()?;
+            }
+            if got < take {
+                break;
+            }
+        }
+        Ok(len - left)
+    }
+
     /// Tell the writer that a tar entry ends here; the frame is cut if it is large enough.
     pub fn entry_boundary(&mut self) -> io::Result<()> {
         if self.buf.len() >= FRAME_SOFT_CUT {

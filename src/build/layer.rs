@@ -3,7 +3,7 @@
 //! (callers sort), so the same inputs always give the same digest.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use packer::frames::FramedWriter;
@@ -25,12 +25,7 @@ pub struct LayerWriter {
     tar: tar::Builder<FramedWriter<BlobWriter>>,
     mtime: u64,
     store: Store,
-    /// Reused for small files.
-    small: Vec<u8>,
 }
-
-/// Files up to this size are read whole into [`LayerWriter`]'s reusable buffer.
-const SMALL_FILE: u64 = 1 << 20;
 
 impl LayerWriter {
     pub fn new(store: &Store, level: i32, mtime: u64) -> Result<Self, BuildError> {
@@ -41,7 +36,6 @@ impl LayerWriter {
             tar,
             mtime,
             store: store.clone(),
-            small: Vec::with_capacity(SMALL_FILE as usize),
         })
     }
 
@@ -81,31 +75,29 @@ impl LayerWriter {
         self.boundary()
     }
 
-    /// A regular file copied from `source` on disk. Small files are read whole into a buffer
-    /// reused across files; large ones are streamed.
+    /// A regular file copied from `source` on disk, read straight into the frame being filled.
     pub fn add_file_from(&mut self, path: &str, mode: u32, source: &Path) -> io::Result<()> {
         let mut file = File::open(source)?;
         let size = file.metadata()?.len();
-        if size <= SMALL_FILE {
-            let mut buf = std::mem::take(&mut self.small);
-            buf.clear();
-            (&mut file).take(size).read_to_end(&mut buf)?;
-            if buf.len() as u64 != size {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} changed while it was read", source.display()),
-                ));
-            }
-            let result = self.add_file(path, mode, size, &buf[..]);
-            self.small = buf;
-            return result;
+        let mut h = self.header(tar::EntryType::Regular, mode, size);
+        // The header (and any long-name entries) through the tar builder with no data: it
+        // copies nothing and pads nothing for an empty reader. The content and its padding
+        // follow here.
+        self.tar.append_data(&mut h, path, io::empty())?;
+        let framed = self.tar.get_mut();
+        let copied = framed.write_from(&mut file, size)?;
+        if copied != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} changed while it was read ({copied} of {size} bytes)",
+                    source.display()
+                ),
+            ));
         }
-        self.add_file(
-            path,
-            mode,
-            size,
-            io::BufReader::with_capacity(1 << 20, file),
-        )
+        let padding = (512 - size % 512) % 512;
+        framed.write_all(&[0u8; 512][..padding as usize])?;
+        self.boundary()
     }
 
     pub fn add_symlink(&mut self, path: &str, target: &Path) -> io::Result<()> {
