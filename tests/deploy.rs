@@ -654,23 +654,11 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     );
     run.assert_ok("rerun after sshd came back");
     eprintln!("[{:>5.1}s] rerun returned", started.elapsed().as_secs_f64());
-    let total = payload_size(&run);
-    let resent = sent_in_row(run.row(n1));
-    assert!(
-        resent > 0.0 && resent < total,
-        "the rerun sent {resent} bytes of {total}:\n{}",
-        run.text
-    );
-    let installed = on_host(
-        &bed,
-        n1,
-        &format!("sha256sum < {}/data/noise.bin", rootfs("kill")),
-    );
     let expected = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(noise(40 << 20)))
     };
-    assert!(installed.starts_with(&expected), "{installed}");
+    assert_resumed(&bed, n1, &run, "kill", &expected);
 
     // The installer itself killed mid-transfer (kill -9), or stopped with Ctrl-C (SIGINT): the
     // rerun sends only the frames the host lacks and completes.
@@ -704,24 +692,30 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         ];
         let run = store.run(&bed, "noise:v1", &args);
         run.assert_ok(&format!("rerun after signal {signal}"));
-        let total = payload_size(&run);
-        let resent = sent_in_row(run.row(n1));
-        assert!(
-            resent > 0.0 && resent < total,
-            "after signal {signal} the rerun sent {resent} bytes of {total}:\n{}",
-            run.text
-        );
-        let installed = on_host(
-            &bed,
-            n1,
-            &format!("sha256sum < {}/data/noise.bin", rootfs(cluster)),
-        );
-        assert!(installed.starts_with(&expected), "{installed}");
+        assert_resumed(&bed, n1, &run, cluster, &expected);
         let again = store.run(&bed, "noise:v1", &args);
         again.assert_ok(&format!("second rerun after signal {signal}"));
         assert!(again.row(n1).contains("up to date"), "{}", again.row(n1));
     }
     eprintln!("fault scenarios took {:?}", started.elapsed());
+}
+
+/// A rerun after an interrupted transfer sent some but not all of the payload to `host`, and
+/// the host holds the noise file intact.
+fn assert_resumed(bed: &Testbed, host: &TestHost, run: &Run, cluster: &str, expected: &str) {
+    let total = payload_size(run);
+    let resent = sent_in_row(run.row(host));
+    assert!(
+        resent > 0.0 && resent < total,
+        "the rerun of {cluster} sent {resent} bytes of {total}:\n{}",
+        run.text
+    );
+    let installed = on_host(
+        bed,
+        host,
+        &format!("sha256sum < {}/data/noise.bin", rootfs(cluster)),
+    );
+    assert!(installed.starts_with(expected), "{installed}");
 }
 
 /// Starts `sealer run noise:v1` onto `host` as cluster `cluster` and returns once the host

@@ -71,6 +71,19 @@ impl Read for Noise {
     }
 }
 
+/// `len` bytes of [`Noise`] in memory, and their sha256 in hex.
+fn noise_with_sha256(seed: u64, len: u64) -> (Vec<u8>, String) {
+    let mut payload = Vec::with_capacity(len as usize);
+    Noise {
+        state: seed,
+        left: len,
+    }
+    .read_to_end(&mut payload)
+    .unwrap();
+    let sha256 = hex::encode(Sha256::digest(&payload));
+    (payload, sha256)
+}
+
 #[test]
 fn key_auth_runs_commands_with_env_quoted_and_reports_exit_status() {
     let Some(tb) = Testbed::up_for_test(1) else {
@@ -329,14 +342,7 @@ fn streams_64_mib_of_stdin_verified_remotely_and_uploads_atomically() {
     let mut s = connect(&target(&tb, host, "root", key(&tb)));
     const SIZE: u64 = 64 << 20;
     // Generated up front so the measurement is the transport, not the generator.
-    let mut payload = Vec::with_capacity(SIZE as usize);
-    Noise {
-        state: 0x9e3779b97f4a7c15,
-        left: SIZE,
-    }
-    .read_to_end(&mut payload)
-    .unwrap();
-    let want = hex::encode(Sha256::digest(&payload));
+    let (payload, want) = noise_with_sha256(0x9e3779b97f4a7c15, SIZE);
     let started = Instant::now();
     let out = s.run("sha256sum", &[], Some(&mut &payload[..])).unwrap();
     let secs = started.elapsed().as_secs_f64();
@@ -404,15 +410,7 @@ fn parallel_sessions_with_aes_ctr_and_hmac_stream_intact() {
         tb.kill_sshd(host).unwrap();
         tb.start_sshd(host).unwrap();
     }
-    const SIZE: u64 = 24 << 20;
-    let mut payload = Vec::with_capacity(SIZE as usize);
-    Noise {
-        state: 0x2545f4914f6cdd1d,
-        left: SIZE,
-    }
-    .read_to_end(&mut payload)
-    .unwrap();
-    let want = hex::encode(Sha256::digest(&payload));
+    let (payload, want) = noise_with_sha256(0x2545f4914f6cdd1d, 24 << 20);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..6)
             .map(|i| {
