@@ -158,6 +158,16 @@ fn same_context_builds_the_same_digest_in_two_stores_and_rebuild_hits_the_cache(
     let again = a.ok(&["build", "-t", "hello:v1", ctx.to_str().unwrap()]);
     assert_eq!(again.lines().last(), first.lines().last());
     assert!(again.contains("3/8 steps from cache"), "{again}");
+    // Another compression level makes other layer bytes: nothing comes from the cache.
+    let denser = a.ok(&[
+        "build",
+        "--level",
+        "9",
+        "-t",
+        "hello:v9",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(denser.contains("0/8 steps from cache"), "{denser}");
 }
 
 #[test]

@@ -496,7 +496,8 @@ pub fn build(
                     ),
                 };
                 let env_text: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let key = chain(&state.key, &[&text, &env_text.join("\n")]);
+                let level = format!("zstd level {}", opts.level);
+                let key = chain(&state.key, &[&text, &env_text.join("\n"), &level]);
                 if !opts.no_cache {
                     if let Some(blob) = cache.step(&key) {
                         progress(BuildEvent::Cached);
@@ -582,10 +583,12 @@ fn layer_step(
     created: &str,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<bool, String> {
+    // The compression level changes the layer's bytes, so it is part of every step key.
+    let level = format!("zstd level {}", opts.level);
     let fingerprint = chain(&plan.stat_fingerprint()?, &[text]);
     if !opts.no_cache {
         if let Some(content) = cache.memo(&fingerprint) {
-            let key = chain(&state.key, &[text, &content]);
+            let key = chain(&state.key, &[text, &content, &level]);
             if let Some(blob) = cache.step(&key) {
                 progress(BuildEvent::Cached);
                 state.push_layer(key, &blob, text.to_string(), created);
@@ -598,7 +601,7 @@ fn layer_step(
     plan.write(&mut layer)?;
     let blob = layer.finish().map_err(|e| e.to_string())?;
     let content = blob.diff_id.clone();
-    let key = chain(&state.key, &[text, &content]);
+    let key = chain(&state.key, &[text, &content, &level]);
     cache.record_memo(&fingerprint, &content);
     cache.record_step(&key, &blob);
     progress(BuildEvent::Layer {
