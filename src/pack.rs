@@ -114,11 +114,11 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                 for fi in 0..layer.frames.len() {
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
                     if let Some(hasher) = diff_id.as_mut() {
-                        let mut decoder = zstd::stream::read::Decoder::new(&bytes[..])
-                            .and_then(|mut d| std::io::copy(&mut d, hasher));
-                        decoder.as_mut().map_err(|e| {
-                            format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
-                        })?;
+                        zstd::stream::read::Decoder::new(&bytes[..])
+                            .and_then(|mut d| std::io::copy(&mut d, hasher))
+                            .map_err(|e| {
+                                format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
+                            })?;
                     }
                     blob.write_all(&bytes)
                         .map_err(|e| format!("writing layer {}: {e}", li + 1))?;

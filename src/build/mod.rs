@@ -181,6 +181,13 @@ impl State {
     }
 }
 
+impl BuildOptions {
+    /// The compression level changes a layer's bytes, so it is part of every step key.
+    fn level_key(&self) -> String {
+        format!("zstd level {}", self.level)
+    }
+}
+
 fn chain(prev: &str, parts: &[&str]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -496,8 +503,10 @@ pub fn build(
                     ),
                 };
                 let env_text: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let level = format!("zstd level {}", opts.level);
-                let key = chain(&state.key, &[&text, &env_text.join("\n"), &level]);
+                let key = chain(
+                    &state.key,
+                    &[&text, &env_text.join("\n"), &opts.level_key()],
+                );
                 if !opts.no_cache {
                     if let Some(blob) = cache.step(&key) {
                         progress(BuildEvent::Cached);
@@ -583,8 +592,7 @@ fn layer_step(
     created: &str,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<bool, String> {
-    // The compression level changes the layer's bytes, so it is part of every step key.
-    let level = format!("zstd level {}", opts.level);
+    let level = opts.level_key();
     let fingerprint = chain(&plan.stat_fingerprint()?, &[text]);
     if !opts.no_cache {
         if let Some(content) = cache.memo(&fingerprint) {

@@ -72,7 +72,6 @@ pub fn run(args: PackArgs) -> Result<()> {
     if let Some(level) = args.level.filter(|l| !(min_level..=max_level).contains(l)) {
         bail!("--level {level} is out of range for this compression ({min_level} to {max_level})");
     }
-    let level = args.level;
     let stub = match args.stub {
         Some(s) => s,
         None => find_stub().map_err(anyhow::Error::msg)?,
@@ -81,7 +80,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         image: Reference::parse(&args.image)?,
         output: args.output.clone(),
         compression,
-        level,
+        level: args.level,
         split_size: args.split_size.as_deref().map(parse_size).transpose()?,
         stub,
     };
