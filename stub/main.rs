@@ -334,7 +334,7 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
         // Check every frame before any host is touched: a damaged package is refused whole.
         let check = payload(&run)?;
         let progress = Progress::new("verifying", check.compressed_len());
-        check.verify(Some(&|done| progress.update(done)))?;
+        check.verify_digests(Some(&|done| progress.update(done)))?;
         progress.finish();
         sealer::deploy::Payload::from_package(&run).map_err(anyhow::Error::msg)?
     };

@@ -26,6 +26,12 @@ pub const FOOTER_LEN: u64 = 64;
 pub const HEADER_MAGIC: [u8; 8] = *b"SEALRUN\0";
 /// Magic at the start of every footer.
 pub const FOOTER_MAGIC: [u8; 8] = *b"SEALEND\0";
+/// The largest manifest a reader accepts. A manifest lists every frame (about 200 bytes each;
+/// a terabyte image in 16 MiB frames needs about 13 MiB), so anything larger is damage, and a
+/// damaged length field must not make the reader allocate it.
+pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+/// The most volumes a payload may have (a 4 GiB split of a petabyte).
+pub const MAX_VOLUMES: u32 = 1 << 18;
 /// Value of [`Manifest::format`].
 pub const MANIFEST_FORMAT: &str = "sealer.run";
 
@@ -272,6 +278,12 @@ impl Manifest {
                 found: manifest.version,
             });
         }
+        if manifest.volumes.is_empty() || manifest.volumes.len() > MAX_VOLUMES as usize {
+            return Err(FormatError::Manifest(format!(
+                "it lists {} volumes (1 to {MAX_VOLUMES} are possible)",
+                manifest.volumes.len()
+            )));
+        }
         let count = manifest.volumes.len() as u32;
         for (i, v) in manifest.volumes.iter().enumerate() {
             if v.index != i as u32 {
@@ -300,6 +312,29 @@ impl Manifest {
                     )));
                 }
             }
+            let sum = |len: fn(&FrameEntry) -> u64| {
+                layer
+                    .frames
+                    .iter()
+                    .try_fold(0u64, |total, frame| total.checked_add(len(frame)))
+            };
+            if sum(|f| f.compressed_len) != Some(layer.compressed_len)
+                || sum(|f| f.uncompressed_len) != Some(layer.uncompressed_len)
+            {
+                return Err(FormatError::Manifest(format!(
+                    "the lengths of layer {} do not add up to the lengths of its frames",
+                    l + 1
+                )));
+            }
+        }
+        let total = manifest
+            .volumes
+            .iter()
+            .try_fold(0u64, |total, v| total.checked_add(v.len));
+        if total != Some(manifest.payload_len) {
+            return Err(FormatError::Manifest(
+                "the volume lengths do not add up to the payload length".into(),
+            ));
         }
         Ok(manifest)
     }

@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use crate::format::{self, align_up, FormatError, Header, Manifest, ALIGN, FOOTER_LEN, HEADER_LEN};
 use crate::frames::Frame;
 use crate::source::{ByteSource, MappedFile, PositionedFile};
-use crate::unpack::{self, LayerInput, UnpackError, UnpackOptions, UnpackReport};
+use crate::unpack::{
+    self, FrameCheck, FrameProblem, LayerInput, UnpackError, UnpackOptions, UnpackReport,
+};
 
 /// Why a `.run` file cannot be used. Every message says what and where.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,22 @@ pub enum ReadError {
         path.display()
     )]
     NoPayload { path: PathBuf },
+    #[error(
+        "{} was made by a newer sealer: its format version is {found}, this program reads \
+         version {supported}; use a newer sealer or the installer's own stub",
+        path.display()
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "{} changed while it was being read (it was truncated or rewritten); copy the file \
+         again and do not modify it during the install",
+        path.display()
+    )]
+    Changed { path: PathBuf },
     #[error(
         "{} is an incomplete copy: have {have} of {want} bytes; copy the file again",
         path.display()
@@ -82,13 +100,19 @@ pub enum ReadError {
         have: u64,
         want: u64,
     },
-    #[error("frame {frame} of layer {layer} is corrupt (bytes {start}–{end} of {}); copy the file again", path.display())]
+    #[error(
+        "frame {frame} of layer {layer} is corrupt (bytes {start}–{end} of {}): {}; copy the \
+         file again",
+        path.display(),
+        problem.detail()
+    )]
     CorruptFrame {
         layer: usize,
         frame: usize,
         path: PathBuf,
         start: u64,
         end: u64,
+        problem: FrameProblem,
     },
     #[error(transparent)]
     Unpack(#[from] UnpackError),
@@ -103,9 +127,20 @@ fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> R
 }
 
 fn damaged(path: &Path, e: FormatError, record: &str) -> ReadError {
+    if let FormatError::Version { found } = e {
+        return newer(path, found);
+    }
     ReadError::Damaged {
         path: path.to_path_buf(),
         what: format!("its {record} is not valid ({e})"),
+    }
+}
+
+fn newer(path: &Path, found: u32) -> ReadError {
+    ReadError::NewerFormat {
+        path: path.to_path_buf(),
+        found,
+        supported: format::FORMAT_VERSION,
     }
 }
 
@@ -181,6 +216,28 @@ impl RunFile {
                 index: header.volume_index,
             });
         }
+        // Every length below comes from the file: bound it by the file before allocating.
+        let manifest_end = header
+            .manifest_offset
+            .checked_add(header.manifest_len)
+            .and_then(|end| end.checked_add(header_offset));
+        if header.manifest_len > format::MAX_MANIFEST_LEN
+            || manifest_end.is_none_or(|end| end > file_len - FOOTER_LEN)
+        {
+            return Err(ReadError::Damaged {
+                path: shown.to_path_buf(),
+                what: format!(
+                    "its header places a {}-byte manifest outside the file",
+                    header.manifest_len
+                ),
+            });
+        }
+        if header.volume_count == 0 || header.volume_count > format::MAX_VOLUMES {
+            return Err(ReadError::Damaged {
+                path: shown.to_path_buf(),
+                what: format!("its header claims {} volumes", header.volume_count),
+            });
+        }
         let manifest_bytes = read_exact_at(
             &file,
             header.manifest_len,
@@ -195,6 +252,14 @@ impl RunFile {
         }
         let manifest =
             Manifest::from_bytes(&manifest_bytes).map_err(|e| damaged(shown, e, "manifest"))?;
+        if manifest.volumes.len() != header.volume_count as usize
+            || manifest.volumes[0].len != header.volume_len
+        {
+            return Err(ReadError::Damaged {
+                path: shown.to_path_buf(),
+                what: "its header and manifest disagree about the volumes".into(),
+            });
+        }
         Ok(RunFile {
             path: shown.to_path_buf(),
             open_path: open_path.to_path_buf(),
@@ -316,8 +381,10 @@ fn read_footer(
         return Ok(None);
     }
     let tail = read_exact_at(file, FOOTER_LEN, file_len - FOOTER_LEN, path)?;
-    let Ok(footer) = format::Footer::decode(&tail) else {
-        return Ok(None);
+    let footer = match format::Footer::decode(&tail) {
+        Ok(footer) => footer,
+        Err(FormatError::Version { found }) => return Err(newer(path, found)),
+        Err(_) => return Ok(None),
     };
     if footer.volume_len > file_len || footer.volume_len < HEADER_LEN + FOOTER_LEN {
         return Err(ReadError::Damaged {
@@ -358,10 +425,12 @@ fn diagnose_without_footer(file: &File, file_len: u64, path: &Path) -> ReadError
         let Ok(bytes) = read_exact_at(file, 96, at, path) else {
             continue;
         };
-        let Ok(header) = Header::decode(&bytes) else {
-            continue;
+        let header = match Header::decode(&bytes) {
+            Ok(header) => header,
+            Err(FormatError::Version { found }) => return newer(path, found),
+            Err(_) => continue,
         };
-        let want = at + header.volume_len;
+        let want = at.saturating_add(header.volume_len);
         return if file_len < want {
             ReadError::Incomplete {
                 path: path.to_path_buf(),
@@ -557,14 +626,25 @@ impl Payload {
                 source: e,
             }
         })?;
-        if hex::encode(Sha256::digest(&bytes)) != f.sha256 {
-            return Err(self.corrupt(layer, frame));
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != f.sha256 {
+            return Err(self.corrupt(
+                layer,
+                frame,
+                FrameProblem::Checksum {
+                    expected: f.sha256.clone(),
+                    actual,
+                },
+            ));
         }
         Ok(bytes)
     }
 
-    fn corrupt(&self, layer: usize, frame: usize) -> ReadError {
+    fn corrupt(&self, layer: usize, frame: usize, problem: FrameProblem) -> ReadError {
         let f = &self.layers[layer][frame];
+        if let Some(path) = self.changed_volume() {
+            return ReadError::Changed { path };
+        }
         let (path, start, end) = self.locate(f.offset, f.offset + f.compressed_len);
         ReadError::CorruptFrame {
             layer: layer + 1,
@@ -572,12 +652,56 @@ impl Payload {
             path,
             start,
             end,
+            problem,
         }
     }
 
-    /// Check every frame's sha256 (in parallel). `progress` gets compressed bytes checked.
-    /// The first bad frame in payload order is reported with its exact byte range.
+    /// One frame: its sha256, then what [`FrameCheck`] asks of its content.
+    fn check_frame(
+        &self,
+        layer: usize,
+        index: usize,
+        depth: FrameCheck,
+    ) -> Result<(), FrameProblem> {
+        let frame = &self.layers[layer][index];
+        let bytes = self
+            .bytes(frame.offset, frame.compressed_len)
+            .map_err(FrameProblem::Unreadable)?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        let result = if actual != frame.sha256 {
+            Err(FrameProblem::Checksum {
+                expected: frame.sha256.clone(),
+                actual,
+            })
+        } else {
+            let compression = self.manifest.layers[layer].compression;
+            unpack::check_frame_content(compression, &bytes, frame.uncompressed_len, depth)
+        };
+        drop(bytes);
+        self.release(frame.offset, frame.compressed_len);
+        result
+    }
+
+    /// The full integrity check (`app.run verify`): every frame's sha256, and every frame
+    /// decoded to exactly the length the manifest gives. In parallel; `progress` gets
+    /// compressed bytes checked. The first bad frame in payload order is reported with its
+    /// exact byte range.
     pub fn verify(&self, progress: Option<&(dyn Fn(u64) + Sync)>) -> Result<(), ReadError> {
+        self.verify_with(FrameCheck::Decode, progress)
+    }
+
+    /// The check before an install: every frame's sha256 and the content size a zstd frame
+    /// declares. Decoding is left to the extraction, which checks every length again before
+    /// anything is renamed into place.
+    pub fn verify_digests(&self, progress: Option<&(dyn Fn(u64) + Sync)>) -> Result<(), ReadError> {
+        self.verify_with(FrameCheck::DeclaredSize, progress)
+    }
+
+    fn verify_with(
+        &self,
+        depth: FrameCheck,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), ReadError> {
         let done = AtomicU64::new(0);
         let all: Vec<(usize, usize)> = self
             .layers
@@ -587,24 +711,18 @@ impl Payload {
             .collect();
         let first_bad = all
             .par_iter()
-            .map(|&(l, f)| {
-                let frame = &self.layers[l][f];
-                let ok = match self.bytes(frame.offset, frame.compressed_len) {
-                    Ok(bytes) => hex::encode(Sha256::digest(&bytes)) == frame.sha256,
-                    Err(_) => false,
-                };
-                self.release(frame.offset, frame.compressed_len);
-                let now =
-                    done.fetch_add(frame.compressed_len, Ordering::Relaxed) + frame.compressed_len;
+            .filter_map(|&(l, f)| {
+                let compressed_len = self.layers[l][f].compressed_len;
+                let result = self.check_frame(l, f, depth);
+                let now = done.fetch_add(compressed_len, Ordering::Relaxed) + compressed_len;
                 if let Some(progress) = progress {
                     progress(now);
                 }
-                (l, f, ok)
+                result.err().map(|problem| (l, f, problem))
             })
-            .filter(|(_, _, ok)| !ok)
-            .min_by_key(|&(l, f, _)| (l, f));
+            .min_by_key(|(l, f, _)| (*l, *f));
         match first_bad {
-            Some((l, f, _)) => Err(self.corrupt(l, f)),
+            Some((l, f, problem)) => Err(self.corrupt(l, f, problem)),
             None => Ok(()),
         }
     }
@@ -621,24 +739,39 @@ impl Payload {
                 frame,
                 start,
                 end,
-                ref layer,
-                ..
-            } if self.volumes.len() > 1 => {
+                layer,
+                problem,
+            } => {
+                if let Some(path) = self.changed_volume() {
+                    return ReadError::Changed { path };
+                }
+                let (path, start, end) = self.locate(start, end);
                 let layer_no = layer
                     .trim_start_matches("layer ")
                     .parse()
                     .unwrap_or_default();
-                let (path, start, end) = self.locate(start, end);
                 ReadError::CorruptFrame {
                     layer: layer_no,
                     frame,
                     path,
                     start,
                     end,
+                    problem,
                 }
             }
-            other => ReadError::Unpack(other),
+            other => match self.changed_volume() {
+                Some(path) => ReadError::Changed { path },
+                None => ReadError::Unpack(other),
+            },
         })
+    }
+
+    /// The first volume that changed under its mapping since it was opened.
+    fn changed_volume(&self) -> Option<PathBuf> {
+        self.volumes
+            .iter()
+            .find(|v| v.source.changed())
+            .map(|v| v.path.clone())
     }
 
     /// Compressed bytes of all frames.
@@ -672,6 +805,10 @@ impl ByteSource for Payload {
 
     fn len(&self) -> u64 {
         self.volumes.last().map(|v| v.start + v.len).unwrap_or(0)
+    }
+
+    fn changed(&self) -> bool {
+        self.volumes.iter().any(|v| v.source.changed())
     }
 
     fn release(&self, offset: u64, len: u64) {

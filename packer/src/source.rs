@@ -27,6 +27,13 @@ pub trait ByteSource: Sync {
     /// A hint that the bytes at `offset..offset + len` will not be read again, so a mapping may
     /// drop its pages (keeps resident memory bounded while a large file is streamed).
     fn release(&self, _offset: u64, _len: u64) {}
+
+    /// True when the bytes under this source changed after it was opened in a way that may
+    /// have changed what earlier calls returned (a mapped file truncated under it). Readers
+    /// check it before trusting what they decoded.
+    fn changed(&self) -> bool {
+        false
+    }
 }
 
 fn out_of_range(offset: u64, len: u64, have: u64) -> io::Error {
@@ -66,19 +73,27 @@ impl ByteSource for Vec<u8> {
 }
 
 /// A read-only memory map of a file on a local filesystem.
+///
+/// If the file is truncated while mapped, touching a page past its new end raises SIGBUS. The
+/// mapping is registered with [`fault_guard`], whose handler puts a page of zeros in place of
+/// the missing one and marks the mapping [changed](ByteSource::changed): the read goes on,
+/// the frame's sha256 no longer matches, and the reader reports that the file changed
+/// instead of the process dying.
 pub struct MappedFile {
     map: memmap2::Mmap,
+    guard: Option<fault_guard::Slot>,
 }
 
 impl MappedFile {
-    /// Map all of `file`. The caller must have checked that the file lies on a local filesystem
-    /// and that its length matches what the format expects (a shrinking file faults with SIGBUS).
+    /// Map all of `file`. The caller must have checked that its length matches what the
+    /// format expects.
     pub fn new(file: &File) -> io::Result<Self> {
-        // SAFETY: the mapping is read-only and private to this process; the files we map are
-        // images and installers that nothing rewrites while we read them. Lengths are checked
-        // against the on-disk size before any byte is touched.
+        // SAFETY: the mapping is read-only and private to this process. A file truncated
+        // under it is handled by the fault guard (see the type's documentation); a file
+        // rewritten in place changes bytes that every reader hashes before use.
         let map = unsafe { memmap2::MmapOptions::new().map(file)? };
-        Ok(MappedFile { map })
+        let guard = fault_guard::register(map.as_ptr() as usize, map.len());
+        Ok(MappedFile { map, guard })
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -92,6 +107,9 @@ impl ByteSource for MappedFile {
     }
     fn len(&self) -> u64 {
         self.map.len() as u64
+    }
+    fn changed(&self) -> bool {
+        self.guard.as_ref().is_some_and(fault_guard::Slot::faulted)
     }
     fn release(&self, offset: u64, len: u64) {
         const PAGE: u64 = 4096;
@@ -149,5 +167,124 @@ impl ByteSource for PositionedFile {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // Unregister before the mapping goes away (fields drop after this body).
+        self.guard.take();
+    }
+}
+
+/// SIGBUS on mapped files: turns "the file shrank under the mapping" into a flag.
+///
+/// A process-wide table of registered mappings; the handler looks the faulting address up,
+/// maps an anonymous zero page over the faulting page (`MAP_FIXED`, async-signal-safe), sets
+/// the mapping's flag and returns, so the faulting load is retried and reads zeros. A fault
+/// at an address no registered mapping covers restores the default action and returns: the
+/// retried load faults again and the process ends as it would have without the guard.
+pub mod fault_guard {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Once;
+
+    const SLOTS: usize = 256;
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: AtomicUsize = AtomicUsize::new(0);
+    #[allow(clippy::declare_interior_mutable_const)]
+    const CLEAR: AtomicBool = AtomicBool::new(false);
+    static STARTS: [AtomicUsize; SLOTS] = [FREE; SLOTS];
+    static ENDS: [AtomicUsize; SLOTS] = [FREE; SLOTS];
+    static FAULTED: [AtomicBool; SLOTS] = [CLEAR; SLOTS];
+    static PAGE: AtomicUsize = AtomicUsize::new(4096);
+    static INSTALL: Once = Once::new();
+
+    /// A registered mapping; unregisters itself when dropped.
+    #[derive(Debug)]
+    pub struct Slot(usize);
+
+    impl Slot {
+        /// True once a page of this mapping was replaced by zeros.
+        pub fn faulted(&self) -> bool {
+            FAULTED[self.0].load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            ENDS[self.0].store(0, Ordering::SeqCst);
+            FAULTED[self.0].store(false, Ordering::SeqCst);
+            STARTS[self.0].store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Register `start..start + len`; `None` if the table is full or the range is empty
+    /// (the mapping then works as before, without the guard).
+    pub fn register(start: usize, len: usize) -> Option<Slot> {
+        if start == 0 || len == 0 {
+            return None;
+        }
+        INSTALL.call_once(install);
+        for i in 0..SLOTS {
+            if STARTS[i]
+                .compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                FAULTED[i].store(false, Ordering::SeqCst);
+                ENDS[i].store(start + len, Ordering::SeqCst);
+                return Some(Slot(i));
+            }
+        }
+        None
+    }
+
+    fn install() {
+        // SAFETY: sysconf and sigaction with a handler that only touches atomics and calls
+        // mmap/signal, which are async-signal-safe.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE);
+            if page > 0 {
+                PAGE.store(page as usize, Ordering::SeqCst);
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        }
+    }
+
+    extern "C" fn handler(_signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: the kernel hands a valid siginfo for SA_SIGINFO handlers.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        let page = PAGE.load(Ordering::SeqCst);
+        for i in 0..SLOTS {
+            let start = STARTS[i].load(Ordering::SeqCst);
+            let end = ENDS[i].load(Ordering::SeqCst);
+            if start != 0 && addr >= start && addr < end {
+                let base = addr & !(page - 1);
+                // SAFETY: the page lies inside a live read-only mapping this module
+                // registered; replacing it with zeros changes only what that mapping reads.
+                let mapped = unsafe {
+                    libc::mmap(
+                        base as *mut libc::c_void,
+                        page,
+                        libc::PROT_READ,
+                        libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if mapped != libc::MAP_FAILED {
+                    FAULTED[i].store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        // Not ours: let the retried access end the process as SIGBUS always did.
+        // SAFETY: signal() is async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        }
     }
 }

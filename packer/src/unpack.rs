@@ -117,6 +117,28 @@ pub enum FrameProblem {
     },
     #[error("is corrupt (decodes to {actual} bytes, expected {expected})")]
     Length { expected: u64, actual: u64 },
+    #[error("changed while it was being read (the file was truncated or rewritten)")]
+    Changed,
+}
+
+impl FrameProblem {
+    /// The problem without the leading verb, for messages that already say "is corrupt".
+    pub fn detail(&self) -> String {
+        match self {
+            FrameProblem::Unreadable(e) => format!("it cannot be read ({e})"),
+            FrameProblem::Checksum { expected, actual } => {
+                format!("sha256 {actual}, expected {expected}")
+            }
+            FrameProblem::Decode {
+                compression,
+                reason,
+            } => format!("not a valid {compression} stream ({reason})"),
+            FrameProblem::Length { expected, actual } => {
+                format!("it decodes to {actual} bytes, expected {expected}")
+            }
+            FrameProblem::Changed => "the file changed while it was being read".into(),
+        }
+    }
 }
 
 /// Why a tar entry was refused or could not be written.
@@ -136,12 +158,17 @@ pub enum EntryProblem {
     ThroughSymlink { link: String },
     #[error("needs `{parent}` to be a directory, but it is not")]
     ParentNotDirectory { parent: String },
+    #[error("is a whiteout that names no entry (`.wh.`, `.wh..` or `.wh...`)")]
+    BadWhiteout,
     #[error("is a device file, which only root may create; extract as root")]
     Device,
     #[error("has a tar entry type this extractor does not support ({kind})")]
     Unsupported { kind: String },
     #[error("cannot be written ({0})")]
     Io(io::Error),
+    /// An entry written earlier failed; reported as that entry's error.
+    #[error("could not be applied: {0}")]
+    Earlier(Box<UnpackError>),
 }
 
 /// Error from [`unpack`]: names the layer and, where there is one, the entry or frame.
@@ -335,6 +362,15 @@ fn unpack_into(
                 pool.drain()?;
                 tree.end_layer();
             }
+            // A mapped source that shrank gave zeros instead of a SIGBUS; whatever was read
+            // after that cannot be trusted even where a hash happened to be checked first.
+            if let Some(layer) = layers.iter().find(|layer| layer.source.changed()) {
+                return Err(UnpackError::Io {
+                    what: "reading",
+                    path: PathBuf::from(&layer.label),
+                    source: io::Error::other("the file changed while it was being read"),
+                });
+            }
             tree.finish()?;
             Ok(tree.report)
         });
@@ -411,6 +447,74 @@ fn verified_bytes<'a>(
     Ok(bytes)
 }
 
+/// How thoroughly [`check_frame_content`] looks at a frame whose sha256 already matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCheck {
+    /// Compare the content size a zstd frame declares in its header with the index (cheap;
+    /// xz frames and zstd frames without a declared size pass).
+    DeclaredSize,
+    /// Decode the whole frame (into a small reused buffer) and count what it yields.
+    Decode,
+}
+
+/// Check that verified compressed `bytes` are a valid `compression` stream of exactly
+/// `expected` uncompressed bytes. The sha256 only proves the bytes are the ones the packer
+/// indexed; this proves the index describes them.
+pub fn check_frame_content(
+    compression: Compression,
+    bytes: &[u8],
+    expected: u64,
+    depth: FrameCheck,
+) -> Result<(), FrameProblem> {
+    let decode_error = |reason: String| FrameProblem::Decode {
+        compression,
+        reason,
+    };
+    if compression == Compression::Zstd {
+        match zstd::zstd_safe::get_frame_content_size(bytes) {
+            Ok(Some(declared)) if declared != expected => {
+                return Err(FrameProblem::Length {
+                    expected,
+                    actual: declared,
+                })
+            }
+            Ok(_) => {}
+            Err(_) => return Err(decode_error("no valid zstd frame header".into())),
+        }
+    }
+    if depth == FrameCheck::DeclaredSize {
+        return Ok(());
+    }
+    let mut reader: Box<dyn Read + '_> = match compression {
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(bytes)
+                .map_err(|e| decode_error(e.to_string()))?,
+        ),
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new(bytes)),
+    };
+    let mut buf = vec![0u8; 256 << 10];
+    let mut seen = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| decode_error(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        seen += n as u64;
+        if seen > expected {
+            break;
+        }
+    }
+    if seen != expected {
+        return Err(FrameProblem::Length {
+            expected,
+            actual: seen,
+        });
+    }
+    Ok(())
+}
+
 /// Decoded-frame buffers handed back by the parser for reuse, so each frame does not fault in
 /// fresh pages.
 type Spare = Mutex<Vec<Vec<u8>>>;
@@ -457,6 +561,10 @@ fn decode_frame(
     layer
         .source
         .release(layer.base + frame.offset, frame.compressed_len);
+    if layer.source.changed() {
+        // The bytes may have changed between the hash and the decode.
+        return Err(frame_error(layer, index, FrameProblem::Changed));
+    }
     if data.len() as u64 != expected {
         return Err(frame_error(
             layer,
@@ -747,6 +855,7 @@ fn read_entries<R: Read>(
         let entry = entry.map_err(|e| tar_error(e, None))?;
         let offset = entry.raw_header_position();
         tree.apply(entry).map_err(|e| match e {
+            Applied::Refused(_, EntryProblem::Earlier(earlier)) => *earlier,
             Applied::Refused(path, problem) => UnpackError::Entry {
                 layer: layer.clone(),
                 path,
@@ -860,6 +969,10 @@ impl<'o, 'p> Tree<'o, 'p> {
                 return if hidden == b".wh..opq" {
                     self.opaque(&parent).map_err(refuse)
                 } else {
+                    // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent.
+                    if matches!(hidden, b"" | b"." | b"..") {
+                        return Err(refuse(EntryProblem::BadWhiteout));
+                    }
                     let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
                     self.whiteout(&target).map_err(refuse)
                 };
@@ -1076,6 +1189,12 @@ impl<'o, 'p> Tree<'o, 'p> {
             Err(e) => return Err(EntryProblem::Io(e)),
         };
         if meta.is_dir() {
+            // Files queued for the writer pool are opened by full path. Removing (and then
+            // perhaps replacing with a symlink) a directory while one of them waits below it
+            // would let the writer follow the new link out of the tree: finish them first.
+            self.pool
+                .drain()
+                .map_err(|e| EntryProblem::Earlier(Box::new(e)))?;
             fs::remove_dir_all(full).map_err(EntryProblem::Io)?;
             self.dirs.retain(|d| !d.starts_with(rel));
             self.dir_meta.retain(|d, _| !d.starts_with(rel));

@@ -90,6 +90,8 @@ pub enum WriteError {
     },
     #[error("layer {} is not a layer this packer understands: {reason}", path.display())]
     Layer { path: PathBuf, reason: String },
+    #[error("layer {} is damaged: {reason}", path.display())]
+    LayerDamaged { path: PathBuf, reason: String },
     #[error(
         "split size {split} is too small: it must hold the stub ({stub} bytes) and a whole frame \
          ({frame} bytes); use at least {needed}"
@@ -503,6 +505,7 @@ fn prepare_layer(
             && contiguous == Some(len)
             && frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME)
         {
+            check_indexed_frames(blob, frames)?;
             let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
             return Ok(PreparedLayer {
                 file: blob.path.clone(),
@@ -523,8 +526,24 @@ fn prepare_layer(
     let map = map_blob(blob)?;
     let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
 
-    // Framed zstd packed as zstd: copy.
+    // Framed zstd packed as zstd: copy. The frames are indexed from these very bytes, so the
+    // blob's digest is what proves they are the image's.
     if is_zstd(&blob.media_type) && copy_zstd {
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let named = blob
+            .digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64);
+        if named && actual != blob.digest {
+            return Err(WriteError::LayerDamaged {
+                path: blob.path.clone(),
+                reason: format!(
+                    "its content hashes to {actual}, but the image says {}; build or pull the \
+                     image again",
+                    blob.digest
+                ),
+            });
+        }
         if let Ok(frames) = scan_frames(bytes) {
             if frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME) {
                 let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
@@ -691,6 +710,54 @@ fn prepare_layer(
         frames,
         copied: false,
     })
+}
+
+/// Check a blob against the frame index the store kept for it, before its bytes are copied
+/// into a package: every frame's sha256 and declared size, in parallel. Without this a
+/// damaged store blob would pack into a file that fails its own `verify`.
+fn check_indexed_frames(blob: &LayerBlob, frames: &[Frame]) -> Result<(), WriteError> {
+    let Some(map) = map_blob(blob)? else {
+        return Ok(());
+    };
+    let bytes = map.as_slice();
+    let bad = frames
+        .par_iter()
+        .enumerate()
+        .filter_map(|(index, frame)| {
+            let end = frame.offset.checked_add(frame.compressed_len)?;
+            let problem = match bytes.get(frame.offset as usize..end as usize) {
+                None => Some("lies beyond the end of the blob".to_string()),
+                Some(data) => {
+                    let actual = hex::encode(Sha256::digest(data));
+                    if actual != frame.sha256 {
+                        Some(format!("hashes to {actual}, expected {}", frame.sha256))
+                    } else {
+                        crate::unpack::check_frame_content(
+                            Compression::Zstd,
+                            data,
+                            frame.uncompressed_len,
+                            crate::unpack::FrameCheck::DeclaredSize,
+                        )
+                        .err()
+                        .map(|e| e.to_string())
+                    }
+                }
+            };
+            problem.map(|p| (index, frame, p))
+        })
+        .min_by_key(|(index, _, _)| *index);
+    match bad {
+        None => Ok(()),
+        Some((index, frame, problem)) => Err(WriteError::LayerDamaged {
+            path: blob.path.clone(),
+            reason: format!(
+                "frame {} (bytes {}–{}) {problem}; build or pull the image again",
+                index + 1,
+                frame.offset,
+                frame.offset + frame.compressed_len
+            ),
+        }),
+    }
 }
 
 /// One frame after recompression.

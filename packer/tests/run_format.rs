@@ -281,19 +281,8 @@ fn a_flipped_byte_is_reported_with_layer_frame_and_bytes() {
 
     let dest = work.path().join("out");
     let err = payload.extract(&dest, &Default::default()).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("frame 2 of layer 1 is corrupt (sha256 "),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&format!(
-            "(bytes {}–{})",
-            start,
-            start + frame.compressed_len
-        )),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with(&want), "{err}");
+    assert!(err.to_string().contains("): sha256 "), "{err}");
     assert!(!dest.exists());
 }
 
@@ -468,4 +457,219 @@ fn split_size_smaller_than_a_frame_is_refused() {
     s.split_size = Some(1 << 20);
     let err = write(&s, None).unwrap_err();
     assert!(err.to_string().contains("split size"), "{err}");
+}
+
+/// Rewrite a packed file's header, footer and manifest, keeping every checksum valid, so the
+/// reader meets exactly the lie the test tells (the layout stays where the packer put it).
+fn rewrite(
+    run_path: &Path,
+    edit: impl FnOnce(&mut Header, &mut packer::format::Footer, &mut serde_json::Value),
+) {
+    use packer::format::{Footer, FOOTER_LEN};
+    let run = RunFile::open(run_path).unwrap();
+    let header_at = run.header_offset() as usize;
+    let mut bytes = fs::read(run_path).unwrap();
+    let mut header = Header::decode(&bytes[header_at..header_at + HEADER_LEN as usize]).unwrap();
+    let footer_at = bytes.len() - FOOTER_LEN as usize;
+    let mut footer = Footer::decode(&bytes[footer_at..]).unwrap();
+    let manifest_at = header_at + header.manifest_offset as usize;
+    let old_len = header.manifest_len as usize;
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&bytes[manifest_at..manifest_at + old_len]).unwrap();
+    let before = manifest.clone();
+    edit(&mut header, &mut footer, &mut manifest);
+    if manifest != before {
+        let new = serde_json::to_vec(&manifest).unwrap();
+        assert!(
+            new.len() <= old_len + 512,
+            "the manifest must fit its reserve"
+        );
+        bytes[manifest_at..manifest_at + new.len()].copy_from_slice(&new);
+        let id = packer::format::payload_id(&new);
+        header.payload_id = id;
+        footer.payload_id_prefix.copy_from_slice(&id[..16]);
+        if header.manifest_len == old_len as u64 {
+            header.manifest_len = new.len() as u64;
+            footer.manifest_len = new.len() as u64;
+        }
+    }
+    bytes[header_at..header_at + HEADER_LEN as usize].copy_from_slice(&header.encode());
+    bytes[footer_at..].copy_from_slice(&footer.encode());
+    fs::write(run_path, &bytes).unwrap();
+}
+
+fn packed(work: &Path) -> PathBuf {
+    let (report, _) = pack(work, Compression::Zstd);
+    report.files[0].clone()
+}
+
+#[test]
+fn a_header_claiming_a_terabyte_manifest_is_refused_without_allocating_it() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    rewrite(&run_path, |header, footer, _| {
+        header.manifest_len = 1 << 40;
+        footer.manifest_len = 1 << 40;
+    });
+    let err = RunFile::open(&run_path).unwrap_err();
+    assert!(matches!(err, ReadError::Damaged { .. }), "{err}");
+    assert!(
+        err.to_string().contains("manifest outside the file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_header_claiming_four_billion_volumes_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    rewrite(&run_path, |header, _, _| header.volume_count = u32::MAX);
+    let err = RunFile::open(&run_path)
+        .and_then(|run| run.payload().map(|_| ()))
+        .unwrap_err();
+    assert!(matches!(err, ReadError::Damaged { .. }), "{err}");
+}
+
+#[test]
+fn a_manifest_without_volumes_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    rewrite(&run_path, |_, _, manifest| {
+        manifest["volumes"] = serde_json::json!([]);
+        manifest["layers"] = serde_json::json!([]);
+        manifest["payload_len"] = serde_json::json!(0);
+    });
+    let err = RunFile::open(&run_path)
+        .and_then(|run| run.payload().map(|_| ()))
+        .unwrap_err();
+    assert!(matches!(err, ReadError::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("0 volumes"), "{err}");
+}
+
+#[test]
+fn a_newer_format_version_is_named_not_called_stripped() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    rewrite(&run_path, |header, footer, _| {
+        header.version = 7;
+        footer.version = 7;
+    });
+    let err = RunFile::open(&run_path).unwrap_err();
+    assert!(
+        matches!(err, ReadError::NewerFormat { found: 7, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("format version is 7"), "{err}");
+    assert!(!err.to_string().contains("stripped"), "{err}");
+
+    // Without a readable footer the header alone tells the version.
+    let cut = work.path().join("cut.run");
+    let bytes = fs::read(&run_path).unwrap();
+    fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let err = RunFile::open(&cut).unwrap_err();
+    assert!(
+        matches!(err, ReadError::NewerFormat { found: 7, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_decodes_every_frame_and_catches_a_wrong_uncompressed_length() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    rewrite(&run_path, |_, _, manifest| {
+        let layer = &mut manifest["layers"][0];
+        let frame = &mut layer["frames"][0];
+        let len = frame["uncompressed_len"].as_u64().unwrap();
+        frame["uncompressed_len"] = serde_json::json!(len + 512);
+        let total = layer["uncompressed_len"].as_u64().unwrap();
+        layer["uncompressed_len"] = serde_json::json!(total + 512);
+    });
+    let run = RunFile::open(&run_path).unwrap();
+    let payload = run.payload().unwrap();
+    let err = payload.verify(None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::CorruptFrame {
+                layer: 1,
+                frame: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("decodes to"), "{err}");
+    // The cheaper check before an install sees it too (zstd frames declare their size).
+    let err = payload.verify_digests(None).unwrap_err();
+    assert!(err.to_string().contains("decodes to"), "{err}");
+}
+
+#[test]
+fn a_file_truncated_while_mapped_is_reported_as_changed_not_a_sigbus() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    let run = RunFile::open(&run_path).unwrap();
+    let payload = run.payload().unwrap();
+    // Cut the file under the mapping: the second half of the frames is gone.
+    let len = fs::metadata(&run_path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&run_path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let dest = work.path().join("out");
+    let err = payload.extract(&dest, &Default::default()).unwrap_err();
+    assert!(matches!(err, ReadError::Changed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("changed while it was being read"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    let left: Vec<_> = fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "no staging directory is left: {left:?}");
+    let err = payload.verify(None).unwrap_err();
+    assert!(matches!(err, ReadError::Changed { .. }), "{err}");
+}
+
+#[test]
+fn packing_a_damaged_store_blob_is_refused_with_or_without_its_frame_index() {
+    let work = tempfile::tempdir().unwrap();
+    let blobs = store_blobs(work.path(), &two_layers());
+    for with_index in [true, false] {
+        let damaged: Vec<LayerBlob> = blobs
+            .iter()
+            .map(|b| {
+                let mut bytes = fs::read(&b.path).unwrap();
+                let frames = packer::frames::scan_frames(&bytes).unwrap();
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x55;
+                let path = b.path.with_extension(format!("damaged-{with_index}"));
+                fs::write(&path, &bytes).unwrap();
+                LayerBlob {
+                    path,
+                    frames: with_index.then_some(frames),
+                    ..b.clone()
+                }
+            })
+            .collect();
+        let out = work.path().join(format!("out-{with_index}"));
+        fs::create_dir(&out).unwrap();
+        let err = write(&spec(damaged, out.join("app.run")), None).unwrap_err();
+        assert!(
+            matches!(err, packer::WriteError::LayerDamaged { .. }),
+            "{with_index}: {err}"
+        );
+        assert!(!out.join("app.run").exists());
+        assert_eq!(
+            fs::read_dir(&out).unwrap().count(),
+            0,
+            "nothing is left behind"
+        );
+    }
 }

@@ -506,3 +506,77 @@ fn ownership_is_restored_when_root() {
     let meta = fs::metadata(dest.join("owned")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
 }
+
+/// Every name under `root` (recursively, links not followed).
+fn names_under(root: &Path) -> Vec<String> {
+    fingerprint(root).into_keys().collect()
+}
+
+#[test]
+fn file_queued_under_a_directory_later_replaced_by_a_symlink_stays_inside() {
+    // `d/evil` goes to the writer pool; `d` then becomes a symlink to a directory outside.
+    // The queued write must not follow the link.
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let mut t = LayerTar::new();
+    t.file("d/evil", 0o644, b"* * * * * root id > /tmp/owned\n")
+        .symlink("d", outside.to_str().unwrap());
+    let dest = work.path().join("out");
+    let result = extract(&[blob(&t.finish())], &dest);
+    assert_eq!(
+        names_under(&outside),
+        Vec::<String>::new(),
+        "nothing may be written outside the destination (result: {result:?})"
+    );
+    // The later entry wins, as in Docker: `d` is the link, rooted at the destination.
+    result.unwrap();
+    let link = fs::symlink_metadata(dest.join("d")).unwrap();
+    assert!(link.file_type().is_symlink());
+}
+
+#[test]
+fn many_queued_files_under_a_directory_replaced_by_a_symlink_stay_inside() {
+    // Enough files that some batches are already with the writers when the link arrives.
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let mut t = LayerTar::new();
+    for i in 0..200 {
+        t.file(&format!("d/f{i:03}"), 0o644, &pseudo_random(3000, i));
+    }
+    t.symlink("d", outside.to_str().unwrap());
+    let dest = work.path().join("out");
+    let result = extract(&[blob(&t.finish())], &dest);
+    assert_eq!(names_under(&outside), Vec::<String>::new(), "{result:?}");
+}
+
+#[test]
+fn whiteouts_naming_the_directory_or_its_parent_are_refused_and_remove_nothing() {
+    for marker in [
+        ".wh...",
+        ".wh..",
+        ".wh.",
+        "sub/.wh...",
+        "sub/.wh..",
+        "sub/.wh.",
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let sentinel = work.path().join("sentinel");
+        fs::write(&sentinel, b"must survive").unwrap();
+        let mut lower = LayerTar::new();
+        lower.file("sub/keep", 0o644, b"keep");
+        let mut upper = LayerTar::new();
+        upper.file(marker, 0o644, b"");
+        let dest = work.path().join("out");
+        let err = extract(&[blob(&lower.finish()), blob(&upper.finish())], &dest).unwrap_err();
+        assert_entry_refused(err, marker, |p| matches!(p, EntryProblem::BadWhiteout));
+        assert_eq!(fs::read(&sentinel).unwrap(), b"must survive", "{marker}");
+        assert!(
+            !dest.exists(),
+            "{marker}: a failed extraction leaves no destination"
+        );
+        let left: Vec<_> = fs::read_dir(work.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{marker}: only the sentinel is left");
+    }
+}
