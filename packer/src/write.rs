@@ -247,7 +247,7 @@ fn write_in(
     let total: u64 = segments.iter().map(|s| s.len).sum();
     let mut done = 0u64;
 
-    let mut temp_files = Vec::new();
+    let mut temp_files = PartialFiles::default();
     let mut final_files = Vec::new();
     for (volume, volume_len) in volume_lens.iter().enumerate() {
         let volume = volume as u32;
@@ -260,7 +260,7 @@ fn write_in(
             .mode(if volume == 0 { 0o755 } else { 0o644 })
             .open(&temp)
             .map_err(io_err("creating", &temp))?;
-        temp_files.push(temp.clone());
+        temp_files.0.push(temp.clone());
         final_files.push(out_dir.join(&name));
         let base = if volume == 0 {
             let mut stub =
@@ -332,9 +332,10 @@ fn write_in(
         // No fsync (cp does none either): the rename below makes the name appear only once
         // the file is complete, and the reader detects any copy that is cut short.
     }
-    for (temp, target) in temp_files.iter().zip(&final_files) {
+    for (temp, target) in temp_files.0.iter().zip(&final_files) {
         fs::rename(temp, target).map_err(io_err("renaming into place", target))?;
     }
+    temp_files.0.clear();
     if let Ok(meta) = fs::metadata(&final_files[0]) {
         let mut perms = meta.permissions();
         perms.set_mode(0o755);
@@ -346,6 +347,19 @@ fn write_in(
         copied_layers: prepared.iter().filter(|l| l.copied).count(),
         manifest,
     })
+}
+
+/// Volumes being written under temporary names; removed unless they were renamed into place,
+/// so a failed pack (a full disk, a damaged blob) leaves nothing beside the output.
+#[derive(Default)]
+struct PartialFiles(Vec<PathBuf>);
+
+impl Drop for PartialFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 fn write_at(out: &mut File, at: u64, bytes: &[u8], path: &Path) -> Result<(), WriteError> {

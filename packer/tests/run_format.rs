@@ -673,3 +673,30 @@ fn packing_a_damaged_store_blob_is_refused_with_or_without_its_frame_index() {
         );
     }
 }
+
+#[test]
+fn a_full_disk_during_pack_leaves_nothing_beside_the_output() {
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let blobs = store_blobs(work.path(), &two_layers());
+    let small = work.path().join("small");
+    fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let result = write(&spec(blobs, small.join("app.run")), None);
+    let left: Vec<_> = fs::read_dir(&small)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    Command::new("umount").arg(&small).status().unwrap();
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
