@@ -35,9 +35,10 @@ pub const MAX_VOLUMES: u32 = 1 << 18;
 /// Value of [`Manifest::format`].
 pub const MANIFEST_FORMAT: &str = "sealer.run";
 
-/// Round `n` up to a multiple of `align` (a power of two).
+/// Round `n` up to a multiple of `align` (a power of two); saturates at the largest multiple
+/// instead of overflowing (only lengths read from a damaged file come near it).
 pub fn align_up(n: u64, align: u64) -> u64 {
-    n.div_ceil(align) * align
+    n.div_ceil(align).saturating_mul(align)
 }
 
 /// Why bytes are not a valid header, footer or manifest.
@@ -302,7 +303,8 @@ impl Manifest {
                         frame
                             .offset
                             .checked_add(frame.compressed_len)
-                            .is_some_and(|end| end + FOOTER_LEN <= v.len)
+                            .and_then(|end| end.checked_add(FOOTER_LEN))
+                            .is_some_and(|end| end <= v.len)
                     });
                 if frame.volume >= count || !fits {
                     return Err(FormatError::Manifest(format!(

@@ -416,10 +416,10 @@ fn diagnose_without_footer(file: &File, file_len: u64, path: &Path) -> ReadError
     let mut candidates = vec![0u64];
     if let Some(size) = format::elf_size(&head) {
         let first = align_up(size, ALIGN);
-        candidates.extend((0..16).map(|i| first + i * ALIGN));
+        candidates.extend((0..16).map(|i| first.saturating_add(i * ALIGN)));
     }
     for at in candidates {
-        if at + 96 > file_len {
+        if at.saturating_add(96) > file_len {
             continue;
         }
         let Ok(bytes) = read_exact_at(file, 96, at, path) else {
