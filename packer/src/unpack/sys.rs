@@ -1,0 +1,124 @@
+//! System calls for the extractor: file creation with the right mode, owner and times, devices.
+//! Knows paths and modes only, nothing of layers or entries.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use super::tree::Meta;
+
+/// Buffer for streaming large files.
+const STREAM_BUF: usize = 1 << 20;
+
+pub(super) enum StreamError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// The process umask, read without changing it (`None` if unknown).
+pub(super) fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+    })
+}
+
+/// True when creating a file with `mode` already gives exactly `mode` (no fchmod needed).
+pub(super) fn mode_survives_creation(mode: u32) -> bool {
+    mode & 0o7000 == 0 && umask().is_some_and(|mask| mode & mask == 0)
+}
+
+pub(super) fn create_file(path: &Path, mode: u32) -> io::Result<File> {
+    let initial = if mode_survives_creation(mode) {
+        mode
+    } else {
+        0o600
+    };
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(initial)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+pub(super) fn finish_file(file: &File, meta: Meta, ownership: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    if ownership && unsafe { libc::fchown(fd, meta.uid as u32, meta.gid as u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if !mode_survives_creation(meta.mode) && unsafe { libc::fchmod(fd, meta.mode) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let times = [timespec(meta.mtime), timespec(meta.mtime)];
+    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(super) fn write_streamed(
+    path: &Path,
+    entry: &mut impl Read,
+    meta: Meta,
+    ownership: bool,
+) -> Result<(), StreamError> {
+    let mut file = create_file(path, meta.mode).map_err(StreamError::Write)?;
+    let mut buf = vec![0u8; STREAM_BUF];
+    loop {
+        let n = entry.read(&mut buf).map_err(StreamError::Read)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n]).map_err(StreamError::Write)?;
+    }
+    finish_file(&file, meta, ownership).map_err(StreamError::Write)
+}
+
+pub(super) fn timespec(secs: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: secs.min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: 0,
+    }
+}
+
+pub(super) fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+pub(super) fn set_times(path: &Path, mtime: u64, follow: bool) -> io::Result<()> {
+    let c = c_path(path)?;
+    let times = [timespec(mtime), timespec(mtime)];
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(super) fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
+    let c = c_path(path)?;
+    if unsafe { libc::lchown(c.as_ptr(), uid as u32, gid as u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(super) fn mknod(path: &Path, mode: u32, dev: libc::dev_t) -> io::Result<()> {
+    let c = c_path(path)?;
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(super) fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,530 @@
+//! The tree under construction: entry names made safe, parents made real directories, whiteouts,
+//! symlink and hard-link confinement. Decides what is written where; does no decoding.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::pool::{FileJob, WriterPool};
+use super::sys::{lchown, mknod, set_times, write_streamed, StreamError};
+use super::{io_err, EntryProblem, UnpackError, UnpackOptions, UnpackReport};
+
+/// Files up to this size are handed whole to the writer pool; larger ones are streamed.
+const POOL_FILE_MAX: u64 = 4 << 20;
+
+#[derive(Clone, Copy)]
+pub(super) struct Meta {
+    pub(super) mode: u32,
+    pub(super) mtime: u64,
+    pub(super) uid: u64,
+    pub(super) gid: u64,
+}
+
+pub(super) enum Applied {
+    Refused(String, EntryProblem),
+    Failed(UnpackError),
+    Tar(io::Error),
+}
+
+pub(super) struct Tree<'o, 'p> {
+    pub(super) root: PathBuf,
+    pub(super) options: &'o UnpackOptions<'o>,
+    pub(super) pool: &'p WriterPool,
+    pub(super) layer_label: String,
+    /// Relative paths known to be real directories (not symlinks) right now.
+    pub(super) dirs: HashSet<PathBuf>,
+    /// Relative paths of everything else present right now. The staging directory starts
+    /// empty and only this code writes into it, so a path in neither set does not exist and
+    /// needs no `lstat` before it is created.
+    pub(super) known: HashSet<PathBuf>,
+    /// Directory modes and mtimes, applied once everything is written.
+    pub(super) dir_meta: HashMap<PathBuf, Meta>,
+    /// Paths written by the current layer (opaque whiteouts spare them; rewriting one waits
+    /// for the writer pool).
+    pub(super) this_layer: HashSet<PathBuf>,
+    pub(super) symlinks: Vec<PathBuf>,
+    pub(super) report: UnpackReport,
+}
+
+/// An entry name made safe: relative, normal components only.
+pub(super) fn entry_path(raw: &Path) -> Result<PathBuf, EntryProblem> {
+    let mut clean = PathBuf::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(name) => clean.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(EntryProblem::ParentDir),
+            Component::RootDir | Component::Prefix(_) => return Err(EntryProblem::AbsolutePath),
+        }
+    }
+    Ok(clean)
+}
+
+pub(super) fn display(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+pub(super) fn entry_meta(header: &tar::Header) -> io::Result<Meta> {
+    Ok(Meta {
+        mode: header.mode()? & 0o7777,
+        mtime: header.mtime().unwrap_or(0),
+        uid: header.uid().unwrap_or(0),
+        gid: header.gid().unwrap_or(0),
+    })
+}
+
+impl<'o, 'p> Tree<'o, 'p> {
+    pub(super) fn new(root: &Path, options: &'o UnpackOptions<'o>, pool: &'p WriterPool) -> Self {
+        let mut dirs = HashSet::new();
+        dirs.insert(PathBuf::new());
+        Tree {
+            root: root.to_path_buf(),
+            options,
+            pool,
+            layer_label: String::new(),
+            dirs,
+            known: HashSet::new(),
+            dir_meta: HashMap::new(),
+            this_layer: HashSet::new(),
+            symlinks: Vec::new(),
+            report: UnpackReport::default(),
+        }
+    }
+
+    pub(super) fn end_layer(&mut self) {
+        self.this_layer.clear();
+    }
+
+    pub(super) fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), Applied> {
+        let raw = entry.path().map_err(Applied::Tar)?.into_owned();
+        let shown = display(&raw);
+        let refuse = |problem| Applied::Refused(shown.clone(), problem);
+        let rel = entry_path(&raw).map_err(refuse)?;
+        let kind = entry.header().entry_type();
+        let meta = entry_meta(entry.header()).map_err(Applied::Tar)?;
+
+        if let Some(name) = rel.file_name().map(|n| n.as_bytes().to_vec()) {
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+                self.report.whiteouts += 1;
+                return if hidden == b".wh..opq" {
+                    self.opaque(&parent).map_err(refuse)
+                } else {
+                    // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent.
+                    if matches!(hidden, b"" | b"." | b"..") {
+                        return Err(refuse(EntryProblem::BadWhiteout));
+                    }
+                    let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
+                    self.whiteout(&target).map_err(refuse)
+                };
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            if kind.is_dir() {
+                self.dir_meta.insert(PathBuf::new(), meta);
+            }
+            return Ok(());
+        }
+
+        if self.this_layer.contains(&rel) {
+            self.pool.drain().map_err(Applied::Failed)?;
+        }
+        self.ensure_parent(&rel).map_err(refuse)?;
+        let full = self.root.join(&rel);
+        let ownership = self.options.ownership;
+
+        match kind {
+            tar::EntryType::Directory => {
+                self.make_dir(&rel, &full).map_err(refuse)?;
+                if ownership {
+                    lchown(&full, meta.uid, meta.gid).map_err(|e| refuse(EntryProblem::Io(e)))?;
+                }
+                self.dir_meta.insert(rel.clone(), meta);
+                self.report.directories += 1;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.clear(&rel, &full).map_err(refuse)?;
+                self.known.insert(rel.clone());
+                let size = entry.size();
+                self.report.files += 1;
+                self.report.file_bytes += size;
+                if size <= POOL_FILE_MAX {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut data).map_err(Applied::Tar)?;
+                    self.pool
+                        .submit(FileJob {
+                            path: full,
+                            shown: shown.clone(),
+                            layer: self.layer_label.clone(),
+                            data,
+                            meta,
+                        })
+                        .map_err(Applied::Failed)?;
+                } else {
+                    write_streamed(&full, &mut entry, meta, ownership).map_err(|e| match e {
+                        StreamError::Read(e) => Applied::Tar(e),
+                        StreamError::Write(e) => refuse(EntryProblem::Io(e)),
+                    })?;
+                }
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(Applied::Tar)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                self.check_symlink_target(&rel, &target).map_err(refuse)?;
+                self.clear(&rel, &full).map_err(refuse)?;
+                self.known.insert(rel.clone());
+                std::os::unix::fs::symlink(&target, &full)
+                    .map_err(|e| refuse(EntryProblem::Io(e)))?;
+                if ownership {
+                    lchown(&full, meta.uid, meta.gid).map_err(|e| refuse(EntryProblem::Io(e)))?;
+                }
+                set_times(&full, meta.mtime, false).map_err(|e| refuse(EntryProblem::Io(e)))?;
+                self.symlinks.push(rel.clone());
+                self.report.symlinks += 1;
+            }
+            tar::EntryType::Link => {
+                let raw_target = entry
+                    .link_name()
+                    .map_err(Applied::Tar)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target_shown = display(&raw_target);
+                let target = entry_path(&raw_target).map_err(|_| {
+                    refuse(EntryProblem::HardLinkOutside {
+                        target: target_shown.clone(),
+                    })
+                })?;
+                self.ensure_parent(&target).map_err(|e| match e {
+                    EntryProblem::ThroughSymlink { .. }
+                    | EntryProblem::ParentNotDirectory { .. } => {
+                        refuse(EntryProblem::HardLinkOutside {
+                            target: target_shown.clone(),
+                        })
+                    }
+                    other => refuse(other),
+                })?;
+                // The target may still sit in the writer queue.
+                self.pool.drain().map_err(Applied::Failed)?;
+                let source = self.root.join(&target);
+                if fs::symlink_metadata(&source).is_err() {
+                    return Err(refuse(EntryProblem::HardLinkMissing {
+                        target: target_shown,
+                    }));
+                }
+                if target != rel {
+                    self.clear(&rel, &full).map_err(refuse)?;
+                    self.known.insert(rel.clone());
+                    fs::hard_link(&source, &full).map_err(|e| refuse(EntryProblem::Io(e)))?;
+                }
+                self.report.hard_links += 1;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                if !kind.is_fifo() && !self.options.devices {
+                    return Err(refuse(EntryProblem::Device));
+                }
+                self.clear(&rel, &full).map_err(refuse)?;
+                self.known.insert(rel.clone());
+                let file_type = match kind {
+                    tar::EntryType::Char => libc::S_IFCHR,
+                    tar::EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                mknod(&full, file_type | meta.mode, libc::makedev(major, minor))
+                    .map_err(|e| refuse(EntryProblem::Io(e)))?;
+                if ownership {
+                    lchown(&full, meta.uid, meta.gid).map_err(|e| refuse(EntryProblem::Io(e)))?;
+                }
+                fs::set_permissions(&full, fs::Permissions::from_mode(meta.mode))
+                    .map_err(|e| refuse(EntryProblem::Io(e)))?;
+                set_times(&full, meta.mtime, true).map_err(|e| refuse(EntryProblem::Io(e)))?;
+                self.report.files += 1;
+            }
+            tar::EntryType::XGlobalHeader => return Ok(()),
+            other => {
+                return Err(refuse(EntryProblem::Unsupported {
+                    kind: format!("{other:?}"),
+                }))
+            }
+        }
+        self.this_layer.insert(rel);
+        Ok(())
+    }
+
+    /// Make sure every ancestor of `rel` is a real directory, creating missing ones.
+    pub(super) fn ensure_parent(&mut self, rel: &Path) -> Result<(), EntryProblem> {
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
+        if self.dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut current = PathBuf::new();
+        for component in parent.components() {
+            current.push(component);
+            if self.dirs.contains(&current) {
+                continue;
+            }
+            let full = self.root.join(&current);
+            match fs::symlink_metadata(&full) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(EntryProblem::ThroughSymlink {
+                        link: display(&current),
+                    })
+                }
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(EntryProblem::ParentNotDirectory {
+                        parent: display(&current),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&full)
+                        .map_err(EntryProblem::Io)?;
+                    if self.options.ownership {
+                        // Implicit directories belong to root, as with GNU tar run as root.
+                        lchown(&full, 0, 0).map_err(EntryProblem::Io)?;
+                    }
+                }
+                Err(e) => return Err(EntryProblem::Io(e)),
+            }
+            self.dirs.insert(current.clone());
+        }
+        Ok(())
+    }
+
+    pub(super) fn make_dir(&mut self, rel: &Path, full: &Path) -> Result<(), EntryProblem> {
+        if self.dirs.contains(rel) {
+            return Ok(());
+        }
+        if self.known.contains(rel) {
+            self.remove(rel, full)?;
+        }
+        create_dir_writable(full)?;
+        self.dirs.insert(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Remove whatever is at `rel` so a new entry can take its place.
+    pub(super) fn clear(&mut self, rel: &Path, full: &Path) -> Result<(), EntryProblem> {
+        if !self.known.contains(rel) && !self.dirs.contains(rel) {
+            return Ok(());
+        }
+        match fs::symlink_metadata(full) {
+            Ok(_) => self.remove(rel, full),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(EntryProblem::Io(e)),
+        }
+    }
+
+    pub(super) fn remove(&mut self, rel: &Path, full: &Path) -> Result<(), EntryProblem> {
+        let meta = match fs::symlink_metadata(full) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(EntryProblem::Io(e)),
+        };
+        if meta.is_dir() {
+            // Files queued for the writer pool are opened by full path. Removing (and then
+            // perhaps replacing with a symlink) a directory while one of them waits below it
+            // would let the writer follow the new link out of the tree: finish them first.
+            self.pool
+                .drain()
+                .map_err(|e| EntryProblem::Earlier(Box::new(e)))?;
+            fs::remove_dir_all(full).map_err(EntryProblem::Io)?;
+            self.dirs.retain(|d| !d.starts_with(rel));
+            self.dir_meta.retain(|d, _| !d.starts_with(rel));
+            self.known.retain(|p| !p.starts_with(rel));
+        } else {
+            fs::remove_file(full).map_err(EntryProblem::Io)?;
+            self.known.remove(rel);
+        }
+        Ok(())
+    }
+
+    /// `.wh.NAME`: delete NAME as the lower layers left it.
+    pub(super) fn whiteout(&mut self, target: &Path) -> Result<(), EntryProblem> {
+        if self.this_layer.contains(target) {
+            return Ok(());
+        }
+        if !self.existing_dir(target.parent().unwrap_or(Path::new("")))? {
+            return Ok(());
+        }
+        let full = self.root.join(target);
+        self.remove(target, &full)
+    }
+
+    /// `.wh..wh..opq`: the directory hides everything the lower layers put in it.
+    pub(super) fn opaque(&mut self, dir: &Path) -> Result<(), EntryProblem> {
+        self.ensure_parent(&dir.join("x"))?;
+        let full = self.root.join(dir);
+        let children = fs::read_dir(&full).map_err(EntryProblem::Io)?;
+        for child in children {
+            let child = child.map_err(EntryProblem::Io)?;
+            let rel = dir.join(child.file_name());
+            if !self.this_layer.contains(&rel) {
+                self.remove(&rel, &child.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True if `rel` is a real directory, false if it does not exist; refuses symlinks on the way.
+    pub(super) fn existing_dir(&mut self, rel: &Path) -> Result<bool, EntryProblem> {
+        if self.dirs.contains(rel) {
+            return Ok(true);
+        }
+        let mut current = PathBuf::new();
+        for component in rel.components() {
+            current.push(component);
+            if self.dirs.contains(&current) {
+                continue;
+            }
+            match fs::symlink_metadata(self.root.join(&current)) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(EntryProblem::ThroughSymlink {
+                        link: display(&current),
+                    })
+                }
+                Ok(meta) if meta.is_dir() => {
+                    self.dirs.insert(current.clone());
+                }
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(EntryProblem::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// A symlink target must stay inside the destination when read from the link's directory.
+    pub(super) fn check_symlink_target(
+        &self,
+        rel: &Path,
+        target: &Path,
+    ) -> Result<(), EntryProblem> {
+        let escapes = || EntryProblem::SymlinkEscapes {
+            target: display(target),
+        };
+        if target.has_root() && !self.options.absolute_symlinks {
+            return Err(escapes());
+        }
+        let mut depth: usize = if target.has_root() {
+            0
+        } else {
+            rel.parent().map(|p| p.components().count()).unwrap_or(0)
+        };
+        for component in target.components() {
+            match component {
+                Component::ParentDir => depth = depth.checked_sub(1).ok_or_else(escapes)?,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve a symlink physically, following the links it meets, confined to the tree.
+    pub(super) fn resolves_inside(&self, link: &Path) -> bool {
+        let mut stack: Vec<OsString> = link
+            .parent()
+            .map(|p| p.iter().map(|c| c.to_os_string()).collect())
+            .unwrap_or_default();
+        let Ok(target) = fs::read_link(self.root.join(link)) else {
+            return true;
+        };
+        let mut pending: VecDeque<OsString> = VecDeque::new();
+        if target.has_root() {
+            stack.clear();
+        }
+        pending.extend(target.iter().map(|c| c.to_os_string()));
+        let mut hops = 0;
+        while let Some(part) = pending.pop_front() {
+            match part.as_bytes() {
+                b"/" | b"." | b"" => {}
+                b".." => {
+                    if stack.pop().is_none() {
+                        return false;
+                    }
+                }
+                _ => {
+                    stack.push(part);
+                    let here: PathBuf = stack.iter().collect();
+                    let full = self.root.join(&here);
+                    if fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_symlink()) {
+                        hops += 1;
+                        if hops > 40 {
+                            return true; // a loop: the kernel answers ELOOP, nothing escapes
+                        }
+                        let Ok(next) = fs::read_link(&full) else {
+                            return true;
+                        };
+                        stack.pop();
+                        if next.has_root() {
+                            if !self.options.absolute_symlinks {
+                                return false;
+                            }
+                            stack.clear();
+                        }
+                        for c in next.iter().rev() {
+                            pending.push_front(c.to_os_string());
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Check every symlink once all layers are in place, then set directory modes and times.
+    pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
+        for link in std::mem::take(&mut self.symlinks) {
+            if !self.resolves_inside(&link) {
+                let target = fs::read_link(self.root.join(&link)).unwrap_or_default();
+                return Err(UnpackError::Entry {
+                    layer: "the merged layers".to_string(),
+                    path: display(&link),
+                    problem: EntryProblem::SymlinkEscapes {
+                        target: display(&target),
+                    },
+                });
+            }
+        }
+        let mut dirs: Vec<(PathBuf, Meta)> = self.dir_meta.drain().collect();
+        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+        for (rel, meta) in dirs {
+            let full = self.root.join(&rel);
+            match fs::symlink_metadata(&full) {
+                Ok(m) if m.is_dir() => {}
+                _ => continue,
+            }
+            fs::set_permissions(&full, fs::Permissions::from_mode(meta.mode))
+                .map_err(io_err("setting the mode of", &full))?;
+            set_times(&full, meta.mtime, true).map_err(io_err("setting the mtime of", &full))?;
+        }
+        let root_meta = fs::metadata(&self.root).map_err(io_err("reading", &self.root))?;
+        if root_meta.permissions().mode() & 0o7777 == 0o700
+            && !self.dir_meta.contains_key(Path::new(""))
+        {
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("setting the mode of", &self.root))?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn create_dir_writable(full: &Path) -> Result<(), EntryProblem> {
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(full)
+        .map_err(EntryProblem::Io)
+}
