@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::clusterfile::Host;
 pub use crate::ssh::{ExecOutput, SshError as RemoteError};
-use crate::ssh::{Session, SshTarget, Timeouts};
+use crate::ssh::{KeptOutput, Session, SshTarget, Timeouts, OUTPUT_HEAD, OUTPUT_TAIL};
 
 /// A host the engine can run commands on.
 pub trait Remote: Send {
@@ -56,20 +56,8 @@ impl Remote for LocalHost {
             .map_err(fail)?;
         let out = child.stdout.take();
         let err = child.stderr.take();
-        let out_reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut s) = out {
-                let _ = s.read_to_end(&mut buf);
-            }
-            buf
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut s) = err {
-                let _ = s.read_to_end(&mut buf);
-            }
-            buf
-        });
+        let out_reader = std::thread::spawn(move || keep_output(out));
+        let err_reader = std::thread::spawn(move || keep_output(err));
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // A command that exits early closes its stdin; that is its business, not an error here.
             let mut buf = vec![0u8; 1 << 20];
@@ -91,6 +79,21 @@ impl Remote for LocalHost {
     fn is_local(&self) -> bool {
         true
     }
+}
+
+/// What a local command printed on one pipe, within the same bound as over SSH.
+fn keep_output(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut kept = KeptOutput::new(OUTPUT_HEAD, OUTPUT_TAIL);
+    if let Some(mut pipe) = pipe {
+        let mut buf = vec![0u8; 256 << 10];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            kept.push(&buf[..n]);
+        }
+    }
+    kept.into_bytes()
 }
 
 /// A host reached over SSH.
@@ -120,4 +123,23 @@ pub fn ssh_connector(known_hosts: PathBuf, timeouts: Timeouts) -> Arc<super::Con
 /// Runs everything on this machine.
 pub fn local_connector() -> Arc<super::Connector> {
     Arc::new(|_: &Host| Ok(Box::new(LocalHost) as Box<dyn Remote>))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_command_printing_64_mib_is_kept_bounded() {
+        let out = LocalHost
+            .exec("head -c 64M /dev/zero; echo; echo end", None)
+            .unwrap();
+        assert!(out.success());
+        assert!(
+            out.stdout.len() < OUTPUT_HEAD + OUTPUT_TAIL + 100,
+            "{} bytes kept",
+            out.stdout.len()
+        );
+        assert!(out.stdout.ends_with(b"\nend\n"));
+    }
 }

@@ -9,8 +9,11 @@
 //! shuts the socket down, and streaming loops watch keepalive replies. It never prints, logs or
 //! stores a password. It does not know what an image or a journal is.
 
+mod kept;
 mod known_hosts;
 mod watchdog;
+
+pub use kept::KeptOutput;
 
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
@@ -38,6 +41,11 @@ const HOST_KEY_PREFERENCE: &[&str] = &[
     "rsa-sha2-256",
     "ssh-rsa",
 ];
+/// Bytes of a command's stdout, and of its stderr, kept from the start and from the end; the
+/// rest is counted and left out (see [`KeptOutput`]). Large enough for every answer the agent
+/// gives; a runaway command cannot grow the installer beyond it.
+pub const OUTPUT_HEAD: usize = 8 << 20;
+pub const OUTPUT_TAIL: usize = 1 << 20;
 /// Size of the stdin chunks handed to the channel.
 pub const STDIN_CHUNK: usize = 1 << 20;
 const LIBSSH2_EAGAIN: i32 = -37;
@@ -754,7 +762,8 @@ impl Session {
         let (mut start, mut end) = (0usize, 0usize);
         let mut stdin_done = stdin.is_none();
         let mut eof_sent = false;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut stdout = KeptOutput::new(OUTPUT_HEAD, OUTPUT_TAIL);
+        let mut stderr = KeptOutput::new(OUTPUT_HEAD, OUTPUT_TAIL);
         let (mut out_done, mut err_done) = (false, false);
         let mut buf = vec![0u8; 256 * 1024];
         let mut last_progress = Instant::now();
@@ -814,7 +823,7 @@ impl Session {
                 match channel.read(&mut buf) {
                     Ok(0) => out_done = channel.eof(),
                     Ok(n) => {
-                        stdout.extend_from_slice(&buf[..n]);
+                        stdout.push(&buf[..n]);
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -825,7 +834,7 @@ impl Session {
                 match channel.stderr().read(&mut buf) {
                     Ok(0) => err_done = channel.eof(),
                     Ok(n) => {
-                        stderr.extend_from_slice(&buf[..n]);
+                        stderr.push(&buf[..n]);
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -833,7 +842,7 @@ impl Session {
                 }
             }
             if out_done && err_done {
-                return Ok((stdout, stderr));
+                return Ok((stdout.into_bytes(), stderr.into_bytes()));
             }
             let now = Instant::now();
             if progress {
