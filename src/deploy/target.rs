@@ -48,6 +48,18 @@ pub fn resolve(spec: &TargetSpec) -> Result<Target, String> {
             from_flags(&spec.flags).map_err(|e| e.to_string())?
         }
     };
+    if spec.local && cluster.hosts.len() > 1 {
+        let listed: Vec<String> = cluster.hosts.iter().map(|h| h.ip.to_string()).collect();
+        return Err(format!(
+            "--local installs on this machine only, but {} lists {} hosts ({}); drop --local to install on them over SSH, or give a Clusterfile with one host",
+            spec.clusterfile
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the cluster".into()),
+            listed.len(),
+            listed.join(", ")
+        ));
+    }
     if let Some(root) = &spec.data_root {
         let root = if root.is_absolute() {
             root.clone()
@@ -106,5 +118,42 @@ impl TargetArgs {
             data_root: self.data_root.clone(),
             known_hosts: self.known_hosts.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_with_a_clusterfile_of_several_hosts_is_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("Clusterfile");
+        std::fs::write(
+            &file,
+            "apiVersion: sealer.io/v2\nkind: Cluster\nspec:\n  hosts:\n    - {ips: [10.0.0.2, 10.0.0.3], roles: [master]}\n    - {ips: [10.0.0.4], roles: [node]}\n",
+        )
+        .unwrap();
+        let spec = TargetSpec {
+            clusterfile: Some(file.clone()),
+            local: true,
+            ..TargetSpec::default()
+        };
+        let err = resolve(&spec)
+            .err()
+            .expect("--local with 3 hosts must be refused");
+        assert!(err.contains("--local"), "{err}");
+        assert!(err.contains("10.0.0.2, 10.0.0.3, 10.0.0.4"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+
+        // One host: that host is this machine.
+        std::fs::write(
+            &file,
+            "apiVersion: sealer.io/v2\nkind: Cluster\nspec:\n  hosts:\n    - {ips: [10.0.0.2], roles: [master]}\n",
+        )
+        .unwrap();
+        let target = resolve(&spec).unwrap();
+        assert!(target.local);
+        assert_eq!(target.cluster.hosts.len(), 1);
     }
 }
