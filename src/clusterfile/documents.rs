@@ -220,4 +220,6 @@ pub struct PluginSpec {
     pub scope: Option<String>,
     #[serde(rename = "on")]
     pub on: Option<Scalar>,
+    /// How long the script may run: `90s`, `30m`, `2h`, or seconds.
+    pub timeout: Option<Scalar>,
 }

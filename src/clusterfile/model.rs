@@ -436,6 +436,9 @@ pub struct Plugin {
     /// The selector came from an old `on:` key; then it also applies to cluster-level phases,
     /// as sealer ≤ 0.8 did. A new `scope:` applies to host phases only.
     pub selector_from_on: bool,
+    /// `spec.timeout`: how long the script may run before it is killed with its process group
+    /// (`None`: the engine's default).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Plugin {

@@ -469,17 +469,19 @@ impl Collected {
         }
         let path_text = spec.path.as_deref().unwrap_or("");
         let mut path = PathBuf::from(path_text);
+        // It must name a file below the root: `.` or `./` would name the rootfs itself.
         if path_text.is_empty()
             || path.is_absolute()
             || path
                 .components()
                 .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+            || !path.components().any(|c| matches!(c, Component::Normal(_)))
         {
             return Err(field_err(
                 doc,
                 (
                     "spec.path".into(),
-                    format!("`{path_text}` must be a path relative to the image root filesystem, without `..` (for example etc/app.yaml)"),
+                    format!("`{path_text}` must name a file inside the image root filesystem: a relative path, without `..`, not `.` (for example etc/app.yaml)"),
                 ),
             ));
         }
@@ -638,6 +640,18 @@ impl Collected {
             ),
             (None, None) => (HostSelector::All, false),
         };
+        let timeout = match &spec.timeout {
+            None => None,
+            Some(Scalar(text)) => Some(parse_timeout(text).ok_or_else(|| {
+                field_err(
+                    doc,
+                    (
+                        "spec.timeout".into(),
+                        format!("`{text}` is not a duration; write for example 90s, 30m or 2h"),
+                    ),
+                )
+            })?),
+        };
         let data = given(&spec.data).unwrap_or("");
         let kind = if plugin_type == "SHELL" {
             if data.trim().is_empty() {
@@ -665,6 +679,7 @@ impl Collected {
                 phases,
                 selector,
                 selector_from_on,
+                timeout,
             },
         ));
         Ok(())
@@ -899,4 +914,63 @@ fn hostname_lines(data: &str) -> FieldResult<Vec<(IpAddr, String)>> {
         return Err(("spec.data".into(), "no `IP hostname` lines".into()));
     }
     Ok(names)
+}
+
+/// `90s`, `30m`, `2h`, `45` (seconds) → a duration of at least one second.
+fn parse_timeout(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" | "sec" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    Some(std::time::Duration::from_secs(n.checked_mul(scale)?))
+}
+
+#[cfg(test)]
+mod host_side_tests {
+    use crate::clusterfile::Clusterfile;
+
+    fn config(path: &str) -> String {
+        format!(
+            "apiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: c\nspec:\n  path: {path}\n  data: x\n"
+        )
+    }
+
+    #[test]
+    fn a_config_path_that_names_the_rootfs_itself_is_refused() {
+        for path in [".", "./", "'./.'"] {
+            let err = Clusterfile::parse(&config(path)).unwrap_err().to_string();
+            assert!(err.contains("spec.path"), "{path}: {err}");
+            assert!(err.contains("must name a file inside"), "{path}: {err}");
+        }
+        assert!(Clusterfile::parse(&config("./etc/app.yaml")).is_ok());
+    }
+
+    #[test]
+    fn a_plugin_timeout_is_a_duration() {
+        let plugin = |timeout: &str| {
+            format!(
+                "apiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: p\nspec:\n  type: SHELL\n  action: pre-init-host\n  timeout: {timeout}\n  data: 'true'\n"
+            )
+        };
+        for (text, secs) in [("90s", 90), ("30m", 1800), ("2h", 7200), ("45", 45)] {
+            let file = Clusterfile::parse(&plugin(text)).unwrap();
+            assert_eq!(
+                file.plugins[0].timeout,
+                Some(std::time::Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for bad in ["0", "soon", "10d", "-5s"] {
+            let err = Clusterfile::parse(&plugin(bad)).unwrap_err().to_string();
+            assert!(err.contains("spec.timeout"), "{bad}: {err}");
+        }
+    }
 }
