@@ -48,10 +48,9 @@ enum Command {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("agent") {
-        return match sealer::deploy::agent::main(&args[1..]) {
-            0 => ExitCode::SUCCESS,
-            _ => ExitCode::FAILURE,
-        };
+        // The status carries meaning (a hook's own status, a full disk, a timeout): pass it on.
+        let status = sealer::deploy::agent::main(&args[1..]);
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
     let cli = Cli::parse();
     let result = match cli.command {

@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::clusterfile::{
-    export_script, host_env, shell_quote, Cluster, Host, Phase, Plugin, PluginKind,
-};
+use crate::clusterfile::{host_env, shell_quote, Cluster, Host, Phase, Plugin, PluginKind};
 use agent::{HostState, PlanFrame, PlanLayer};
 pub use payload::{find_stub, Payload, PayloadLayer};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
@@ -370,8 +368,17 @@ impl Engine<'_> {
             .to_string()
     }
 
+    /// The shell command that runs the agent with `args`. On a remote host the agent is checked
+    /// first, every time, by [`agent_guard`].
     fn agent_cmd(&self, remote: &dyn Remote, args: &str) -> String {
-        format!("{} agent {args}", shell_quote(&self.agent_path(remote)))
+        let agent = self.agent_path(remote);
+        if remote.is_local() {
+            return format!("{} agent {args}", shell_quote(&agent));
+        }
+        format!(
+            "sealer_agent=$({}) && \"$sealer_agent\" agent {args}",
+            agent_guard(&agent, &self.payload.agent_sha256)
+        )
     }
 
     /// Run `work` for every host matching `select` that has not failed, `parallel` at a time,
@@ -489,11 +496,7 @@ impl Engine<'_> {
         if out.success() {
             Ok(out)
         } else {
-            Err(StepFailure::retry(format!(
-                "{what} exited with status {}: {}",
-                out.status,
-                out.tail()
-            )))
+            Err(command_failure(what, &out))
         }
     }
 
@@ -503,9 +506,10 @@ impl Engine<'_> {
         let agent = self.agent_path(slot.connected()?);
         let data_root = self.cluster.data_root.display().to_string();
         let probe = format!(
-            "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -x {} ]; then echo agent-present; else echo agent-missing; fi",
+            "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -f {a} ] && [ \"$(sha256sum < {a})\" = \"{sha}  -\" ]; then echo agent-present; else echo agent-missing; fi",
             shell_quote(&data_root),
-            shell_quote(&agent)
+            a = shell_quote(&agent),
+            sha = self.payload.agent_sha256
         );
         let out = self.exec_ok(slot, "preflight", &probe, None)?;
         let text = out.stdout_text();
@@ -532,8 +536,9 @@ impl Engine<'_> {
             .unwrap_or(false);
         if !agent_present && !local {
             let cmd = format!(
-                "set -e; d=$(dirname {a}); mkdir -p \"$d\"; t={a}.tmp.$$; cat > \"$t\"; echo \"{sha}  $t\" | sha256sum -c --status || {{ rm -f \"$t\"; echo 'the agent arrived corrupt' >&2; exit 3; }}; chmod 755 \"$t\"; mv -f \"$t\" {a}",
+                "set -e; umask 022; d=$(dirname {a}); mkdir -p \"$d\"; d=$(readlink -f -- \"$d\"); {chain}; t=$(mktemp \"$d/.sealer-agent.XXXXXX\"); cat > \"$t\"; echo \"{sha}  $t\" | sha256sum -c --status || {{ rm -f \"$t\"; echo 'the agent arrived corrupt' >&2; exit 3; }}; chmod 755 \"$t\"; mv -f \"$t\" {a}",
                 a = shell_quote(&agent),
+                chain = root_only_chain("d", "upload the agent into $d"),
                 sha = self.payload.agent_sha256
             );
             let bytes = self.payload.agent.clone();
@@ -751,11 +756,15 @@ impl Engine<'_> {
                         }
                     }
                 };
-                self.run_script(slot, &name, &script, &rootfs, &export_file)?;
+                let timeout = self.plugins[*plugin]
+                    .timeout
+                    .unwrap_or(DEFAULT_SCRIPT_TIMEOUT);
+                self.run_script(slot, &name, &script, timeout, &rootfs, &export_file)?;
             }
             Step::Cmd { index } => {
                 let script = self.cmds[*index].clone();
-                self.run_script(slot, &name, &script, &rootfs, &export_file)?;
+                let timeout = DEFAULT_SCRIPT_TIMEOUT;
+                self.run_script(slot, &name, &script, timeout, &rootfs, &export_file)?;
             }
         }
         let remote = slot.connected()?;
@@ -786,27 +795,43 @@ impl Engine<'_> {
         slot: &mut HostSlot,
         name: &str,
         script: &str,
+        timeout: Duration,
         rootfs: &str,
         export_file: &str,
     ) -> Result<(), StepFailure> {
         let mut env = self.env(&slot.host);
         env.push(("SEALER_EXPORT".to_string(), export_file.to_string()));
-        let exports =
-            export_script(&env).map_err(|e| StepFailure::fatal(format!("bad env name {}", e.0)))?;
-        let cmd = format!(
-            "mkdir -p {dir} && rm -f {file} && cd {rootfs} && {exports}\nif command -v bash >/dev/null 2>&1; then bash -c {s}; else sh -c {s}; fi",
-            dir = shell_quote(&format!("{}/exports", self.work_dir().display())),
-            file = shell_quote(export_file),
-            rootfs = shell_quote(rootfs),
-            s = shell_quote(script)
-        );
-        let out = self.exec(slot, &cmd, None)?;
+        if let Some((bad, _)) = env
+            .iter()
+            .find(|(k, _)| !crate::clusterfile::is_env_name(k))
+        {
+            return Err(StepFailure::fatal(format!("bad env name {bad}")));
+        }
+        // Script and env travel on stdin: a command line is readable by every user of the host.
+        let request = agent::HookRequest {
+            script: script.to_string(),
+            env,
+            dir: rootfs.to_string(),
+            export_file: export_file.to_string(),
+            timeout_secs: timeout.as_secs().max(1),
+        };
+        let request =
+            serde_json::to_vec(&request).map_err(|e| StepFailure::fatal(e.to_string()))?;
+        let remote = slot.connected()?;
+        let work = shell_quote(&self.work_dir().display().to_string());
+        let cmd = self.agent_cmd(remote, &format!("run --work {work}"));
+        let mut stdin: &[u8] = &request;
+        let out = self.exec(slot, &cmd, Some(&mut stdin))?;
         if !out.success() {
-            return Err(StepFailure::retry(format!(
-                "{name} exited with status {}: {}",
-                out.status,
-                out.tail()
-            )));
+            let mut failure = command_failure(name, &out);
+            if out.status == agent::EXIT_TIMED_OUT {
+                failure.message = format!(
+                    "{name} ran longer than its timeout of {} and was killed: {}",
+                    human_duration(timeout),
+                    out.tail()
+                );
+            }
+            return Err(failure);
         }
         let printed = out.stdout_text();
         for line in printed.lines().filter(|l| !l.trim().is_empty()).take(50) {
@@ -921,10 +946,7 @@ impl Engine<'_> {
             return Err(StepFailure::fatal(format!("reading the payload: {err}")));
         }
         if !out.success() {
-            return Err(StepFailure::retry(format!(
-                "receiving and unpacking frames failed: {}",
-                out.tail()
-            )));
+            return Err(command_failure("receiving and unpacking frames", &out));
         }
         Ok(())
     }
@@ -944,6 +966,66 @@ impl Engine<'_> {
             .map(|_| ())
             .map_err(|e| e.to_string())
         })
+    }
+}
+
+/// How long a hook (without its own `spec.timeout`) or a CMD may run before it is killed.
+pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A shell expression that prints the agent's real path once it is safe to run as root, and
+/// fails (status [`EXIT_AGENT_UNSAFE`], one line on stderr) otherwise.
+///
+/// The agent's name is predictable, so anyone who can write to its directory, or to any
+/// directory above it, could put a program there and have it run as root. Before every run the
+/// guard resolves the path and checks the file and every directory up to `/`: owned by root,
+/// writable by nobody else (a sticky directory such as `/tmp` is fine, as its root-owned entry
+/// cannot be replaced by others); then it checks the file's sha256. Nobody but root can change
+/// such a chain between the check and the run, so the check cannot be raced. (Uploading to a
+/// fresh directory on every run would resend the agent each time instead.)
+fn agent_guard(agent: &str, sha256: &str) -> String {
+    format!(
+        r#"a=$(readlink -f -- {agent}) && [ -f "$a" ] || {{ echo "sealer: the agent {agent} is missing" >&2; exit {code}; }}; {chain}; [ "$(sha256sum < "$a")" = "{sha256}  -" ] || {{ echo "sealer: refusing to run the agent $a: its sha256 is not the one this installer uploaded" >&2; exit {code}; }}; printf %s "$a""#,
+        agent = shell_quote(agent),
+        chain = root_only_chain("a", "run the agent $a as root"),
+        code = EXIT_AGENT_UNSAFE,
+    )
+}
+
+/// Shell that exits with [`EXIT_AGENT_UNSAFE`] unless the resolved path in `$var` and every
+/// directory above it are owned by root and writable by root only; an ancestor may instead be a
+/// root-owned sticky directory (`/tmp`), whose root-owned entries nobody else can replace.
+fn root_only_chain(var: &str, doing: &str) -> String {
+    format!(
+        r#"p=${var}; while :; do s=$(stat -c '%u %a' -- "$p") || exit {code}; u=${{s%% *}}; m=0${{s#* }}; if [ "$u" != 0 ] || {{ [ $((m & 022)) -ne 0 ] && {{ [ "$p" = "${var}" ] || [ $((m & 01000)) -eq 0 ]; }}; }}; then echo "sealer: refusing to {doing}: $p is owned by uid $u with mode ${{s#* }}; it and every directory above it must be owned by root and writable by root only (choose another dataRoot)" >&2; exit {code}; fi; [ "$p" = / ] && break; p=${{p%/*}}; [ -n "$p" ] || p=/; done"#,
+        code = EXIT_AGENT_UNSAFE,
+    )
+}
+
+/// Exit status of [`agent_guard`] when it refuses the agent.
+pub const EXIT_AGENT_UNSAFE: i32 = 97;
+
+/// The failure of a command that exited non-zero: a full disk, a refused agent or a script that
+/// outlived its timeout are not retried (the same thing would happen again); the rest is.
+fn command_failure(what: &str, out: &ExecOutput) -> StepFailure {
+    let message = format!("{what} exited with status {}: {}", out.status, out.tail());
+    match out.status {
+        agent::EXIT_DISK_FULL => StepFailure::fatal(format!(
+            "{message} (the disk is full; free space on the host and run again)"
+        )),
+        EXIT_AGENT_UNSAFE | agent::EXIT_TIMED_OUT => StepFailure::fatal(message),
+        _ => StepFailure::retry(message),
+    }
+}
+
+/// `90 s`, `30 min`, `1 h 30 min`.
+fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (h, 0, 0) => format!("{h} h"),
+        (h, m, 0) => format!("{h} h {m} min"),
+        _ => format!("{secs} s"),
     }
 }
 
@@ -1164,4 +1246,85 @@ pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
             (h.ip.to_string(), h.roles.join(","), status)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Runs the guard for `agent` in a real shell: `Ok(resolved path)` or `Err((status, stderr))`.
+    fn guard(agent: &Path, sha: &str) -> Result<String, (i32, String)> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "x=$({}) && printf %s \"$x\"",
+                agent_guard(&agent.display().to_string(), sha)
+            ))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    }
+
+    #[test]
+    fn the_agent_guard_accepts_only_the_right_file_in_a_root_only_chain() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: the guard checks root ownership; run as root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join(".agent")).unwrap();
+        let agent = data.join(".agent/sealer-agent-x");
+        std::fs::write(&agent, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sha = hex::encode(Sha256::digest(b"#!/bin/sh\n"));
+        let resolved = std::fs::canonicalize(&agent).unwrap();
+        assert_eq!(guard(&agent, &sha), Ok(resolved.display().to_string()));
+
+        let (status, err) = guard(&agent, &"0".repeat(64)).unwrap_err();
+        assert_eq!(status, EXIT_AGENT_UNSAFE);
+        assert!(err.contains("sha256"), "{err}");
+
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (status, err) = guard(&agent, &sha).unwrap_err();
+        assert_eq!(status, EXIT_AGENT_UNSAFE);
+        assert!(err.contains("mode 777"), "{err}");
+
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&data, Some(1000), None).unwrap();
+        let (status, err) = guard(&agent, &sha).unwrap_err();
+        assert_eq!(status, EXIT_AGENT_UNSAFE);
+        assert!(err.contains("owned by uid 1000"), "{err}");
+
+        std::fs::remove_file(&agent).unwrap();
+        let (status, err) = guard(&agent, &sha).unwrap_err();
+        assert_eq!(status, EXIT_AGENT_UNSAFE);
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_full_disk_a_refused_agent_and_a_timeout_are_not_retried() {
+        let out = |status| ExecOutput {
+            status,
+            stdout: Vec::new(),
+            stderr: b"no".to_vec(),
+        };
+        for status in [
+            agent::EXIT_DISK_FULL,
+            EXIT_AGENT_UNSAFE,
+            agent::EXIT_TIMED_OUT,
+        ] {
+            assert!(!command_failure("step", &out(status)).retry, "{status}");
+        }
+        assert!(command_failure("step", &out(1)).retry);
+    }
 }
