@@ -19,3 +19,5 @@ echo "test: cargo build"
 cargo build --workspace --bins
 echo "test: cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.log
+echo "test: fuzz targets (scripts/fuzz.sh, ${FUZZ_SECONDS:-45} s each; FUZZ_SECONDS=0 skips)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-45}" scripts/fuzz.sh

@@ -31,7 +31,11 @@ pub fn check(data: &[u8]) {
         Ok(file) => file,
         Err(e) => {
             let _ = e.to_string();
-            assert!(e.line() <= lines, "error names line {} of {lines}: {e}", e.line());
+            assert!(
+                e.line() <= lines,
+                "error names line {} of {lines}: {e}",
+                e.line()
+            );
             assert_eq!(e.file(), "Kubefile");
             return;
         }
@@ -56,7 +60,11 @@ pub fn check(data: &[u8]) {
             Ok(expanded) => expanded,
             Err(e) => {
                 let _ = e.to_string();
-                assert_eq!(e.line(), instruction.line, "expansion error on another line: {e}");
+                assert_eq!(
+                    e.line(),
+                    instruction.line,
+                    "expansion error on another line: {e}"
+                );
                 continue;
             }
         };

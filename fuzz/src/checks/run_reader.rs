@@ -177,7 +177,11 @@ fn write_package(dir: &Path, shape: usize) -> Package {
             x as u8
         })
         .collect();
-    let tars = [tars[0].clone(), tars[1].clone(), tar_layer(&[("data/noise", &noise)])];
+    let tars = [
+        tars[0].clone(),
+        tars[1].clone(),
+        tar_layer(&[("data/noise", &noise)]),
+    ];
     let layer_count = [1, 2, 3][shape];
     let mut layers = Vec::new();
     for (i, tar) in tars.iter().take(layer_count).enumerate() {
@@ -496,7 +500,8 @@ impl ManifestEdit {
                 with_frame!(l, f, |fr| fr.compressed_len = v.apply(fr.compressed_len))
             }
             E::FrameUncompressedLen(l, f, v) => {
-                with_frame!(l, f, |fr| fr.uncompressed_len = v.apply(fr.uncompressed_len))
+                with_frame!(l, f, |fr| fr.uncompressed_len =
+                    v.apply(fr.uncompressed_len))
             }
             E::FrameSha(l, f, edit) => {
                 let other = m
@@ -529,7 +534,11 @@ struct Volume {
 
 impl Volume {
     fn header(&self) -> Option<Header> {
-        Header::decode(self.bytes.get(self.header_at..self.header_at + HEADER_LEN as usize)?).ok()
+        Header::decode(
+            self.bytes
+                .get(self.header_at..self.header_at + HEADER_LEN as usize)?,
+        )
+        .ok()
     }
 
     fn footer(&self) -> Option<Footer> {
@@ -591,7 +600,9 @@ impl Mutations {
         for edit in &edits {
             match edit {
                 Edit::Manifest(e) => e.apply(&mut manifest),
-                Edit::ManifestBytes(bytes) => raw = Some(bytes.iter().take(4096).copied().collect()),
+                Edit::ManifestBytes(bytes) => {
+                    raw = Some(bytes.iter().take(4096).copied().collect())
+                }
                 _ => {}
             }
         }
@@ -653,7 +664,9 @@ impl Mutations {
                             F::VolumeLen => f.volume_len = value.apply(f.volume_len),
                             F::ManifestOffset => f.manifest_offset = value.apply(f.manifest_offset),
                             F::ManifestLen => f.manifest_len = value.apply(f.manifest_len),
-                            F::PayloadIdPrefix => f.payload_id_prefix[0] ^= value.apply(0) as u8 | 1,
+                            F::PayloadIdPrefix => {
+                                f.payload_id_prefix[0] ^= value.apply(0) as u8 | 1
+                            }
                         }
                     }
                 }

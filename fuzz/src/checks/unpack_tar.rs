@@ -91,7 +91,10 @@ fn run(area: &Area, layers: &[LayerBytes], bits: u8) {
     }
     if result.is_ok() {
         let meta = fs::symlink_metadata(&area.dest).expect("the destination after success");
-        assert!(meta.is_dir(), "the destination is not a directory after success");
+        assert!(
+            meta.is_dir(),
+            "the destination is not a directory after success"
+        );
         let mut escaping = Vec::new();
         symlinks_leading_out(&area.dest, &area.dest, absolute_symlinks, &mut escaping);
         assert!(
@@ -209,7 +212,10 @@ fn snapshot(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
         let (mtime, nlink) = if Some(&path) == parent.as_ref() {
             (0, 0)
         } else {
-            (meta.mtime() * 1_000_000_000 + meta.mtime_nsec(), meta.nlink())
+            (
+                meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                meta.nlink(),
+            )
         };
         let common = format!(
             "mode={:o} owner={}:{} nlink={nlink} mtime={mtime}",
@@ -428,18 +434,49 @@ struct LayerPlan {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    File { path: Name, mode: u16, content: Content },
-    Dir { path: Name, mode: u16 },
-    Symlink { path: Name, target: Target },
-    HardLink { path: Name, target: Name },
-    Whiteout { dir: Name, of: Part },
-    Opaque { dir: Name },
-    Fifo { path: Name },
-    Device { path: Name },
+    File {
+        path: Name,
+        mode: u16,
+        content: Content,
+    },
+    Dir {
+        path: Name,
+        mode: u16,
+    },
+    Symlink {
+        path: Name,
+        target: Target,
+    },
+    HardLink {
+        path: Name,
+        target: Name,
+    },
+    Whiteout {
+        dir: Name,
+        of: Part,
+    },
+    Opaque {
+        dir: Name,
+    },
+    Fifo {
+        path: Name,
+    },
+    Device {
+        path: Name,
+    },
     /// The attack of issue 15 item 1: `dir/file`, then `dir` replaced by a symlink.
-    FileThenParentSymlink { dir: Name, file: Part, target: Target },
+    FileThenParentSymlink {
+        dir: Name,
+        file: Part,
+        target: Target,
+    },
     /// A directory, a file in it, then the directory replaced by a file or a hard link.
-    DirThenReplaced { dir: Name, file: Part, with_link: bool, target: Name },
+    DirThenReplaced {
+        dir: Name,
+        file: Part,
+        with_link: bool,
+        target: Name,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -741,7 +778,14 @@ fn pad(tar: &mut Vec<u8>) {
 pub fn raw_input(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
     let mut tar = Vec::new();
     for (name, kind, link, data) in entries {
-        entry(&mut tar, name.as_bytes(), *kind, 0o644, link.as_bytes(), data);
+        entry(
+            &mut tar,
+            name.as_bytes(),
+            *kind,
+            0o644,
+            link.as_bytes(),
+            data,
+        );
     }
     tar.extend_from_slice(&[0u8; 1024]);
     let mut input = vec![0u8];
