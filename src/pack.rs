@@ -12,7 +12,9 @@ use packer::{LayerBlob, PackReport, PackSpec, RunFile};
 use sha2::{Digest, Sha256};
 
 use crate::reference::Reference;
-use crate::store::{Manifest, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD};
+use crate::store::{
+    check_image_layers, ImageConfig, Manifest, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD,
+};
 
 /// What to pack.
 #[derive(Debug, Clone)]
@@ -85,93 +87,115 @@ pub fn pack(
 
 /// Import the image of a package into `store`, verifying every frame. zstd layers packed as
 /// they were keep their digests (their frames are the original blobs); zstd layers packed at
-/// another level are stored as packed, and xz layers are recompressed to zstd frames; both are
-/// checked against the image's diff_ids and the manifest is rewritten to name them.
+/// another level are stored as packed, and xz layers are recompressed to zstd frames; the
+/// manifest is then rewritten to name them.
+///
+/// Nothing enters the store until the whole image is checked: the manifest and config match
+/// their digests, the manifest lists exactly the layers the package carries (same digests and
+/// sizes where they were copied), and the config lists one diff_id per layer, each matching
+/// what the layer unpacks to.
 pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     let _writers = store.writer_guard().map_err(|e| e.to_string())?;
     let m = run.manifest();
     let payload = run.payload().map_err(|e| e.to_string())?;
     let reference = Reference::parse(&m.image.name).map_err(|e| e.to_string())?;
     let mut manifest: Manifest = serde_json::from_str(&m.image.manifest_json)
-        .map_err(|e| format!("the package carries no readable image manifest: {e}"))?;
-    let (config_digest, _) = store
-        .put_blob(m.image.config_json.as_bytes())
-        .map_err(|e| e.to_string())?;
-    if config_digest != m.image.config_digest {
-        return Err(format!(
-            "the package's config hashes to {config_digest}, not {}",
-            m.image.config_digest
-        ));
+        .map_err(|e| refuse(format!("the package's image manifest is not readable: {e}")))?;
+    let config_digest = sha256(&m.image.config_json);
+    if config_digest != m.image.config_digest
+        || manifest.config.digest != config_digest
+        || manifest.config.size != m.image.config_json.len() as u64
+    {
+        return Err(refuse(format!(
+            "the package's image config ({config_digest}, {} bytes) is not the one its manifest names ({}, {} bytes)",
+            m.image.config_json.len(),
+            manifest.config.digest,
+            manifest.config.size
+        )));
+    }
+    let config: ImageConfig = serde_json::from_str(&m.image.config_json)
+        .map_err(|e| refuse(format!("the package's image config is not readable: {e}")))?;
+    if let Some((i, missing)) = manifest.layers.iter().enumerate().nth(m.layers.len()) {
+        return Err(refuse(format!(
+            "the image manifest lists layer {} ({}), which the package does not carry",
+            i + 1,
+            missing.digest
+        )));
+    }
+    if m.layers.len() > manifest.layers.len() {
+        return Err(refuse(format!(
+            "the package carries {} layers, but its image manifest lists {}",
+            m.layers.len(),
+            manifest.layers.len()
+        )));
+    }
+    check_image_layers(&manifest, &config, None).map_err(refuse)?;
+    for (li, (layer, listed)) in m.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+        if &layer.diff_id != listed {
+            return Err(refuse(format!(
+                "layer {} ({}) is recorded as {}, but the image config says {listed}",
+                li + 1,
+                layer.digest,
+                layer.diff_id
+            )));
+        }
     }
     let original_layers = manifest.layers.clone();
     for (li, layer) in m.layers.iter().enumerate() {
-        let mut blob = store.blob_writer().map_err(|e| e.to_string())?;
-        match layer.compression {
+        let blob = store.blob_writer().map_err(|e| e.to_string())?;
+        let mut diff_id = Sha256::new();
+        let decode_err = |fi: usize, e: std::io::Error| {
+            format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
+        };
+        let (blob, unpacked, media_type) = match layer.compression {
             Compression::Zstd => {
-                let original = original_layers.get(li).map(|d| d.digest.as_str());
-                // Layers recompressed at pack time: hash their content as it is written.
-                let mut diff_id = (original != Some(layer.digest.as_str())).then(Sha256::new);
+                let mut blob = blob;
                 for fi in 0..layer.frames.len() {
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
-                    if let Some(hasher) = diff_id.as_mut() {
-                        zstd::stream::read::Decoder::new(&bytes[..])
-                            .and_then(|mut d| std::io::copy(&mut d, hasher))
-                            .map_err(|e| {
-                                format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
-                            })?;
-                    }
+                    zstd::stream::read::Decoder::new(&bytes[..])
+                        .and_then(|mut d| std::io::copy(&mut d, &mut diff_id))
+                        .map_err(|e| decode_err(fi, e))?;
                     blob.write_all(&bytes)
                         .map_err(|e| format!("writing layer {}: {e}", li + 1))?;
                 }
-                if let Some(hasher) = diff_id {
-                    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-                    if actual != layer.diff_id {
-                        return Err(format!(
-                            "layer {} unpacks to {actual}, not {}",
-                            li + 1,
-                            layer.diff_id
-                        ));
-                    }
-                }
-                let (digest, size) = blob.commit(Some(&layer.digest)).map_err(|e| match e {
+                let blob = blob.finish(Some(&layer.digest)).map_err(|e| match e {
                     StoreError::BlobCorrupt { actual, .. } => {
+    let refuse = |reason: String| {
+        format!(
+            "{reason}; the package is damaged or was not made by `sealer pack`, nothing was loaded"
+        )
+    };
+    let sha256 = |text: &str| format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
+    let manifest_digest = sha256(&m.image.manifest_json);
+    if manifest_digest != m.image.manifest_digest {
+        return Err(refuse(format!(
+            "the package's image manifest hashes to {manifest_digest}, not {}",
+            m.image.manifest_digest
+        )));
+    }
                         format!("layer {} hashes to {actual}, not {}", li + 1, layer.digest)
                     }
                     other => other.to_string(),
                 })?;
-                if let Some(desc) = manifest.layers.get_mut(li) {
-                    desc.digest = digest;
-                    desc.size = size;
-                }
+                let unpacked = format!("sha256:{}", hex::encode(diff_id.finalize()));
+                (blob, unpacked, None)
             }
             Compression::Xz => {
                 let mut framed = FramedWriter::new(blob, 3);
                 for fi in 0..layer.frames.len() {
+    let mut staged = Vec::with_capacity(m.layers.len());
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
                     let mut decoder = xz2::read::XzDecoder::new(&bytes[..]);
-                    std::io::copy(&mut decoder, &mut framed).map_err(|e| {
-                        format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
-                    })?;
+                    std::io::copy(&mut decoder, &mut framed).map_err(|e| decode_err(fi, e))?;
                 }
                 let (blob, info) = framed
                     .finish()
                     .map_err(|e| format!("recompressing layer {}: {e}", li + 1))?;
-                if format!("sha256:{}", info.diff_id) != layer.diff_id {
-                    return Err(format!(
-                        "layer {} unpacks to {}, not {}",
-                        li + 1,
-                        info.diff_id,
-                        layer.diff_id
-                    ));
-                }
-                let (digest, size) = blob
-                    .commit(Some(&format!("sha256:{}", info.digest)))
+                let blob = blob
+                    .finish(Some(&format!("sha256:{}", info.digest)))
                     .map_err(|e| e.to_string())?;
-                if let Some(desc) = manifest.layers.get_mut(li) {
-                    desc.digest = digest;
-                    desc.size = size;
-                    desc.media_type = MEDIA_TYPE_LAYER_ZSTD.to_string();
-                }
+                let unpacked = format!("sha256:{}", info.diff_id);
+                (blob, unpacked, Some(MEDIA_TYPE_LAYER_ZSTD))
             }
         }
     }
@@ -180,12 +204,6 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
         let (digest, size) = store
             .put_blob(m.image.manifest_json.as_bytes())
             .map_err(|e| e.to_string())?;
-        if digest != m.image.manifest_digest {
-            return Err(format!(
-                "the package's image manifest hashes to {digest}, not {}",
-                m.image.manifest_digest
-            ));
-        }
         store
             .set_name(&reference, &digest, size)
             .map_err(|e| e.to_string())?;
@@ -196,3 +214,37 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     }
     Ok(reference)
 }
+        };
+        if unpacked != layer.diff_id {
+            return Err(refuse(format!(
+                "layer {} ({}) unpacks to {unpacked}, but the image config says {}",
+                li + 1,
+                layer.digest,
+                layer.diff_id
+            )));
+        let desc = &mut manifest.layers[li];
+        if desc.digest == blob.digest() {
+            if desc.size != blob.size() {
+                return Err(refuse(format!(
+                    "layer {} ({}) has {} bytes, but the image manifest says {}",
+                    li + 1,
+                    desc.digest,
+                    blob.size(),
+                    desc.size
+                )));
+            }
+        } else {
+            desc.digest = blob.digest().to_string();
+            desc.size = blob.size();
+        }
+        if let Some(media_type) = media_type {
+            desc.media_type = media_type.to_string();
+        }
+        staged.push(blob);
+    }
+    // Every part checked: store the blobs, then name the image.
+    for blob in staged {
+        blob.commit().map_err(|e| e.to_string())?;
+    store
+        .put_blob(m.image.config_json.as_bytes())
+        .map_err(|e| e.to_string())?;

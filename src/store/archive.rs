@@ -1,23 +1,26 @@
 //! OCI archives (`sealer save` / `sealer load`): a tar of an OCI image layout holding one or more
 //! named images, readable by `skopeo inspect oci-archive:FILE`.
 //!
-//! Saving writes to a temporary file renamed into place; loading verifies every blob against its
-//! digest before it enters the store and names images only once all their blobs are in.
+//! Saving writes to a temporary file renamed into place. Loading checks every blob against its
+//! digest and every image whole (manifest, config, layers present with their sizes, diff_ids
+//! matching the unpacked layers) before any of it enters the store.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use super::{
-    Descriptor, Image, Index, Manifest, Store, StoreError, ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST,
+    Descriptor, Image, ImageConfig, Index, Manifest, StagedBlob, Store, StoreError,
+    ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST,
 };
 use crate::reference::Reference;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 fn archive_err(path: &Path, reason: impl Into<String>) -> StoreError {
-    StoreError::Malformed {
-        what: format!("archive {}", path.display()),
+    StoreError::Archive {
+        path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
@@ -125,6 +128,10 @@ fn tar_header(size: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
 }
 
 /// Import every named image of the OCI archive at `path`. Returns the names imported.
+///
+/// Blobs are staged (digest checked) while the tar is read; each named image is then checked
+/// whole (manifest, config, every layer present with its size, one diff_id per layer matching
+/// what the layer unpacks to) and only when every image passes are its blobs stored and named.
 pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
     let _writers = store.writer_guard()?;
     let file =
@@ -132,6 +139,7 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
     let mut index: Option<Index> = None;
     let mut saw_layout = false;
+    let mut staged: BTreeMap<String, StagedBlob> = BTreeMap::new();
     let entries = archive
         .entries()
         .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
@@ -176,7 +184,7 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
             ["blobs", "sha256", hex] if kind.is_file() => {
                 let digest = format!("sha256:{hex}");
                 store.blob_path(&digest)?;
-                if store.has_blob(&digest) {
+                if store.has_blob(&digest) || staged.contains_key(&digest) {
                     continue;
                 }
                 let mut writer = store.blob_writer()?;
@@ -185,13 +193,14 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
                 writer
                     .flush()
                     .map_err(|e| StoreError::io("writing a blob", e))?;
-                writer.commit(Some(&digest)).map_err(|e| match e {
+                let blob = writer.finish(Some(&digest)).map_err(|e| match e {
                     StoreError::BlobCorrupt { actual, .. } => archive_err(
                         path,
                         format!("blob {digest} does not match its content ({actual})"),
                     ),
                     other => other,
                 })?;
+                staged.insert(digest, blob);
             }
             _ => {
                 return Err(archive_err(
@@ -208,7 +217,13 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
         ));
     }
     let index = index.ok_or_else(|| archive_err(path, "it has no index.json"))?;
-    let mut loaded = Vec::new();
+    let mut checked = ImageCheck {
+        store,
+        staged: &staged,
+        diff_ids: BTreeMap::new(),
+    };
+    let mut names = Vec::new();
+    let mut used = BTreeSet::new();
     for desc in &index.manifests {
         let name = desc.annotations.get(ANNOTATION_REF_NAME).ok_or_else(|| {
             archive_err(
@@ -219,22 +234,114 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
                 ),
             )
         })?;
-        // Archives written by other tools may name images by tag only.
-        let reference = Reference::parse(name)?;
-        let bytes = store.read_blob(&desc.digest)?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| archive_err(path, format!("manifest {}: {e}", desc.digest)))?;
-        store.read_blob(&manifest.config.digest)?;
-        for layer in &manifest.layers {
-            if !store.has_blob(&layer.digest) {
-                return Err(archive_err(
-                    path,
-                    format!("layer {} of {name} is missing", layer.digest),
-                ));
-            }
+        let reference = Reference::parse(name).map_err(|e| archive_err(path, e.to_string()))?;
+        let size = checked
+            .check(desc, name)
+            .map_err(|reason| archive_err(path, reason))?;
+        used.extend(checked.blobs_of(desc));
+        names.push((reference, desc.digest.clone(), size));
+    }
+    for (digest, blob) in staged {
+        if used.contains(&digest) {
+            blob.commit()?;
         }
-        store.set_name(&reference, &desc.digest, bytes.len() as u64)?;
+    }
+    let mut loaded = Vec::new();
+    for (reference, digest, size) in names {
+        store.set_name(&reference, &digest, size)?;
         loaded.push(reference);
     }
     Ok(loaded)
+}
+
+/// Checks the images of an archive against its staged blobs and the store's.
+struct ImageCheck<'a> {
+    store: &'a Store,
+    staged: &'a BTreeMap<String, StagedBlob>,
+    /// diff_ids already computed, by layer digest.
+    diff_ids: BTreeMap<String, String>,
+}
+
+impl ImageCheck<'_> {
+    /// Where the blob is, staged or stored; `None` when it is in neither.
+    fn blob(&self, digest: &str) -> Option<PathBuf> {
+        match self.staged.get(digest) {
+            Some(blob) => Some(blob.path().to_path_buf()),
+            None => self
+                .store
+                .has_blob(digest)
+                .then(|| self.store.blob_path(digest).ok())
+                .flatten(),
+        }
+    }
+
+    /// A blob's path, checked to exist with the size its descriptor gives.
+    fn sized_blob(&self, desc: &Descriptor, what: &str) -> std::result::Result<PathBuf, String> {
+        let path = self
+            .blob(&desc.digest)
+            .ok_or_else(|| format!("{what} {} is missing from the archive", desc.digest))?;
+        let size = fs::metadata(&path)
+            .map_err(|e| format!("{what} {}: {e}", desc.digest))?
+            .len();
+        if size != desc.size {
+            return Err(format!(
+                "{what} {} has {size} bytes, but its descriptor says {}",
+                desc.digest, desc.size
+            ));
+        }
+        Ok(path)
+    }
+
+    fn read(&self, desc: &Descriptor, what: &str) -> std::result::Result<Vec<u8>, String> {
+        let path = self.sized_blob(desc, what)?;
+        if self.staged.contains_key(&desc.digest) {
+            fs::read(&path).map_err(|e| format!("{what} {}: {e}", desc.digest))
+        } else {
+            self.store
+                .read_blob(&desc.digest)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Check the image whose manifest `desc` names; returns the manifest's size.
+    fn check(&mut self, desc: &Descriptor, name: &str) -> std::result::Result<u64, String> {
+        let bytes = self.read(desc, &format!("the manifest of {name}"))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("manifest {} of {name}: {e}", desc.digest))?;
+        let config_bytes = self.read(&manifest.config, &format!("the config of {name}"))?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| format!("config {} of {name}: {e}", manifest.config.digest))?;
+        let mut found = Vec::new();
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            let what = format!("layer {} of {name}", i + 1);
+            let path = self.sized_blob(layer, &what)?;
+            let diff_id = match self.diff_ids.get(&layer.digest) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = super::layer_diff_id(&path, &layer.media_type)
+                        .map_err(|e| format!("{what} ({}): {e}", layer.digest))?;
+                    self.diff_ids.insert(layer.digest.clone(), d.clone());
+                    d
+                }
+            };
+            found.push(diff_id);
+        }
+        super::check_image_layers(&manifest, &config, Some(&found))
+            .map_err(|e| format!("{name}: {e}"))?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// The digests of the manifest `desc`, its config and its layers (after a successful check).
+    fn blobs_of(&self, desc: &Descriptor) -> Vec<String> {
+        let mut out = vec![desc.digest.clone()];
+        let manifest = self
+            .blob(&desc.digest)
+            .and_then(|p| fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        if let Some(m) = manifest {
+            out.push(m.config.digest);
+            out.extend(m.layers.into_iter().map(|l| l.digest));
+        }
+        out
+    }
 }

@@ -580,17 +580,104 @@ impl BlobWriter {
             .file
             .into_inner()
             .map_err(|e| StoreError::io("writing a blob", e.into_error()))?;
-        let target = self.store.blob_path(&digest)?;
-        if !target.is_file() {
-            file.persist(&target).map_err(|e| {
-                StoreError::io(format!("moving a blob to {}", target.display()), e.error)
-            })?;
-        }
-        Ok((digest, self.size))
+        Ok(StagedBlob {
+            file,
+            digest,
+            size: self.size,
+            store: self.store,
+        })
     }
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+}
+
+/// A complete blob in the store's scratch space, checked but not yet stored; dropping it removes it.
+pub struct StagedBlob {
+    file: tempfile::NamedTempFile,
+    digest: String,
+    size: u64,
+    store: Store,
+}
+
+impl StagedBlob {
+    /// `sha256:<hex>` of the content.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Where the content is while staged (to read it back for checks).
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Move the blob into the store. Returns `(digest, size)`.
+    pub fn commit(self) -> Result<(String, u64)> {
+        let target = self.store.blob_path(&self.digest)?;
+        if !target.is_file() {
+            self.file.persist(&target).map_err(|e| {
+                StoreError::io(format!("moving a blob to {}", target.display()), e.error)
+            })?;
+        }
+        Ok((self.digest, self.size))
+    }
+
+/// The sha256 of a layer's uncompressed tar (its diff_id, `sha256:<hex>`), reading the blob at
+/// `path` as its media type says (zstd, gzip or plain tar).
+pub fn layer_diff_id(path: &Path, media_type: &str) -> std::result::Result<String, String> {
+    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let file = io::BufReader::with_capacity(1 << 20, file);
+    let mut reader: Box<dyn Read> =
+        if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| e.to_string())?)
+        } else if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else if media_type.ends_with(".tar") {
+            Box::new(file)
+        } else {
+            return Err(format!(
+            "its media type {media_type} is not a layer type sealer reads (tar, tar+gzip, tar+zstd)"
+        ));
+        };
+    let mut hasher = Sha256::new();
+    io::copy(&mut reader, &mut hasher)
+        .map_err(|e| format!("it does not decompress as {media_type}: {e}"))?;
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Check that a manifest and its config describe the same layers before an image is named:
+/// the config parses, lists one diff_id per layer, and (with `diff_ids`, the diff_ids the layers
+/// were found to have, in order) each one matches. Errors name the layer.
+pub fn check_image_layers(
+    manifest: &Manifest,
+    config: &ImageConfig,
+    diff_ids: Option<&[String]>,
+) -> std::result::Result<(), String> {
+    let listed = &config.rootfs.diff_ids;
+    if listed.len() != manifest.layers.len() {
+        return Err(format!(
+            "the image config lists {} diff_ids for the {} layers of the manifest",
+            listed.len(),
+            manifest.layers.len()
+        ));
+    }
+    if let Some(found) = diff_ids {
+        for (i, ((layer, listed), found)) in
+            manifest.layers.iter().zip(listed).zip(found).enumerate()
+        {
+            if listed != found {
+                return Err(format!(
+                    "layer {} ({}) unpacks to {found}, but the image config says {listed}",
+                    i + 1,
+                    layer.digest
+                ));
+            }
+        }
     }
 }
 
@@ -632,6 +719,12 @@ pub fn inspect(image: &Image) -> InspectView<'_> {
         .collect();
     InspectView {
         name: image.reference.store_key(),
+        self.finish(expected)?.commit()
+    }
+
+    /// Finish writing and check the content, but keep the blob out of the store until
+    /// [`StagedBlob::commit`]: for imports that must check a whole image before storing any of it.
+    pub fn finish(self, expected: Option<&str>) -> Result<StagedBlob> {
         digest: &image.digest,
         size: image.layers_size(),
         layers,
@@ -639,3 +732,5 @@ pub fn inspect(image: &Image) -> InspectView<'_> {
         annotations: &image.manifest.annotations,
     }
 }
+}
+    Ok(())

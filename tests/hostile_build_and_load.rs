@@ -1,0 +1,412 @@
+//! Hostile or broken input to `build`, `load`, `pack` and the printing commands, through the real
+//! binaries: crafted OCI archives and `.run` packages, Kubefiles that try to exhaust memory or
+//! hang the build, links that leave the image root, killed processes' leftovers, closed pipes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const SEALER: &str = env!("CARGO_BIN_EXE_sealer");
+const STUB: &str = env!("CARGO_BIN_EXE_sealer-stub");
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn command(&self, program: &Path, args: &[&str], root: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("SEALER_ROOT", self.path(root))
+            .env("SEALER_STUB", STUB)
+            .env_remove("SOURCE_DATE_EPOCH");
+        cmd
+    }
+
+    fn run(&self, program: &Path, args: &[&str], root: &str) -> Output {
+        self.command(program, args, root).output().unwrap()
+    }
+
+    fn sealer(&self, args: &[&str]) -> Output {
+        self.run(Path::new(SEALER), args, "store")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.sealer(args);
+        assert!(
+            out.status.success(),
+            "sealer {args:?} failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn hello(&self) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello");
+        self.ok(&["build", "-t", "hello:v1", fixture.to_str().unwrap()]);
+    }
+
+    /// A build context holding `Kubefile` with `kubefile` as its text.
+    fn context(&self, name: &str, kubefile: &[u8]) -> PathBuf {
+        let dir = self.path(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("Kubefile"), kubefile).unwrap();
+        dir
+    }
+
+    fn build(&self, context: &Path) -> Output {
+        self.sealer(&["build", "-t", "x:1", context.to_str().unwrap()])
+    }
+
+    /// Every blob file of a store.
+    fn blobs(&self, root: &str) -> Vec<String> {
+        let dir = self.path(root).join("oci/blobs/sha256");
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+fn to_json(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap()
+}
+
+/// An OCI archive read into memory: entry name → content, in name order.
+struct Archive(BTreeMap<String, Vec<u8>>);
+
+impl Archive {
+    fn read(path: &Path) -> Archive {
+        let bytes = fs::read(path).unwrap();
+        let mut tar = tar::Archive::new(&bytes[..]);
+        let mut entries = BTreeMap::new();
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.header().entry_type().is_dir() {
+                continue;
+            }
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            std::io::copy(&mut entry, &mut content).unwrap();
+            entries.insert(name, content);
+        }
+        Archive(entries)
+    }
+
+    fn write(&self, path: &Path) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, content) in &self.0 {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, &content[..]).unwrap();
+        }
+        fs::write(path, b.into_inner().unwrap()).unwrap();
+    }
+
+    fn blob(&self, digest: &str) -> &[u8] {
+        &self.0[&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))]
+    }
+
+    fn put_blob(&mut self, bytes: Vec<u8>) -> String {
+        let digest = sha256(&bytes);
+        self.0.insert(
+            format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")),
+            bytes,
+        );
+        digest
+    }
+
+    fn index(&self) -> serde_json::Value {
+        json(&self.0["index.json"])
+    }
+
+    fn manifest(&self) -> serde_json::Value {
+        let digest = self.index()["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        json(self.blob(&digest))
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let manifest = self.manifest();
+        json(self.blob(manifest["config"]["digest"].as_str().unwrap()))
+    }
+
+    /// Store `manifest` and point the index at it.
+    fn set_manifest(&mut self, manifest: &serde_json::Value) {
+        let bytes = to_json(manifest);
+        let size = bytes.len();
+        let digest = self.put_blob(bytes);
+        let mut index = self.index();
+        index["manifests"][0]["digest"] = digest.into();
+        index["manifests"][0]["size"] = size.into();
+        self.0.insert("index.json".into(), to_json(&index));
+    }
+
+    /// Store `config`, and a manifest naming it.
+    fn set_config(&mut self, config: &serde_json::Value) {
+        let bytes = to_json(config);
+        let size = bytes.len();
+        let digest = self.put_blob(bytes);
+        let mut manifest = self.manifest();
+        manifest["config"]["digest"] = digest.into();
+        manifest["config"]["size"] = size.into();
+        self.set_manifest(&manifest);
+    }
+}
+
+/// The hello image saved to an archive, read back for editing.
+fn saved_hello(env: &Env) -> Archive {
+    env.hello();
+    let path = env.path("hello.tar");
+    env.ok(&["save", "-o", path.to_str().unwrap(), "hello:v1"]);
+    Archive::read(&path)
+}
+
+/// `sealer load` of `archive` into a fresh store: must fail naming `words`, storing nothing.
+fn assert_load_refused(env: &Env, archive: &Archive, name: &str, words: &[&str]) {
+    let path = env.path(&format!("{name}.tar"));
+    archive.write(&path);
+    let out = env.run(
+        Path::new(SEALER),
+        &["load", "-i", path.to_str().unwrap()],
+        name,
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{name} was loaded: {err}");
+    for w in words {
+        assert!(err.contains(w), "{name}: {w:?} not in {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        env.blobs(name),
+        Vec::<String>::new(),
+        "{name}: blobs stored"
+    );
+}
+
+#[test]
+fn load_refuses_an_archive_whose_manifest_lists_a_layer_it_lacks() {
+    let env = Env::new();
+    let mut archive = saved_hello(&env);
+    let manifest = archive.manifest();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert!(layers.len() >= 2);
+    let last = layers.last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    archive.0.remove(&format!(
+        "blobs/sha256/{}",
+        last.trim_start_matches("sha256:")
+    ));
+    assert_load_refused(&env, &archive, "missing-layer", &[&last, "missing"]);
+}
+
+#[test]
+fn load_refuses_an_archive_whose_diff_ids_or_sizes_do_not_match_its_layers() {
+    let env = Env::new();
+    let archive = saved_hello(&env);
+    let first_layer = archive.manifest()["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A diff_id that is not what the first layer unpacks to.
+    let mut wrong = Archive(archive.0.clone());
+    let mut config = wrong.config();
+    config["rootfs"]["diff_ids"][0] = format!("sha256:{}", "0".repeat(64)).into();
+    wrong.set_config(&config);
+    assert_load_refused(&env, &wrong, "wrong-diff-id", &["layer 1", &first_layer]);
+
+    // One diff_id fewer than layers.
+    let mut short = Archive(archive.0.clone());
+    let mut config = short.config();
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
+    short.set_config(&config);
+    assert_load_refused(&env, &short, "short-diff-ids", &["diff_ids"]);
+
+    // A layer descriptor whose size is not the blob's.
+    let mut sized = Archive(archive.0.clone());
+    let mut manifest = sized.manifest();
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    manifest["layers"][0]["size"] = (size + 1).into();
+    sized.set_manifest(&manifest);
+    assert_load_refused(&env, &sized, "wrong-size", &[&first_layer, "bytes"]);
+
+    // The untouched archive still loads.
+    let path = env.path("good.tar");
+    archive.write(&path);
+    let out = env.run(
+        Path::new(SEALER),
+        &["load", "-i", path.to_str().unwrap()],
+        "good",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// Pack the store's hello:v1 with the image manifest and config edited by `edit`; returns the
+/// `.run` path.
+fn crafted_package(
+    env: &Env,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) -> PathBuf {
+    let store = sealer::store::Store::open(env.path("store")).unwrap();
+    let image = store.image_by_name("hello:v1").unwrap();
+    let mut manifest = json(&store.read_blob(&image.digest).unwrap());
+    let mut config = json(&store.read_blob(&image.manifest.config.digest).unwrap());
+    let layers: Vec<packer::LayerBlob> = image
+        .manifest
+        .layers
+        .iter()
+        .zip(&image.config.rootfs.diff_ids)
+        .map(|(desc, diff_id)| packer::LayerBlob {
+            path: store.blob_path(&desc.digest).unwrap(),
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            diff_id: diff_id.clone(),
+            frames: store.frame_index(&desc.digest),
+        })
+        .collect();
+    edit(&mut manifest, &mut config);
+    let config_json = String::from_utf8(to_json(&config)).unwrap();
+    manifest["config"]["digest"] = sha256(config_json.as_bytes()).into();
+    manifest["config"]["size"] = config_json.len().into();
+    let manifest_json = String::from_utf8(to_json(&manifest)).unwrap();
+    let output = env.path(name);
+    packer::write(
+        &packer::PackSpec {
+            stub: PathBuf::from(STUB),
+            image_name: "hello:v1".into(),
+            manifest_digest: sha256(manifest_json.as_bytes()),
+            manifest_json,
+            config_digest: sha256(config_json.as_bytes()),
+            config_json,
+            layers,
+            compression: packer::Compression::Zstd,
+            level: None,
+            split_size: None,
+            output: output.clone(),
+        },
+        None,
+    )
+    .unwrap();
+    output
+}
+
+/// `app.run load` into a fresh store: must fail naming `words`, storing nothing.
+fn assert_package_refused(env: &Env, run: &Path, words: &[&str]) {
+    let root = format!("{}-store", run.file_name().unwrap().to_string_lossy());
+    let out = env.run(run, &["load"], &root);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{} was loaded: {err}", run.display());
+    for w in words {
+        assert!(err.contains(w), "{}: {w:?} not in {err}", run.display());
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(env.blobs(&root), Vec::<String>::new(), "blobs stored");
+}
+
+#[test]
+fn app_run_load_refuses_a_package_whose_manifest_or_config_does_not_match_its_layers() {
+    let env = Env::new();
+    env.hello();
+    let absent = format!("sha256:{}", "e".repeat(64));
+    let extra = crafted_package(&env, "extra-layer.run", |manifest, config| {
+        let mut layer = manifest["layers"][0].clone();
+        layer["digest"] = absent.clone().into();
+        manifest["layers"].as_array_mut().unwrap().push(layer);
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .unwrap()
+            .push(format!("sha256:{}", "f".repeat(64)).into());
+    });
+    assert_package_refused(&env, &extra, &[&absent, "does not carry"]);
+
+    let short = crafted_package(&env, "short-diff-ids.run", |_, config| {
+        config["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
+    });
+    assert_package_refused(&env, &short, &["diff_ids"]);
+
+    // The config claims other content for layer 1 than the layer holds (and the package's own
+    // record of the layer agrees with the layer).
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let swapped = crafted_package(&env, "wrong-diff-id.run", |_, config| {
+        config["rootfs"]["diff_ids"][0] = wrong.clone().into();
+    });
+    assert_package_refused(&env, &swapped, &["layer 1", &wrong]);
+
+    let sized = crafted_package(&env, "wrong-size.run", |manifest, _| {
+        let size = manifest["layers"][0]["size"].as_u64().unwrap();
+        manifest["layers"][0]["size"] = (size + 1).into();
+    });
+    assert_package_refused(&env, &sized, &["layer 1", "bytes"]);
+
+    let good = crafted_package(&env, "good.run", |_, _| {});
+    let out = env.run(&good, &["load"], "good-store");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A process id that was just used and is no longer running.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Run `program args` with its stdout closed before it writes; it must end without a panic.
+fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
+    let mut child = env
+        .command(program, args, "store")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{args:?}: {:?} {err}",
+        out.status
+    );
+}
