@@ -9,6 +9,13 @@ use std::str::FromStr;
 /// Default tag when a reference names none.
 pub const DEFAULT_TAG: &str = "latest";
 
+/// Longest name (`registry/repository`, without tag or digest), as the OCI distribution spec lets
+/// registries limit it.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Longest tag, as the OCI distribution spec defines it.
+pub const MAX_TAG_LEN: usize = 128;
+
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Reference {
@@ -68,8 +75,11 @@ impl Reference {
         };
         let (repository, tag) = match path.rsplit_once(':') {
             Some((repo, tag)) => {
-                if tag.is_empty() || tag.len() > 128 {
-                    return Err(fail("the tag must be 1 to 128 characters"));
+                if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+                    return Err(fail(&format!(
+                        "the tag must be 1 to {MAX_TAG_LEN} characters (it has {})",
+                        tag.len()
+                    )));
                 }
                 if !tag
                     .chars()
@@ -89,6 +99,13 @@ impl Reference {
         };
         if repository.is_empty() {
             return Err(fail("the name is empty"));
+        }
+        let name_len = registry.as_ref().map_or(0, |r| r.len() + 1) + repository.len();
+        if name_len > MAX_NAME_LEN {
+            return Err(fail(&format!(
+                "the name (registry and repository) has {name_len} characters, more than the \
+                 {MAX_NAME_LEN} allowed"
+            )));
         }
         for component in repository.split('/') {
             let valid = !component.is_empty()
@@ -215,5 +232,19 @@ mod tests {
             let err = Reference::parse(bad).unwrap_err();
             assert!(!err.reason.is_empty(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_over_255_characters_and_tags_over_128_are_refused() {
+        let longest = format!("reg.io/{}", "a".repeat(MAX_NAME_LEN - "reg.io/".len()));
+        assert!(Reference::parse(&format!("{longest}:v1")).is_ok());
+        let err = Reference::parse(&format!("{longest}b:v1")).unwrap_err();
+        assert!(err.reason.contains("256 characters"), "{err}");
+        assert!(err.reason.contains("255"), "{err}");
+        let err = Reference::parse("x/".repeat(200).trim_end_matches('/')).unwrap_err();
+        assert!(err.reason.contains("255"), "{err}");
+        assert!(Reference::parse(&format!("x:{}", "t".repeat(MAX_TAG_LEN))).is_ok());
+        let err = Reference::parse(&format!("x:{}", "t".repeat(MAX_TAG_LEN + 1))).unwrap_err();
+        assert!(err.reason.contains("128"), "{err}");
     }
 }

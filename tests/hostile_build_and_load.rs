@@ -222,6 +222,17 @@ fn assert_load_refused(env: &Env, archive: &Archive, name: &str, words: &[&str])
 }
 
 #[test]
+fn load_refuses_image_names_over_255_characters() {
+    let env = Env::new();
+    let mut archive = saved_hello(&env);
+    let mut index = archive.index();
+    let long = format!("reg.io/{}:v1", "a".repeat(300));
+    index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] = long.into();
+    archive.0.insert("index.json".into(), to_json(&index));
+    assert_load_refused(&env, &archive, "long-name", &["255"]);
+}
+
+#[test]
 fn load_refuses_an_archive_whose_manifest_lists_a_layer_it_lacks() {
     let env = Env::new();
     let mut archive = saved_hello(&env);
