@@ -4,7 +4,7 @@
 //! The format itself lives in `packer`; this module only maps store images onto it and back.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use packer::frames::FramedWriter;
 use packer::unpack::Compression;
@@ -82,7 +82,50 @@ pub fn pack(
         split_size: opts.split_size,
         output: opts.output.clone(),
     };
+    remove_stale_pack_files(&opts.output);
     packer::write(&spec, progress).map_err(|e| e.to_string())
+}
+
+/// Remove what killed packs left beside `output`: its partial volumes (`.NAME.partial-PID`,
+/// `.NAME.v001.partial-PID`, ...) and scratch directories (`.sealer-pack-PID-N`) whose process is
+/// no longer running. Best effort.
+pub fn remove_stale_pack_files(output: &Path) {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Some(out_name) = output.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let pid = if let Some(rest) = name.strip_prefix(".sealer-pack-") {
+            rest.split_once('-').map(|(pid, _)| pid)
+        } else if let Some(rest) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_prefix(out_name))
+        {
+            let (volume, pid) = rest.rsplit_once(".partial-").unwrap_or(("?", ""));
+            // `.NAME.partial-PID` or `.NAME.vNNN.partial-PID`
+            let is_volume = volume.is_empty()
+                || volume
+                    .strip_prefix(".v")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            is_volume.then_some(pid)
+        } else {
+            None
+        };
+        let Some(Ok(pid)) = pid.map(str::parse::<u32>) else {
+            continue;
+        };
+        if !crate::store::process_is_running(pid) {
+            crate::store::remove_tree(&entry.path());
+        }
+    }
 }
 
 /// Import the image of a package into `store`, verifying every frame. zstd layers packed as
@@ -99,6 +142,19 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     let m = run.manifest();
     let payload = run.payload().map_err(|e| e.to_string())?;
     let reference = Reference::parse(&m.image.name).map_err(|e| e.to_string())?;
+    let refuse = |reason: String| {
+        format!(
+            "{reason}; the package is damaged or was not made by `sealer pack`, nothing was loaded"
+        )
+    };
+    let sha256 = |text: &str| format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
+    let manifest_digest = sha256(&m.image.manifest_json);
+    if manifest_digest != m.image.manifest_digest {
+        return Err(refuse(format!(
+            "the package's image manifest hashes to {manifest_digest}, not {}",
+            m.image.manifest_digest
+        )));
+    }
     let mut manifest: Manifest = serde_json::from_str(&m.image.manifest_json)
         .map_err(|e| refuse(format!("the package's image manifest is not readable: {e}")))?;
     let config_digest = sha256(&m.image.config_json);
@@ -141,6 +197,7 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
         }
     }
     let original_layers = manifest.layers.clone();
+    let mut staged = Vec::with_capacity(m.layers.len());
     for (li, layer) in m.layers.iter().enumerate() {
         let blob = store.blob_writer().map_err(|e| e.to_string())?;
         let mut diff_id = Sha256::new();
@@ -160,19 +217,6 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                 }
                 let blob = blob.finish(Some(&layer.digest)).map_err(|e| match e {
                     StoreError::BlobCorrupt { actual, .. } => {
-    let refuse = |reason: String| {
-        format!(
-            "{reason}; the package is damaged or was not made by `sealer pack`, nothing was loaded"
-        )
-    };
-    let sha256 = |text: &str| format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
-    let manifest_digest = sha256(&m.image.manifest_json);
-    if manifest_digest != m.image.manifest_digest {
-        return Err(refuse(format!(
-            "the package's image manifest hashes to {manifest_digest}, not {}",
-            m.image.manifest_digest
-        )));
-    }
                         format!("layer {} hashes to {actual}, not {}", li + 1, layer.digest)
                     }
                     other => other.to_string(),
@@ -183,7 +227,6 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
             Compression::Xz => {
                 let mut framed = FramedWriter::new(blob, 3);
                 for fi in 0..layer.frames.len() {
-    let mut staged = Vec::with_capacity(m.layers.len());
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
                     let mut decoder = xz2::read::XzDecoder::new(&bytes[..]);
                     std::io::copy(&mut decoder, &mut framed).map_err(|e| decode_err(fi, e))?;
@@ -197,23 +240,6 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                 let unpacked = format!("sha256:{}", info.diff_id);
                 (blob, unpacked, Some(MEDIA_TYPE_LAYER_ZSTD))
             }
-        }
-    }
-    if manifest.layers == original_layers {
-        // Every layer as it was: the original manifest bytes, so the image keeps its digest.
-        let (digest, size) = store
-            .put_blob(m.image.manifest_json.as_bytes())
-            .map_err(|e| e.to_string())?;
-        store
-            .set_name(&reference, &digest, size)
-            .map_err(|e| e.to_string())?;
-    } else {
-        store
-            .commit_image(&reference, &manifest)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(reference)
-}
         };
         if unpacked != layer.diff_id {
             return Err(refuse(format!(
@@ -222,6 +248,7 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                 layer.digest,
                 layer.diff_id
             )));
+        }
         let desc = &mut manifest.layers[li];
         if desc.digest == blob.digest() {
             if desc.size != blob.size() {
@@ -245,6 +272,22 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     // Every part checked: store the blobs, then name the image.
     for blob in staged {
         blob.commit().map_err(|e| e.to_string())?;
+    }
     store
         .put_blob(m.image.config_json.as_bytes())
         .map_err(|e| e.to_string())?;
+    if manifest.layers == original_layers {
+        // Every layer as it was: the original manifest bytes, so the image keeps its digest.
+        let (digest, size) = store
+            .put_blob(m.image.manifest_json.as_bytes())
+            .map_err(|e| e.to_string())?;
+        store
+            .set_name(&reference, &digest, size)
+            .map_err(|e| e.to_string())?;
+    } else {
+        store
+            .commit_image(&reference, &manifest)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(reference)
+}

@@ -403,6 +403,70 @@ fn dead_pid() -> u32 {
     pid
 }
 
+#[test]
+fn killed_builds_and_loads_leave_nothing_in_the_store_tmp_after_the_next_start() {
+    let env = Env::new();
+    env.ok(&["images"]);
+    let tmp = env.path("store/tmp");
+    let dead = dead_pid();
+    let live = std::process::id();
+    fs::write(tmp.join(format!("blob-{dead}-Ab12Cd")), b"half a layer").unwrap();
+    let tree = tmp.join(format!("build-{dead}-Xy34Zw"));
+    fs::create_dir_all(tree.join("rootfs/usr/share")).unwrap();
+    fs::write(tree.join("rootfs/usr/share/file"), b"x").unwrap();
+    // A RUN may leave read-only directories.
+    Command::new("chmod")
+        .args(["-R", "a-w", tree.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let running = tmp.join(format!("blob-{live}-Ef56Gh"));
+    fs::write(&running, b"being written").unwrap();
+    env.ok(&["images"]);
+    let left: Vec<String> = fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec![format!("blob-{live}-Ef56Gh")]);
+}
+
+#[test]
+fn pack_removes_partial_files_that_killed_packs_left_beside_its_output() {
+    let env = Env::new();
+    env.hello();
+    let out_dir = env.path("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let dead = dead_pid();
+    let live = std::process::id();
+    let stale = [
+        format!(".hello.run.partial-{dead}"),
+        format!(".hello.run.v001.partial-{dead}"),
+        format!(".sealer-pack-{dead}-0"),
+    ];
+    let kept = [
+        format!(".hello.run.partial-{live}"),
+        format!(".other.run.partial-{dead}"),
+        "notes.txt".to_string(),
+    ];
+    for name in stale.iter().chain(&kept) {
+        if name.starts_with(".sealer-pack-") {
+            fs::create_dir_all(out_dir.join(name).join("layer-0")).unwrap();
+        } else {
+            fs::write(out_dir.join(name), b"partial").unwrap();
+        }
+    }
+    let output = out_dir.join("hello.run");
+    env.ok(&["pack", "hello:v1", "-o", output.to_str().unwrap()]);
+    let mut left: Vec<String> = fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = kept.to_vec();
+    want.push("hello.run".into());
+    want.sort();
+    assert_eq!(left, want);
+}
+
 /// Run `program args` with its stdout closed before it writes; it must end without a panic.
 fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
     let mut child = env

@@ -55,7 +55,7 @@ pub struct WorkTree {
 impl WorkTree {
     pub fn new(store: &Store) -> Result<Self, BuildError> {
         let holder = tempfile::Builder::new()
-            .prefix("build-")
+            .prefix(&Store::tmp_prefix("build"))
             .tempdir_in(store.tmp_dir())
             .map_err(|e| BuildError::io("creating a build directory", e))?;
         Ok(WorkTree {

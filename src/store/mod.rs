@@ -120,6 +120,7 @@ impl Store {
             fs::create_dir_all(&dir)
                 .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         }
+        store.remove_stale_temporaries();
         let layout = store.oci_dir().join("oci-layout");
         if !layout.exists() {
             store.write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -154,6 +155,31 @@ impl Store {
     /// Scratch space on the store's filesystem, for files renamed into the store.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// The name prefix of an entry of [`Store::tmp_dir`] made by this process (`KIND-PID-`):
+    /// a later process removes it once this one is gone (see [`Store::open`]).
+    pub fn tmp_prefix(kind: &str) -> String {
+        format!("{kind}-{}-", std::process::id())
+    }
+
+    /// Remove what killed builds, pulls and loads left in `tmp/`: entries named by
+    /// [`Store::tmp_prefix`] whose process is no longer running. Best effort; a failure to remove
+    /// only leaves the space in use.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split('-').nth(1))
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !process_is_running(pid)) {
+                remove_tree(&entry.path());
+            }
+        }
     }
 
     /// Where the builder keeps its step cache.
@@ -206,7 +232,7 @@ impl Store {
     /// Start writing a blob; its digest is computed while writing.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let file = tempfile::Builder::new()
-            .prefix("blob-")
+            .prefix(&Store::tmp_prefix("blob"))
             .tempfile_in(self.tmp_dir())
             .map_err(|e| {
                 StoreError::io(
@@ -536,6 +562,45 @@ impl Store {
     }
 }
 
+/// True while a process with this id exists (it may belong to another user).
+pub fn process_is_running(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is delivered.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Remove a file or a directory tree, making read-only directories writable when that is what
+/// stops the removal (a RUN may leave them). Best effort.
+pub fn remove_tree(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_dir() {
+        let _ = fs::remove_file(path);
+        return;
+    }
+    if fs::remove_dir_all(path).is_ok() {
+        return;
+    }
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o755));
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(path);
+}
+
 #[derive(Clone, Copy)]
 enum LockMode {
     Exclusive,
@@ -567,6 +632,12 @@ impl BlobWriter {
     /// Move the blob into the store. With `expected`, a content mismatch is an error and nothing is
     /// stored. Returns `(digest, size)`.
     pub fn commit(self, expected: Option<&str>) -> Result<(String, u64)> {
+        self.finish(expected)?.commit()
+    }
+
+    /// Finish writing and check the content, but keep the blob out of the store until
+    /// [`StagedBlob::commit`]: for imports that must check a whole image before storing any of it.
+    pub fn finish(self, expected: Option<&str>) -> Result<StagedBlob> {
         let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
         if let Some(expected) = expected {
             if expected != digest {
@@ -626,6 +697,7 @@ impl StagedBlob {
         }
         Ok((self.digest, self.size))
     }
+}
 
 /// The sha256 of a layer's uncompressed tar (its diff_id, `sha256:<hex>`), reading the blob at
 /// `path` as its media type says (zstd, gzip or plain tar).
@@ -679,6 +751,7 @@ pub fn check_image_layers(
             }
         }
     }
+    Ok(())
 }
 
 /// What `sealer inspect` prints.
@@ -719,12 +792,6 @@ pub fn inspect(image: &Image) -> InspectView<'_> {
         .collect();
     InspectView {
         name: image.reference.store_key(),
-        self.finish(expected)?.commit()
-    }
-
-    /// Finish writing and check the content, but keep the blob out of the store until
-    /// [`StagedBlob::commit`]: for imports that must check a whole image before storing any of it.
-    pub fn finish(self, expected: Option<&str>) -> Result<StagedBlob> {
         digest: &image.digest,
         size: image.layers_size(),
         layers,
@@ -732,5 +799,3 @@ pub fn inspect(image: &Image) -> InspectView<'_> {
         annotations: &image.manifest.annotations,
     }
 }
-}
-    Ok(())
