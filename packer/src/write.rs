@@ -489,13 +489,83 @@ fn map_blob(blob: &LayerBlob) -> Result<Option<MappedFile>, WriteError> {
         .map_err(io_err("mapping layer blob", &blob.path))
 }
 
+/// How one layer gets into the package: chosen once, from what the store holds and what was
+/// asked for, by [`plan_layer`], then carried out by one function.
+enum LayerPlan {
+    /// Framed zstd with the store's frame index, kept as it is: checked against the index and
+    /// copied.
+    CopyIndexed(Vec<Frame>),
+    /// Framed zstd without an index, kept as it is: indexed by a scan, its digest checked, copied.
+    CopyScanned(Vec<Frame>),
+    /// Framed zstd whose frames are recompressed (an explicit level, or xz).
+    Recompress(Vec<Frame>),
+    /// Anything else (tar, tar+gzip, zstd with oversized frames): decoded, cut into frames at
+    /// the asked zstd level, then recompressed when the package is xz.
+    Reframe,
+}
+
+/// Choose the plan for `blob`; the blob is mapped (and returned) unless the plan copies it
+/// by its index without reading it here.
+fn plan_layer(
+    spec: &PackSpec,
+    blob: &LayerBlob,
+) -> Result<(LayerPlan, Option<MappedFile>), WriteError> {
+    // Zstd frames keep their bytes unless a level or another compression was asked for.
+    let keep_zstd = spec.compression == Compression::Zstd && spec.level.is_none();
+    let zstd = is_zstd(&blob.media_type);
+    let small = |frames: &[Frame]| frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME);
+    if let (Some(frames), true, true) = (&blob.frames, keep_zstd, zstd) {
+        let len = fs::metadata(&blob.path)
+            .map_err(io_err("reading layer blob", &blob.path))?
+            .len();
+        let contiguous = frames.iter().try_fold(0u64, |at, f| {
+            (f.offset == at).then_some(at + f.compressed_len)
+        });
+        if contiguous == Some(len) && small(frames) {
+            return Ok((LayerPlan::CopyIndexed(frames.clone()), None));
+        }
+    }
+    let map = map_blob(blob)?;
+    let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
+    let scanned = if zstd {
+        scan_frames(bytes).ok().filter(|f| small(f))
+    } else {
+        None
+    };
+    let plan = match (scanned, keep_zstd) {
+        (Some(frames), true) => LayerPlan::CopyScanned(frames),
+        (Some(frames), false) => LayerPlan::Recompress(frames),
+        (None, _) => LayerPlan::Reframe,
+    };
+    Ok((plan, map))
+}
+
 fn prepare_layer(
     spec: &PackSpec,
     blob: &LayerBlob,
     index: usize,
     scratch: &Path,
 ) -> Result<PreparedLayer, WriteError> {
-    let entry = |compression, compressed_len, uncompressed_len, digest: String| LayerEntry {
+    let (plan, map) = plan_layer(spec, blob)?;
+    let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
+    match plan {
+        LayerPlan::CopyIndexed(frames) => copy_indexed(blob, frames),
+        LayerPlan::CopyScanned(frames) => copy_scanned(blob, bytes, frames),
+        LayerPlan::Recompress(frames) => {
+            recompress(spec, blob, index, scratch, bytes, frames, None)
+        }
+        LayerPlan::Reframe => reframe_layer(spec, blob, index, scratch, bytes),
+    }
+}
+
+fn layer_entry(
+    blob: &LayerBlob,
+    compression: Compression,
+    compressed_len: u64,
+    uncompressed_len: u64,
+    digest: String,
+) -> LayerEntry {
+    LayerEntry {
         digest,
         diff_id: blob.diff_id.clone(),
         media_type: blob.media_type.clone(),
@@ -503,128 +573,120 @@ fn prepare_layer(
         compressed_len,
         uncompressed_len,
         frames: Vec::new(),
-    };
+    }
+}
 
-    // Zstd frames keep their bytes unless a level was asked for.
-    let copy_zstd = spec.compression == Compression::Zstd && spec.level.is_none();
-    // Framed zstd with a known index packed as zstd: copy without reading.
-    if let (Some(frames), true) = (&blob.frames, copy_zstd) {
-        let len = fs::metadata(&blob.path)
-            .map_err(io_err("reading layer blob", &blob.path))?
-            .len();
-        let contiguous = frames.iter().try_fold(0u64, |at, f| {
-            (f.offset == at).then_some(at + f.compressed_len)
+/// [`LayerPlan::CopyIndexed`]: every frame checked against the index, the blob copied as is.
+fn copy_indexed(blob: &LayerBlob, frames: Vec<Frame>) -> Result<PreparedLayer, WriteError> {
+    check_indexed_frames(blob, &frames)?;
+    let compressed = frames.iter().map(|f| f.compressed_len).sum();
+    let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
+    Ok(PreparedLayer {
+        file: blob.path.clone(),
+        entry: layer_entry(
+            blob,
+            Compression::Zstd,
+            compressed,
+            uncompressed,
+            blob.digest.clone(),
+        ),
+        frames,
+        copied: true,
+    })
+}
+
+/// [`LayerPlan::CopyScanned`]: the frames are indexed from these very bytes, so the blob's
+/// digest is what proves they are the image's.
+fn copy_scanned(
+    blob: &LayerBlob,
+    bytes: &[u8],
+    frames: Vec<Frame>,
+) -> Result<PreparedLayer, WriteError> {
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    let named = blob
+        .digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64);
+    if named && actual != blob.digest {
+        return Err(WriteError::LayerDamaged {
+            path: blob.path.clone(),
+            reason: format!(
+                "its content hashes to {actual}, but the image says {}; build or pull the \
+                 image again",
+                blob.digest
+            ),
         });
-        if is_zstd(&blob.media_type)
-            && contiguous == Some(len)
-            && frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME)
-        {
-            check_indexed_frames(blob, frames)?;
-            let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
-            return Ok(PreparedLayer {
-                file: blob.path.clone(),
-                entry: LayerEntry {
-                    digest: blob.digest.clone(),
-                    diff_id: blob.diff_id.clone(),
-                    media_type: blob.media_type.clone(),
-                    compression: Compression::Zstd,
-                    compressed_len: len,
-                    uncompressed_len: uncompressed,
-                    frames: Vec::new(),
-                },
-                frames: frames.clone(),
-                copied: true,
-            });
-        }
     }
-    let map = map_blob(blob)?;
-    let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
+    let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
+    Ok(PreparedLayer {
+        file: blob.path.clone(),
+        entry: layer_entry(
+            blob,
+            Compression::Zstd,
+            bytes.len() as u64,
+            uncompressed,
+            blob.digest.clone(),
+        ),
+        frames,
+        copied: true,
+    })
+}
 
-    // Framed zstd packed as zstd: copy. The frames are indexed from these very bytes, so the
-    // blob's digest is what proves they are the image's.
-    if is_zstd(&blob.media_type) && copy_zstd {
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        let named = blob
-            .digest
-            .strip_prefix("sha256:")
-            .is_some_and(|hex| hex.len() == 64);
-        if named && actual != blob.digest {
-            return Err(WriteError::LayerDamaged {
-                path: blob.path.clone(),
-                reason: format!(
-                    "its content hashes to {actual}, but the image says {}; build or pull the \
-                     image again",
-                    blob.digest
-                ),
-            });
-        }
-        if let Ok(frames) = scan_frames(bytes) {
-            if frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME) {
-                let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
-                return Ok(PreparedLayer {
-                    file: blob.path.clone(),
-                    entry: entry(
-                        Compression::Zstd,
-                        bytes.len() as u64,
-                        uncompressed,
-                        blob.digest.clone(),
-                    ),
-                    frames,
-                    copied: true,
-                });
-            }
-        }
-    }
-
-    // Anything else: decode to tar and write framed zstd into the scratch directory.
-    let framed_path = scratch.join(format!("layer-{index}.zst"));
-    let zstd_level = if spec.compression == Compression::Zstd {
+fn zstd_level(spec: &PackSpec) -> i32 {
+    if spec.compression == Compression::Zstd {
         spec.level.unwrap_or(DEFAULT_ZSTD_LEVEL).clamp(1, 22) as i32
     } else {
         1 // only an intermediate for xz
-    };
-    let framed = if is_zstd(&blob.media_type) && frames_ok(bytes) {
-        None // already framed zstd; only the xz step below is needed
-    } else {
-        let tar: Box<dyn Read + '_> = if is_zstd(&blob.media_type) {
-            Box::new(
-                zstd::stream::read::Decoder::with_buffer(bytes)
-                    .map_err(|e| layer_error(blob, format!("not zstd: {e}")))?,
-            )
-        } else if is_gzip(&blob.media_type) {
-            Box::new(flate2::read::MultiGzDecoder::new(bytes))
-        } else if blob.media_type.ends_with(".tar") || blob.media_type.ends_with("layer.v1.tar") {
-            Box::new(bytes)
-        } else {
-            return Err(layer_error(
-                blob,
-                format!(
-                    "media type {} is not tar, tar+gzip or tar+zstd",
-                    blob.media_type
-                ),
-            ));
-        };
-        let out = File::create(&framed_path).map_err(io_err("creating", &framed_path))?;
-        let layer = reframe(tar, BufWriter::new(out), zstd_level)
-            .map_err(|e| layer_error(blob, format!("cannot be read: {e}")))?;
-        let expected = blob.diff_id.trim_start_matches("sha256:");
-        if !expected.is_empty() && layer.diff_id != expected {
-            return Err(layer_error(
-                blob,
-                format!(
-                    "its content hashes to sha256:{}, but the image says diff_id {}",
-                    layer.diff_id, blob.diff_id
-                ),
-            ));
-        }
-        Some(layer)
-    };
+    }
+}
 
-    if let (Compression::Zstd, Some(layer)) = (spec.compression, &framed) {
+/// [`LayerPlan::Reframe`]: decode whatever the store holds to tar and write framed zstd into
+/// the scratch directory, checking the diff_id on the way; xz packages recompress that.
+fn reframe_layer(
+    spec: &PackSpec,
+    blob: &LayerBlob,
+    index: usize,
+    scratch: &Path,
+    bytes: &[u8],
+) -> Result<PreparedLayer, WriteError> {
+    let framed_path = scratch.join(format!("layer-{index}.zst"));
+    let tar: Box<dyn Read + '_> = if is_zstd(&blob.media_type) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(bytes)
+                .map_err(|e| layer_error(blob, format!("not zstd: {e}")))?,
+        )
+    } else if is_gzip(&blob.media_type) {
+        Box::new(flate2::read::MultiGzDecoder::new(bytes))
+    } else if blob.media_type.ends_with(".tar") || blob.media_type.ends_with("layer.v1.tar") {
+        Box::new(bytes)
+    } else {
+        return Err(layer_error(
+            blob,
+            format!(
+                "media type {} is not tar, tar+gzip or tar+zstd",
+                blob.media_type
+            ),
+        ));
+    };
+    let out = File::create(&framed_path).map_err(io_err("creating", &framed_path))?;
+    let layer = reframe(tar, BufWriter::new(out), zstd_level(spec))
+        .map_err(|e| layer_error(blob, format!("cannot be read: {e}")))?;
+    let expected = blob.diff_id.trim_start_matches("sha256:");
+    if !expected.is_empty() && layer.diff_id != expected {
+        return Err(layer_error(
+            blob,
+            format!(
+                "its content hashes to sha256:{}, but the image says diff_id {}",
+                layer.diff_id, blob.diff_id
+            ),
+        ));
+    }
+    if spec.compression == Compression::Zstd {
         return Ok(PreparedLayer {
             file: framed_path,
             frames: layer.frames.clone(),
-            entry: entry(
+            entry: layer_entry(
+                blob,
                 Compression::Zstd,
                 layer.compressed_len,
                 layer.uncompressed_len,
@@ -633,28 +695,37 @@ fn prepare_layer(
             copied: false,
         });
     }
-
-    // Every frame recompressed on its own (xz streams, or zstd frames at the asked level), in
-    // parallel, written in order.
-    let source_map;
-    let (zstd_bytes, zstd_frames): (&[u8], Vec<Frame>) = match &framed {
-        None => (
-            bytes,
-            scan_frames(bytes).map_err(|e| layer_error(blob, e.to_string()))?,
-        ),
-        Some(layer) => {
-            let file = File::open(&framed_path).map_err(io_err("opening", &framed_path))?;
-            source_map = if layer.compressed_len == 0 {
-                None
-            } else {
-                Some(MappedFile::new(&file).map_err(io_err("mapping", &framed_path))?)
-            };
-            (
-                source_map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]),
-                layer.frames.clone(),
-            )
-        }
+    let file = File::open(&framed_path).map_err(io_err("opening", &framed_path))?;
+    let map = if layer.compressed_len == 0 {
+        None
+    } else {
+        Some(MappedFile::new(&file).map_err(io_err("mapping", &framed_path))?)
     };
+    let framed_bytes = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
+    let digest = format!("sha256:{}", layer.digest);
+    recompress(
+        spec,
+        blob,
+        index,
+        scratch,
+        framed_bytes,
+        layer.frames.clone(),
+        Some(digest),
+    )
+}
+
+/// [`LayerPlan::Recompress`] (and the xz step of a reframed layer): every frame recompressed
+/// on its own, in parallel, written in order. `zstd_digest` names the zstd blob an xz layer
+/// stands for when it is not the store's blob.
+fn recompress(
+    spec: &PackSpec,
+    blob: &LayerBlob,
+    index: usize,
+    scratch: &Path,
+    zstd_bytes: &[u8],
+    zstd_frames: Vec<Frame>,
+    zstd_digest: Option<String>,
+) -> Result<PreparedLayer, WriteError> {
     let (out_path, encode): (PathBuf, FrameEncoder) = match spec.compression {
         Compression::Xz => {
             let level = spec.level.unwrap_or(DEFAULT_XZ_LEVEL).min(9);
@@ -668,7 +739,7 @@ fn prepare_layer(
             )
         }
         Compression::Zstd => {
-            let level = zstd_level;
+            let level = zstd_level(spec);
             (
                 scratch.join(format!("layer-{index}.zst")),
                 Box::new(move |plain: &[u8]| zstd::bulk::compress(plain, level)),
@@ -713,14 +784,13 @@ fn prepare_layer(
     out.flush().map_err(io_err("writing", &out_path))?;
     let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
     // zstd: the digest of the new blob (what `load` stores); xz: the zstd blob it stands for.
-    let digest = match (spec.compression, &framed) {
-        (Compression::Zstd, _) => format!("sha256:{}", hex::encode(blob_hash.finalize())),
-        (Compression::Xz, Some(layer)) => format!("sha256:{}", layer.digest),
-        (Compression::Xz, None) => blob.digest.clone(),
+    let digest = match spec.compression {
+        Compression::Zstd => format!("sha256:{}", hex::encode(blob_hash.finalize())),
+        Compression::Xz => zstd_digest.unwrap_or_else(|| blob.digest.clone()),
     };
     Ok(PreparedLayer {
         file: out_path,
-        entry: entry(spec.compression, offset, uncompressed, digest),
+        entry: layer_entry(blob, spec.compression, offset, uncompressed, digest),
         frames,
         copied: false,
     })
@@ -783,11 +853,6 @@ struct Recompressed {
 
 /// Compresses one frame's bytes into one independent stream.
 type FrameEncoder = Box<dyn Fn(&[u8]) -> io::Result<Vec<u8>> + Sync>;
-
-fn frames_ok(bytes: &[u8]) -> bool {
-    scan_frames(bytes)
-        .is_ok_and(|frames| frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME))
-}
 
 /// Cut a tar stream into frames at entry boundaries.
 fn reframe<W: Write>(
