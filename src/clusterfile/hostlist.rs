@@ -8,6 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// error, not a million hosts.
 pub const MAX_RANGE_LEN: u128 = 4096;
 
+/// The most hosts one cluster may have, counted after ranges are expanded: many small ranges
+/// add up too (300 ranges of 4096 are 1.2 million hosts).
+pub const MAX_HOSTS: usize = 4096;
+
 /// Why a host list could not be read; the message names the offending item.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -24,8 +28,19 @@ pub fn parse_host_list(list: &str) -> Result<Vec<IpAddr>, HostListError> {
         .filter(|item| !item.is_empty())
     {
         ips.extend(parse_host_item(item)?);
+        check_host_count(ips.len())?;
     }
     Ok(ips)
+}
+
+/// Refuses more than [`MAX_HOSTS`] hosts in total.
+pub fn check_host_count(count: usize) -> Result<(), HostListError> {
+    if count > MAX_HOSTS {
+        return Err(HostListError(format!(
+            "the hosts add up to {count} addresses or more, more than the {MAX_HOSTS} a cluster may have; check the ranges for typos"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses one item: an address or a range `first-last`.
@@ -129,5 +144,58 @@ mod tests {
         assert!(err.0.contains("`x.x.x.x` is not an IP address"), "{err}");
         let err = parse_host_list("10.0.0.1-10.0.0").unwrap_err();
         assert!(err.0.contains("`10.0.0` is not an IP address"), "{err}");
+    }
+
+    #[test]
+    fn many_small_ranges_are_refused_past_the_host_limit() {
+        let list: Vec<String> = (0..300)
+            .map(|i| {
+                format!(
+                    "10.{}.{}.0-10.{}.{}.255",
+                    i / 16,
+                    i % 16 * 16,
+                    i / 16,
+                    i % 16 * 16 + 15
+                )
+            })
+            .collect();
+        let err = parse_host_list(&list.join(",")).unwrap_err();
+        assert!(err.0.contains(&MAX_HOSTS.to_string()), "{err}");
+        let exactly: Vec<String> = (0..MAX_HOSTS / 256)
+            .map(|i| format!("10.0.{i}.0-10.0.{i}.255"))
+            .collect();
+        assert_eq!(
+            parse_host_list(&exactly.join(",")).unwrap().len(),
+            MAX_HOSTS
+        );
+    }
+
+    #[test]
+    fn a_clusterfile_of_many_small_ranges_is_refused_past_the_host_limit() {
+        let mut text = String::from(
+            "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata: {name: big}\nspec:\n  hosts:\n",
+        );
+        for i in 0..300 {
+            let (a, b) = (i / 16, i % 16 * 16);
+            text.push_str(&format!(
+                "    - {{ips: [10.{a}.{b}.0-10.{a}.{}.255], roles: [master]}}\n",
+                b + 15
+            ));
+        }
+        let err = crate::clusterfile::Clusterfile::parse(&text)
+            .and_then(|cf| cf.into_cluster())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("more than the {MAX_HOSTS}")), "{err}");
+        // Masters and nodes count together.
+        let flags = crate::clusterfile::ClusterFlags {
+            masters: Some("10.0.0.0-10.0.15.255".into()),
+            nodes: Some("10.1.0.0-10.1.0.1".into()),
+            ..Default::default()
+        };
+        let err = crate::clusterfile::from_flags(&flags)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("more than the {MAX_HOSTS}")), "{err}");
     }
 }

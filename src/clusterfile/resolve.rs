@@ -13,7 +13,7 @@ use super::documents::{
     PluginSpec, Scalar, SshSpec,
 };
 use super::env::is_env_name;
-use super::hostlist::{parse_host_item, parse_host_list};
+use super::hostlist::{check_host_count, parse_host_item, parse_host_list};
 use super::model::*;
 use super::{ClusterfileError, DocumentRef};
 
@@ -176,6 +176,7 @@ pub(super) struct HostDraft {
 /// The checks every cluster passes, whichever way it was written: addresses unique, one family,
 /// at least one master; then pins from `hostKeys` are attached.
 pub(super) fn check_hosts(drafts: &[HostDraft], hosts_field: &str) -> FieldResult<()> {
+    check_host_count(drafts.len()).map_err(|e| (hosts_field.to_string(), e.0))?;
     let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
     for d in drafts {
         if let Some(first) = seen.insert(d.host.ip, &d.field) {
@@ -243,6 +244,7 @@ fn ips_of(items: &[Scalar], field: &str) -> FieldResult<Vec<(IpAddr, String)>> {
         let item_field = format!("{field}[{i}]");
         let ips = parse_host_item(item).map_err(|e| (item_field.clone(), e.0))?;
         out.extend(ips.into_iter().map(|ip| (ip, item_field.clone())));
+        check_host_count(out.len()).map_err(|e| (item_field.clone(), e.0))?;
     }
     Ok(out)
 }
@@ -753,6 +755,8 @@ fn host_v2(
     }
     let ips_field = format!("{field}.ips");
     let ips = ips_of(h.ips.as_deref().unwrap_or(&[]), &ips_field).map_err(|e| field_err(doc, e))?;
+    check_host_count(drafts.len() + ips.len())
+        .map_err(|e| field_err(doc, (ips_field.clone(), e.0)))?;
     if ips.is_empty() {
         return Err(field_err(
             doc,
@@ -831,6 +835,8 @@ fn machines_v1(
         ));
     }
     let ips = ips_of(list, &format!("{field}.ipList")).map_err(|e| field_err(doc, e))?;
+    check_host_count(drafts.len() + ips.len())
+        .map_err(|e| field_err(doc, (format!("{field}.ipList"), e.0)))?;
     for (ip, ip_field) in ips {
         drafts.push(HostDraft {
             field: ip_field,
