@@ -467,6 +467,32 @@ fn pack_removes_partial_files_that_killed_packs_left_beside_its_output() {
     assert_eq!(left, want);
 }
 
+#[test]
+fn an_arg_expansion_bomb_is_refused_with_file_and_line() {
+    let env = Env::new();
+    // Each line is ten copies of the one before: 100 bytes grow to 100 MB by line 8.
+    let mut kubefile = format!("FROM scratch\nARG A0={}\n", "x".repeat(100));
+    for i in 1..=6 {
+        let p = i - 1;
+        kubefile.push_str(&format!("ARG A{i}={}\n", format!("${{A{p}}}").repeat(10)));
+    }
+    kubefile.push_str("LABEL bomb=${A6}\n");
+    let ctx = env.context("bomb", kubefile.as_bytes());
+    let out = env.build(&ctx);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "the bomb was built");
+    // A4 is 1 MB; A5 would be 10 MB.
+    assert!(
+        err.contains("Kubefile:7") && err.contains("1048576 bytes"),
+        "{err}"
+    );
+    assert!(
+        err.len() < 2000,
+        "the error repeats the value: {} bytes",
+        err.len()
+    );
+}
+
 /// Run `program args` with its stdout closed before it writes; it must end without a panic.
 fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
     let mut child = env

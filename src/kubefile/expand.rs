@@ -3,6 +3,10 @@
 //! [`InstructionKind`](super::InstructionKind) for which fields go through it). Knows nothing of
 //! where the values come from: the caller passes a lookup.
 
+/// The longest a word may become once expanded. Each `$VAR` copies a value, so a few lines of
+/// `ARG B=$A$A$A...` grow tenfold per line; this stops such a word long before memory runs out.
+pub const MAX_EXPANDED_LEN: usize = 1 << 20;
+
 /// Why a word could not be expanded. The builder reports it with the instruction's `FILE:LINE`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExpandError {
@@ -15,6 +19,12 @@ pub enum ExpandError {
          ${{VAR:-default}}, ${{VAR-default}}, ${{VAR:+alt}}, ${{VAR+alt}}, ${{VAR:?message}}"
     )]
     BadSubstitution { fragment: String, word: String },
+    #[error(
+        "`{word}` expands to more than {limit} bytes; shorten the values it substitutes",
+        word = shorten(word),
+        limit = MAX_EXPANDED_LEN
+    )]
+    TooLong { word: String },
     /// `${VAR:?message}` with VAR unset or empty (`${VAR?message}`: unset).
     #[error("{name}: {message}")]
     Required { name: String, message: String },
@@ -87,7 +97,7 @@ impl<F: Fn(&str) -> Option<String>> Expander<'_, F> {
                             }
                             _ => out.push('\\'),
                         },
-                        Some('$') => out.push_str(&self.dollar()?),
+                        Some('$') => self.push_value(&mut out)?,
                         Some(c) => out.push(c),
                         None => return Err(self.unterminated("double")),
                     }
@@ -97,7 +107,7 @@ impl<F: Fn(&str) -> Option<String>> Expander<'_, F> {
                         out.push(c);
                     }
                 }
-                '$' => out.push_str(&self.dollar()?),
+                '$' => self.push_value(&mut out)?,
                 c => out.push(c),
             }
         }
@@ -107,6 +117,18 @@ impl<F: Fn(&str) -> Option<String>> Expander<'_, F> {
             }),
             None => Ok(out),
         }
+    }
+
+    /// After a `$`: append the substituted value, refusing a word that grows past the limit.
+    fn push_value(&mut self, out: &mut String) -> Result<(), ExpandError> {
+        let value = self.dollar()?;
+        if out.len() + value.len() > MAX_EXPANDED_LEN {
+            return Err(ExpandError::TooLong {
+                word: self.word.to_string(),
+            });
+        }
+        out.push_str(&value);
+        Ok(())
     }
 
     fn unterminated(&self, quote: &'static str) -> ExpandError {
@@ -218,6 +240,31 @@ impl<F: Fn(&str) -> Option<String>> Expander<'_, F> {
                     Err(ExpandError::Required { name, message })
                 }
             }
+        }
+    }
+}
+
+/// A word as error messages show it: at most 200 characters.
+fn shorten(word: &str) -> String {
+    match word.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &word[..cut], word.len()),
+        None => word.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_that_grows_past_the_limit_is_refused() {
+        let value = "x".repeat(300 << 10);
+        let vars = |name: &str| (name == "A").then(|| value.clone());
+        assert_eq!(expand("$A$A$A", &vars).unwrap().len(), 900 << 10);
+        for word in ["$A$A$A$A", "\"${A}${A}${A}${A}\"", "${U:-$A$A$A$A}"] {
+            let err = expand(word, &vars).unwrap_err();
+            assert!(matches!(err, ExpandError::TooLong { .. }), "{word}: {err}");
+            assert!(err.to_string().contains("1048576 bytes"), "{err}");
         }
     }
 }
