@@ -493,6 +493,71 @@ fn an_arg_expansion_bomb_is_refused_with_file_and_line() {
     );
 }
 
+#[test]
+fn build_refuses_nul_in_env_and_symlinks_that_leave_the_image_root() {
+    let env = Env::new();
+
+    let ctx = env.context("nul", b"FROM scratch\nENV A=a\0b\n");
+    let out = env.build(&ctx);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "ENV with NUL was built");
+    assert!(err.contains("Kubefile:2") && err.contains("NUL"), "{err}");
+
+    let ctx = env.context("copy-link", b"FROM scratch\nCOPY dir /app/conf/\n");
+    fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+    std::os::unix::fs::symlink("../../../../etc", ctx.join("dir/sub/x")).unwrap();
+    let out = env.build(&ctx);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "an escaping symlink was copied");
+    assert!(
+        err.contains("Kubefile:2") && err.contains("dir/sub/x") && err.contains("../../../../etc"),
+        "{err}"
+    );
+
+    let ctx = env.context("add-link", b"FROM scratch\nADD links.tar /opt/\n");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    tar.append_link(&mut h, "a/evil", "../../../etc/cron.d")
+        .unwrap();
+    fs::write(ctx.join("links.tar"), tar.into_inner().unwrap()).unwrap();
+    let out = env.build(&ctx);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "an escaping symlink was unpacked");
+    assert!(
+        err.contains("Kubefile:2") && err.contains("links.tar") && err.contains("a/evil"),
+        "{err}"
+    );
+
+    // Links that stay inside, absolute ones counted from the image root, are fine.
+    let ctx = env.context("good-links", b"FROM scratch\nCOPY dir /app/\n");
+    fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", ctx.join("dir/sub/abs")).unwrap();
+    std::os::unix::fs::symlink("../../x", ctx.join("dir/sub/up")).unwrap();
+    let out = env.build(&ctx);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_long_kubefile_line_is_echoed_shortened() {
+    let env = Env::new();
+    let value = "v".repeat(1 << 20);
+    let ctx = env.context(
+        "long",
+        format!("FROM scratch\nLABEL big={value}\n").as_bytes(),
+    );
+    let out = env.build(&ctx);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.len() < 4096, "{} bytes echoed", stdout.len());
+    assert!(
+        stdout.contains(&format!("({} bytes)", "LABEL big=".len() + value.len())),
+        "{stdout}"
+    );
+}
+
 /// Run `program args` with its stdout closed before it writes; it must end without a panic.
 fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
     let mut child = env

@@ -61,6 +61,30 @@ pub fn normalize_dest(dest: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
+/// True when the symlink at `link` (relative to the image root) points above the image root when
+/// read from its own directory. Absolute targets count from the image root, as install reads
+/// them; only `..` past the root escapes. Install refuses such links, so the build does too.
+pub fn symlink_leaves_root(link: &str, target: &Path) -> bool {
+    let mut depth = if target.has_root() {
+        0
+    } else {
+        Path::new(link)
+            .parent()
+            .map_or(0, |p| p.components().count())
+    };
+    for component in target.components() {
+        match component {
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return true,
+            },
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+    }
+    false
+}
+
 fn join(dest: &str, name: &str) -> String {
     if dest.is_empty() {
         name.to_string()
@@ -202,6 +226,13 @@ fn walk(dir: &Path, dest: &str, plan: &mut Plan) -> Result<(), String> {
         let mode = meta.permissions().mode() & 0o7777;
         if meta.file_type().is_symlink() {
             let link = fs::read_link(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if symlink_leaves_root(&target, &link) {
+                return Err(format!(
+                    "{} is a symlink to `{}`, which leads outside the image root from {target}; make it point inside the image (or absolute, counted from the image root)",
+                    path.display(),
+                    link.display()
+                ));
+            }
             plan.entries.push(PlanEntry::Symlink {
                 dest: target,
                 target: link,
@@ -401,6 +432,13 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
                     let target = entry.link_name()?.ok_or_else(|| {
                         io::Error::other(format!("symlink {} has no target", raw.display()))
                     })?;
+                    if symlink_leaves_root(&path, &target) {
+                        return Err(io::Error::other(format!(
+                            "entry {} is a symlink to `{}`, which leads outside the image root from {path}; make it point inside the image (or absolute, counted from the image root)",
+                            raw.display(),
+                            target.display()
+                        )));
+                    }
                     layer.add_symlink(&path, &target)?
                 }
                 tar::EntryType::Link => {
@@ -424,4 +462,22 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
     }
     io::copy(&mut hashing, &mut io::sink())?;
     Ok(hex::encode(hashing.hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_leave_the_root_only_by_climbing_past_it() {
+        let leaves = |link: &str, target: &str| symlink_leaves_root(link, Path::new(target));
+        assert!(leaves("x", "../etc"));
+        assert!(leaves("a/b/x", "../../../etc"));
+        assert!(leaves("a/x", "b/../../../etc"));
+        assert!(leaves("x", "/../etc"));
+        assert!(!leaves("a/b/x", "../../etc"));
+        assert!(!leaves("a/x", "/etc/passwd"));
+        assert!(!leaves("x", "y/../z"));
+        assert!(!leaves("var/run", "/run"));
+    }
 }

@@ -270,7 +270,7 @@ pub fn build(
         progress(BuildEvent::Step {
             index: i + 1,
             total,
-            text: &shown,
+            text: &echoed(&shown),
         });
         let step_err = |message: String| BuildError::Step {
             file: file_name.clone(),
@@ -317,6 +317,7 @@ pub fn build(
                     None => default.as_deref().map(|d| expand(&state, d)).transpose()?,
                 };
                 if let Some(v) = value {
+                    check_env_text(name, &v, "ARG").map_err(&step_err)?;
                     state.args.insert(name.clone(), v);
                 }
             }
@@ -326,6 +327,9 @@ pub fn build(
                     .iter()
                     .map(|(k, v)| Ok((expand(&state, k)?, expand(&state, v)?)))
                     .collect::<Result<Vec<_>, BuildError>>()?;
+                for (k, v) in &expanded {
+                    check_env_text(k, v, "ENV").map_err(&step_err)?;
+                }
                 let shown: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 for (k, v) in &expanded {
                     state.set_env(k, v);
@@ -381,7 +385,9 @@ pub fn build(
             InstructionKind::AppEnv { name, env } => {
                 let mut list = Vec::new();
                 for (k, v) in env {
-                    list.push(format!("{}={}", expand(&state, k)?, expand(&state, v)?));
+                    let (k, v) = (expand(&state, k)?, expand(&state, v)?);
+                    check_env_text(&k, &v, "APPENV").map_err(&step_err)?;
+                    list.push(format!("{k}={v}"));
                 }
                 state
                     .sealer
@@ -636,6 +642,30 @@ fn pull_base(store: &Store, reference: &Reference) -> Result<crate::store::Image
     .map_err(|e| format!("pulling base image {reference}: {e}"))
 }
 
+/// The most characters of an instruction the build progress shows.
+const ECHO_LIMIT: usize = 200;
+
+/// An instruction as the progress lines show it: its first [`ECHO_LIMIT`] characters and its
+/// length when it is longer (a 50 MB line is not printed whole).
+fn echoed(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()).into(),
+        None => text.into(),
+    }
+}
+
+/// An environment variable must be passable to a process: no NUL byte in its name or value.
+fn check_env_text(key: &str, value: &str, keyword: &str) -> Result<(), String> {
+    if key.contains('\0') || value.contains('\0') {
+        let which = if key.contains('\0') { "name" } else { "value" };
+        return Err(format!(
+            "{keyword} {}: the {which} contains a NUL byte, which no environment variable can hold; remove it",
+            echoed(&key.replace('\0', "\\0"))
+        ));
+    }
+    Ok(())
+}
+
 /// The instruction starting at 1-based `line`, continuation lines joined into one.
 fn instruction_text(lines: &[&str], line: usize) -> String {
     let mut text = String::new();
@@ -708,6 +738,21 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn long_instructions_are_echoed_shortened_with_their_length() {
+        let line = format!("RUN echo {}", "x".repeat(50 << 20));
+        let shown = echoed(&line);
+        assert!(shown.chars().count() < 250, "{}", shown.len());
+        assert!(shown.starts_with("RUN echo xxx"));
+        assert!(
+            shown.ends_with(&format!("… ({} bytes)", line.len())),
+            "{shown}"
+        );
+        assert_eq!(echoed("COPY a b"), "COPY a b");
+        let multibyte = "é".repeat(300);
+        assert!(echoed(&multibyte).starts_with(&"é".repeat(ECHO_LIMIT)));
     }
 
     #[test]

@@ -205,9 +205,19 @@ impl WorkTree {
             let full = root.join(path);
             match meta.kind {
                 b'd' => layer.add_dir(path, meta.mode).map_err(|e| io(path, e))?,
-                b'l' => layer
-                    .add_symlink(path, meta.target.as_deref().unwrap_or(Path::new("")))
-                    .map_err(|e| io(path, e))?,
+                b'l' => {
+                    let target = meta.target.as_deref().unwrap_or(Path::new(""));
+                    if super::context::symlink_leaves_root(path, target) {
+                        return Err(BuildError::io(
+                            format!("RUN created {path}"),
+                            std::io::Error::other(format!(
+                                "it is a symlink to `{}`, which leads outside the image root; make it point inside the image (or absolute, counted from the image root)",
+                                target.display()
+                            )),
+                        ));
+                    }
+                    layer.add_symlink(path, target).map_err(|e| io(path, e))?
+                }
                 b'f' => {
                     if meta.nlink > 1 {
                         if let Some(first) = linked.get(&meta.ino) {
