@@ -494,6 +494,41 @@ fn an_arg_expansion_bomb_is_refused_with_file_and_line() {
 }
 
 #[test]
+fn a_run_ends_when_its_shell_ends_even_with_background_processes() {
+    let env = Env::new();
+    let pids = env.path("pids");
+    fs::create_dir_all(&pids).unwrap();
+    let kubefile = format!(
+        "FROM scratch\nRUN sleep 60 & echo $! > {dir}/group; echo started\n\
+         RUN setsid sleep 60 & echo $! > {dir}/escaped; echo again\n",
+        dir = pids.display()
+    );
+    let ctx = env.context("bg", kubefile.as_bytes());
+    let started = Instant::now();
+    let out = env.build(&ctx);
+    let took = started.elapsed();
+    let read_pid = |name: &str| -> i32 {
+        fs::read_to_string(pids.join(name))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let escaped = read_pid("escaped");
+    let group = read_pid("group");
+    unsafe { libc::kill(escaped, libc::SIGKILL) };
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("started"));
+    assert!(took < Duration::from_secs(20), "the build took {took:?}");
+    // What the RUN left in its process group was killed with it.
+    let alive = unsafe { libc::kill(group, 0) } == 0
+        && !fs::read_to_string(format!("/proc/{group}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "the background sleep {group} still runs");
+}
+
+#[test]
 fn build_refuses_nul_in_env_and_symlinks_that_leave_the_image_root() {
     let env = Env::new();
 

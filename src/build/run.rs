@@ -11,9 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use packer::unpack::{unpack_blob_files, UnpackOptions};
 
@@ -101,7 +103,9 @@ impl WorkTree {
         Ok(())
     }
 
-    /// Run `argv` with the image root as working directory.
+    /// Run `argv` with the image root as working directory, in a process group of its own. The
+    /// step ends when the command ends: whatever it left running in the background is sent
+    /// SIGTERM, then SIGKILL after [`RUN_GRACE`], and its output is not waited for beyond that.
     pub fn run(
         &mut self,
         argv: &[String],
@@ -119,29 +123,66 @@ impl WorkTree {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| BuildError::io(format!("starting {program}"), e))?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let mut readers = Vec::new();
+        let group = child.id() as libc::pid_t;
+        let (tx, rx) = mpsc::channel::<RunEvent>();
+        let mut open_streams = 0;
         if let Some(out) = child.stdout.take() {
             let tx = tx.clone();
-            readers.push(std::thread::spawn(move || forward(out, tx)));
+            open_streams += 1;
+            std::thread::spawn(move || forward(out, tx));
         }
         if let Some(err) = child.stderr.take() {
             let tx = tx.clone();
-            readers.push(std::thread::spawn(move || forward(err, tx)));
+            open_streams += 1;
+            std::thread::spawn(move || forward(err, tx));
         }
-        drop(tx);
+        std::thread::spawn(move || {
+            wait_without_reaping(group);
+            let _ = tx.send(RunEvent::Exited);
+        });
         let mut tail: std::collections::VecDeque<String> = Default::default();
-        for line in rx {
-            output(&line);
-            if tail.len() == 20 {
-                tail.pop_front();
+        // Set once the command has exited: when the group gets SIGKILL, and when to stop reading.
+        let mut kill_at: Option<Instant> = None;
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            if kill_at.is_some_and(|at| open_streams == 0 || Instant::now() >= at) {
+                kill_at = None;
+                signal_group(group, libc::SIGKILL);
+                give_up_at = Some(Instant::now() + RUN_GRACE);
             }
-            tail.push_back(line);
-        }
-        for r in readers {
-            let _ = r.join();
+            if give_up_at.is_some() && open_streams == 0 {
+                break;
+            }
+            let deadline = kill_at.or(give_up_at);
+            let event = match deadline {
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+            };
+            match event {
+                Ok(RunEvent::Line(line)) => {
+                    output(&line);
+                    if tail.len() == 20 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+                Ok(RunEvent::Closed) => open_streams -= 1,
+                Ok(RunEvent::Exited) => {
+                    // The leader is a zombie until reaped, so the group id cannot be reused yet.
+                    signal_group(group, libc::SIGTERM);
+                    kill_at = Some(Instant::now() + RUN_GRACE);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if kill_at.is_some() => {}
+                // Output still held open by something that left the group: stop waiting for it.
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    signal_group(group, libc::SIGKILL);
+                    break;
+                }
+            }
         }
         let status = child
             .wait()
@@ -247,16 +288,55 @@ impl WorkTree {
     }
 }
 
-fn forward(stream: impl std::io::Read, tx: mpsc::Sender<String>) {
+/// How long what a RUN left running gets after SIGTERM, and its output after SIGKILL.
+pub const RUN_GRACE: Duration = Duration::from_secs(2);
+
+enum RunEvent {
+    Line(String),
+    /// One of the command's output streams reached its end.
+    Closed,
+    /// The command (the group leader) exited; it is not reaped yet.
+    Exited,
+}
+
+fn forward(stream: impl std::io::Read, tx: mpsc::Sender<RunEvent>) {
     for line in BufReader::new(stream).lines() {
         match line {
             Ok(line) => {
-                if tx.send(line).is_err() {
+                if tx.send(RunEvent::Line(line)).is_err() {
                     return;
                 }
             }
-            Err(_) => return,
+            Err(_) => break,
         }
+    }
+    let _ = tx.send(RunEvent::Closed);
+}
+
+/// Block until process `pid` (a child) has exited, leaving it to be reaped by `Child::wait`.
+fn wait_without_reaping(pid: libc::pid_t) {
+    loop {
+        // SAFETY: `info` is a valid, writable siginfo_t; waitid only fills it in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// Send `signal` to every process of the group `group` (errors mean nobody is left).
+fn signal_group(group: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: killpg has no memory-safety preconditions.
+    unsafe {
+        libc::killpg(group, signal);
     }
 }
 
