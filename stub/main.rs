@@ -52,7 +52,14 @@ fn main() -> ExitCode {
         let status = sealer::deploy::agent::main(&args[1..]);
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
+    // Commands that only print die quietly when their reader goes away (`./app.run inspect |
+    // head`), as Unix tools do; install (like the agent above) feeds other processes and ignores
+    // SIGPIPE so that a closed pipe is an error it reports.
+    set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Install(_))) {
+        set_sigpipe(libc::SIG_IGN);
+    }
     let result = match cli.command {
         None => summary(),
         Some(Command::Inspect { json }) => inspect(json),
@@ -75,6 +82,15 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `SIG_DFL`: a write to a closed pipe ends the process (status 141) instead of failing, which
+/// `println!` would turn into a panic. `SIG_IGN`: it fails with EPIPE.
+fn set_sigpipe(disposition: libc::sighandler_t) {
+    // SAFETY: SIG_DFL and SIG_IGN are valid dispositions; no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
     }
 }
 

@@ -611,3 +611,16 @@ fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
         out.status
     );
 }
+
+#[test]
+fn closed_pipes_end_printing_commands_quietly() {
+    let env = Env::new();
+    env.hello();
+    let run = env.path("hello.run");
+    env.ok(&["pack", "hello:v1", "-o", run.to_str().unwrap()]);
+    let sealer = Path::new(SEALER);
+    assert_quiet_on_closed_stdout(&env, sealer, &["inspect", "hello:v1"]);
+    assert_quiet_on_closed_stdout(&env, sealer, &["images", "--json"]);
+    assert_quiet_on_closed_stdout(&env, &run, &["inspect", "--json"]);
+    assert_quiet_on_closed_stdout(&env, &run, &[]);
+}

@@ -57,7 +57,14 @@ enum Command {
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    // Commands that only print die quietly when their reader goes away (`sealer images | head`),
+    // as Unix tools do. Those that feed other processes (installs, the agent) ignore SIGPIPE so
+    // that a closed pipe is an error they report.
+    set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_) | Command::Agent { .. }) {
+        set_sigpipe(libc::SIG_IGN);
+    }
     let result = match cli.command {
         Command::Build(a) => build::run(a),
         Command::Run(a) => run::run(*a),
@@ -80,6 +87,15 @@ pub fn main() -> i32 {
             eprintln!("error: {}", one_line(&err));
             1
         }
+    }
+}
+
+/// `SIG_DFL`: a write to a closed pipe ends the process (status 141) instead of failing, which
+/// `println!` would turn into a panic. `SIG_IGN`: it fails with EPIPE.
+fn set_sigpipe(disposition: libc::sighandler_t) {
+    // SAFETY: SIG_DFL and SIG_IGN are valid dispositions; no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, disposition);
     }
 }
 
