@@ -22,9 +22,9 @@ pub struct PackOptions {
     pub image: Reference,
     pub output: PathBuf,
     pub compression: Compression,
-    /// zstd 1–22 or xz 0–9. Without a level, zstd frames are copied and keep their level;
+    /// A level of `compression`. Without one, zstd frames are copied and keep their level;
     /// with one, every frame is recompressed at it.
-    pub level: Option<u32>,
+    pub level: Option<packer::Level>,
     /// Largest output file; larger packages become volumes.
     pub split_size: Option<u64>,
     /// The installer stub (`sealer-stub`).

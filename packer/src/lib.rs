@@ -5,6 +5,7 @@
 //! routine used by `extract`, remote unpack and `load` (`unpack`). It knows nothing about
 //! Kubefiles, registries, Clusterfiles or SSH.
 
+pub mod codec;
 pub mod format;
 pub mod frames;
 pub mod read;
@@ -12,6 +13,7 @@ pub mod source;
 pub mod unpack;
 pub mod write;
 
+pub use codec::{Level, LevelError};
 pub use format::{Manifest, FORMAT_VERSION};
 pub use read::{Payload, ReadError, RunFile};
 pub use source::{ByteSource, MappedFile, PositionedFile};

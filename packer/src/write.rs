@@ -16,19 +16,16 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::codec::{self, Compression, Level};
 use crate::format::{
     self, align_up, Footer, FrameEntry, Header, ImageInfo, LayerEntry, Manifest, VolumeEntry,
     ALIGN, FOOTER_LEN, FORMAT_VERSION, HEADER_LEN, MANIFEST_FORMAT,
 };
 use crate::frames::{scan_frames, Frame, FramedWriter};
 use crate::source::MappedFile;
-use crate::unpack::Compression;
 
 /// Frames larger than this (uncompressed) are re-framed rather than copied.
 const MAX_COPY_FRAME: u64 = 32 << 20;
-/// Levels when none is asked for (the store's own zstd level; xz's default).
-const DEFAULT_ZSTD_LEVEL: u32 = 3;
-const DEFAULT_XZ_LEVEL: u32 = 6;
 
 /// One layer blob to pack, as the image store holds it.
 #[derive(Debug, Clone)]
@@ -59,10 +56,11 @@ pub struct PackSpec {
     pub config_json: String,
     pub layers: Vec<LayerBlob>,
     pub compression: Compression,
-    /// `None`: zstd frames are copied as they are (other layers are framed at zstd 3) and xz
-    /// uses level 6. `Some(n)`: every frame is compressed at `n` (zstd 1–22, xz 0–9), zstd frames
-    /// included; the frame boundaries stay, so decoding stays parallel.
-    pub level: Option<u32>,
+    /// `None`: zstd frames are copied as they are (other layers are framed at the zstd default)
+    /// and xz uses its default. `Some(level)` (a level of `compression`): every frame is
+    /// compressed at it, zstd frames included; the frame boundaries stay, so decoding stays
+    /// parallel.
+    pub level: Option<Level>,
     /// Largest size of any output file; `None` writes one file.
     pub split_size: Option<u64>,
     pub output: PathBuf,
@@ -90,6 +88,11 @@ pub enum WriteError {
     },
     #[error("layer {} is not a layer this packer understands: {reason}", path.display())]
     Layer { path: PathBuf, reason: String },
+    #[error("{level} was asked for a {compression} package")]
+    LevelMismatch {
+        level: Level,
+        compression: Compression,
+    },
     #[error("layer {} is damaged: {reason}", path.display())]
     LayerDamaged { path: PathBuf, reason: String },
     #[error(
@@ -136,6 +139,12 @@ pub fn write(
     spec: &PackSpec,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PackReport, WriteError> {
+    if let Some(level) = spec.level.filter(|l| l.compression() != spec.compression) {
+        return Err(WriteError::LevelMismatch {
+            level,
+            compression: spec.compression,
+        });
+    }
     let out_dir = match spec.output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -632,11 +641,17 @@ fn copy_scanned(
     })
 }
 
+/// The level of the frames this pack writes.
+fn level(spec: &PackSpec) -> Level {
+    spec.level.unwrap_or(spec.compression.default_level())
+}
+
+/// The zstd level of re-framed layers: the pack's level, or the fastest when the frames are
+/// only an intermediate for xz.
 fn zstd_level(spec: &PackSpec) -> i32 {
-    if spec.compression == Compression::Zstd {
-        spec.level.unwrap_or(DEFAULT_ZSTD_LEVEL).clamp(1, 22) as i32
-    } else {
-        1 // only an intermediate for xz
+    match spec.compression {
+        Compression::Zstd => level(spec).zstd(),
+        Compression::Xz => 1,
     }
 }
 
@@ -726,26 +741,11 @@ fn recompress(
     zstd_frames: Vec<Frame>,
     zstd_digest: Option<String>,
 ) -> Result<PreparedLayer, WriteError> {
-    let (out_path, encode): (PathBuf, FrameEncoder) = match spec.compression {
-        Compression::Xz => {
-            let level = spec.level.unwrap_or(DEFAULT_XZ_LEVEL).min(9);
-            (
-                scratch.join(format!("layer-{index}.xz")),
-                Box::new(move |plain: &[u8]| {
-                    let mut enc = xz2::write::XzEncoder::new(Vec::new(), level);
-                    enc.write_all(plain)?;
-                    enc.finish()
-                }),
-            )
-        }
-        Compression::Zstd => {
-            let level = zstd_level(spec);
-            (
-                scratch.join(format!("layer-{index}.zst")),
-                Box::new(move |plain: &[u8]| zstd::bulk::compress(plain, level)),
-            )
-        }
-    };
+    let level = level(spec);
+    let out_path = scratch.join(match spec.compression {
+        Compression::Xz => format!("layer-{index}.xz"),
+        Compression::Zstd => format!("layer-{index}.zst"),
+    });
     let mut out = BufWriter::new(File::create(&out_path).map_err(io_err("creating", &out_path))?);
     let mut blob_hash = Sha256::new();
     let mut frames = Vec::with_capacity(zstd_frames.len());
@@ -757,9 +757,15 @@ fn recompress(
             .map(|frame| {
                 let start = frame.offset as usize;
                 let compressed = &zstd_bytes[start..start + frame.compressed_len as usize];
-                let plain = zstd::bulk::decompress(compressed, frame.uncompressed_len as usize)
-                    .map_err(|e| e.to_string())?;
-                let bytes = encode(&plain).map_err(|e| e.to_string())?;
+                let mut plain = Vec::new();
+                codec::decode_frame(
+                    Compression::Zstd,
+                    compressed,
+                    frame.uncompressed_len,
+                    &mut plain,
+                )
+                .map_err(|e| e.to_string())?;
+                let bytes = codec::encode_frame(level, &plain).map_err(|e| e.to_string())?;
                 Ok(Recompressed {
                     sha256: hex::encode(Sha256::digest(&bytes)),
                     uncompressed_len: plain.len() as u64,
@@ -850,9 +856,6 @@ struct Recompressed {
     uncompressed_len: u64,
     sha256: String,
 }
-
-/// Compresses one frame's bytes into one independent stream.
-type FrameEncoder = Box<dyn Fn(&[u8]) -> io::Result<Vec<u8>> + Sync>;
 
 /// Cut a tar stream into frames at entry boundaries.
 fn reframe<W: Write>(

@@ -39,8 +39,8 @@ pub struct BuildOptions {
     pub build_args: Vec<(String, String)>,
     /// Ignore the step cache (results are still recorded in it).
     pub no_cache: bool,
-    /// zstd level of new layers.
-    pub level: i32,
+    /// Level of new layers (a zstd level).
+    pub level: packer::Level,
     /// Timestamp of every file and of the image (`SOURCE_DATE_EPOCH`; 0 when unset).
     pub source_date_epoch: u64,
 }
@@ -57,7 +57,7 @@ impl BuildOptions {
             tag,
             build_args: Vec::new(),
             no_cache: false,
-            level: 3,
+            level: packer::Compression::Zstd.default_level(),
             source_date_epoch: epoch,
         }
     }
@@ -184,7 +184,7 @@ impl State {
 impl BuildOptions {
     /// The compression level changes a layer's bytes, so it is part of every step key.
     fn level_key(&self) -> String {
-        format!("zstd level {}", self.level)
+        self.level.to_string()
     }
 }
 
@@ -536,7 +536,7 @@ pub fn build(
                         output: outcome.tail,
                     });
                 }
-                let blob = tree.commit_layer(store, opts.level, opts.source_date_epoch)?;
+                let blob = tree.commit_layer(store, opts.level.zstd(), opts.source_date_epoch)?;
                 cache.record_step(&key, &blob);
                 progress(BuildEvent::Layer {
                     digest: &blob.descriptor.digest,
@@ -610,8 +610,8 @@ fn layer_step(
             }
         }
     }
-    let mut layer =
-        LayerWriter::new(store, opts.level, opts.source_date_epoch).map_err(|e| e.to_string())?;
+    let mut layer = LayerWriter::new(store, opts.level.zstd(), opts.source_date_epoch)
+        .map_err(|e| e.to_string())?;
     plan.write(&mut layer)?;
     let blob = layer.finish().map_err(|e| e.to_string())?;
     let content = blob.diff_id.clone();

@@ -26,9 +26,9 @@ pub struct BuildArgs {
     /// Do not use the step cache.
     #[arg(long)]
     no_cache: bool,
-    /// zstd level of new layers (1-19).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-    level: i32,
+    /// zstd level of new layers (1-22).
+    #[arg(long, default_value_t = 3)]
+    level: i64,
     /// The build context.
     #[arg(default_value = ".")]
     context: PathBuf,
@@ -39,7 +39,8 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let mut opts = BuildOptions::new(&args.context, Reference::parse(&args.tag)?);
     opts.kubefile = args.file;
     opts.no_cache = args.no_cache;
-    opts.level = args.level;
+    opts.level = packer::Level::new(packer::Compression::Zstd, args.level)
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     for kv in &args.build_args {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("--build-arg {kv:?} must be KEY=VALUE");

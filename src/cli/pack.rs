@@ -65,13 +65,15 @@ fn parse_size(text: &str) -> Result<u64> {
 
 pub fn run(args: PackArgs) -> Result<()> {
     let store = Store::open_default()?;
-    let (compression, min_level, max_level) = match args.compression {
-        CompressionArg::Zstd => (packer::unpack::Compression::Zstd, 1, 22),
-        CompressionArg::Xz => (packer::unpack::Compression::Xz, 0, 9),
+    let compression = match args.compression {
+        CompressionArg::Zstd => packer::Compression::Zstd,
+        CompressionArg::Xz => packer::Compression::Xz,
     };
-    if let Some(level) = args.level.filter(|l| !(min_level..=max_level).contains(l)) {
-        bail!("--level {level} is out of range for this compression ({min_level} to {max_level})");
-    }
+    let level = args
+        .level
+        .map(|level| packer::Level::new(compression, level.into()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let stub = match args.stub {
         Some(s) => s,
         None => find_stub().map_err(anyhow::Error::msg)?,
@@ -80,7 +82,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         image: Reference::parse(&args.image)?,
         output: args.output.clone(),
         compression,
-        level: args.level,
+        level,
         split_size: args.split_size.as_deref().map(parse_size).transpose()?,
         stub,
     };

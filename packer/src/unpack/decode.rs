@@ -9,7 +9,8 @@ use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::{Compression, FrameProblem, LayerInput, UnpackError};
+use super::{FrameProblem, LayerInput, UnpackError};
+use crate::codec;
 
 /// Frames larger than this (uncompressed) are decoded as a stream on the parsing thread instead
 /// of whole in the decode window, so memory stays bounded for foreign single-frame blobs.
@@ -84,74 +85,6 @@ pub(super) fn verified_bytes<'a>(
     Ok(bytes)
 }
 
-/// How thoroughly [`check_frame_content`] looks at a frame whose sha256 already matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameCheck {
-    /// Compare the content size a zstd frame declares in its header with the index (cheap;
-    /// xz frames and zstd frames without a declared size pass).
-    DeclaredSize,
-    /// Decode the whole frame (into a small reused buffer) and count what it yields.
-    Decode,
-}
-
-/// Check that verified compressed `bytes` are a valid `compression` stream of exactly
-/// `expected` uncompressed bytes. The sha256 only proves the bytes are the ones the packer
-/// indexed; this proves the index describes them.
-pub fn check_frame_content(
-    compression: Compression,
-    bytes: &[u8],
-    expected: u64,
-    depth: FrameCheck,
-) -> Result<(), FrameProblem> {
-    let decode_error = |reason: String| FrameProblem::Decode {
-        compression,
-        reason,
-    };
-    if compression == Compression::Zstd {
-        match zstd::zstd_safe::get_frame_content_size(bytes) {
-            Ok(Some(declared)) if declared != expected => {
-                return Err(FrameProblem::Length {
-                    expected,
-                    actual: declared,
-                })
-            }
-            Ok(_) => {}
-            Err(_) => return Err(decode_error("no valid zstd frame header".into())),
-        }
-    }
-    if depth == FrameCheck::DeclaredSize {
-        return Ok(());
-    }
-    let mut reader: Box<dyn Read + '_> = match compression {
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(bytes)
-                .map_err(|e| decode_error(e.to_string()))?,
-        ),
-        Compression::Xz => Box::new(xz2::read::XzDecoder::new(bytes)),
-    };
-    let mut buf = vec![0u8; 256 << 10];
-    let mut seen = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| decode_error(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        seen += n as u64;
-        if seen > expected {
-            break;
-        }
-    }
-    if seen != expected {
-        return Err(FrameProblem::Length {
-            expected,
-            actual: seen,
-        });
-    }
-    Ok(())
-}
-
 /// Decoded-frame buffers handed back by the parser for reuse, so each frame does not fault in
 /// fresh pages.
 pub(super) type Spare = Mutex<Vec<Vec<u8>>>;
@@ -163,37 +96,13 @@ pub(super) fn decode_frame(
 ) -> Result<Vec<u8>, UnpackError> {
     let frame = &layer.frames[index];
     let bytes = verified_bytes(layer, index)?;
-    let decode_error = |reason: String| {
-        frame_error(
-            layer,
-            index,
-            FrameProblem::Decode {
-                compression: layer.compression,
-                reason,
-            },
-        )
-    };
     let expected = frame.uncompressed_len;
     let mut data = spare
         .lock()
         .ok()
         .and_then(|mut s| s.pop())
         .unwrap_or_default();
-    data.clear();
-    data.reserve(expected as usize);
-    match layer.compression {
-        Compression::Zstd => {
-            zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(&bytes[..], &mut data))
-                .map_err(|e| decode_error(e.to_string()))?;
-        }
-        Compression::Xz => {
-            xz2::read::XzDecoder::new(&bytes[..])
-                .take(expected + 1)
-                .read_to_end(&mut data)
-                .map_err(|e| decode_error(e.to_string()))?;
-        }
-    }
+    let decoded = codec::decode_frame(layer.compression, &bytes, expected, &mut data);
     drop(bytes);
     layer
         .source
@@ -202,16 +111,7 @@ pub(super) fn decode_frame(
         // The bytes may have changed between the hash and the decode.
         return Err(frame_error(layer, index, FrameProblem::Changed));
     }
-    if data.len() as u64 != expected {
-        return Err(frame_error(
-            layer,
-            index,
-            FrameProblem::Length {
-                expected,
-                actual: data.len() as u64,
-            },
-        ));
-    }
+    decoded.map_err(|problem| frame_error(layer, index, problem))?;
     Ok(data)
 }
 
@@ -276,37 +176,8 @@ impl<'s, 'a> Pipeline<'s, 'a> {
             },
             Some(Slot::Inline(index)) => {
                 let bytes = verified_bytes(input, index)?;
-                let compression = input.compression;
-                let reader: Box<dyn Read + 'a> = match (compression, bytes) {
-                    (Compression::Zstd, Cow::Borrowed(b)) => {
-                        Box::new(zstd::stream::read::Decoder::with_buffer(b).map_err(|e| {
-                            frame_error(
-                                input,
-                                index,
-                                FrameProblem::Decode {
-                                    compression,
-                                    reason: e.to_string(),
-                                },
-                            )
-                        })?)
-                    }
-                    (Compression::Zstd, Cow::Owned(v)) => Box::new(
-                        zstd::stream::read::Decoder::new(io::Cursor::new(v)).map_err(|e| {
-                            frame_error(
-                                input,
-                                index,
-                                FrameProblem::Decode {
-                                    compression,
-                                    reason: e.to_string(),
-                                },
-                            )
-                        })?,
-                    ),
-                    (Compression::Xz, Cow::Borrowed(b)) => Box::new(xz2::read::XzDecoder::new(b)),
-                    (Compression::Xz, Cow::Owned(v)) => {
-                        Box::new(xz2::read::XzDecoder::new(io::Cursor::new(v)))
-                    }
-                };
+                let reader = codec::frame_reader(input.compression, bytes)
+                    .map_err(|problem| frame_error(input, index, problem))?;
                 Ok(Chunk::Stream {
                     reader,
                     expected: input.frames[index].uncompressed_len,

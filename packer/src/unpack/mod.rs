@@ -28,7 +28,7 @@ mod pool;
 mod sys;
 mod tree;
 
-pub use decode::{check_frame_content, FrameCheck};
+pub use crate::codec::{check_frame_content, Compression, FrameCheck, FrameProblem};
 
 use decode::{LayerReader, Pipeline, Spare};
 use pool::WriterPool;
@@ -37,23 +37,6 @@ use tree::{Applied, Tree};
 
 use crate::frames::{scan_frames, Frame};
 use crate::source::{ByteSource, MappedFile};
-
-/// How the frames of a layer are compressed. Every frame is an independent stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Zstd,
-    Xz,
-}
-
-impl std::fmt::Display for Compression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Compression::Zstd => "zstd",
-            Compression::Xz => "xz",
-        })
-    }
-}
 
 /// One layer to apply: its frames and where their bytes are.
 pub struct LayerInput<'a> {
@@ -110,44 +93,6 @@ pub struct UnpackReport {
     pub tar_bytes: u64,
     /// Bytes of regular-file content written.
     pub file_bytes: u64,
-}
-
-/// Why a frame could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameProblem {
-    #[error("cannot be read ({0})")]
-    Unreadable(io::Error),
-    #[error("is corrupt (sha256 {actual}, expected {expected})")]
-    Checksum { expected: String, actual: String },
-    #[error("is corrupt (not a valid {compression} stream: {reason})")]
-    Decode {
-        compression: Compression,
-        reason: String,
-    },
-    #[error("is corrupt (decodes to {actual} bytes, expected {expected})")]
-    Length { expected: u64, actual: u64 },
-    #[error("changed while it was being read (the file was truncated or rewritten)")]
-    Changed,
-}
-
-impl FrameProblem {
-    /// The problem without the leading verb, for messages that already say "is corrupt".
-    pub fn detail(&self) -> String {
-        match self {
-            FrameProblem::Unreadable(e) => format!("it cannot be read ({e})"),
-            FrameProblem::Checksum { expected, actual } => {
-                format!("sha256 {actual}, expected {expected}")
-            }
-            FrameProblem::Decode {
-                compression,
-                reason,
-            } => format!("not a valid {compression} stream ({reason})"),
-            FrameProblem::Length { expected, actual } => {
-                format!("it decodes to {actual} bytes, expected {expected}")
-            }
-            FrameProblem::Changed => "the file changed while it was being read".into(),
-        }
-    }
 }
 
 /// Why a tar entry was refused or could not be written.

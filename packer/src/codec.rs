@@ -1,0 +1,274 @@
+//! Compression of layer frames: which codec, at which level, and the one way to encode,
+//! decode and check a frame.
+//!
+//! Every frame is an independent zstd frame or xz stream. This module owns the codecs' names,
+//! their level ranges and defaults (one [`Level`] type, checked once where a level enters the
+//! program), and the frame encoder and decoders that `unpack`, `write`, `read`, `load` and the
+//! deploy engine use. It knows nothing of tar, files or the `.run` layout.
+
+use std::borrow::Cow;
+use std::io::{self, Read};
+use std::ops::RangeInclusive;
+
+/// How the frames of a layer are compressed. Every frame is an independent stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Xz,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+        })
+    }
+}
+
+impl Compression {
+    /// The levels this codec accepts.
+    pub const fn levels(self) -> RangeInclusive<u32> {
+        match self {
+            Compression::Zstd => 1..=22,
+            Compression::Xz => 0..=9,
+        }
+    }
+
+    /// The level used when none is asked for: zstd 3 (the store's own level, fast and within a
+    /// few percent of tar.gz -9), xz 6 (xz's own default).
+    pub const fn default_level(self) -> Level {
+        Level {
+            compression: self,
+            value: match self {
+                Compression::Zstd => 3,
+                Compression::Xz => 6,
+            },
+        }
+    }
+}
+
+/// A compression level that is valid for its codec (checked once, by [`Level::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Level {
+    compression: Compression,
+    value: u32,
+}
+
+/// A level outside its codec's range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "level {value} is out of range for {compression} ({} to {})",
+    compression.levels().start(),
+    compression.levels().end()
+)]
+pub struct LevelError {
+    pub compression: Compression,
+    pub value: i64,
+}
+
+impl Level {
+    /// `value` as a level of `compression`, if the codec has it.
+    pub fn new(compression: Compression, value: i64) -> Result<Level, LevelError> {
+        let range = compression.levels();
+        match u32::try_from(value) {
+            Ok(v) if range.contains(&v) => Ok(Level {
+                compression,
+                value: v,
+            }),
+            _ => Err(LevelError { compression, value }),
+        }
+    }
+
+    pub fn compression(self) -> Compression {
+        self.compression
+    }
+
+    pub fn value(self) -> u32 {
+        self.value
+    }
+
+    /// The level as the zstd library takes it.
+    pub fn zstd(self) -> i32 {
+        self.value as i32
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} level {}", self.compression, self.value)
+    }
+}
+
+/// Compress `plain` into one independent frame at `level`.
+pub fn encode_frame(level: Level, plain: &[u8]) -> io::Result<Vec<u8>> {
+    match level.compression {
+        Compression::Zstd => zstd::bulk::compress(plain, level.zstd()),
+        Compression::Xz => {
+            use std::io::Write;
+            let mut encoder = xz2::write::XzEncoder::new(Vec::new(), level.value);
+            encoder.write_all(plain)?;
+            encoder.finish()
+        }
+    }
+}
+
+/// Why a frame could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameProblem {
+    #[error("cannot be read ({0})")]
+    Unreadable(io::Error),
+    #[error("is corrupt (sha256 {actual}, expected {expected})")]
+    Checksum { expected: String, actual: String },
+    #[error("is corrupt (not a valid {compression} stream: {reason})")]
+    Decode {
+        compression: Compression,
+        reason: String,
+    },
+    #[error("is corrupt (decodes to {actual} bytes, expected {expected})")]
+    Length { expected: u64, actual: u64 },
+    #[error("changed while it was being read (the file was truncated or rewritten)")]
+    Changed,
+}
+
+impl FrameProblem {
+    /// The problem without the leading verb, for messages that already say "is corrupt".
+    pub fn detail(&self) -> String {
+        match self {
+            FrameProblem::Unreadable(e) => format!("it cannot be read ({e})"),
+            FrameProblem::Checksum { expected, actual } => {
+                format!("sha256 {actual}, expected {expected}")
+            }
+            FrameProblem::Decode {
+                compression,
+                reason,
+            } => format!("not a valid {compression} stream ({reason})"),
+            FrameProblem::Length { expected, actual } => {
+                format!("it decodes to {actual} bytes, expected {expected}")
+            }
+            FrameProblem::Changed => "the file changed while it was being read".into(),
+        }
+    }
+}
+
+/// Decode one whole frame into `out` (cleared first; its capacity is reused) and check that it
+/// yields exactly `expected` bytes. For frames the caller keeps in memory whole; larger ones
+/// are read through [`frame_reader`].
+pub fn decode_frame(
+    compression: Compression,
+    bytes: &[u8],
+    expected: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameProblem> {
+    let decode_error = |reason: String| FrameProblem::Decode {
+        compression,
+        reason,
+    };
+    out.clear();
+    out.reserve(expected as usize);
+    match compression {
+        Compression::Zstd => {
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(bytes, out))
+                .map_err(|e| decode_error(e.to_string()))?;
+        }
+        Compression::Xz => {
+            xz2::read::XzDecoder::new(bytes)
+                .take(expected + 1)
+                .read_to_end(out)
+                .map_err(|e| decode_error(e.to_string()))?;
+        }
+    }
+    if out.len() as u64 != expected {
+        return Err(FrameProblem::Length {
+            expected,
+            actual: out.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// A streaming decoder over one frame's compressed bytes (borrowed from a mapping or owned
+/// after a positioned read).
+pub fn frame_reader<'a>(
+    compression: Compression,
+    bytes: Cow<'a, [u8]>,
+) -> Result<Box<dyn Read + Send + 'a>, FrameProblem> {
+    let decode_error = |e: io::Error| FrameProblem::Decode {
+        compression,
+        reason: e.to_string(),
+    };
+    Ok(match (compression, bytes) {
+        (Compression::Zstd, Cow::Borrowed(b)) => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(b).map_err(decode_error)?)
+        }
+        (Compression::Zstd, Cow::Owned(v)) => {
+            Box::new(zstd::stream::read::Decoder::new(io::Cursor::new(v)).map_err(decode_error)?)
+        }
+        (Compression::Xz, Cow::Borrowed(b)) => Box::new(xz2::read::XzDecoder::new(b)),
+        (Compression::Xz, Cow::Owned(v)) => Box::new(xz2::read::XzDecoder::new(io::Cursor::new(v))),
+    })
+}
+
+/// How thoroughly [`check_frame_content`] looks at a frame whose sha256 already matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCheck {
+    /// Compare the content size a zstd frame declares in its header with the index (cheap;
+    /// xz frames and zstd frames without a declared size pass).
+    DeclaredSize,
+    /// Decode the whole frame (into a small reused buffer) and count what it yields.
+    Decode,
+}
+
+/// Check that verified compressed `bytes` are a valid `compression` stream of exactly
+/// `expected` uncompressed bytes. The sha256 only proves the bytes are the ones the packer
+/// indexed; this proves the index describes them.
+pub fn check_frame_content(
+    compression: Compression,
+    bytes: &[u8],
+    expected: u64,
+    depth: FrameCheck,
+) -> Result<(), FrameProblem> {
+    let decode_error = |reason: String| FrameProblem::Decode {
+        compression,
+        reason,
+    };
+    if compression == Compression::Zstd {
+        match zstd::zstd_safe::get_frame_content_size(bytes) {
+            Ok(Some(declared)) if declared != expected => {
+                return Err(FrameProblem::Length {
+                    expected,
+                    actual: declared,
+                })
+            }
+            Ok(_) => {}
+            Err(_) => return Err(decode_error("no valid zstd frame header".into())),
+        }
+    }
+    if depth == FrameCheck::DeclaredSize {
+        return Ok(());
+    }
+    let mut reader = frame_reader(compression, Cow::Borrowed(bytes))?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut seen = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| decode_error(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        seen += n as u64;
+        if seen > expected {
+            break;
+        }
+    }
+    if seen != expected {
+        return Err(FrameProblem::Length {
+            expected,
+            actual: seen,
+        });
+    }
+    Ok(())
+}
