@@ -209,9 +209,14 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                 let mut blob = blob;
                 for fi in 0..layer.frames.len() {
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
-                    zstd::stream::read::Decoder::new(&bytes[..])
-                        .and_then(|mut d| std::io::copy(&mut d, &mut diff_id))
-                        .map_err(|e| decode_err(fi, e))?;
+                    packer::codec::frame_reader(
+                        Compression::Zstd,
+                        std::borrow::Cow::Borrowed(&bytes),
+                    )
+                    .map_err(|e| decode_err(fi, std::io::Error::other(e.detail())))
+                    .and_then(|mut d| {
+                        std::io::copy(&mut d, &mut diff_id).map_err(|e| decode_err(fi, e))
+                    })?;
                     blob.write_all(&bytes)
                         .map_err(|e| format!("writing layer {}: {e}", li + 1))?;
                 }
@@ -228,7 +233,11 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                 let mut framed = FramedWriter::new(blob, 3);
                 for fi in 0..layer.frames.len() {
                     let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
-                    let mut decoder = xz2::read::XzDecoder::new(&bytes[..]);
+                    let mut decoder = packer::codec::frame_reader(
+                        Compression::Xz,
+                        std::borrow::Cow::Borrowed(&bytes),
+                    )
+                    .map_err(|e| decode_err(fi, std::io::Error::other(e.detail())))?;
                     std::io::copy(&mut decoder, &mut framed).map_err(|e| decode_err(fi, e))?;
                 }
                 let (blob, info) = framed

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::io::{self, Cursor, Read};
 
-use packer::unpack::Compression;
 
 use super::payload::{Payload, PayloadLayer};
 use crate::clusterfile::{Clusterfile, Plugin};
@@ -111,15 +110,10 @@ impl<'a> LayerReader<'a> {
         let compressed = self
             .source
             .bytes(self.layer.base + frame.offset, frame.compressed_len)?;
-        let mut plain = Vec::with_capacity(frame.uncompressed_len as usize);
-        match self.layer.compression {
-            Compression::Zstd => {
-                zstd::stream::read::Decoder::new(&compressed[..])?.read_to_end(&mut plain)?
-            }
-            Compression::Xz => {
-                xz2::read::XzDecoder::new(&compressed[..]).read_to_end(&mut plain)?
-            }
-        };
+        let mut plain = Vec::new();
+        packer::codec::frame_reader(self.layer.compression, compressed)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.detail()))?
+            .read_to_end(&mut plain)?;
         self.source
             .release(self.layer.base + frame.offset, frame.compressed_len);
         self.current = Cursor::new(plain);
@@ -188,7 +182,7 @@ mod tests {
         }
         let layer = PayloadLayer {
             label: "layer".into(),
-            compression: Compression::Zstd,
+            compression: packer::Compression::Zstd,
             base: 0,
             frames,
             source: 0,
