@@ -3,6 +3,7 @@
 //! The library holds all behaviour; the `sealer` CLI (`src/cli/`) and the `sealer-stub` installer
 //! (`stub/`) only parse arguments, call these functions and print.
 
+pub mod agent;
 pub mod build;
 pub mod clusterfile;
 pub mod deploy;

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("agent") {
         // The status carries meaning (a hook's own status, a full disk, a timeout): pass it on.
-        let status = sealer::deploy::agent::main(&args[1..]);
+        let status = sealer::agent::main(&args[1..]);
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
     // Commands that only print die quietly when their reader goes away (`./app.run inspect |

@@ -69,7 +69,7 @@ pub fn main() -> i32 {
         Command::Build(a) => build::run(a),
         Command::Run(a) => run::run(*a),
         Command::Pack(a) => pack::run(a),
-        Command::Agent { args } => return sealer::deploy::agent::main(&args),
+        Command::Agent { args } => return sealer::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),
         Command::Tag(a) => images::tag(a),

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::io::{self, Cursor, Read};
 
-
 use super::payload::{Payload, PayloadLayer};
 use crate::clusterfile::{Clusterfile, Plugin};
 

@@ -13,7 +13,6 @@
 //! This module decides what runs where and in which order; it does not parse Clusterfiles,
 //! speak SSH, or know the `.run` format.
 
-pub mod agent;
 pub mod image_plugins;
 pub mod payload;
 pub mod remote;
@@ -28,8 +27,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::agent::protocol::{
+    self, AgentCommand, HookRequest, HostState, PlanLayer, EXIT_DISK_FULL, EXIT_TIMED_OUT,
+};
 use crate::clusterfile::{host_env, shell_quote, Cluster, Host, Phase, Plugin, PluginKind};
-use agent::{HostState, PlanFrame, PlanLayer};
 pub use payload::{find_stub, Payload, PayloadLayer};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
 
@@ -368,10 +369,12 @@ impl Engine<'_> {
             .to_string()
     }
 
-    /// The shell command that runs the agent with `args`. On a remote host the agent is checked
-    /// first, every time, by [`agent_guard`].
-    fn agent_cmd(&self, remote: &dyn Remote, args: &str) -> String {
+    /// The shell command that runs the agent's `command`, each word quoted. On a remote host
+    /// the agent is checked first, every time, by [`agent_guard`].
+    fn agent_cmd(&self, remote: &dyn Remote, command: &AgentCommand) -> String {
         let agent = self.agent_path(remote);
+        let args: Vec<String> = command.to_args().iter().map(|w| shell_quote(w)).collect();
+        let args = args.join(" ");
         if remote.is_local() {
             return format!("{} agent {args}", shell_quote(&agent));
         }
@@ -548,10 +551,9 @@ impl Engine<'_> {
         let remote = slot.connected()?;
         let cmd = self.agent_cmd(
             remote,
-            &format!(
-                "state --work {}",
-                shell_quote(&self.work_dir().display().to_string())
-            ),
+            &AgentCommand::State {
+                work: self.work_dir(),
+            },
         );
         let out = self.exec_ok(slot, "reading the journal", &cmd, None)?;
         slot.state = serde_json::from_slice(&out.stdout)
@@ -721,24 +723,21 @@ impl Engine<'_> {
             return Ok(());
         }
         let remote = slot.connected()?;
-        let work = shell_quote(&self.work_dir().display().to_string());
         let rootfs = self.cluster.rootfs().display().to_string();
-        let export_file = format!("{}/exports/{key}.env", self.work_dir().display());
+        let export_file = protocol::export_file(&self.work_dir(), &key)
+            .display()
+            .to_string();
         match step {
             Step::Distribute => self.distribute(slot)?,
             Step::Config { index } => {
                 let c = &self.cluster.configs[*index];
-                let strategy = match c.strategy {
-                    crate::clusterfile::ConfigStrategy::Merge => "merge",
-                    crate::clusterfile::ConfigStrategy::Overwrite => "overwrite",
-                };
                 let cmd = self.agent_cmd(
                     remote,
-                    &format!(
-                        "config --rootfs {} --path {} --strategy {strategy}",
-                        shell_quote(&rootfs),
-                        shell_quote(&c.path.display().to_string())
-                    ),
+                    &AgentCommand::Config {
+                        rootfs: self.cluster.rootfs(),
+                        path: c.path.clone(),
+                        strategy: c.strategy,
+                    },
                 );
                 let mut data = c.data.as_bytes();
                 self.exec_ok(slot, &name, &cmd, Some(&mut data))?;
@@ -768,14 +767,14 @@ impl Engine<'_> {
             }
         }
         let remote = slot.connected()?;
-        let cleanup = match step {
-            Step::Distribute => format!(" && rm -rf {work}/spool"),
-            _ => String::new(),
-        };
-        let record = format!(
-            "{} && {{ cat {} 2>/dev/null || true; }}{cleanup}",
-            self.agent_cmd(remote, &format!("done --work {work} --key {key}")),
-            shell_quote(&export_file)
+        // The agent prints what the step exported; the spool goes once the rootfs is recorded.
+        let record = self.agent_cmd(
+            remote,
+            &AgentCommand::Done {
+                work: self.work_dir(),
+                key: key.clone(),
+                drop_spool: matches!(step, Step::Distribute),
+            },
         );
         let mut what = name.as_bytes();
         let out = self.exec_ok(slot, "recording the step", &record, Some(&mut what))?;
@@ -808,7 +807,7 @@ impl Engine<'_> {
             return Err(StepFailure::fatal(format!("bad env name {bad}")));
         }
         // Script and env travel on stdin: a command line is readable by every user of the host.
-        let request = agent::HookRequest {
+        let request = HookRequest {
             script: script.to_string(),
             env,
             dir: rootfs.to_string(),
@@ -818,13 +817,17 @@ impl Engine<'_> {
         let request =
             serde_json::to_vec(&request).map_err(|e| StepFailure::fatal(e.to_string()))?;
         let remote = slot.connected()?;
-        let work = shell_quote(&self.work_dir().display().to_string());
-        let cmd = self.agent_cmd(remote, &format!("run --work {work}"));
+        let cmd = self.agent_cmd(
+            remote,
+            &AgentCommand::Run {
+                work: self.work_dir(),
+            },
+        );
         let mut stdin: &[u8] = &request;
         let out = self.exec(slot, &cmd, Some(&mut stdin))?;
         if !out.success() {
             let mut failure = command_failure(name, &out);
-            if out.status == agent::EXIT_TIMED_OUT {
+            if out.status == EXIT_TIMED_OUT {
                 failure.message = format!(
                     "{name} ran longer than its timeout of {} and was killed: {}",
                     human_duration(timeout),
@@ -850,15 +853,7 @@ impl Engine<'_> {
             .map(|l| PlanLayer {
                 label: l.label.clone(),
                 compression: l.compression,
-                frames: l
-                    .frames
-                    .iter()
-                    .map(|f| PlanFrame {
-                        sha256: f.sha256.clone(),
-                        compressed_len: f.compressed_len,
-                        uncompressed_len: f.uncompressed_len,
-                    })
-                    .collect(),
+                frames: l.frames.clone(),
             })
             .collect()
     }
@@ -870,7 +865,7 @@ impl Engine<'_> {
             return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
         }
         let remote = slot.connected()?;
-        let work = shell_quote(&self.work_dir().display().to_string());
+        let work = self.work_dir();
         // Which frames does the host lack?
         let list: String = self
             .payload
@@ -879,10 +874,7 @@ impl Engine<'_> {
             .flat_map(|l| &l.frames)
             .map(|f| format!("{}\n", f.sha256))
             .collect();
-        let have_cmd = format!(
-            "mkdir -p {work} && {}",
-            self.agent_cmd(remote, &format!("have --work {work}"))
-        );
+        let have_cmd = self.agent_cmd(remote, &AgentCommand::Have { work: work.clone() });
         let mut list_bytes = list.as_bytes();
         let out = self.exec_ok(
             slot,
@@ -908,20 +900,19 @@ impl Engine<'_> {
                     .map(move |(fi, _)| (li, fi))
             })
             .collect();
-        let plan =
-            serde_json::to_vec(&self.plan()).map_err(|e| StepFailure::fatal(e.to_string()))?;
-        let rootfs = shell_quote(&rootfs.display().to_string());
+        let mut plan = Vec::new();
+        protocol::write_plan(&mut plan, &self.plan())
+            .map_err(|e| StepFailure::fatal(e.to_string()))?;
         if wanted.is_empty() {
             // Every frame is spooled (an earlier run stopped before unpacking): unpack only.
             let remote = slot.connected()?;
-            let cmd = self.agent_cmd(remote, &format!("unpack --work {work} --dest {rootfs}"));
+            let cmd = self.agent_cmd(remote, &AgentCommand::Unpack { work, dest: rootfs });
             let mut plan_bytes: &[u8] = &plan;
             self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
             return Ok(());
         }
         // Send the plan, then the missing frames; the host unpacks while they arrive.
-        let mut prefix = (plan.len() as u64).to_le_bytes().to_vec();
-        prefix.extend_from_slice(&plan);
+        let prefix = plan;
         let total: u64 = prefix.len() as u64
             + wanted
                 .iter()
@@ -930,7 +921,13 @@ impl Engine<'_> {
         let remote = slot.connected()?;
         // The spool is removed only once the step is in the journal (see `run_step`): a run cut
         // off between the two finds every frame still there and sends nothing again.
-        let cmd = self.agent_cmd(remote, &format!("receive --work {work} --dest {rootfs}"));
+        let cmd = self.agent_cmd(
+            remote,
+            &AgentCommand::Receive {
+                work,
+                dest: Some(rootfs),
+            },
+        );
         let ip = slot.host.ip;
         let events = self.events;
         let mut stream = FrameStream::new(self.payload, wanted, prefix, move |sent| {
@@ -953,19 +950,7 @@ impl Engine<'_> {
 
     /// Local install: unpack straight from the payload, no spool.
     fn unpack_here(&self, rootfs: &Path) -> Result<(), String> {
-        let inputs = self.payload.layer_inputs();
-        agent::install_tree(rootfs, |staging| {
-            packer::unpack::unpack(
-                &inputs,
-                staging,
-                &packer::unpack::UnpackOptions {
-                    absolute_symlinks: true,
-                    ..Default::default()
-                },
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        })
+        crate::agent::install_rootfs(&self.payload.layer_inputs(), rootfs)
     }
 }
 
@@ -1009,10 +994,10 @@ pub const EXIT_AGENT_UNSAFE: i32 = 97;
 fn command_failure(what: &str, out: &ExecOutput) -> StepFailure {
     let message = format!("{what} exited with status {}: {}", out.status, out.tail());
     match out.status {
-        agent::EXIT_DISK_FULL => StepFailure::fatal(format!(
+        EXIT_DISK_FULL => StepFailure::fatal(format!(
             "{message} (the disk is full; free space on the host and run again)"
         )),
-        EXIT_AGENT_UNSAFE | agent::EXIT_TIMED_OUT => StepFailure::fatal(message),
+        EXIT_AGENT_UNSAFE | EXIT_TIMED_OUT => StepFailure::fatal(message),
         _ => StepFailure::retry(message),
     }
 }
@@ -1142,7 +1127,7 @@ impl<'a, F: Fn(u64)> FrameStream<'a, F> {
             let source = self.payload.sources[layer.source].as_ref();
             let offset = layer.base + frame.offset;
             let bytes = source.bytes(offset, frame.compressed_len)?;
-            agent::write_record_header(&mut self.head, &frame.sha256, frame.compressed_len)?;
+            protocol::write_record_header(&mut self.head, &frame.sha256, frame.compressed_len)?;
             self.body = Some(FrameBody {
                 bytes,
                 source,
@@ -1153,7 +1138,7 @@ impl<'a, F: Fn(u64)> FrameStream<'a, F> {
             self.next += 1;
             Ok(true)
         } else if !self.finished {
-            self.head.extend_from_slice(&0u64.to_le_bytes());
+            protocol::write_end(&mut self.head)?;
             self.finished = true;
             Ok(true)
         } else {
@@ -1318,11 +1303,7 @@ mod tests {
             stdout: Vec::new(),
             stderr: b"no".to_vec(),
         };
-        for status in [
-            agent::EXIT_DISK_FULL,
-            EXIT_AGENT_UNSAFE,
-            agent::EXIT_TIMED_OUT,
-        ] {
+        for status in [EXIT_DISK_FULL, EXIT_AGENT_UNSAFE, EXIT_TIMED_OUT] {
             assert!(!command_failure("step", &out(status)).retry, "{status}");
         }
         assert!(command_failure("step", &out(1)).retry);

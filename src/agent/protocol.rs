@@ -1,0 +1,477 @@
+//! What the deploy engine and the agent say to each other, and the one place it is written
+//! down: the agent's commands as a typed [`AgentCommand`] with one encoder
+//! ([`AgentCommand::to_args`]) and one parser ([`Invocation::parse`]); what travels on stdin and
+//! stdout (the layer plan, frame records and their end marker, the hook request, the host
+//! state); the exit statuses that carry meaning.
+//!
+//! Both sides use this module, and nothing else, to talk. It reads and writes only the reader
+//! or writer it is handed; it knows nothing of SSH, of shells or of what the host does.
+//! Errors are strings: they cross a process boundary.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use packer::frames::Frame;
+use packer::unpack::Compression;
+
+use crate::clusterfile::ConfigStrategy;
+
+/// Exit status of an agent command that failed because the host's disk is full (ENOSPC or
+/// EDQUOT): trying again cannot help until someone frees space.
+pub const EXIT_DISK_FULL: i32 = 28;
+/// Exit status of `run` when the script outlived its timeout (as coreutils `timeout`).
+pub const EXIT_TIMED_OUT: i32 = 124;
+
+/// The largest layer plan a host accepts.
+pub const MAX_PLAN_LEN: u64 = 64 << 20;
+/// The largest frame a host accepts; sealer never writes one this large.
+pub const MAX_FRAME_LEN: u64 = 1 << 30;
+
+/// The words after `agent` on a host: one command and the options every command takes.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "agent",
+    disable_help_subcommand = true,
+    disable_version_flag = true
+)]
+pub struct Invocation {
+    /// Seconds a read of stdin may wait for a byte before the agent concludes the installer is
+    /// gone (default: the agent's own).
+    #[arg(long, global = true, value_name = "SECS")]
+    pub stall_timeout: Option<u64>,
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
+/// One thing the agent does. Each variant says what it reads on stdin and prints on stdout.
+/// `work` is the cluster's work directory on the host (`<dataRoot>/<cluster>/.sealer`).
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AgentCommand {
+    /// Prints `sealer agent VERSION`.
+    Version,
+    /// Prints the [`HostState`] as JSON.
+    State {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+    },
+    /// Reads sha256 hex lines; prints, one a line, those whose frame is not spooled intact.
+    Have {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+    },
+    /// Reads frame records up to the end marker and spools them; prints how many arrived.
+    /// With `dest`, the records are preceded by the layer plan and the rootfs is unpacked into
+    /// `dest` while they arrive.
+    Receive {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        dest: Option<PathBuf>,
+    },
+    /// Reads the layer plan; unpacks its frames, all spooled already, into `dest`.
+    Unpack {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        dest: PathBuf,
+    },
+    /// Reads the step's name and records the step as done in the journal; prints what the step
+    /// exported. With `drop_spool`, the spooled frames are removed afterwards.
+    Done {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        key: String,
+        #[arg(long)]
+        drop_spool: bool,
+    },
+    /// Reads a Config's data and writes it to `path` (relative to `rootfs`, never outside it).
+    Config {
+        #[arg(long, allow_hyphen_values = true)]
+        rootfs: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        path: PathBuf,
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: ConfigStrategy,
+    },
+    /// Reads a [`HookRequest`] (JSON) and runs it; passes on a bounded part of its output and
+    /// exits with its status (or [`EXIT_TIMED_OUT`]).
+    Run {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+    },
+}
+
+fn strategy_name(strategy: ConfigStrategy) -> &'static str {
+    match strategy {
+        ConfigStrategy::Overwrite => "overwrite",
+        ConfigStrategy::Merge => "merge",
+    }
+}
+
+fn parse_strategy(word: &str) -> Result<ConfigStrategy, String> {
+    match word {
+        "overwrite" => Ok(ConfigStrategy::Overwrite),
+        "merge" => Ok(ConfigStrategy::Merge),
+        other => Err(format!("unknown config strategy {other:?}")),
+    }
+}
+
+impl AgentCommand {
+    /// The words after `agent` that [`Invocation::parse`] reads back as this command. They are
+    /// plain words: whoever puts them in a shell command line quotes each one.
+    pub fn to_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut words: Vec<String> = Vec::new();
+        let mut push = |name: &str, value: String| {
+            words.push(format!("--{name}"));
+            words.push(value);
+        };
+        let sub = match self {
+            AgentCommand::Version => "version",
+            AgentCommand::State { work } => {
+                push("work", path(work));
+                "state"
+            }
+            AgentCommand::Have { work } => {
+                push("work", path(work));
+                "have"
+            }
+            AgentCommand::Receive { work, dest } => {
+                push("work", path(work));
+                if let Some(dest) = dest {
+                    push("dest", path(dest));
+                }
+                "receive"
+            }
+            AgentCommand::Unpack { work, dest } => {
+                push("work", path(work));
+                push("dest", path(dest));
+                "unpack"
+            }
+            AgentCommand::Done {
+                work,
+                key,
+                drop_spool,
+            } => {
+                push("work", path(work));
+                push("key", key.clone());
+                if *drop_spool {
+                    words.push("--drop-spool".into());
+                }
+                "done"
+            }
+            AgentCommand::Config {
+                rootfs,
+                path: rel,
+                strategy,
+            } => {
+                push("rootfs", path(rootfs));
+                push("path", path(rel));
+                push("strategy", strategy_name(*strategy).into());
+                "config"
+            }
+            AgentCommand::Run { work } => {
+                push("work", path(work));
+                "run"
+            }
+        };
+        words.insert(0, sub.to_string());
+        words
+    }
+}
+
+impl Invocation {
+    /// Reads the words after `agent`.
+    pub fn parse(args: &[String]) -> Result<Invocation, String> {
+        Invocation::try_parse_from(std::iter::once("agent").chain(args.iter().map(String::as_str)))
+            .map_err(|e| {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                format!(
+                    "the agent's command line is malformed: {}",
+                    first.trim_start_matches("error: ")
+                )
+            })
+    }
+
+    /// The words after `agent` that [`Invocation::parse`] reads back as this invocation.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut words = self.command.to_args();
+        if let Some(secs) = self.stall_timeout {
+            words.push("--stall-timeout".into());
+            words.push(secs.to_string());
+        }
+        words
+    }
+}
+
+/// What `run` reads on stdin (JSON): one hook or CMD. Script and env travel here, never in a
+/// command line, where `/proc/PID/cmdline` shows them to every user of the host.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HookRequest {
+    pub script: String,
+    /// Variables set for the script, in order (a later one replaces an earlier of the same name).
+    pub env: Vec<(String, String)>,
+    /// Working directory (the rootfs).
+    pub dir: String,
+    /// The `$SEALER_EXPORT` file, created empty and private (0600, in a 0700 directory).
+    pub export_file: String,
+    pub timeout_secs: u64,
+}
+
+/// What `state` prints (JSON).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct HostState {
+    /// Journal keys of finished steps.
+    pub done: Vec<String>,
+    /// Exported `KEY=VALUE` text by step key.
+    pub exports: BTreeMap<String, String>,
+}
+
+/// The `$SEALER_EXPORT` file of the step `key` in the work directory `work`: what `state` and
+/// `done` report as the step's exports.
+pub fn export_file(work: &Path, key: &str) -> PathBuf {
+    work.join("exports").join(format!("{key}.env"))
+}
+
+/// One layer of the plan the engine sends before `receive --dest` and `unpack`. A frame's
+/// `offset` is where it sits in its layer on the installer's side; the host lays the frames out
+/// in its own spool and does not use it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanLayer {
+    pub label: String,
+    pub compression: Compression,
+    pub frames: Vec<Frame>,
+}
+
+/// The layer plan on the wire: 8-byte little-endian length, then JSON.
+pub fn write_plan(out: &mut dyn Write, plan: &[PlanLayer]) -> io::Result<()> {
+    let json = serde_json::to_vec(plan).map_err(io::Error::other)?;
+    out.write_all(&(json.len() as u64).to_le_bytes())?;
+    out.write_all(&json)
+}
+
+/// Reads what [`write_plan`] wrote.
+pub fn read_plan(input: &mut dyn Read) -> Result<Vec<PlanLayer>, String> {
+    let mut len = [0u8; 8];
+    input
+        .read_exact(&mut len)
+        .map_err(|e| format!("reading the layer plan length: {e}"))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_PLAN_LEN {
+        return Err(format!(
+            "a layer plan of {len} bytes is implausible; refusing it"
+        ));
+    }
+    let mut text = vec![0u8; len as usize];
+    input
+        .read_exact(&mut text)
+        .map_err(|e| format!("reading the layer plan: {e}"))?;
+    serde_json::from_slice(&text).map_err(|e| format!("the layer plan is malformed: {e}"))
+}
+
+/// The part of a frame record before the frame's bytes: 8-byte little-endian length, then the
+/// 32-byte sha256 of the bytes. A length of 0 is the end marker ([`write_end`]).
+pub fn write_record_header(out: &mut dyn Write, sha256_hex: &str, len: u64) -> io::Result<()> {
+    out.write_all(&len.to_le_bytes())?;
+    let sha =
+        hex::decode(sha256_hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if sha.len() != 32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{sha256_hex:?} is not a sha256"),
+        ));
+    }
+    out.write_all(&sha)
+}
+
+/// A whole frame record: [`write_record_header`], then the bytes.
+pub fn write_record(out: &mut dyn Write, sha256_hex: &str, bytes: &[u8]) -> io::Result<()> {
+    write_record_header(out, sha256_hex, bytes.len() as u64)?;
+    out.write_all(bytes)
+}
+
+/// The end of the frame records.
+pub fn write_end(out: &mut dyn Write) -> io::Result<()> {
+    out.write_all(&0u64.to_le_bytes())
+}
+
+/// Reads one frame record into `buf`: the sha256 (hex) it claims, or `None` at the end marker.
+/// The claim is not checked here; the receiver hashes the bytes.
+pub fn read_record(input: &mut dyn Read, buf: &mut Vec<u8>) -> Result<Option<String>, String> {
+    let mut len = [0u8; 8];
+    input
+        .read_exact(&mut len)
+        .map_err(|e| format!("reading a frame length (the stream was cut): {e}"))?;
+    let len = u64::from_le_bytes(len);
+    if len == 0 {
+        return Ok(None);
+    }
+    if len > MAX_FRAME_LEN {
+        return Err(format!(
+            "a frame of {len} bytes is larger than any frame sealer writes; refusing it"
+        ));
+    }
+    let mut sha = [0u8; 32];
+    input
+        .read_exact(&mut sha)
+        .map_err(|e| format!("reading a frame digest: {e}"))?;
+    let sha = hex::encode(sha);
+    buf.resize(len as usize, 0);
+    input
+        .read_exact(buf)
+        .map_err(|e| format!("reading frame {sha} (the stream was cut): {e}"))?;
+    Ok(Some(sha))
+}
+
+/// `Ok` when `sha` is 64 lowercase hex digits.
+pub fn valid_sha256(sha: &str) -> Result<(), String> {
+    if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!("{sha:?} is not a sha256"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(cmd: &AgentCommand) -> Vec<String> {
+        cmd.to_args()
+    }
+
+    #[test]
+    fn every_command_reads_back_as_it_was_written() {
+        let odd = PathBuf::from("/var/lib/my data/-x/it's \"here\"");
+        let key = "ab".repeat(32);
+        let commands = [
+            AgentCommand::Version,
+            AgentCommand::State { work: odd.clone() },
+            AgentCommand::Have { work: odd.clone() },
+            AgentCommand::Receive {
+                work: odd.clone(),
+                dest: None,
+            },
+            AgentCommand::Receive {
+                work: odd.clone(),
+                dest: Some(odd.join("rootfs")),
+            },
+            AgentCommand::Unpack {
+                work: odd.clone(),
+                dest: PathBuf::from("-rootfs"),
+            },
+            AgentCommand::Done {
+                work: odd.clone(),
+                key: key.clone(),
+                drop_spool: false,
+            },
+            AgentCommand::Done {
+                work: odd.clone(),
+                key,
+                drop_spool: true,
+            },
+            AgentCommand::Config {
+                rootfs: odd.clone(),
+                path: PathBuf::from("--etc/app.yaml"),
+                strategy: ConfigStrategy::Merge,
+            },
+            AgentCommand::Config {
+                rootfs: odd.clone(),
+                path: PathBuf::from("etc/app.yaml"),
+                strategy: ConfigStrategy::Overwrite,
+            },
+            AgentCommand::Run { work: odd },
+        ];
+        for command in commands {
+            for stall_timeout in [None, Some(4)] {
+                let sent = Invocation {
+                    stall_timeout,
+                    command: command.clone(),
+                };
+                assert_eq!(Invocation::parse(&sent.to_args()), Ok(sent), "{command:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_stall_timeout_may_come_before_or_after_the_command() {
+        let args = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let after = Invocation::parse(&args(&["receive", "--work", "/w", "--stall-timeout", "4"]));
+        let before = Invocation::parse(&args(&["--stall-timeout", "4", "receive", "--work", "/w"]));
+        assert_eq!(after, before);
+        assert_eq!(after.unwrap().stall_timeout, Some(4));
+    }
+
+    #[test]
+    fn a_malformed_command_line_is_one_sentence() {
+        let args = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for bad in [
+            &["explode"][..],
+            &["receive"],
+            &[
+                "config",
+                "--rootfs",
+                "/r",
+                "--path",
+                "x",
+                "--strategy",
+                "append",
+            ],
+            &["state", "--work", "/w", "--extra", "1"],
+        ] {
+            let err = Invocation::parse(&args(bad)).unwrap_err();
+            assert!(
+                err.starts_with("the agent's command line is malformed"),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
+        assert_eq!(words(&AgentCommand::Version), vec!["version".to_string()]);
+    }
+
+    #[test]
+    fn records_and_the_end_marker_read_back() {
+        let frames: [&[u8]; 2] = [b"one frame", b"another frame"];
+        let mut wire = Vec::new();
+        for f in frames {
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(f));
+            write_record(&mut wire, &sha, f).unwrap();
+        }
+        write_end(&mut wire).unwrap();
+        let mut input = &wire[..];
+        let mut buf = Vec::new();
+        for f in frames {
+            let sha = read_record(&mut input, &mut buf).unwrap().unwrap();
+            assert_eq!(sha, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(f)));
+            assert_eq!(buf, f);
+        }
+        assert_eq!(read_record(&mut input, &mut buf), Ok(None));
+        assert!(input.is_empty());
+        let err = read_record(&mut &wire[..8 + 32 + 3], &mut buf).unwrap_err();
+        assert!(err.contains("the stream was cut"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_reads_back_and_an_implausible_one_is_refused() {
+        let plan = vec![PlanLayer {
+            label: "layer 1".into(),
+            compression: Compression::Zstd,
+            frames: vec![Frame {
+                offset: 0,
+                compressed_len: 10,
+                uncompressed_len: 20,
+                sha256: "cd".repeat(32),
+            }],
+        }];
+        let mut wire = Vec::new();
+        write_plan(&mut wire, &plan).unwrap();
+        assert_eq!(read_plan(&mut &wire[..]), Ok(plan));
+        let huge = (MAX_PLAN_LEN + 1).to_le_bytes();
+        let err = read_plan(&mut &huge[..]).unwrap_err();
+        assert!(err.contains("implausible"), "{err}");
+    }
+}

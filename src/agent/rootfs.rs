@@ -1,0 +1,218 @@
+//! The rootfs on a host: layers unpacked into a staging tree swapped into place, and Configs
+//! written into it without ever leaving it, whatever symlinks the image holds.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use packer::unpack::{unpack, LayerInput, UnpackOptions};
+
+use super::input::Input;
+use super::io_context;
+use crate::clusterfile::ConfigStrategy;
+
+/// Unpacks `inputs` through the project's one extraction routine into a tree built beside
+/// `dest` and swapped into its place; the old tree is removed. The agent does this from its
+/// spool, the engine from the payload when it installs on its own machine.
+pub fn install_rootfs(inputs: &[LayerInput<'_>], dest: &Path) -> Result<(), String> {
+    install_tree(dest, |staging| {
+        unpack(
+            inputs,
+            staging,
+            &UnpackOptions {
+                absolute_symlinks: true,
+                ..UnpackOptions::default()
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// Build a new tree with `fill` beside `dest` and swap it into place; the old tree is removed.
+fn install_tree(dest: &Path, fill: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
+    let parent = dest
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
+    fs::create_dir_all(parent).map_err(io_context(format!("creating {}", parent.display())))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let incoming = parent.join(format!("{name}.incoming"));
+    let old = parent.join(format!("{name}.old"));
+    for leftover in [&incoming, &old] {
+        if leftover.exists() {
+            fs::remove_dir_all(leftover)
+                .map_err(io_context(format!("removing {}", leftover.display())))?;
+        }
+    }
+    fill(&incoming)?;
+    if dest.exists() {
+        fs::rename(dest, &old).map_err(io_context(format!(
+            "moving the old {} aside",
+            dest.display()
+        )))?;
+    }
+    fs::rename(&incoming, dest).map_err(io_context(format!(
+        "moving the new tree to {}",
+        dest.display()
+    )))?;
+    if old.exists() {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// `config`: writes the data on stdin to `rel` inside `rootfs`, merged into what is there when
+/// the strategy says so.
+pub(super) fn write_config(
+    rootfs: &Path,
+    rel: &Path,
+    strategy: ConfigStrategy,
+) -> Result<(), String> {
+    let target = path_in_root(rootfs, rel)?;
+    let mut data = String::new();
+    Input::stdin()
+        .read_to_string(&mut data)
+        .map_err(io_context("reading the config data"))?;
+    let existing = fs::read_to_string(&target).ok();
+    let content = match (strategy, existing) {
+        (ConfigStrategy::Merge, Some(existing)) => {
+            crate::clusterfile::merge_yaml_documents(&existing, &data)?
+        }
+        (ConfigStrategy::Merge | ConfigStrategy::Overwrite, _) => data,
+    };
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(io_context(format!("creating {}", parent.display())))?;
+    }
+    let mut tmp_name = target.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".sealer-tmp");
+    let tmp = target.with_file_name(tmp_name);
+    // The image may hold a symlink by that name too: never write through one.
+    let removed = match fs::symlink_metadata(&tmp) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(&tmp),
+        Ok(_) => fs::remove_file(&tmp),
+        Err(_) => Ok(()),
+    };
+    removed.map_err(io_context(format!("removing {}", tmp.display())))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io_context(format!("writing {}", tmp.display())))?;
+    file.write_all(content.as_bytes())
+        .map_err(io_context(format!("writing {}", tmp.display())))?;
+    drop(file);
+    fs::rename(&tmp, &target).map_err(io_context(format!("writing {}", target.display())))?;
+    Ok(())
+}
+
+/// Where the rootfs-relative `rel` leads inside `root`, resolving symlinks as if `root` were `/`:
+/// an absolute link target starts again at `root`, and `..` never climbs above it (Debian's
+/// `var/run -> /run` leads to `root/run`, an image's `ext -> /outside` to `root/outside`). The
+/// result holds no symlink up to its last existing component, so writing to it cannot leave
+/// the rootfs. `rel` must name something below `root` (not `.`), without `..`.
+pub(super) fn path_in_root(root: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let outside = || {
+        format!(
+            "config path {} must name a file inside the rootfs (relative, without `..`, not `.`)",
+            rel.display()
+        )
+    };
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        || !rel.components().any(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(outside());
+    }
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut done: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        if part == ".." {
+            done.pop();
+            continue;
+        }
+        let candidate: PathBuf = std::iter::once(root.as_os_str())
+            .chain(done.iter().map(|d| d.as_os_str()))
+            .chain(std::iter::once(part.as_os_str()))
+            .collect();
+        match fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(format!(
+                        "config path {}: too many symlinks in the rootfs",
+                        rel.display()
+                    ));
+                }
+                let target = fs::read_link(&candidate)
+                    .map_err(io_context(format!("reading {}", candidate.display())))?;
+                if target.is_absolute() {
+                    done.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push_front(n.to_os_string()),
+                        Component::ParentDir => todo.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => done.push(part),
+        }
+    }
+    if done.is_empty() {
+        return Err(outside());
+    }
+    Ok(std::iter::once(root.as_os_str())
+        .chain(done.iter().map(|d| d.as_os_str()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_paths_resolve_symlinks_as_if_the_rootfs_were_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/outside", root.join("ext")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("etc/link.conf")).unwrap();
+        let cases = [
+            ("ext/evil.conf", "outside/evil.conf"),
+            ("var/run/app.pid", "run/app.pid"),
+            ("etc/up/etc/x", "etc/x"),
+            ("etc/link.conf", "etc/passwd"),
+            ("./etc/app.yaml", "etc/app.yaml"),
+        ];
+        for (rel, inside) in cases {
+            assert_eq!(
+                path_in_root(&root, Path::new(rel)).unwrap(),
+                root.join(inside),
+                "{rel}"
+            );
+        }
+        for rel in [".", "./", "", "etc/..", "../x", "/etc/x"] {
+            let err = path_in_root(&root, Path::new(rel)).unwrap_err();
+            assert!(err.contains("inside the rootfs"), "{rel}: {err}");
+        }
+    }
+}
