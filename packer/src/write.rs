@@ -588,20 +588,7 @@ fn layer_entry(
 /// [`LayerPlan::CopyIndexed`]: every frame checked against the index, the blob copied as is.
 fn copy_indexed(blob: &LayerBlob, frames: Vec<Frame>) -> Result<PreparedLayer, WriteError> {
     check_indexed_frames(blob, &frames)?;
-    let compressed = frames.iter().map(|f| f.compressed_len).sum();
-    let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
-    Ok(PreparedLayer {
-        file: blob.path.clone(),
-        entry: layer_entry(
-            blob,
-            Compression::Zstd,
-            compressed,
-            uncompressed,
-            blob.digest.clone(),
-        ),
-        frames,
-        copied: true,
-    })
+    Ok(copied_as_is(blob, frames))
 }
 
 /// [`LayerPlan::CopyScanned`]: the frames are indexed from these very bytes, so the blob's
@@ -626,21 +613,26 @@ fn copy_scanned(
             ),
         });
     }
+    Ok(copied_as_is(blob, frames))
+}
+
+/// A store blob that goes into the package byte for byte, under its own digest.
+fn copied_as_is(blob: &LayerBlob, frames: Vec<Frame>) -> PreparedLayer {
+    let compressed = frames.iter().map(|f| f.compressed_len).sum();
     let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
-    Ok(PreparedLayer {
+    PreparedLayer {
         file: blob.path.clone(),
         entry: layer_entry(
             blob,
             Compression::Zstd,
-            bytes.len() as u64,
+            compressed,
             uncompressed,
             blob.digest.clone(),
         ),
         frames,
         copied: true,
-    })
+    }
 }
-
 /// The level of the frames this pack writes.
 fn level(spec: &PackSpec) -> Level {
     spec.level.unwrap_or(spec.compression.default_level())
