@@ -6,48 +6,20 @@
 
 #[path = "../../fuzz/src/checks/alloc_limit.rs"]
 mod alloc_limit;
+#[path = "../../fuzz/src/checks/replay.rs"]
+mod replay;
 #[path = "../../fuzz/src/checks/run_reader.rs"]
 mod run_reader;
 #[allow(dead_code)]
 #[path = "../../fuzz/src/checks/unpack_tar.rs"]
 mod unpack_tar;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-
 #[global_allocator]
 static ALLOC: alloc_limit::Limited = alloc_limit::Limited;
 
-fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-        .map(|e| e.expect("a corpus entry").path())
-        .collect();
-    files.sort();
-    files
-}
-
-/// Run every corpus file of `target`; fail naming each file whose check panicked.
 fn replay(target: &str, check: fn(&[u8])) {
-    let files = corpus(target);
-    assert!(!files.is_empty(), "the {target} corpus is empty");
-    let failed: Vec<String> = files
-        .iter()
-        .filter(|file| {
-            let data = std::fs::read(file).expect("reading a corpus file");
-            catch_unwind(AssertUnwindSafe(|| check(&data))).is_err()
-        })
-        .map(|file| file.display().to_string())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} {target} corpus files break an invariant (messages above): {failed:#?}",
-        failed.len(),
-        files.len()
-    );
+    let fuzz_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    replay::replay(&fuzz_dir, target, check);
 }
 
 #[test]
