@@ -7,6 +7,7 @@
 # stable (packer/tests/fuzz_corpus.rs, tests/fuzz_corpus.rs). See docs/testing.md.
 #
 #   scripts/fuzz.sh [SECONDS]      FUZZ_TARGETS="run_reader kubefile" to run only some
+#                                  FUZZ_SEED=N for a repeatable run (the test suite uses 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,8 @@ for target in $targets; do
     echo "fuzz: $target for $seconds s"
     if (cd fuzz && cargo +nightly fuzz run -s none "$target" "../$work" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=8192 -timeout=20 \
-        -rss_limit_mb=512 -malloc_limit_mb=512 -print_final_stats=1) >"$log" 2>&1; then
+        -rss_limit_mb=512 -malloc_limit_mb=512 -print_final_stats=1 \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"}) >"$log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
         echo "fuzz: $target: ${runs:-?} executions, no crash"
     else
