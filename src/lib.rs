@@ -4,7 +4,7 @@
 //! (`stub/`) only parse arguments, call these functions and print.
 
 pub mod agent;
-pub mod build;
+pub mod builder;
 pub mod clusterfile;
 pub mod deploy;
 pub mod kubefile;

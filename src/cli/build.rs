@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use sealer::build::{build, BuildEvent, BuildOptions};
+use sealer::builder::{build, BuildEvent, BuildOptions};
 use sealer::reference::Reference;
 use sealer::store::Store;
 
