@@ -7,6 +7,7 @@ pub mod agent;
 pub mod builder;
 pub mod clusterfile;
 pub mod deploy;
+pub mod install;
 pub mod kubefile;
 pub mod pack;
 pub mod reference;

@@ -7,14 +7,17 @@
 //! install agent (`agent …`). It must stay a static executable that runs on a bare host, so it
 //! depends on nothing outside this binary.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use packer::{Payload, ReadError, RunFile, UnpackOptions};
+use sealer::install::{self, Request, Source};
+use sealer::ui::error::one_line;
+use sealer::ui::human_bytes;
+use sealer::ui::install::InstallView;
+use sealer::ui::progress::ByteProgress;
 
 #[derive(Parser)]
 #[command(
@@ -71,15 +74,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut message = e.to_string();
-            for cause in e.chain().skip(1) {
-                let cause = cause.to_string();
-                if !message.contains(&cause) {
-                    message.push_str(": ");
-                    message.push_str(&cause);
-                }
-            }
-            eprintln!("error: {message}");
+            eprintln!("error: {}", one_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -111,14 +106,6 @@ fn program_name(run: &RunFile) -> String {
     format!("./{name}")
 }
 
-fn mib(bytes: u64) -> String {
-    if bytes >= 10 << 30 {
-        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
-}
-
 fn summary() -> Result<()> {
     let run = open()?;
     let m = run.manifest();
@@ -130,8 +117,8 @@ fn summary() -> Result<()> {
     println!(
         "  layers        {} ({} compressed, {} unpacked, {} frames)",
         m.layers.len(),
-        mib(compressed),
-        mib(m.uncompressed_len()),
+        human_bytes(compressed),
+        human_bytes(m.uncompressed_len()),
         m.frame_count()
     );
     if m.volumes.len() > 1 {
@@ -201,8 +188,8 @@ fn inspect(json: bool) -> Result<()> {
             i + 1,
             layer.digest,
             layer.compression,
-            mib(layer.compressed_len),
-            mib(layer.uncompressed_len),
+            human_bytes(layer.compressed_len),
+            human_bytes(layer.uncompressed_len),
             layer.frames.len(),
             layer.media_type
         );
@@ -213,71 +200,6 @@ fn inspect(json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Progress on a terminal (a bar) or in a log (a line every few seconds).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    what: &'static str,
-    total: u64,
-    started: Instant,
-    last_line: std::sync::Mutex<Instant>,
-}
-
-impl Progress {
-    fn new(what: &'static str, total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(what);
-            bar
-        });
-        if bar.is_none() {
-            eprintln!("{what}: {}", mib(total));
-        }
-        Progress {
-            bar,
-            what,
-            total,
-            started: Instant::now(),
-            last_line: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    fn update(&self, done: u64) {
-        match &self.bar {
-            Some(bar) => bar.set_position(done),
-            None => {
-                if let Ok(mut last) = self.last_line.lock() {
-                    if last.elapsed() >= Duration::from_secs(5) {
-                        *last = Instant::now();
-                        let pct = (done * 100).checked_div(self.total).unwrap_or(100);
-                        eprintln!(
-                            "{}: {pct}% ({} of {})",
-                            self.what,
-                            mib(done),
-                            mib(self.total)
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-        eprintln!(
-            "{}: done in {:.1} s",
-            self.what,
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-}
-
 fn payload(run: &RunFile) -> Result<Payload> {
     Ok(run.payload()?)
 }
@@ -285,7 +207,7 @@ fn payload(run: &RunFile) -> Result<Payload> {
 fn verify() -> Result<()> {
     let run = open()?;
     let payload = payload(&run)?;
-    let progress = Progress::new("verifying", payload.compressed_len());
+    let progress = ByteProgress::new("verifying", payload.compressed_len());
     payload.verify(Some(&|done| progress.update(done)))?;
     progress.finish();
     println!(
@@ -301,34 +223,20 @@ fn verify() -> Result<()> {
 fn extract(dir: &std::path::Path) -> Result<()> {
     let run = open()?;
     let payload = payload(&run)?;
-    let progress = Progress::new("extracting", run.manifest().uncompressed_len());
+    let progress = ByteProgress::new("extracting", run.manifest().uncompressed_len());
     let update = |done| progress.update(done);
     let options = UnpackOptions {
         progress: Some(&update),
         ..UnpackOptions::default()
     };
-    let report = payload
-        .extract(dir, &options)
-        .map_err(|e| match e {
-            ReadError::Unpack(e) => anyhow::Error::new(e),
-            other => anyhow::Error::new(other),
-        })
-        .with_context(|| format!("nothing was written to {}", dir.display()))
-        .map_err(|e| {
-            // Put the cause first: "frame 3 of layer 1 is corrupt …; nothing was written to DIR".
-            let mut chain = e.chain();
-            let context = chain.next().map(|c| c.to_string()).unwrap_or_default();
-            let mut cause = String::new();
-            for c in chain.map(|c| c.to_string()) {
-                if !cause.contains(&c) {
-                    if !cause.is_empty() {
-                        cause.push_str(": ");
-                    }
-                    cause.push_str(&c);
-                }
-            }
-            anyhow::anyhow!("{cause}; {context}")
-        })?;
+    let report = payload.extract(dir, &options).map_err(|e| {
+        // The cause first: "frame 3 of layer 1 is corrupt …; nothing was written to DIR".
+        let cause = match &e {
+            ReadError::Unpack(e) => one_line(e),
+            other => one_line(other),
+        };
+        anyhow::anyhow!("{cause}; nothing was written to {}", dir.display())
+    })?;
     progress.finish();
     println!(
         "extracted {} files, {} directories, {} symlinks, {} hard links ({}) into {}",
@@ -336,7 +244,7 @@ fn extract(dir: &std::path::Path) -> Result<()> {
         report.directories,
         report.symlinks,
         report.hard_links,
-        mib(report.file_bytes),
+        human_bytes(report.file_bytes),
         dir.display()
     );
     Ok(())
@@ -344,20 +252,16 @@ fn extract(dir: &std::path::Path) -> Result<()> {
 
 fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
     let run = open()?;
-    let resolved = sealer::deploy::target::resolve(&target.spec()).map_err(anyhow::Error::msg)?;
-    let payload = {
-        // Check every frame before any host is touched: a damaged package is refused whole.
-        let check = payload(&run)?;
-        let progress = Progress::new("verifying", check.compressed_len());
-        check.verify_digests(Some(&|done| progress.update(done)))?;
-        progress.finish();
-        sealer::deploy::Payload::from_package(&run).map_err(anyhow::Error::msg)?
+    let request = Request {
+        target: target.spec(),
+        source: Source::Package(&run),
+        parallel: target.parallel,
+        attempts: target.attempts,
     };
-    let mut opts = sealer::deploy::InstallOptions::new(resolved.connect.clone());
-    opts.parallel = target.parallel;
-    opts.attempts = target.attempts.max(1);
-    let report = sealer::ui::install_with_progress(&resolved.cluster, &payload, &opts)?;
-    sealer::ui::finish_install(&report).map_err(anyhow::Error::msg)
+    let view = InstallView::new();
+    let report = install::run(&request, &|event| view.show(event))?;
+    view.finish(&report);
+    Ok(install::finished(&report)?)
 }
 
 fn load() -> Result<()> {

@@ -9,8 +9,7 @@ use clap::Args;
 use sealer::builder::{build, BuildEvent, BuildOptions};
 use sealer::reference::Reference;
 use sealer::store::Store;
-
-use super::human_bytes;
+use sealer::ui::{human_bytes, short_digest};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -52,12 +51,11 @@ pub fn run(args: BuildArgs) -> Result<()> {
         BuildEvent::Step { index, total, text } => println!("STEP {index}/{total}: {text}"),
         BuildEvent::Cached => println!(" ---> cached"),
         BuildEvent::Layer { digest, size } => {
-            let short: String = digest
-                .trim_start_matches("sha256:")
-                .chars()
-                .take(12)
-                .collect();
-            println!(" ---> layer {short} ({})", human_bytes(size))
+            println!(
+                " ---> layer {} ({})",
+                short_digest(digest),
+                human_bytes(size)
+            )
         }
         BuildEvent::Output(line) => {
             if terminal {

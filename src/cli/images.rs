@@ -7,8 +7,7 @@ use clap::Args;
 
 use sealer::reference::Reference;
 use sealer::store::{archive, Store};
-
-use super::human_bytes;
+use sealer::ui::{human_bytes, short_digest};
 
 #[derive(Args)]
 pub struct ImagesArgs {
@@ -29,15 +28,10 @@ pub fn images(args: ImagesArgs) -> Result<()> {
         "IMAGE", "DIGEST", "LAYERS", "SIZE"
     );
     for image in images {
-        let short = image
-            .digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect::<String>();
         println!(
-            "{:<40} sha256:{short} {:>6} {:>10}",
+            "{:<40} {:<19} {:>6} {:>10}",
             image.name,
+            short_digest(&image.digest),
             image.layers,
             human_bytes(image.size)
         );

@@ -84,7 +84,7 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("error: {}", one_line(&err));
+            eprintln!("error: {}", sealer::ui::error::one_line(err.as_ref()));
             1
         }
     }
@@ -98,17 +98,3 @@ fn set_sigpipe(disposition: libc::sighandler_t) {
         libc::signal(libc::SIGPIPE, disposition);
     }
 }
-
-/// An error and its causes as one sentence: `what: why: root cause`.
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    parts.join(": ")
-}
-
-pub use sealer::ui::human_bytes;

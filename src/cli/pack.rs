@@ -1,17 +1,16 @@
 //! `sealer pack`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use sealer::deploy::find_stub;
 use sealer::pack::{pack, PackOptions};
 use sealer::reference::Reference;
 use sealer::store::Store;
 use sealer::ui::human_bytes;
+use sealer::ui::progress::ByteProgress;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum CompressionArg {
@@ -86,25 +85,15 @@ pub fn run(args: PackArgs) -> Result<()> {
         split_size: args.split_size.as_deref().map(parse_size).transpose()?,
         stub,
     };
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(0);
-        if let Ok(style) = ProgressStyle::with_template(
-            "packing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    });
+    let progress = ByteProgress::new("packing", 0);
     let update = |done: u64, total: u64| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
+        if progress.total() != total {
+            progress.set_total(total);
         }
+        progress.update(done);
     };
     let report = pack(&store, &opts, Some(&update)).map_err(anyhow::Error::msg)?;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let total: u64 = report
         .files
         .iter()

@@ -1,22 +1,19 @@
 //! `login`, `logout`, `push`, `pull`: arguments into [`RegistryOptions`], progress onto the
 //! terminal (one bar per blob) or as plain lines when stderr is not a terminal.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read};
+use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use sealer::reference::Reference;
-use sealer::registry::{
-    self, short_digest, BlobKind, Credentials, Progress, ProgressEvent, RegistryOptions,
-};
+use sealer::registry::{self, BlobKind, Credentials, Progress, ProgressEvent, RegistryOptions};
 use sealer::store::Store;
-
-use super::human_bytes;
+use sealer::ui::progress::{Board, ByteProgress};
+use sealer::ui::{human_bytes, short_digest};
 
 /// How to reach the registry.
 #[derive(Args)]
@@ -156,18 +153,20 @@ pub fn pull(args: PullArgs) -> Result<()> {
     Ok(())
 }
 
-/// Progress of a push or pull: bars on a terminal, lines otherwise.
+/// Progress of a push or pull: one byte counter per blob.
 struct ProgressView {
     verb: &'static str,
-    bars: Option<(MultiProgress, RefCell<HashMap<String, ProgressBar>>)>,
+    board: Board,
+    blobs: Mutex<HashMap<String, ByteProgress>>,
 }
 
 impl ProgressView {
     fn new(verb: &'static str) -> Self {
-        let bars = std::io::stderr()
-            .is_terminal()
-            .then(|| (MultiProgress::new(), RefCell::new(HashMap::new())));
-        ProgressView { verb, bars }
+        ProgressView {
+            verb,
+            board: Board::new(),
+            blobs: Mutex::new(HashMap::new()),
+        }
     }
 
     fn label(p: &Progress) -> String {
@@ -180,61 +179,38 @@ impl ProgressView {
     }
 
     fn show(&self, p: Progress) {
-        let label = Self::label(&p);
-        let Some((multi, bars)) = &self.bars else {
-            let line = match &p.event {
-                ProgressEvent::Started => {
-                    format!("{}ing {label} ({})", self.verb, human_bytes(p.total))
-                }
-                ProgressEvent::Transferring => return,
-                ProgressEvent::AlreadyPresent => format!("{label}: already present"),
-                ProgressEvent::Mounted { from } => format!("{label}: mounted from {from}"),
-                ProgressEvent::Done => format!("{label}: done"),
-                ProgressEvent::Retrying {
-                    attempt,
-                    attempts,
-                    wait,
-                    error,
-                } => format!(
-                    "{label}: attempt {attempt}/{attempts} failed ({error}); retrying in {:.1}s",
-                    wait.as_secs_f64()
-                ),
-            };
-            eprintln!("{line}");
+        let Ok(mut blobs) = self.blobs.lock() else {
             return;
         };
-        let mut bars = bars.borrow_mut();
-        let bar = bars.entry(p.digest.clone()).or_insert_with(|| {
-            let bar = multi.add(ProgressBar::new(p.total));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:30} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(label.clone());
-            bar
+        let counter = blobs.entry(p.digest.clone()).or_insert_with(|| {
+            self.board
+                .bar(format!("{}ing {}", self.verb, Self::label(&p)), p.total)
         });
-        bar.set_position(p.done);
+        if counter.total() != p.total {
+            counter.set_total(p.total);
+        }
+        counter.update(p.done);
         match &p.event {
-            ProgressEvent::AlreadyPresent => bar.finish_with_message("already present"),
-            ProgressEvent::Mounted { from } => {
-                bar.finish_with_message(format!("mounted from {from}"))
-            }
-            ProgressEvent::Done => bar.finish_with_message("done"),
-            ProgressEvent::Retrying { error, .. } => bar.set_message(format!("retrying: {error}")),
             ProgressEvent::Started | ProgressEvent::Transferring => {}
+            ProgressEvent::AlreadyPresent => counter.finish_with("already present"),
+            ProgressEvent::Mounted { from } => counter.finish_with(&format!("mounted from {from}")),
+            ProgressEvent::Done => counter.finish_with("done"),
+            ProgressEvent::Retrying {
+                attempt,
+                attempts,
+                wait,
+                error,
+            } => counter.note(&format!(
+                "attempt {attempt}/{attempts} failed ({error}); retrying in {:.1}s",
+                wait.as_secs_f64()
+            )),
         }
     }
 
+    /// Counters of blobs that did not finish (the transfer failed) are cleared.
     fn finish(&self) {
-        if let Some((_, bars)) = &self.bars {
-            for bar in bars.borrow().values() {
-                if !bar.is_finished() {
-                    bar.abandon();
-                }
-            }
+        if let Ok(mut blobs) = self.blobs.lock() {
+            blobs.clear();
         }
     }
 }

@@ -1,58 +1,122 @@
-//! Terminal output shared by the `sealer` CLI and the installer stub: human sizes, per-host
-//! progress bars (indicatif on a terminal, plain lines otherwise) and the final install table.
-//! It only prints; it never decides anything.
+//! What an install shows: the package check, a line per host stage, a byte counter per host while
+//! frames are sent, and the per-host table at the end. It renders the events of
+//! [`crate::install::run`]; it calls no engine function.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use crate::deploy::{report_rows, InstallEvent, InstallReport};
+use crate::install::{Event, Summary};
 
-use crate::clusterfile::Cluster;
-use crate::deploy::{
-    install, report_rows, InstallError, InstallEvent, InstallOptions, InstallReport, Payload,
-};
+use super::format::human_bytes;
+use super::progress::{Board, ByteProgress};
 
-/// Human-readable byte count (`12.3 MiB`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+/// Renders one install's events; [`InstallView::finish`] prints the table.
+pub struct InstallView {
+    board: Board,
+    check: Mutex<Option<ByteProgress>>,
+    hosts: Mutex<HashMap<IpAddr, ByteProgress>>,
+}
+
+impl Default for InstallView {
+    fn default() -> Self {
+        InstallView::new()
     }
 }
 
-/// Run the engine, showing per-host progress, and print the per-host table.
-pub fn install_with_progress(
-    cluster: &Cluster,
-    payload: &Payload,
-    opts: &InstallOptions,
-) -> Result<InstallReport, InstallError> {
-    println!(
+impl InstallView {
+    pub fn new() -> Self {
+        InstallView {
+            board: Board::new(),
+            check: Mutex::new(None),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A line on stdout, above the bars on a terminal.
+    fn line(&self, text: String) {
+        self.board.suspend(|| println!("{text}"));
+    }
+
+    pub fn show(&self, event: Event) {
+        match event {
+            Event::Checking { done, total } => {
+                let Ok(mut check) = self.check.lock() else {
+                    return;
+                };
+                check
+                    .get_or_insert_with(|| self.board.bar("verifying", total))
+                    .update(done);
+            }
+            Event::Checked => {
+                if let Ok(mut check) = self.check.lock() {
+                    if let Some(progress) = check.take() {
+                        progress.finish();
+                    }
+                }
+            }
+            Event::Starting(summary) => self.line(starting_line(&summary)),
+            Event::Host(event) => self.host(event),
+        }
+    }
+
+    fn host(&self, event: InstallEvent) {
+        match event {
+            InstallEvent::Stage { host, stage } => self.line(format!("[{host}] {stage}")),
+            InstallEvent::Skipped { host, step } => {
+                self.line(format!("[{host}] {step}: already done"))
+            }
+            InstallEvent::Note {
+                host: Some(host),
+                text,
+            } => self.line(format!("[{host}] {text}")),
+            InstallEvent::Note { host: None, text } => self.line(text),
+            InstallEvent::Sent { host, sent, total } => {
+                let Ok(mut hosts) = self.hosts.lock() else {
+                    return;
+                };
+                // A retry sends again, perhaps fewer frames: a new counter.
+                let fresh = hosts
+                    .get(&host)
+                    .is_none_or(|p| p.is_finished() || p.total() != total);
+                if fresh {
+                    hosts.insert(host, self.board.bar(format!("[{host}] sending"), total));
+                }
+                if let Some(progress) = hosts.get(&host) {
+                    progress.update(sent);
+                    if sent >= total {
+                        progress.finish();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clear what is left of the counters and print the per-host table.
+    pub fn finish(&self, report: &InstallReport) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.clear();
+        }
+        print_report(report);
+    }
+}
+
+/// `Installing IMAGE (SIZE in N frames, SIZE unpacked) on N host(s) of cluster NAME`.
+fn starting_line(s: &Summary) -> String {
+    format!(
         "Installing {} ({} in {} frames, {} unpacked) on {} host(s) of cluster {}",
-        payload.image,
-        human_bytes(payload.compressed_len()),
-        payload.frame_count(),
-        human_bytes(payload.uncompressed_len()),
-        cluster.hosts.len(),
-        cluster.name
-    );
-    let progress = HostProgress::new(std::io::stderr().is_terminal());
-    let report = install(cluster, payload, opts, &|event| progress.event(event))?;
-    progress.clear();
-    Ok(report)
+        s.image,
+        human_bytes(s.compressed),
+        s.frames,
+        human_bytes(s.uncompressed),
+        s.hosts,
+        s.cluster
+    )
 }
 
-/// Print the per-host table; an error when any host or cluster stage did not finish.
-pub fn finish_install(report: &InstallReport) -> Result<(), String> {
+/// The per-host table and the closing sentence.
+pub fn print_report(report: &InstallReport) {
     println!("\n{:<18} {:<14} STATUS", "HOST", "ROLES");
     for (ip, roles, status) in report_rows(report) {
         println!("{ip:<18} {roles:<14} {status}");
@@ -65,93 +129,7 @@ pub fn finish_install(report: &InstallReport) -> Result<(), String> {
             "\nEverything is up to date; nothing was changed ({:.1}s).",
             report.elapsed.as_secs_f64()
         );
-        return Ok(());
-    }
-    if report.success() {
+    } else if report.success() {
         println!("\nInstalled in {:.1}s.", report.elapsed.as_secs_f64());
-        Ok(())
-    } else {
-        Err("the install did not finish on every host; fix the cause above and run the same command again: finished steps are not repeated".into())
-    }
-}
-
-/// Per-host byte bars on a terminal, plain lines otherwise.
-struct HostProgress {
-    terminal: bool,
-    multi: MultiProgress,
-    bars: Mutex<HashMap<IpAddr, ProgressBar>>,
-    last_line: Mutex<HashMap<IpAddr, u64>>,
-}
-
-impl HostProgress {
-    fn new(terminal: bool) -> Self {
-        HostProgress {
-            terminal,
-            multi: MultiProgress::new(),
-            bars: Mutex::new(HashMap::new()),
-            last_line: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn line(&self, text: String) {
-        if self.terminal {
-            let _ = self.multi.println(text);
-        } else {
-            println!("{text}");
-        }
-    }
-
-    fn event(&self, event: InstallEvent) {
-        match event {
-            InstallEvent::Stage { host, stage } => self.line(format!("[{host}] {stage}")),
-            InstallEvent::Skipped { host, step } => {
-                self.line(format!("[{host}] {step}: already done"))
-            }
-            InstallEvent::Note {
-                host: Some(host),
-                text,
-            } => self.line(format!("[{host}] {text}")),
-            InstallEvent::Note { host: None, text } => self.line(text),
-            InstallEvent::Sent { host, sent, total } => {
-                if self.terminal {
-                    let Ok(mut bars) = self.bars.lock() else {
-                        return;
-                    };
-                    let bar = bars.entry(host).or_insert_with(|| {
-                        let bar = self.multi.add(ProgressBar::new(total));
-                        bar.set_style(
-                            ProgressStyle::with_template("{prefix:>15} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
-                        );
-                        bar.set_prefix(host.to_string());
-                        bar
-                    });
-                    bar.set_position(sent.min(total));
-                } else {
-                    // Plain output: a line per 10 % step.
-                    let Ok(mut last) = self.last_line.lock() else {
-                        return;
-                    };
-                    let step = (sent.min(total) * 10).checked_div(total).unwrap_or(10);
-                    if last.get(&host) != Some(&step) {
-                        last.insert(host, step);
-                        println!(
-                            "[{host}] sent {} of {}",
-                            human_bytes(sent.min(total)),
-                            human_bytes(total)
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    fn clear(&self) {
-        if let Ok(bars) = self.bars.lock() {
-            for bar in bars.values() {
-                bar.finish_and_clear();
-            }
-        }
     }
 }

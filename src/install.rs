@@ -1,0 +1,137 @@
+//! The install recipe shared by `sealer run` and `app.run install`: resolve where to install,
+//! take the payload from its source — an image of the local store, or the `.run` package this
+//! program heads — and check it before any host is touched, run the deploy engine, hand back its
+//! report.
+//!
+//! It decides and prints nothing: the caller passes a reporter that turns [`Event`]s into text
+//! (`ui::install` does). The engine itself lives in `deploy`; this is only the order of its parts.
+
+use std::path::PathBuf;
+
+use packer::{ReadError, RunFile};
+
+use crate::deploy::target::{resolve, TargetSpec};
+use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
+use crate::deploy::{InstallReport, Payload};
+use crate::store::{Store, StoreError};
+
+/// Where the bytes to install come from.
+pub enum Source<'a> {
+    /// An image of the store at `root`; `None` takes the Clusterfile's `spec.image`. Every blob's
+    /// digest is checked while its frames are indexed.
+    Store {
+        root: PathBuf,
+        image: Option<String>,
+    },
+    /// A `.run` package: every frame's digest is checked first; a damaged package is refused whole.
+    Package(&'a RunFile),
+}
+
+/// What to install where, and how.
+pub struct Request<'a> {
+    pub target: TargetSpec,
+    pub source: Source<'a>,
+    /// Hosts worked on at once.
+    pub parallel: usize,
+    /// Attempts per host before it is reported failed (at least 1).
+    pub attempts: u32,
+}
+
+/// What the recipe reports while it works.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The package's frames are being checked: `done` of `total` compressed bytes. The first
+    /// event has `done == 0`.
+    Checking { done: u64, total: u64 },
+    /// Every frame of the package is intact.
+    Checked,
+    /// The payload is ready and the engine starts.
+    Starting(Summary),
+    /// What the engine reports about a host or the cluster.
+    Host(InstallEvent),
+}
+
+/// What is about to be installed where.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub image: String,
+    pub compressed: u64,
+    pub frames: usize,
+    pub uncompressed: u64,
+    pub hosts: usize,
+    pub cluster: String,
+}
+
+/// Why an install stopped, or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The hosts could not be worked out (flags, Clusterfile, `--local`).
+    #[error("{0}")]
+    Target(String),
+    #[error(
+        "name the image to install (sealer run IMAGE ...) or set spec.image in the Clusterfile"
+    )]
+    NoImage,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The package is damaged or unreadable.
+    #[error(transparent)]
+    Package(#[from] ReadError),
+    /// The payload could not be assembled (agent, layers, config).
+    #[error("{0}")]
+    Payload(String),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// The engine ran, but some host or cluster stage failed; the report says which.
+    #[error("the install did not finish on every host; fix the cause above and run the same command again: finished steps are not repeated")]
+    Unfinished,
+}
+
+/// Install as `request` says, reporting through `report`. The report comes back whether or not
+/// every host finished; [`finished`] tells.
+pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<InstallReport, Error> {
+    let target = resolve(&request.target).map_err(Error::Target)?;
+    let payload = match &request.source {
+        Source::Store { root, image } => {
+            let name = image
+                .as_ref()
+                .or(target.cluster.image.as_ref())
+                .ok_or(Error::NoImage)?;
+            let store = Store::open(root)?;
+            let image = store.image_by_name(name)?;
+            let stub = find_stub().map_err(Error::Payload)?;
+            Payload::from_store(&store, &image, &stub).map_err(Error::Payload)?
+        }
+        Source::Package(run) => {
+            let check = run.payload()?;
+            let total = check.compressed_len();
+            report(Event::Checking { done: 0, total });
+            check.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
+            report(Event::Checked);
+            Payload::from_package(run).map_err(Error::Payload)?
+        }
+    };
+    let mut opts = InstallOptions::new(target.connect.clone());
+    opts.parallel = request.parallel;
+    opts.attempts = request.attempts.max(1);
+    report(Event::Starting(Summary {
+        image: payload.image.clone(),
+        compressed: payload.compressed_len(),
+        frames: payload.frame_count(),
+        uncompressed: payload.uncompressed_len(),
+        hosts: target.cluster.hosts.len(),
+        cluster: target.cluster.name.clone(),
+    }));
+    Ok(install(&target.cluster, &payload, &opts, &|event| {
+        report(Event::Host(event))
+    })?)
+}
+
+/// `Ok` when every host and cluster stage finished (or nothing had to be done).
+pub fn finished(report: &InstallReport) -> Result<(), Error> {
+    if report.success() {
+        Ok(())
+    } else {
+        Err(Error::Unfinished)
+    }
+}
