@@ -6,7 +6,7 @@
 //! (`verifying: done in 3.1 s`) that stays.
 
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -21,6 +21,9 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 pub struct Board {
     /// Present when stderr is a terminal.
     multi: Option<MultiProgress>,
+    /// Where plain lines go: stderr, or a list (tests).
+    lines: Option<Arc<Mutex<Vec<String>>>>,
+    every: Duration,
 }
 
 impl Default for Board {
@@ -34,6 +37,30 @@ impl Board {
     pub fn new() -> Board {
         Board {
             multi: std::io::stderr().is_terminal().then(MultiProgress::new),
+            lines: None,
+            every: LINE_EVERY,
+        }
+    }
+
+    /// A board without a terminal that keeps its lines in `lines`, a line every `every` at most.
+    #[cfg(test)]
+    fn capturing(lines: Arc<Mutex<Vec<String>>>, every: Duration) -> Board {
+        Board {
+            multi: None,
+            lines: Some(lines),
+            every,
+        }
+    }
+
+    /// A plain line on stderr (or in the captured list).
+    fn plain(&self, line: String) {
+        match &self.lines {
+            Some(lines) => {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line);
+                }
+            }
+            None => eprintln!("{line}"),
         }
     }
 
@@ -55,7 +82,7 @@ impl Board {
             bar
         });
         if bar.is_none() && total > 0 {
-            eprintln!("{label}: {}", human_bytes(total));
+            self.plain(format!("{label}: {}", human_bytes(total)));
         }
         let now = Instant::now();
         ByteProgress {
@@ -129,7 +156,7 @@ impl ByteProgress {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        if state.finished || state.last_line.elapsed() < LINE_EVERY {
+        if state.finished || state.last_line.elapsed() < self.board.every {
             return;
         }
         state.last_line = Instant::now();
@@ -146,13 +173,13 @@ impl ByteProgress {
             )
         };
         drop(state);
-        eprintln!("{line}");
+        self.board.plain(line);
     }
 
     /// A line about this counter (`LABEL: TEXT`) that stays, above the bars on a terminal.
     pub fn note(&self, text: &str) {
         let line = format!("{}: {text}", self.label);
-        self.board.suspend(|| eprintln!("{line}"));
+        self.board.suspend(|| self.board.plain(line));
     }
 
     /// The work is done: `LABEL: done in 3.1 s`.
@@ -183,5 +210,49 @@ impl Drop for ByteProgress {
                 bar.finish_and_clear();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_terminal_a_counter_writes_a_start_a_line_per_interval_and_an_end() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let board = Board::capturing(lines.clone(), Duration::from_millis(300));
+        let progress = board.bar("verifying", 4 << 20);
+        progress.update(1 << 20);
+        std::thread::sleep(Duration::from_millis(350));
+        progress.update(2 << 20);
+        progress.update(3 << 20);
+        progress.finish();
+        progress.update(4 << 20);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], "verifying: 4.0 MiB");
+        assert_eq!(lines[1], "verifying: 50% (2.0 MiB of 4.0 MiB)");
+        assert!(lines[2].starts_with("verifying: done in "), "{lines:?}");
+    }
+
+    #[test]
+    fn a_counter_whose_total_is_unknown_still_reports_and_ends_once() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let board = Board::capturing(lines.clone(), Duration::ZERO);
+        let progress = board.bar("packing", 0);
+        progress.update(1536);
+        progress.set_total(3072);
+        progress.update(3072);
+        progress.finish_with("done");
+        progress.finish_with("done");
+        drop(progress);
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "packing: 1.5 KiB",
+                "packing: 100% (3.0 KiB of 3.0 KiB)",
+                "packing: done"
+            ]
+        );
     }
 }
