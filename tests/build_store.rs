@@ -306,6 +306,26 @@ fn bad_kubefiles_name_file_and_line() {
 }
 
 #[test]
+fn a_continued_instruction_is_echoed_and_recorded_whole_across_blank_and_comment_lines() {
+    // The parser skips blank and comment lines inside a `\` continuation; the progress line and
+    // the LABEL history show the same instruction, not its first physical lines only.
+    let env = Env::new();
+    let ctx = env.context("ctx");
+    write(&ctx.join("x"), b"x");
+    write(
+        &ctx.join("Kubefile"),
+        b"FROM scratch\nLABEL a=1 \\\n\n  # the second label\n    b=2\nCOPY x \\\n\n  y\n",
+    );
+    let out = env.ok(&["build", "-t", "x:1", ctx.to_str().unwrap()]);
+    assert!(out.contains("STEP 2/3: LABEL a=1 b=2\n"), "{out}");
+    assert!(out.contains("STEP 3/3: COPY x y\n"), "{out}");
+    let info = env.inspect("x:1");
+    let history = info["config"]["history"].as_array().unwrap();
+    assert_eq!(history[1]["created_by"], "LABEL a=1 b=2", "{info}");
+    assert_eq!(info["config"]["config"]["Labels"]["b"], "2", "{info}");
+}
+
+#[test]
 fn save_and_load_round_trip_keeps_every_digest_and_skopeo_reads_the_archive() {
     let a = Env::new();
     a.ok(&["build", "-t", "hello:v1", fixture().to_str().unwrap()]);

@@ -464,6 +464,25 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
     Ok(hex::encode(hashing.hasher.finalize()))
 }
 
+/// sealer's app type detection: helm chart, plain Kubernetes YAML, shell scripts, or other.
+pub fn app_kind(files: &[String]) -> &'static str {
+    let has = |name: &str| files.iter().any(|f| f == name);
+    if has("Chart.yaml") && has("values.yaml") && files.iter().any(|f| f.starts_with("templates/"))
+    {
+        "helm"
+    } else if !files.is_empty()
+        && files
+            .iter()
+            .all(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+    {
+        "kube"
+    } else if !files.is_empty() && files.iter().all(|f| f.ends_with(".sh")) {
+        "shell"
+    } else {
+        "other"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +498,17 @@ mod tests {
         assert!(!leaves("a/x", "/etc/passwd"));
         assert!(!leaves("x", "y/../z"));
         assert!(!leaves("var/run", "/run"));
+    }
+
+    #[test]
+    fn app_kinds_follow_sealer_detection() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            app_kind(&s(&["Chart.yaml", "values.yaml", "templates/a.yaml"])),
+            "helm"
+        );
+        assert_eq!(app_kind(&s(&["a.yaml", "b.yml"])), "kube");
+        assert_eq!(app_kind(&s(&["install.sh"])), "shell");
+        assert_eq!(app_kind(&s(&["bin/tool", "x.sh"])), "other");
     }
 }

@@ -9,7 +9,7 @@
 //! COPY source exists, what an APP directory contains or what the base image declares is the
 //! builder's business. Words are kept **raw** (quotes and `$VAR` references intact) because ARG
 //! values only exist at build time (`--build-arg`); each variant says which of its fields are
-//! expanded, and [`Instruction::expanded`] applies exactly that.
+//! expanded, and [`Instruction::expanded`] applies exactly that (the builder expands through it).
 //!
 //! Reference for users: `docs/kubefile.md`.
 
@@ -36,6 +36,11 @@ pub struct Kubefile {
 pub struct Instruction {
     pub line: usize,
     pub kind: InstructionKind,
+    /// The instruction as written, raw, on one line: its physical lines (comment and blank lines
+    /// inside a continuation left out) each trimmed and joined by one space, keyword included.
+    /// What build progress echoes and what LABEL records in the image history; not serialised.
+    #[serde(skip)]
+    pub text: String,
 }
 
 /// A command of RUN: Docker's two forms.
@@ -291,6 +296,7 @@ impl Instruction {
         Ok(Instruction {
             line: self.line,
             kind,
+            text: self.text.clone(),
         })
     }
 }

@@ -47,6 +47,7 @@ pub fn parse(text: &str, file_name: &str) -> Result<Kubefile, KubefileError> {
             instructions.push(Instruction {
                 line: logical.line,
                 kind,
+                text: logical.shown.clone(),
             });
         }
     }
@@ -62,9 +63,13 @@ pub fn parse(text: &str, file_name: &str) -> Result<Kubefile, KubefileError> {
     Ok(kubefile)
 }
 
+/// One instruction's physical lines joined. `text` is what the instruction parsers read: the
+/// pieces concatenated exactly, as Docker joins them. `shown` is the same pieces trimmed and
+/// separated by one space, for progress lines and image history ([`Instruction::text`]).
 struct LogicalLine {
     line: usize,
     text: String,
+    shown: String,
 }
 
 struct Ctx<'a> {
@@ -133,7 +138,7 @@ impl Ctx<'_> {
                 continue;
             }
             let (part, mut continued) = strip_continuation(first);
-            let mut joined = part.to_string();
+            let mut pieces = vec![part];
             while continued && i < physical.len() {
                 let next = physical[i];
                 i += 1;
@@ -142,12 +147,14 @@ impl Ctx<'_> {
                     continue;
                 }
                 let (part, more) = strip_continuation(next);
-                joined.push_str(part);
+                pieces.push(part);
                 continued = more;
             }
+            let shown: Vec<&str> = pieces.iter().map(|p| p.trim()).collect();
             out.push(LogicalLine {
                 line: number,
-                text: joined.trim().to_string(),
+                text: pieces.concat().trim().to_string(),
+                shown: shown.join(" ").trim().to_string(),
             });
         }
         Ok(out)

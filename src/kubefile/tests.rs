@@ -195,6 +195,38 @@ fn continuation_joins_lines_and_the_instruction_keeps_its_first_line() {
 }
 
 #[test]
+fn instruction_text_is_the_whole_instruction_on_one_line_from_the_same_joiner() {
+    // The parser reads the pieces as Docker joins them; `text` shows the same pieces trimmed and
+    // separated by one space. Blank and comment lines inside a continuation belong to neither.
+    let text = "\u{feff}FROM scratch\nLABEL a=\"x y\" \\\n\n  # comment inside\n      b=2 \\  \n\tc=3\nRUN a \\\n  b\nARG P Q=1\n";
+    let got = ok(text);
+    let shown: Vec<&str> = got.iter().map(|i| i.text.as_str()).collect();
+    assert_eq!(
+        shown,
+        [
+            "FROM scratch",
+            "LABEL a=\"x y\" b=2 c=3",
+            "RUN a b",
+            "ARG P Q=1",
+            "ARG P Q=1"
+        ]
+    );
+    assert_eq!(
+        got[1].kind,
+        InstructionKind::Label(vec![
+            (s("a"), s("\"x y\"")),
+            (s("b"), s("2")),
+            (s("c"), s("3"))
+        ])
+    );
+    let vars = |_: &str| None;
+    assert_eq!(
+        got[1].expanded("Kubefile", &vars).unwrap().text,
+        got[1].text
+    );
+}
+
+#[test]
 fn continuation_with_trailing_spaces_after_backslash_still_continues() {
     let got = kinds("FROM scratch\nCOPY a \\  \n b\n");
     assert_eq!(

@@ -1,0 +1,595 @@
+//! [`Builder`]: the state between two Kubefile instructions and one method per instruction group
+//! (FROM; ARG/ENV/LABEL/KUBEVERSION/APPENV; CMD/CMDS/LAUNCH/APPCMDS/MAINTAINER; COPY/ADD;
+//! APP/CNI/CSI; RUN). Words are expanded by [`Instruction::expanded`] and the text a step echoes is
+//! [`Instruction::text`]: the kubefile module's own, so the builder has no second copy of either.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::kubefile::{
+    self, AppSource, Command, Instruction, InstructionKind, Kubefile, KubefileError,
+};
+use crate::reference::Reference;
+use crate::store::{
+    Descriptor, History, Image, ImageConfig, Manifest, RootFs, SealerConfig, Store, StoreError,
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST,
+};
+
+use super::cache::StepCache;
+use super::context::{self, app_kind, Plan};
+use super::layer::{LayerBlob, LayerWriter};
+use super::run::WorkTree;
+use super::{oci_arch, rfc3339, BuildError, BuildEvent, BuildOptions, BuildReport};
+
+/// One build in progress: what the image is so far and how to reach the next step's cache entry.
+pub(super) struct Builder<'a> {
+    store: &'a Store,
+    opts: &'a BuildOptions,
+    kubefile: &'a Kubefile,
+    progress: &'a mut dyn FnMut(BuildEvent),
+    cache: StepCache,
+    /// The image root RUN steps work in; made by the first RUN that misses the cache.
+    tree: Option<WorkTree>,
+    /// `created` of the image and of every history entry (from `SOURCE_DATE_EPOCH`).
+    created: String,
+    build_args: BTreeMap<String, String>,
+    /// The line of the instruction being built, for errors.
+    line: usize,
+    /// Cache key of the filesystem so far: every layer step chains its key onto it.
+    key: String,
+    layers: Vec<Descriptor>,
+    diff_ids: Vec<String>,
+    config: ImageConfig,
+    sealer: SealerConfig,
+    /// ARG values in scope.
+    args: BTreeMap<String, String>,
+    history: Vec<History>,
+    /// CMD/CMDS lines of this Kubefile, added after the base image's at the end.
+    own_cmds: Option<Vec<String>>,
+    cached_steps: usize,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(
+        store: &'a Store,
+        opts: &'a BuildOptions,
+        kubefile: &'a Kubefile,
+        progress: &'a mut dyn FnMut(BuildEvent),
+    ) -> Self {
+        let created = rfc3339(opts.source_date_epoch);
+        let build_args: BTreeMap<String, String> = opts.build_args.iter().cloned().collect();
+        let arch = build_args
+            .get("ARCH")
+            .cloned()
+            .unwrap_or_else(|| oci_arch().to_string());
+        Builder {
+            store,
+            opts,
+            kubefile,
+            progress,
+            cache: StepCache::new(store),
+            tree: None,
+            config: ImageConfig {
+                created: Some(created.clone()),
+                architecture: oci_arch().to_string(),
+                os: "linux".to_string(),
+                rootfs: RootFs {
+                    kind: "layers".into(),
+                    diff_ids: Vec::new(),
+                },
+                ..Default::default()
+            },
+            created,
+            build_args,
+            line: 0,
+            key: String::new(),
+            layers: Vec::new(),
+            diff_ids: Vec::new(),
+            sealer: SealerConfig::default(),
+            args: BTreeMap::from([("ARCH".to_string(), arch)]),
+            history: Vec::new(),
+            own_cmds: None,
+            cached_steps: 0,
+        }
+    }
+
+    /// Build step `index` (1-based): echo it, expand its words, run its group's method.
+    pub fn step(&mut self, index: usize, instruction: &Instruction) -> Result<(), BuildError> {
+        self.line = instruction.line;
+        (self.progress)(BuildEvent::Step {
+            index,
+            total: self.kubefile.instructions.len(),
+            text: &echoed(&instruction.text),
+        });
+        use InstructionKind as K;
+        if let K::Copy { chown: Some(_), .. } | K::Add { chown: Some(_), .. } = instruction.kind {
+            return Err(self.fail("--chown is not supported: every file of a cluster image is owned by root (ownership is normalised for reproducible layers)"));
+        }
+        let expanded = match &instruction.kind {
+            // A `--build-arg` replaces the default, which is then never expanded.
+            K::Arg { name, .. } if self.build_args.contains_key(name) => Cow::Borrowed(instruction),
+            _ => Cow::Owned(self.expand(instruction)?),
+        };
+        match &expanded.kind {
+            K::From { image, .. } => self.from(image),
+            K::Arg { name, default } => self.arg(name, default.as_deref()),
+            K::Env(pairs) => self.env(pairs),
+            K::Label(pairs) => self.label(pairs, &instruction.text),
+            K::KubeVersion(range) => self.kube_version(range),
+            K::AppEnv { name, env } => self.app_env(name, env),
+            kind @ (K::Maintainer(_)
+            | K::Cmd(_)
+            | K::Cmds(_)
+            | K::Launch(_)
+            | K::AppCmds { .. }) => {
+                self.install_time(kind);
+                Ok(())
+            }
+            K::Copy {
+                sources,
+                dest,
+                chmod,
+                ..
+            } => self.copy("COPY", sources, dest, chmod.as_deref()),
+            K::Add {
+                sources,
+                dest,
+                chmod,
+                ..
+            } => self.copy("ADD", sources, dest, chmod.as_deref()),
+            kind @ (K::App { name, sources }
+            | K::Cni { name, sources }
+            | K::Csi { name, sources }) => self.app(kind.keyword(), name, sources),
+            K::Run { command } => self.run(command),
+        }
+    }
+
+    /// The image: config and manifest written, the tag set. Only called when every step succeeded.
+    pub fn finish(mut self) -> Result<BuildReport, BuildError> {
+        if let Some(cmds) = self.own_cmds.take() {
+            self.sealer.cmds.extend(cmds);
+        }
+        for (k, _) in &self.opts.build_args {
+            if !self.args.contains_key(k) {
+                (self.progress)(BuildEvent::Output(&format!(
+                    "warning: --build-arg {k} is not declared by any ARG"
+                )));
+            }
+        }
+        self.config.rootfs.diff_ids = self.diff_ids.clone();
+        self.config.history = self.history.clone();
+        self.config.sealer = (!self.sealer.is_empty()).then(|| self.sealer.clone());
+        let config_bytes = serde_json::to_vec(&self.config)
+            .map_err(|e| BuildError::io("encoding the image config", std::io::Error::other(e)))?;
+        let (config_digest, config_size) = self.store.put_blob(&config_bytes)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.to_string()),
+            config: Descriptor {
+                media_type: MEDIA_TYPE_CONFIG.to_string(),
+                digest: config_digest,
+                size: config_size,
+                annotations: Default::default(),
+                platform: None,
+            },
+            layers: self.layers.clone(),
+            annotations: Default::default(),
+        };
+        let digest = self.store.commit_image(&self.opts.tag, &manifest)?;
+        Ok(BuildReport {
+            reference: self.opts.tag.clone(),
+            digest,
+            layers: self.layers.len(),
+            steps: self.kubefile.instructions.len(),
+            cached_steps: self.cached_steps,
+        })
+    }
+
+    /// FROM: an empty root, or the layers, config and apps of a base image (pulled when it names
+    /// a registry and is not in the store).
+    fn from(&mut self, image: &str) -> Result<(), BuildError> {
+        if image.eq_ignore_ascii_case("scratch") {
+            self.key = chain("", &["scratch"]);
+        } else {
+            let reference = Reference::parse(image).map_err(|e| self.fail(e))?;
+            let base = match self.store.image(&reference) {
+                Ok(base) => base,
+                Err(StoreError::ImageNotFound(_)) => {
+                    self.pull_base(&reference).map_err(|e| self.fail(e))?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.key = chain("", &["from", &base.digest]);
+            self.layers = base.manifest.layers.clone();
+            self.diff_ids = base.config.rootfs.diff_ids.clone();
+            self.config.config = base.config.config.clone();
+            self.config.author = base.config.author.clone();
+            self.history = base.config.history.clone();
+            self.sealer = base.config.sealer.clone().unwrap_or_default();
+            let inherited = &self.sealer.apps;
+            self.kubefile
+                .check_apps(&|app| inherited.contains_key(app))?;
+        }
+        self.push_empty(format!("FROM {image}"));
+        Ok(())
+    }
+
+    /// A base image that is not in the store: pulled with the build's registry options when its
+    /// reference names a registry.
+    fn pull_base(&self, reference: &Reference) -> Result<Image, String> {
+        if reference.registry.is_none() {
+            return Err(format!(
+                "base image {reference} is not in the local store; build or load it first (`sealer images` lists what is there), or name it with its registry (REGISTRY/REPO:TAG) to pull it"
+            ));
+        }
+        crate::registry::pull(self.store, reference, &self.opts.registry, &|_| {})
+            .map_err(|e| format!("pulling base image {reference}: {e}"))
+    }
+
+    fn arg(&mut self, name: &str, default: Option<&str>) -> Result<(), BuildError> {
+        let value = match self.build_args.get(name) {
+            Some(v) => Some(v.clone()),
+            None => default.map(str::to_string),
+        };
+        if let Some(v) = value {
+            check_env_text(name, &v, "ARG").map_err(|e| self.fail(e))?;
+            self.args.insert(name.to_string(), v);
+        }
+        Ok(())
+    }
+
+    /// ENV: every pair was expanded with the values from before this line, as in Docker.
+    fn env(&mut self, pairs: &[(String, String)]) -> Result<(), BuildError> {
+        for (k, v) in pairs {
+            check_env_text(k, v, "ENV").map_err(|e| self.fail(e))?;
+        }
+        let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for (k, v) in pairs {
+            self.config
+                .config
+                .env
+                .retain(|item| item.split_once('=').map(|(key, _)| key) != Some(k.as_str()));
+            self.config.config.env.push(format!("{k}={v}"));
+        }
+        self.push_empty(format!("ENV {}", shown.join(" ")));
+        Ok(())
+    }
+
+    /// LABEL: the history records the line as written (`text`, without its keyword).
+    fn label(&mut self, pairs: &[(String, String)], text: &str) -> Result<(), BuildError> {
+        for (k, v) in pairs {
+            self.config.config.labels.insert(k.clone(), v.clone());
+        }
+        self.push_empty(format!(
+            "LABEL {}",
+            text.trim_start_matches(|c: char| c.is_alphabetic()).trim()
+        ));
+        Ok(())
+    }
+
+    fn kube_version(&mut self, range: &str) -> Result<(), BuildError> {
+        self.config.config.labels.insert(
+            kubefile::LABEL_SUPPORTED_KUBE_VERSION.to_string(),
+            range.to_string(),
+        );
+        self.sealer.kube_version = Some(range.to_string());
+        self.push_empty(format!("KUBEVERSION {range}"));
+        Ok(())
+    }
+
+    fn app_env(&mut self, name: &str, env: &[(String, String)]) -> Result<(), BuildError> {
+        let mut list = Vec::new();
+        for (k, v) in env {
+            check_env_text(k, v, "APPENV").map_err(|e| self.fail(e))?;
+            list.push(format!("{k}={v}"));
+        }
+        self.sealer
+            .apps
+            .entry(name.to_string())
+            .or_default()
+            .env
+            .extend(list.iter().cloned());
+        self.push_empty(format!("APPENV {name} {}", list.join(" ")));
+        Ok(())
+    }
+
+    /// MAINTAINER, CMD, CMDS, LAUNCH, APPCMDS: what the image records for install time.
+    fn install_time(&mut self, kind: &InstructionKind) {
+        let created_by = match kind {
+            InstructionKind::Maintainer(who) => {
+                self.config.author = Some(who.clone());
+                format!("MAINTAINER {who}")
+            }
+            InstructionKind::Cmd(cmds) => {
+                self.own_cmds
+                    .get_or_insert_with(Vec::new)
+                    .extend(cmds.iter().cloned());
+                format!("CMD {}", cmds.join(" && "))
+            }
+            InstructionKind::Cmds(cmds) => {
+                self.own_cmds = Some(cmds.clone());
+                self.sealer.cmds.clear();
+                format!("CMDS {}", cmds.join(" && "))
+            }
+            InstructionKind::Launch(apps) => {
+                self.sealer.launch = apps.clone();
+                format!("LAUNCH {}", apps.join(" "))
+            }
+            InstructionKind::AppCmds { name, cmds } => {
+                self.sealer.apps.entry(name.clone()).or_default().cmds = cmds.clone();
+                format!("APPCMDS {name} {}", cmds.join(" && "))
+            }
+            other => other.keyword().to_string(),
+        };
+        self.push_empty(created_by);
+    }
+
+    /// COPY and ADD (`keyword`): build-context files into one layer.
+    fn copy(
+        &mut self,
+        keyword: &str,
+        sources: &[String],
+        dest: &str,
+        chmod: Option<&str>,
+    ) -> Result<(), BuildError> {
+        let mode = chmod
+            .map(|m| {
+                u32::from_str_radix(m, 8)
+                    .map_err(|_| self.fail(format!("--chmod={m} is not an octal mode")))
+            })
+            .transpose()?;
+        let mut plan = context::plan(&self.opts.context, sources, dest, keyword == "ADD")
+            .map_err(|e| self.fail(e))?;
+        if let Some(mode) = mode {
+            plan.set_mode(mode);
+        }
+        let text = format!(
+            "{keyword} {} {dest}{}",
+            sources.join(" "),
+            mode.map(|m| format!(" --chmod={m:o}")).unwrap_or_default()
+        );
+        self.layer(&plan, &text).map_err(|e| self.fail(e))
+    }
+
+    /// APP, CNI and CSI (`keyword`): the app's files into one layer under
+    /// `application/apps/NAME/`, and what the image records about the app.
+    fn app(&mut self, keyword: &str, name: &str, sources: &[AppSource]) -> Result<(), BuildError> {
+        let mut local = Vec::new();
+        for source in sources {
+            match source {
+                AppSource::Local(path) => local.push(path.clone()),
+                AppSource::Remote(url) => {
+                    return Err(self.fail(format!(
+                        "APP source {url} is remote; builds run offline, so download it into the build context and use local://PATH"
+                    )))
+                }
+            }
+        }
+        let dest = format!("application/apps/{name}/");
+        let plan =
+            context::plan(&self.opts.context, &local, &dest, false).map_err(|e| self.fail(e))?;
+        let text = format!("{keyword} {name} {}", local.join(" "));
+        self.layer(&plan, &text).map_err(|e| self.fail(e))?;
+        let app = self.sealer.apps.entry(name.to_string()).or_default();
+        app.path = format!("application/apps/{name}");
+        app.files = plan.files_below(&format!("application/apps/{name}"));
+        app.kind = app_kind(&app.files).to_string();
+        let label_prefix = match keyword {
+            "CNI" => kubefile::LABEL_KUBE_CNI_PREFIX,
+            "CSI" => kubefile::LABEL_KUBE_CSI_PREFIX,
+            _ => return Ok(()),
+        };
+        app.role = Some(keyword.to_ascii_lowercase());
+        self.config
+            .config
+            .labels
+            .insert(format!("{label_prefix}{name}"), "true".into());
+        Ok(())
+    }
+
+    /// RUN: the command on the build host in the image root; what it changed is the layer.
+    fn run(&mut self, command: &Command) -> Result<(), BuildError> {
+        let env: Vec<(String, String)> = self
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(self.config.config.env.iter().filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            }))
+            .collect();
+        let (argv, text) = match command {
+            Command::Shell(s) => (
+                vec!["/bin/sh".to_string(), "-c".to_string(), s.clone()],
+                format!("RUN {s}"),
+            ),
+            Command::Exec(v) => (
+                v.clone(),
+                format!("RUN {}", serde_json::to_string(v).unwrap_or_default()),
+            ),
+        };
+        let env_text: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let key = chain(
+            &self.key,
+            &[&text, &env_text.join("\n"), &self.opts.level.to_string()],
+        );
+        if !self.opts.no_cache {
+            if let Some(blob) = self.cache.step(&key) {
+                (self.progress)(BuildEvent::Cached);
+                self.cached_steps += 1;
+                self.push_layer(key, &blob, text);
+                return Ok(());
+            }
+        }
+        let tree = match self.tree.as_mut() {
+            Some(tree) => tree,
+            None => self.tree.insert(WorkTree::new(self.store)?),
+        };
+        tree.catch_up(self.store, &self.layers)?;
+        let progress = &mut *self.progress;
+        let outcome = tree.run(&argv, &env, &mut |line| progress(BuildEvent::Output(line)))?;
+        if !outcome.success {
+            return Err(BuildError::RunFailed {
+                file: self.kubefile.file.clone(),
+                line: self.line,
+                status: outcome.status,
+                output: outcome.tail,
+            });
+        }
+        let blob = tree.commit_layer(
+            self.store,
+            self.opts.level.zstd(),
+            self.opts.source_date_epoch,
+        )?;
+        self.cache.record_step(&key, &blob);
+        (self.progress)(BuildEvent::Layer {
+            digest: &blob.descriptor.digest,
+            size: blob.descriptor.size,
+        });
+        self.push_layer(key, &blob, text);
+        Ok(())
+    }
+
+    /// A COPY/ADD/APP layer: found in the cache (by a metadata fingerprint of its sources, then
+    /// by content) or written.
+    fn layer(&mut self, plan: &Plan, text: &str) -> Result<(), String> {
+        let level = self.opts.level.to_string();
+        let fingerprint = chain(&plan.stat_fingerprint()?, &[text]);
+        if !self.opts.no_cache {
+            if let Some(content) = self.cache.memo(&fingerprint) {
+                let key = chain(&self.key, &[text, &content, &level]);
+                if let Some(blob) = self.cache.step(&key) {
+                    (self.progress)(BuildEvent::Cached);
+                    self.cached_steps += 1;
+                    self.push_layer(key, &blob, text.to_string());
+                    return Ok(());
+                }
+            }
+        }
+        let mut layer = LayerWriter::new(
+            self.store,
+            self.opts.level.zstd(),
+            self.opts.source_date_epoch,
+        )
+        .map_err(|e| e.to_string())?;
+        plan.write(&mut layer)?;
+        let blob = layer.finish().map_err(|e| e.to_string())?;
+        let key = chain(&self.key, &[text, &blob.diff_id, &level]);
+        self.cache.record_memo(&fingerprint, &blob.diff_id);
+        self.cache.record_step(&key, &blob);
+        (self.progress)(BuildEvent::Layer {
+            digest: &blob.descriptor.digest,
+            size: blob.descriptor.size,
+        });
+        self.push_layer(key, &blob, text.to_string());
+        Ok(())
+    }
+
+    /// The instruction with its words expanded by the ARG and ENV values in scope. The error keeps
+    /// the builder's `FILE:LINE: message` form.
+    fn expand(&self, instruction: &Instruction) -> Result<Instruction, BuildError> {
+        instruction
+            .expanded(&self.kubefile.file, &|name| self.lookup(name))
+            .map_err(|e| match e {
+                KubefileError::Expand { source, .. } => self.fail(source),
+                other => other.into(),
+            })
+    }
+
+    /// A variable's value: the last ENV that set it, else the ARG.
+    fn lookup(&self, name: &str) -> Option<String> {
+        for item in self.config.config.env.iter().rev() {
+            if let Some((k, v)) = item.split_once('=') {
+                if k == name {
+                    return Some(v.to_string());
+                }
+            }
+        }
+        self.args.get(name).cloned()
+    }
+
+    /// An error of the current step: `FILE:LINE: message`.
+    fn fail(&self, message: impl ToString) -> BuildError {
+        BuildError::Step {
+            file: self.kubefile.file.clone(),
+            line: self.line,
+            message: message.to_string(),
+        }
+    }
+
+    fn push_layer(&mut self, key: String, blob: &LayerBlob, created_by: String) {
+        self.key = key;
+        self.layers.push(blob.descriptor.clone());
+        self.diff_ids.push(blob.diff_id.clone());
+        self.history.push(History {
+            created: Some(self.created.clone()),
+            created_by: Some(created_by),
+            empty_layer: false,
+        });
+    }
+
+    fn push_empty(&mut self, created_by: String) {
+        self.history.push(History {
+            created: Some(self.created.clone()),
+            created_by: Some(created_by),
+            empty_layer: true,
+        });
+    }
+}
+
+/// A step's cache key: the previous key and the step's parts, hashed.
+fn chain(prev: &str, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    for p in parts {
+        h.update([0u8]);
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The most characters of an instruction the build progress shows.
+const ECHO_LIMIT: usize = 200;
+
+/// An instruction as the progress lines show it: its first [`ECHO_LIMIT`] characters and its
+/// length when it is longer (a 50 MB line is not printed whole).
+fn echoed(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(ECHO_LIMIT) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()).into(),
+        None => text.into(),
+    }
+}
+
+/// An environment variable must be passable to a process: no NUL byte in its name or value.
+fn check_env_text(key: &str, value: &str, keyword: &str) -> Result<(), String> {
+    if key.contains('\0') || value.contains('\0') {
+        let which = if key.contains('\0') { "name" } else { "value" };
+        return Err(format!(
+            "{keyword} {}: the {which} contains a NUL byte, which no environment variable can hold; remove it",
+            echoed(&key.replace('\0', "\\0"))
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_instructions_are_echoed_shortened_with_their_length() {
+        let line = format!("RUN echo {}", "x".repeat(50 << 20));
+        let shown = echoed(&line);
+        assert!(shown.chars().count() < 250, "{}", shown.len());
+        assert!(shown.starts_with("RUN echo xxx"));
+        assert!(
+            shown.ends_with(&format!("… ({} bytes)", line.len())),
+            "{shown}"
+        );
+        assert_eq!(echoed("COPY a b"), "COPY a b");
+        let multibyte = "é".repeat(300);
+        assert!(echoed(&multibyte).starts_with(&"é".repeat(ECHO_LIMIT)));
+    }
+}
