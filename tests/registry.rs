@@ -1402,3 +1402,66 @@ fn kubefile_from_a_registry_image_pulls_the_base_when_it_is_not_in_the_store() {
         base.manifest.layers[..]
     );
 }
+
+#[test]
+fn sealer_build_pulls_a_from_image_with_its_own_connection_flags() {
+    // `--insecure` and `--ca-file` of `sealer build` reach the pull of a FROM image that is not in
+    // the store, as they do for `sealer pull`; no environment variable is needed.
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    fs::create_dir_all(&pki).unwrap();
+    let (ca, cert, key) = private_ca(&pki);
+    let plain = TestRegistry::start(None);
+    let tls = TestRegistry::start_with(None, Some((&cert, &key)));
+    let home = work.path().join("home");
+    fs::create_dir_all(&home).unwrap();
+    let ctx = work.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("app.conf"), "x=1\n").unwrap();
+
+    for (registry, flags) in [
+        (&plain, vec!["--insecure".to_string()]),
+        (
+            &tls,
+            vec!["--ca-file".to_string(), ca.to_str().unwrap().to_string()],
+        ),
+    ] {
+        let root_a = tempfile::tempdir().unwrap();
+        let image = format!("{}/base/small:v1", registry.host());
+        let store_a = Store::open(root_a.path()).unwrap();
+        let layer = zstd_layer(
+            &store_a,
+            &tar_of(&[("etc/motd", b"hello from sealer\n".to_vec())]),
+        );
+        commit(&store_a, &image, vec![layer]);
+        let mut opts = plain_opts(&home);
+        opts.insecure = flags[0] == "--insecure";
+        opts.ca_file = Some(ca.clone());
+        registry::push(&store_a, &Reference::parse(&image).unwrap(), &opts, &|_| {}).unwrap();
+
+        fs::write(
+            ctx.join("Kubefile"),
+            format!("FROM {image}\nCOPY app.conf /etc/\n"),
+        )
+        .unwrap();
+        let root_b = tempfile::tempdir().unwrap();
+        let build = |extra: &[String]| {
+            let mut args = vec!["build", "-t", "app:1"];
+            args.extend(extra.iter().map(String::as_str));
+            args.push(ctx.to_str().unwrap());
+            sealer(root_b.path(), &home, &args, None)
+        };
+        let out = build(&[]);
+        assert!(
+            !out.status.success(),
+            "{image} without {flags:?} must not be reachable"
+        );
+        let out = build(&flags);
+        assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+        let store_b = Store::open(root_b.path()).unwrap();
+        let base = store_b.image(&Reference::parse(&image).unwrap()).unwrap();
+        let app = store_b.image(&Reference::parse("app:1").unwrap()).unwrap();
+        assert_eq!(app.manifest.layers[0], base.manifest.layers[0]);
+        assert_eq!(app.manifest.layers.len(), 2);
+    }
+}

@@ -11,6 +11,8 @@ use sealer::reference::Reference;
 use sealer::store::Store;
 use sealer::ui::{human_bytes, short_digest};
 
+use super::registry::ConnectionArgs;
+
 #[derive(Args)]
 pub struct BuildArgs {
     /// Name of the image to build (NAME:TAG).
@@ -28,6 +30,9 @@ pub struct BuildArgs {
     /// zstd level of new layers (1-22).
     #[arg(long, default_value_t = 3)]
     level: i64,
+    /// How to reach the registry of a `FROM` image that is not in the store.
+    #[command(flatten)]
+    connection: ConnectionArgs,
     /// The build context.
     #[arg(default_value = ".")]
     context: PathBuf,
@@ -38,6 +43,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     let mut opts = BuildOptions::new(&args.context, Reference::parse(&args.tag)?);
     opts.kubefile = args.file;
     opts.no_cache = args.no_cache;
+    opts.registry = args.connection.options();
     opts.level = packer::Level::new(packer::Compression::Zstd, args.level)
         .map_err(|e| anyhow::anyhow!("--{e}"))?;
     for kv in &args.build_args {

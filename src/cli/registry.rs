@@ -27,7 +27,7 @@ pub struct ConnectionArgs {
 }
 
 impl ConnectionArgs {
-    fn options(&self) -> RegistryOptions {
+    pub(super) fn options(&self) -> RegistryOptions {
         let mut opts = RegistryOptions::from_env();
         opts.insecure = self.insecure;
         if let Some(ca) = &self.ca_file {
