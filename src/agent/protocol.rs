@@ -9,7 +9,7 @@
 //! Errors are strings: they cross a process boundary.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -82,8 +82,8 @@ pub enum AgentCommand {
     Done {
         #[arg(long, allow_hyphen_values = true)]
         work: PathBuf,
-        #[arg(long, allow_hyphen_values = true)]
-        key: String,
+        #[arg(long)]
+        key: StepKey,
         #[arg(long)]
         drop_spool: bool,
     },
@@ -157,7 +157,7 @@ impl AgentCommand {
                 drop_spool,
             } => {
                 push("work", path(work));
-                push("key", key.clone());
+                push("key", key.to_string());
                 if *drop_spool {
                     words.push("--drop-spool".into());
                 }
@@ -225,15 +225,65 @@ pub struct HookRequest {
 /// What `state` prints (JSON).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostState {
-    /// Journal keys of finished steps.
-    pub done: Vec<String>,
-    /// Exported `KEY=VALUE` text by step key.
-    pub exports: BTreeMap<String, String>,
+    /// Finished steps.
+    pub done: Vec<StepKey>,
+    /// Exported `KEY=VALUE` text by step.
+    pub exports: BTreeMap<StepKey, String>,
+}
+
+/// The name of a finished step in a host's journal: 64 lowercase hex digits (the engine
+/// hashes what the step does). It is a file name on the host, so nothing else is one.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct StepKey(String);
+
+impl StepKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for StepKey {
+    fn from(digest: [u8; 32]) -> Self {
+        StepKey(hex::encode(digest))
+    }
+}
+
+impl std::str::FromStr for StepKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        valid_sha256(text)
+            .map(|()| StepKey(text.to_string()))
+            .map_err(|_| format!("{text:?} is not a step key (64 lowercase hex digits)"))
+    }
+}
+
+impl TryFrom<String> for StepKey {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<StepKey> for String {
+    fn from(key: StepKey) -> String {
+        key.0
+    }
+}
+
+impl std::fmt::Display for StepKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The `$SEALER_EXPORT` file of the step `key` in the work directory `work`: what `state` and
 /// `done` report as the step's exports.
-pub fn export_file(work: &Path, key: &str) -> PathBuf {
+pub fn export_file(work: &Path, key: &StepKey) -> PathBuf {
     work.join("exports").join(format!("{key}.env"))
 }
 
@@ -327,6 +377,29 @@ pub fn read_record(input: &mut dyn Read, buf: &mut Vec<u8>) -> Result<Option<Str
     Ok(Some(sha))
 }
 
+/// The frame list of `have`, asked and answered: one sha256 (hex) a line.
+pub fn write_frame_list<'a>(
+    out: &mut dyn Write,
+    shas: impl IntoIterator<Item = &'a str>,
+) -> io::Result<()> {
+    for sha in shas {
+        writeln!(out, "{sha}")?;
+    }
+    Ok(())
+}
+
+/// Reads what [`write_frame_list`] wrote, a line at a time; blank lines are skipped and a line
+/// that is not a sha256 is an error.
+pub fn read_frame_list(input: impl BufRead) -> impl Iterator<Item = Result<String, String>> {
+    input.lines().filter_map(|line| match line {
+        Err(e) => Some(Err(format!("reading stdin: {e}"))),
+        Ok(line) => {
+            let sha = line.trim();
+            (!sha.is_empty()).then(|| valid_sha256(sha).map(|()| sha.to_string()))
+        }
+    })
+}
+
 /// `Ok` when `sha` is 64 lowercase hex digits.
 pub fn valid_sha256(sha: &str) -> Result<(), String> {
     if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -347,7 +420,7 @@ mod tests {
     #[test]
     fn every_command_reads_back_as_it_was_written() {
         let odd = PathBuf::from("/var/lib/my data/-x/it's \"here\"");
-        let key = "ab".repeat(32);
+        let key: StepKey = "ab".repeat(32).parse().unwrap();
         let commands = [
             AgentCommand::Version,
             AgentCommand::State { work: odd.clone() },
@@ -434,6 +507,20 @@ mod tests {
     }
 
     #[test]
+    fn a_step_key_is_64_lowercase_hex_digits_on_the_command_line_and_in_json() {
+        let key = "0f".repeat(32);
+        assert_eq!(key.parse::<StepKey>().map(String::from), Ok(key.clone()));
+        for bad in ["", "../../etc/passwd", &"0F".repeat(32), &"0f".repeat(31)] {
+            assert!(bad.parse::<StepKey>().is_err(), "{bad}");
+            let json = format!(r#"{{"done":["{bad}"],"exports":{{}}}}"#);
+            assert!(serde_json::from_str::<HostState>(&json).is_err(), "{bad}");
+        }
+        let args = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = Invocation::parse(&args(&["done", "--work", "/w", "--key", "../x"])).unwrap_err();
+        assert!(err.contains("not a step key"), "{err}");
+    }
+
+    #[test]
     fn records_and_the_end_marker_read_back() {
         let frames: [&[u8]; 2] = [b"one frame", b"another frame"];
         let mut wire = Vec::new();
@@ -453,6 +540,18 @@ mod tests {
         assert!(input.is_empty());
         let err = read_record(&mut &wire[..8 + 32 + 3], &mut buf).unwrap_err();
         assert!(err.contains("the stream was cut"), "{err}");
+    }
+
+    #[test]
+    fn a_frame_list_reads_back_and_refuses_what_is_not_a_sha256() {
+        let shas = ["a".repeat(64), "b".repeat(64)];
+        let mut wire = Vec::new();
+        write_frame_list(&mut wire, shas.iter().map(String::as_str)).unwrap();
+        wire.extend_from_slice(b"\n");
+        let read: Result<Vec<String>, String> = read_frame_list(&wire[..]).collect();
+        assert_eq!(read, Ok(shas.to_vec()));
+        let bad: Result<Vec<String>, String> = read_frame_list(&b"../etc/passwd\n"[..]).collect();
+        assert!(bad.unwrap_err().contains("is not a sha256"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::fs;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use super::input::Input;
 use super::io_context;
-use super::protocol::{read_plan, read_record, valid_sha256, PlanLayer};
+use super::protocol::{
+    read_frame_list, read_plan, read_record, valid_sha256, write_frame_list, PlanLayer,
+};
 use super::rootfs::install_rootfs;
 
 fn spool(work: &Path) -> PathBuf {
@@ -41,19 +43,14 @@ pub(super) fn have(work: &Path) -> Result<(), String> {
     fs::create_dir_all(work).map_err(io_context(format!("creating {}", work.display())))?;
     let dir = spool(work);
     let mut out = io::stdout().lock();
-    for line in io::BufReader::new(Input::stdin()).lines() {
-        let line = line.map_err(io_context("reading stdin"))?;
-        let sha = line.trim();
-        if sha.is_empty() {
-            continue;
-        }
-        valid_sha256(sha)?;
-        let path = dir.join(sha);
-        if !spooled_intact(&path, sha) {
+    for sha in read_frame_list(io::BufReader::new(Input::stdin())) {
+        let sha = sha?;
+        let path = dir.join(&sha);
+        if !spooled_intact(&path, &sha) {
             if path.exists() {
                 let _ = fs::remove_file(&path);
             }
-            writeln!(out, "{sha}").map_err(io_context("writing stdout"))?;
+            write_frame_list(&mut out, [sha.as_str()]).map_err(io_context("writing stdout"))?;
         }
     }
     Ok(())

@@ -10,29 +10,39 @@
 //! exponential backoff and jitter, then reported, and never stops the others; cluster stages
 //! (pre-install, CMDs, post-install) wait until every host is ready.
 //!
-//! This module decides what runs where and in which order; it does not parse Clusterfiles,
-//! speak SSH, or know the `.run` format.
+//! This module holds the stages, their order and the retries; it does not parse Clusterfiles,
+//! speak SSH, or know the `.run` format. The rest of the engine is split by job: `journal`
+//! (steps and their keys), `distribute` (the plan and the frame stream), `scripts` (hooks and
+//! CMDs), `launch` (the agent on a host), `report` (events and outcomes). It talks to hosts
+//! through [`Remote`] and to the agent only through [`crate::agent::protocol`].
 
+mod distribute;
 pub mod image_plugins;
+mod journal;
+mod launch;
 pub mod payload;
 pub mod remote;
+mod report;
+mod scripts;
 pub mod target;
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use crate::agent::protocol::{
-    self, AgentCommand, HookRequest, HostState, PlanLayer, EXIT_DISK_FULL, EXIT_TIMED_OUT,
+    self, AgentCommand, HostState, StepKey, EXIT_DISK_FULL, EXIT_TIMED_OUT,
 };
-use crate::clusterfile::{host_env, shell_quote, Cluster, Host, Phase, Plugin, PluginKind};
+use crate::clusterfile::{shell_quote, Cluster, Host, Phase, Plugin};
+use journal::Step;
+pub use launch::EXIT_AGENT_UNSAFE;
 pub use payload::{find_stub, Payload, PayloadLayer};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
+pub use report::{report_rows, HostOutcome, HostReport, InstallEvent, InstallReport};
+pub use scripts::DEFAULT_SCRIPT_TIMEOUT;
 
 /// Opens a connection to a host.
 pub type Connector = dyn Fn(&Host) -> Result<Box<dyn Remote>, RemoteError> + Send + Sync;
@@ -56,68 +66,6 @@ impl InstallOptions {
             backoff: Duration::from_secs(1),
             connect,
         }
-    }
-}
-
-/// What the engine reports while it works.
-#[derive(Debug, Clone)]
-pub enum InstallEvent {
-    /// A host starts a stage.
-    Stage { host: IpAddr, stage: String },
-    /// Bytes of frames sent to a host so far, of `total` it needs.
-    Sent { host: IpAddr, sent: u64, total: u64 },
-    /// A step was skipped because the host's journal has it.
-    Skipped { host: IpAddr, step: String },
-    /// Something worth a line (a retry, a finished hook).
-    Note { host: Option<IpAddr>, text: String },
-}
-
-/// How a host ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostOutcome {
-    /// Steps ran and all succeeded.
-    Installed,
-    /// Every step was already done.
-    UpToDate,
-    /// It failed; the message says where and why.
-    Failed(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct HostReport {
-    pub ip: IpAddr,
-    pub roles: Vec<String>,
-    pub outcome: HostOutcome,
-    pub bytes_sent: u64,
-    pub steps_run: usize,
-    pub steps_skipped: usize,
-    pub elapsed: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct InstallReport {
-    pub hosts: Vec<HostReport>,
-    /// Why cluster stages did not run, when they did not.
-    pub cluster_stages_skipped: Option<String>,
-    pub elapsed: Duration,
-}
-
-impl InstallReport {
-    pub fn success(&self) -> bool {
-        self.cluster_stages_skipped.is_none()
-            && self
-                .hosts
-                .iter()
-                .all(|h| !matches!(h.outcome, HostOutcome::Failed(_)))
-    }
-
-    /// True when nothing had to be done anywhere.
-    pub fn up_to_date(&self) -> bool {
-        self.success()
-            && self
-                .hosts
-                .iter()
-                .all(|h| h.outcome == HostOutcome::UpToDate)
     }
 }
 
@@ -150,93 +98,16 @@ impl HostSlot {
     }
 }
 
-/// One unit of work on one host.
-#[derive(Clone)]
-enum Step {
-    Distribute,
-    Config { index: usize },
-    Hook { plugin: usize, phase: Phase },
-    Cmd { index: usize },
-}
-
 struct Engine<'a> {
     cluster: &'a Cluster,
     payload: &'a Payload,
     opts: &'a InstallOptions,
     events: &'a (dyn Fn(InstallEvent) + Sync),
-    /// Exports by step key, in the order steps finished.
-    exports: Mutex<Vec<(String, String)>>,
+    /// Exports by step, in the order steps finished.
+    exports: Mutex<Vec<(StepKey, String)>>,
     cmds: Vec<String>,
     /// The image's `plugins/*.yaml`, then the Clusterfile's plugins.
     plugins: Vec<Plugin>,
-}
-
-fn sha_hex(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(h.finalize())
-}
-
-/// The image's install commands: CMDs, or for LAUNCH images the generated app commands; the
-/// Clusterfile's `cmd` list replaces them.
-fn install_commands(cluster: &Cluster, payload: &Payload) -> Vec<String> {
-    if !cluster.cmds.is_empty() {
-        return cluster.cmds.clone();
-    }
-    let Some(sealer) = &payload.config.sealer else {
-        return Vec::new();
-    };
-    let mut cmds = sealer.cmds.clone();
-    let launch = if cluster.app_names.is_empty() {
-        &sealer.launch
-    } else {
-        &cluster.app_names
-    };
-    for name in launch {
-        let Some(app) = sealer.apps.get(name) else {
-            continue;
-        };
-        if !app.cmds.is_empty() {
-            cmds.push(format!(
-                "cd {} && {}",
-                shell_quote(&app.path),
-                app.cmds.join(" ")
-            ));
-            continue;
-        }
-        let files = |pred: &dyn Fn(&str) -> bool| {
-            app.files
-                .iter()
-                .filter(|f| pred(f))
-                .map(|f| format!("{}/{f}", app.path))
-                .collect::<Vec<_>>()
-        };
-        let generated = match app.kind.as_str() {
-            "helm" => vec![format!("helm install {name} {}/", app.path)],
-            "kube" => files(&|f| f.ends_with(".yaml") || f.ends_with(".yml"))
-                .into_iter()
-                .map(|f| format!("kubectl apply -f {f}"))
-                .collect(),
-            "shell" => files(&|f| f.ends_with(".sh"))
-                .into_iter()
-                .map(|f| format!("bash {f}"))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let env: Vec<String> = app.env.iter().map(|e| format!("export {e}")).collect();
-        let mut line = env.join("; ");
-        if !line.is_empty() {
-            line.push_str("; ");
-        }
-        line.push_str(&generated.join(" && "));
-        if !generated.is_empty() {
-            cmds.push(line);
-        }
-    }
-    cmds
 }
 
 /// Install `payload` onto `cluster`.
@@ -258,7 +129,7 @@ pub fn install(
         opts,
         events,
         exports: Mutex::new(Vec::new()),
-        cmds: install_commands(cluster, payload),
+        cmds: scripts::install_commands(cluster, payload),
         plugins,
     };
     let slots: Vec<Mutex<HostSlot>> = cluster
@@ -353,35 +224,6 @@ impl Engine<'_> {
             .data_root
             .join(&self.cluster.name)
             .join(".sealer")
-    }
-
-    fn agent_path(&self, remote: &dyn Remote) -> String {
-        if remote.is_local() {
-            if let Ok(exe) = std::env::current_exe() {
-                return exe.display().to_string();
-            }
-        }
-        self.cluster
-            .data_root
-            .join(".agent")
-            .join(format!("sealer-agent-{}", &self.payload.agent_sha256[..16]))
-            .display()
-            .to_string()
-    }
-
-    /// The shell command that runs the agent's `command`, each word quoted. On a remote host
-    /// the agent is checked first, every time, by [`agent_guard`].
-    fn agent_cmd(&self, remote: &dyn Remote, command: &AgentCommand) -> String {
-        let agent = self.agent_path(remote);
-        let args: Vec<String> = command.to_args().iter().map(|w| shell_quote(w)).collect();
-        let args = args.join(" ");
-        if remote.is_local() {
-            return format!("{} agent {args}", shell_quote(&agent));
-        }
-        format!(
-            "sealer_agent=$({}) && \"$sealer_agent\" agent {args}",
-            agent_guard(&agent, &self.payload.agent_sha256)
-        )
     }
 
     /// Run `work` for every host matching `select` that has not failed, `parallel` at a time,
@@ -538,15 +380,7 @@ impl Engine<'_> {
             .map(|l| l.trim() == "agent-present")
             .unwrap_or(false);
         if !agent_present && !local {
-            let cmd = format!(
-                "set -e; umask 022; d=$(dirname {a}); mkdir -p \"$d\"; d=$(readlink -f -- \"$d\"); {chain}; t=$(mktemp \"$d/.sealer-agent.XXXXXX\"); cat > \"$t\"; echo \"{sha}  $t\" | sha256sum -c --status || {{ rm -f \"$t\"; echo 'the agent arrived corrupt' >&2; exit 3; }}; chmod 755 \"$t\"; mv -f \"$t\" {a}",
-                a = shell_quote(&agent),
-                chain = root_only_chain("d", "upload the agent into $d"),
-                sha = self.payload.agent_sha256
-            );
-            let bytes = self.payload.agent.clone();
-            let mut reader: &[u8] = &bytes;
-            self.exec_ok(slot, "uploading the agent", &cmd, Some(&mut reader))?;
+            self.upload_agent(slot, &agent)?;
         }
         let remote = slot.connected()?;
         let cmd = self.agent_cmd(
@@ -579,106 +413,6 @@ impl Engine<'_> {
             }
         }
         Ok(())
-    }
-
-    fn step_key(&self, host: &Host, step: &Step) -> String {
-        match step {
-            Step::Distribute => sha_hex(&[
-                "rootfs",
-                &self.payload.id,
-                &self.cluster.rootfs().display().to_string(),
-            ]),
-            Step::Config { index } => {
-                let c = &self.cluster.configs[*index];
-                sha_hex(&[
-                    "config",
-                    &self.payload.id,
-                    &c.path.display().to_string(),
-                    &c.data,
-                    &format!("{:?}", c.strategy),
-                ])
-            }
-            Step::Hook { plugin, phase } => {
-                let p = &self.plugins[*plugin];
-                let body = match &p.kind {
-                    PluginKind::Shell { script } => script.clone(),
-                    PluginKind::Hostname { names } => format!("{names:?}"),
-                };
-                sha_hex(&[
-                    "hook",
-                    &self.payload.id,
-                    phase.name(),
-                    &p.name,
-                    &body,
-                    &self.env_text(host),
-                ])
-            }
-            Step::Cmd { index } => sha_hex(&[
-                "cmd",
-                &self.payload.id,
-                &index.to_string(),
-                &self.cmds[*index],
-                &self.env_text(host),
-            ]),
-        }
-    }
-
-    fn step_name(&self, step: &Step) -> String {
-        match step {
-            Step::Distribute => "rootfs".into(),
-            Step::Config { index } => {
-                format!("config {}", self.cluster.configs[*index].path.display())
-            }
-            Step::Hook { plugin, phase } => {
-                format!("{} hook {}", phase.name(), self.plugins[*plugin].name)
-            }
-            Step::Cmd { index } => format!("CMD {}", self.cmds[*index]),
-        }
-    }
-
-    /// The env a host's steps start from: image env, then cluster and host env and the SEALER_*
-    /// variables. Step keys hash this (not the exports), so a rerun that reads back the exports
-    /// of finished steps computes the same keys.
-    fn base_env(&self, host: &Host) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self
-            .payload
-            .config
-            .config
-            .env
-            .iter()
-            .filter_map(|e| {
-                e.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        for (k, v) in host_env(self.cluster, host, &self.cluster.rootfs()) {
-            set_env(&mut env, &k, &v);
-        }
-        env
-    }
-
-    /// Env of every command on `host`: [`Engine::base_env`], then what hooks exported.
-    fn env(&self, host: &Host) -> Vec<(String, String)> {
-        let mut env = self.base_env(host);
-        let exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, text) in exports.iter() {
-            for line in text.lines() {
-                if let Some((k, v)) = line.split_once('=') {
-                    let k = k.trim().trim_start_matches("export ").trim();
-                    if !k.starts_with("SEALER_") && crate::clusterfile::is_env_name(k) {
-                        set_env(&mut env, k, v);
-                    }
-                }
-            }
-        }
-        env
-    }
-
-    fn env_text(&self, host: &Host) -> String {
-        self.base_env(host)
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect()
     }
 
     fn run_phase(&self, slots: &[Mutex<HostSlot>], phase: Phase) {
@@ -743,21 +477,7 @@ impl Engine<'_> {
                 self.exec_ok(slot, &name, &cmd, Some(&mut data))?;
             }
             Step::Hook { plugin, .. } => {
-                let script = match &self.plugins[*plugin].kind {
-                    PluginKind::Shell { script } => script.clone(),
-                    PluginKind::Hostname { names } => {
-                        match names.iter().find(|(ip, _)| *ip == slot.host.ip) {
-                            Some((_, name)) => format!(
-                                "hostname {n} && echo {n} > /etc/hostname",
-                                n = shell_quote(name)
-                            ),
-                            None => "true".to_string(),
-                        }
-                    }
-                };
-                let timeout = self.plugins[*plugin]
-                    .timeout
-                    .unwrap_or(DEFAULT_SCRIPT_TIMEOUT);
+                let (script, timeout) = self.hook_script(*plugin, &slot.host);
                 self.run_script(slot, &name, &script, timeout, &rootfs, &export_file)?;
             }
             Step::Cmd { index } => {
@@ -788,206 +508,7 @@ impl Engine<'_> {
         slot.steps_run += 1;
         Ok(())
     }
-
-    fn run_script(
-        &self,
-        slot: &mut HostSlot,
-        name: &str,
-        script: &str,
-        timeout: Duration,
-        rootfs: &str,
-        export_file: &str,
-    ) -> Result<(), StepFailure> {
-        let mut env = self.env(&slot.host);
-        env.push(("SEALER_EXPORT".to_string(), export_file.to_string()));
-        if let Some((bad, _)) = env
-            .iter()
-            .find(|(k, _)| !crate::clusterfile::is_env_name(k))
-        {
-            return Err(StepFailure::fatal(format!("bad env name {bad}")));
-        }
-        // Script and env travel on stdin: a command line is readable by every user of the host.
-        let request = HookRequest {
-            script: script.to_string(),
-            env,
-            dir: rootfs.to_string(),
-            export_file: export_file.to_string(),
-            timeout_secs: timeout.as_secs().max(1),
-        };
-        let request =
-            serde_json::to_vec(&request).map_err(|e| StepFailure::fatal(e.to_string()))?;
-        let remote = slot.connected()?;
-        let cmd = self.agent_cmd(
-            remote,
-            &AgentCommand::Run {
-                work: self.work_dir(),
-            },
-        );
-        let mut stdin: &[u8] = &request;
-        let out = self.exec(slot, &cmd, Some(&mut stdin))?;
-        if !out.success() {
-            let mut failure = command_failure(name, &out);
-            if out.status == EXIT_TIMED_OUT {
-                failure.message = format!(
-                    "{name} ran longer than its timeout of {} and was killed: {}",
-                    human_duration(timeout),
-                    out.tail()
-                );
-            }
-            return Err(failure);
-        }
-        let printed = out.stdout_text();
-        for line in printed.lines().filter(|l| !l.trim().is_empty()).take(50) {
-            (self.events)(InstallEvent::Note {
-                host: Some(slot.host.ip),
-                text: line.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    fn plan(&self) -> Vec<PlanLayer> {
-        self.payload
-            .layers
-            .iter()
-            .map(|l| PlanLayer {
-                label: l.label.clone(),
-                compression: l.compression,
-                frames: l.frames.clone(),
-            })
-            .collect()
-    }
-
-    fn distribute(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
-        let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
-        let rootfs = self.cluster.rootfs();
-        if local {
-            return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
-        }
-        let remote = slot.connected()?;
-        let work = self.work_dir();
-        // Which frames does the host lack?
-        let list: String = self
-            .payload
-            .layers
-            .iter()
-            .flat_map(|l| &l.frames)
-            .map(|f| format!("{}\n", f.sha256))
-            .collect();
-        let have_cmd = self.agent_cmd(remote, &AgentCommand::Have { work: work.clone() });
-        let mut list_bytes = list.as_bytes();
-        let out = self.exec_ok(
-            slot,
-            "checking received frames",
-            &have_cmd,
-            Some(&mut list_bytes),
-        )?;
-        let missing: std::collections::HashSet<String> = out
-            .stdout_text()
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect();
-        let wanted: Vec<(usize, usize)> = self
-            .payload
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(li, l)| {
-                l.frames
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| missing.contains(&f.sha256))
-                    .map(move |(fi, _)| (li, fi))
-            })
-            .collect();
-        let mut plan = Vec::new();
-        protocol::write_plan(&mut plan, &self.plan())
-            .map_err(|e| StepFailure::fatal(e.to_string()))?;
-        if wanted.is_empty() {
-            // Every frame is spooled (an earlier run stopped before unpacking): unpack only.
-            let remote = slot.connected()?;
-            let cmd = self.agent_cmd(remote, &AgentCommand::Unpack { work, dest: rootfs });
-            let mut plan_bytes: &[u8] = &plan;
-            self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
-            return Ok(());
-        }
-        // Send the plan, then the missing frames; the host unpacks while they arrive.
-        let prefix = plan;
-        let total: u64 = prefix.len() as u64
-            + wanted
-                .iter()
-                .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
-                .sum::<u64>();
-        let remote = slot.connected()?;
-        // The spool is removed only once the step is in the journal (see `run_step`): a run cut
-        // off between the two finds every frame still there and sends nothing again.
-        let cmd = self.agent_cmd(
-            remote,
-            &AgentCommand::Receive {
-                work,
-                dest: Some(rootfs),
-            },
-        );
-        let ip = slot.host.ip;
-        let events = self.events;
-        let mut stream = FrameStream::new(self.payload, wanted, prefix, move |sent| {
-            events(InstallEvent::Sent {
-                host: ip,
-                sent,
-                total,
-            })
-        });
-        let out = self.exec(slot, &cmd, Some(&mut stream))?;
-        slot.bytes_sent += stream.sent;
-        if let Some(err) = stream.error.take() {
-            return Err(StepFailure::fatal(format!("reading the payload: {err}")));
-        }
-        if !out.success() {
-            return Err(command_failure("receiving and unpacking frames", &out));
-        }
-        Ok(())
-    }
-
-    /// Local install: unpack straight from the payload, no spool.
-    fn unpack_here(&self, rootfs: &Path) -> Result<(), String> {
-        crate::agent::install_rootfs(&self.payload.layer_inputs(), rootfs)
-    }
 }
-
-/// How long a hook (without its own `spec.timeout`) or a CMD may run before it is killed.
-pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// A shell expression that prints the agent's real path once it is safe to run as root, and
-/// fails (status [`EXIT_AGENT_UNSAFE`], one line on stderr) otherwise.
-///
-/// The agent's name is predictable, so anyone who can write to its directory, or to any
-/// directory above it, could put a program there and have it run as root. Before every run the
-/// guard resolves the path and checks the file and every directory up to `/`: owned by root,
-/// writable by nobody else (a sticky directory such as `/tmp` is fine, as its root-owned entry
-/// cannot be replaced by others); then it checks the file's sha256. Nobody but root can change
-/// such a chain between the check and the run, so the check cannot be raced. (Uploading to a
-/// fresh directory on every run would resend the agent each time instead.)
-fn agent_guard(agent: &str, sha256: &str) -> String {
-    format!(
-        r#"a=$(readlink -f -- {agent}) && [ -f "$a" ] || {{ echo "sealer: the agent {agent} is missing" >&2; exit {code}; }}; {chain}; [ "$(sha256sum < "$a")" = "{sha256}  -" ] || {{ echo "sealer: refusing to run the agent $a: its sha256 is not the one this installer uploaded" >&2; exit {code}; }}; printf %s "$a""#,
-        agent = shell_quote(agent),
-        chain = root_only_chain("a", "run the agent $a as root"),
-        code = EXIT_AGENT_UNSAFE,
-    )
-}
-
-/// Shell that exits with [`EXIT_AGENT_UNSAFE`] unless the resolved path in `$var` and every
-/// directory above it are owned by root and writable by root only; an ancestor may instead be a
-/// root-owned sticky directory (`/tmp`), whose root-owned entries nobody else can replace.
-fn root_only_chain(var: &str, doing: &str) -> String {
-    format!(
-        r#"p=${var}; while :; do s=$(stat -c '%u %a' -- "$p") || exit {code}; u=${{s%% *}}; m=0${{s#* }}; if [ "$u" != 0 ] || {{ [ $((m & 022)) -ne 0 ] && {{ [ "$p" = "${var}" ] || [ $((m & 01000)) -eq 0 ]; }}; }}; then echo "sealer: refusing to {doing}: $p is owned by uid $u with mode ${{s#* }}; it and every directory above it must be owned by root and writable by root only (choose another dataRoot)" >&2; exit {code}; fi; [ "$p" = / ] && break; p=${{p%/*}}; [ -n "$p" ] || p=/; done"#,
-        code = EXIT_AGENT_UNSAFE,
-    )
-}
-
-/// Exit status of [`agent_guard`] when it refuses the agent.
-pub const EXIT_AGENT_UNSAFE: i32 = 97;
 
 /// The failure of a command that exited non-zero: a full disk, a refused agent or a script that
 /// outlived its timeout are not retried (the same thing would happen again); the rest is.
@@ -1002,24 +523,7 @@ fn command_failure(what: &str, out: &ExecOutput) -> StepFailure {
     }
 }
 
-/// `90 s`, `30 min`, `1 h 30 min`.
-fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match (secs / 3600, secs % 3600 / 60, secs % 60) {
-        (0, 0, s) => format!("{s} s"),
-        (0, m, 0) => format!("{m} min"),
-        (h, 0, 0) => format!("{h} h"),
-        (h, m, 0) => format!("{h} h {m} min"),
-        _ => format!("{secs} s"),
-    }
-}
-
 /// Set `k` to `v`, replacing an earlier value.
-fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
-    env.retain(|(key, _)| key != k);
-    env.push((k.to_string(), v.to_string()));
-}
-
 /// Why a step failed and whether trying again may help.
 struct StepFailure {
     message: String,
@@ -1062,239 +566,9 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     exp.mul_f64(1.0 + jitter)
 }
 
-/// The wire stream of `agent receive`: a prefix (the layer plan), records of the wanted frames,
-/// then an end marker.
-///
-/// Frame bytes are served straight from the payload's source, without copying a whole frame,
-/// and released as they are sent: the installing process holds a few MiB per host whatever the
-/// frame size, host count or image size.
-struct FrameStream<'a, F: Fn(u64)> {
-    payload: &'a Payload,
-    wanted: Vec<(usize, usize)>,
-    next: usize,
-    /// Record header of the current frame (or the end marker) and how much of it was sent.
-    head: Vec<u8>,
-    head_pos: usize,
-    body: Option<FrameBody<'a>>,
-    sent: u64,
-    finished: bool,
-    progress: F,
-    error: Option<io::Error>,
-}
-
-/// The frame being sent.
-struct FrameBody<'a> {
-    bytes: std::borrow::Cow<'a, [u8]>,
-    source: &'a dyn packer::source::ByteSource,
-    /// Where the frame starts in `source`.
-    offset: u64,
-    pos: usize,
-    released: usize,
-}
-
-/// Sent bytes of a frame are released in steps of this size.
-const RELEASE_STEP: usize = 4 << 20;
-
-impl<'a, F: Fn(u64)> FrameStream<'a, F> {
-    /// `prefix` goes out before the first record.
-    fn new(
-        payload: &'a Payload,
-        wanted: Vec<(usize, usize)>,
-        prefix: Vec<u8>,
-        progress: F,
-    ) -> Self {
-        FrameStream {
-            payload,
-            wanted,
-            next: 0,
-            head: prefix,
-            head_pos: 0,
-            body: None,
-            sent: 0,
-            finished: false,
-            progress,
-            error: None,
-        }
-    }
-
-    /// Start the next record (or the end marker); false when everything was sent.
-    fn advance(&mut self) -> io::Result<bool> {
-        self.head.clear();
-        self.head_pos = 0;
-        if let Some(&(li, fi)) = self.wanted.get(self.next) {
-            let layer = &self.payload.layers[li];
-            let frame = &layer.frames[fi];
-            let source = self.payload.sources[layer.source].as_ref();
-            let offset = layer.base + frame.offset;
-            let bytes = source.bytes(offset, frame.compressed_len)?;
-            protocol::write_record_header(&mut self.head, &frame.sha256, frame.compressed_len)?;
-            self.body = Some(FrameBody {
-                bytes,
-                source,
-                offset,
-                pos: 0,
-                released: 0,
-            });
-            self.next += 1;
-            Ok(true)
-        } else if !self.finished {
-            protocol::write_end(&mut self.head)?;
-            self.finished = true;
-            Ok(true)
-        } else {
-            Ok(false)
-        }
-    }
-
-    fn fill(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.head_pos < self.head.len() {
-                let n = out.len().min(self.head.len() - self.head_pos);
-                out[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
-                self.head_pos += n;
-                return Ok(n);
-            }
-            if let Some(body) = &mut self.body {
-                if body.pos < body.bytes.len() {
-                    let n = out.len().min(body.bytes.len() - body.pos);
-                    out[..n].copy_from_slice(&body.bytes[body.pos..body.pos + n]);
-                    body.pos += n;
-                    if body.pos - body.released >= RELEASE_STEP {
-                        body.source.release(
-                            body.offset + body.released as u64,
-                            (body.pos - body.released) as u64,
-                        );
-                        body.released = body.pos;
-                    }
-                    return Ok(n);
-                }
-                body.source.release(body.offset, body.bytes.len() as u64);
-                self.body = None;
-            }
-            if !self.advance()? {
-                return Ok(0);
-            }
-        }
-    }
-}
-
-impl<F: Fn(u64)> Read for FrameStream<'_, F> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        match self.fill(out) {
-            Ok(n) => {
-                self.sent += n as u64;
-                if n > 0 {
-                    (self.progress)(self.sent);
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                let copy = io::Error::new(e.kind(), e.to_string());
-                self.error = Some(e);
-                Err(copy)
-            }
-        }
-    }
-}
-
-/// `1536` → `1.5 KiB`.
-fn human_size(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// Group a report's hosts for printing: `(ip, roles, status text)`.
-pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
-    report
-        .hosts
-        .iter()
-        .map(|h| {
-            let status = match &h.outcome {
-                HostOutcome::Installed => format!(
-                    "installed ({} steps, {} already done, {} sent)",
-                    h.steps_run,
-                    h.steps_skipped,
-                    human_size(h.bytes_sent)
-                ),
-                HostOutcome::UpToDate => "up to date".to_string(),
-                HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
-            };
-            (h.ip.to_string(), h.roles.join(","), status)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// Runs the guard for `agent` in a real shell: `Ok(resolved path)` or `Err((status, stderr))`.
-    fn guard(agent: &Path, sha: &str) -> Result<String, (i32, String)> {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "x=$({}) && printf %s \"$x\"",
-                agent_guard(&agent.display().to_string(), sha)
-            ))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err((
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ))
-        }
-    }
-
-    #[test]
-    fn the_agent_guard_accepts_only_the_right_file_in_a_root_only_chain() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: the guard checks root ownership; run as root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(data.join(".agent")).unwrap();
-        let agent = data.join(".agent/sealer-agent-x");
-        std::fs::write(&agent, b"#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let sha = hex::encode(Sha256::digest(b"#!/bin/sh\n"));
-        let resolved = std::fs::canonicalize(&agent).unwrap();
-        assert_eq!(guard(&agent, &sha), Ok(resolved.display().to_string()));
-
-        let (status, err) = guard(&agent, &"0".repeat(64)).unwrap_err();
-        assert_eq!(status, EXIT_AGENT_UNSAFE);
-        assert!(err.contains("sha256"), "{err}");
-
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let (status, err) = guard(&agent, &sha).unwrap_err();
-        assert_eq!(status, EXIT_AGENT_UNSAFE);
-        assert!(err.contains("mode 777"), "{err}");
-
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::os::unix::fs::chown(&data, Some(1000), None).unwrap();
-        let (status, err) = guard(&agent, &sha).unwrap_err();
-        assert_eq!(status, EXIT_AGENT_UNSAFE);
-        assert!(err.contains("owned by uid 1000"), "{err}");
-
-        std::fs::remove_file(&agent).unwrap();
-        let (status, err) = guard(&agent, &sha).unwrap_err();
-        assert_eq!(status, EXIT_AGENT_UNSAFE);
-        assert!(err.contains("missing"), "{err}");
-    }
 
     #[test]
     fn a_full_disk_a_refused_agent_and_a_timeout_are_not_retried() {
