@@ -18,7 +18,7 @@
 //! with exponential backoff wrap each blob and manifest transfer, because `oci-client` has none.
 //!
 //! For the builder: `FROM registry/repo:tag` whose image is not in the store is one call,
-//! `pull(&store, &reference, &RegistryOptions::from_env(), &|_| {})`.
+//! `pull(&store, &reference, &build_options.registry, &|_| {})`.
 
 pub mod auth;
 mod client;
