@@ -375,18 +375,21 @@ pub fn elf_size(bytes: &[u8]) -> Option<u64> {
     let shnum = u16::from_le_bytes([bytes[60], bytes[61]]) as u64;
     let mut end = shoff.saturating_add(shentsize.saturating_mul(shnum));
     end = end.max(phoff.saturating_add(phentsize.saturating_mul(phnum)));
+    // Offsets come from the file: every sum is checked (a damaged header must not overflow).
+    let entry = |table: u64, i: u64, size: u64, len: u64| {
+        let at = table.checked_add(i.checked_mul(size)?)?;
+        (at.checked_add(len)? <= bytes.len() as u64).then_some(at as usize)
+    };
     for i in 0..phnum {
-        let at = (phoff + i * phentsize) as usize;
-        if at + 56 > bytes.len() {
+        let Some(at) = entry(phoff, i, phentsize, 56) else {
             break;
-        }
+        };
         end = end.max(u64_at(bytes, at + 8).saturating_add(u64_at(bytes, at + 32)));
     }
     for i in 0..shnum {
-        let at = (shoff + i * shentsize) as usize;
-        if at + 64 > bytes.len() {
+        let Some(at) = entry(shoff, i, shentsize, 64) else {
             break;
-        }
+        };
         let kind = u32_at(bytes, at + 4);
         const SHT_NOBITS: u32 = 8;
         if kind != SHT_NOBITS {
