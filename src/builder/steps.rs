@@ -321,6 +321,7 @@ impl<'a> Builder<'a> {
                 self.sealer.apps.entry(name.clone()).or_default().cmds = cmds.clone();
                 format!("APPCMDS {name} {}", cmds.join(" && "))
             }
+            // `step` sends only the five kinds above here.
             other => other.keyword().to_string(),
         };
         self.push_empty(created_by);
