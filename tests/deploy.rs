@@ -350,6 +350,11 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
             ),
             "new\n"
         );
+        // The spool goes once the rootfs is in the journal; the installed tree stays.
+        assert!(
+            !exists_on(&bed, host, &format!("{cluster_dir}/.sealer/spool")),
+            "{host}: the spool was left behind"
+        );
         let env = on_host(&bed, host, &format!("cat {cluster_dir}/sealer-env"));
         for line in [
             "SEALER_CLUSTER=conf".to_string(),
