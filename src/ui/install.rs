@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::deploy::{report_rows, InstallEvent, InstallReport};
+use crate::deploy::{HostOutcome, HostReport, InstallEvent, InstallReport};
 use crate::install::{Event, Summary};
 
 use super::format::human_bytes;
@@ -118,8 +118,13 @@ fn starting_line(s: &Summary) -> String {
 /// The per-host table and the closing sentence.
 pub fn print_report(report: &InstallReport) {
     println!("\n{:<18} {:<14} STATUS", "HOST", "ROLES");
-    for (ip, roles, status) in report_rows(report) {
-        println!("{ip:<18} {roles:<14} {status}");
+    for host in &report.hosts {
+        println!(
+            "{:<18} {:<14} {}",
+            host.ip,
+            host.roles.join(","),
+            status(host)
+        );
     }
     if let Some(why) = &report.cluster_stages_skipped {
         println!("\n{why}");
@@ -131,5 +136,20 @@ pub fn print_report(report: &InstallReport) {
         );
     } else if report.success() {
         println!("\nInstalled in {:.1}s.", report.elapsed.as_secs_f64());
+    }
+}
+
+/// A host's STATUS column: `installed (N steps, N already done, SIZE sent)`, `up to date`, or
+/// `FAILED: why`.
+fn status(host: &HostReport) -> String {
+    match &host.outcome {
+        HostOutcome::Installed => format!(
+            "installed ({} steps, {} already done, {} sent)",
+            host.steps_run,
+            host.steps_skipped,
+            human_bytes(host.bytes_sent)
+        ),
+        HostOutcome::UpToDate => "up to date".to_string(),
+        HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
     }
 }
