@@ -41,7 +41,7 @@ use journal::Step;
 pub use launch::EXIT_AGENT_UNSAFE;
 pub use payload::{find_stub, Payload, PayloadLayer};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
-pub use report::{report_rows, HostOutcome, HostReport, InstallEvent, InstallReport};
+pub use report::{HostOutcome, HostReport, InstallEvent, InstallReport};
 pub use scripts::DEFAULT_SCRIPT_TIMEOUT;
 
 /// Opens a connection to a host.

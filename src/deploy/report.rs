@@ -1,6 +1,6 @@
 //! What an install tells its caller: the events it emits while it works and the outcome of
-//! every host. The formatting of a report for people (the rows of the table, human sizes and
-//! durations) is here too, apart from the engine, so that it can move to the printing layer.
+//! every host. It does not format them for people: `ui::install` prints the events and the
+//! table. Only the duration words of the engine's own messages (`timed out after 30 min`) are here.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -77,40 +77,4 @@ pub(super) fn human_duration(d: Duration) -> String {
         (h, m, 0) => format!("{h} h {m} min"),
         _ => format!("{secs} s"),
     }
-}
-
-/// `1536` → `1.5 KiB`.
-fn human_size(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// Group a report's hosts for printing: `(ip, roles, status text)`.
-pub fn report_rows(report: &InstallReport) -> Vec<(String, String, String)> {
-    report
-        .hosts
-        .iter()
-        .map(|h| {
-            let status = match &h.outcome {
-                HostOutcome::Installed => format!(
-                    "installed ({} steps, {} already done, {} sent)",
-                    h.steps_run,
-                    h.steps_skipped,
-                    human_size(h.bytes_sent)
-                ),
-                HostOutcome::UpToDate => "up to date".to_string(),
-                HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
-            };
-            (h.ip.to_string(), h.roles.join(","), status)
-        })
-        .collect()
 }
