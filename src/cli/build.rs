@@ -57,11 +57,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
         BuildEvent::Step { index, total, text } => println!("STEP {index}/{total}: {text}"),
         BuildEvent::Cached => println!(" ---> cached"),
         BuildEvent::Layer { digest, size } => {
-            println!(
-                " ---> layer {} ({})",
-                short_digest(digest),
-                human_bytes(size)
-            )
+            // As docker build shows layers: the hex digits only.
+            let short = short_digest(digest);
+            let hex = short.split_once(':').map_or(short.as_str(), |(_, hex)| hex);
+            println!(" ---> layer {hex} ({})", human_bytes(size))
         }
         BuildEvent::Output(line) => {
             if terminal {
