@@ -801,45 +801,19 @@ fn check_indexed_frames(blob: &LayerBlob, frames: &[Frame]) -> Result<(), WriteE
     let Some(map) = map_blob(blob)? else {
         return Ok(());
     };
-    let bytes = map.as_slice();
-    let bad = frames
-        .par_iter()
-        .enumerate()
-        .filter_map(|(index, frame)| {
-            let end = frame.offset.checked_add(frame.compressed_len)?;
-            let problem = match bytes.get(frame.offset as usize..end as usize) {
-                None => Some("lies beyond the end of the blob".to_string()),
-                Some(data) => {
-                    let actual = hex::encode(Sha256::digest(data));
-                    if actual != frame.sha256 {
-                        Some(format!("hashes to {actual}, expected {}", frame.sha256))
-                    } else {
-                        crate::unpack::check_frame_content(
-                            Compression::Zstd,
-                            data,
-                            frame.uncompressed_len,
-                            crate::unpack::FrameCheck::DeclaredSize,
-                        )
-                        .err()
-                        .map(|e| e.to_string())
-                    }
-                }
-            };
-            problem.map(|p| (index, frame, p))
-        })
-        .min_by_key(|(index, _, _)| *index);
-    match bad {
-        None => Ok(()),
-        Some((index, frame, problem)) => Err(WriteError::LayerDamaged {
+    crate::frames::check_frames(map.as_slice(), frames).map_err(|(index, problem)| {
+        let frame = &frames[index];
+        WriteError::LayerDamaged {
             path: blob.path.clone(),
             reason: format!(
-                "frame {} (bytes {}–{}) {problem}; build or pull the image again",
+                "frame {} (bytes {}–{}) is corrupt: {}; build or pull the image again",
                 index + 1,
                 frame.offset,
-                frame.offset + frame.compressed_len
+                frame.offset.saturating_add(frame.compressed_len),
+                problem.detail()
             ),
-        }),
-    }
+        }
+    })
 }
 
 /// One frame after recompression.

@@ -104,16 +104,37 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file)
                     .map_err(|e| format!("mapping {}: {e}", path.display()))?;
-                let (frames, actual) =
-                    index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
-                // A damaged blob is refused here, before any host is touched.
-                if actual != desc.digest {
-                    return Err(crate::store::StoreError::BlobCorrupt {
-                        digest: desc.digest.clone(),
-                        actual,
+                // A damaged blob is refused here, before any host is touched: against the
+                // frame index the store kept (every frame hashed once, in parallel), or, for
+                // a blob without one, by indexing it and checking its digest.
+                let frames = match store.frame_index(&desc.digest) {
+                    Some(frames) => {
+                        packer::frames::check_frames(map.as_slice(), &frames).map_err(
+                            |(index, problem)| {
+                                format!(
+                                    "blob {} is corrupt (frame {}: {}); remove the image and \
+                                     pull or build it again",
+                                    desc.digest,
+                                    index + 1,
+                                    problem.detail()
+                                )
+                            },
+                        )?;
+                        frames
                     }
-                    .to_string());
-                }
+                    None => {
+                        let (frames, actual) =
+                            index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                        if actual != desc.digest {
+                            return Err(crate::store::StoreError::BlobCorrupt {
+                                digest: desc.digest.clone(),
+                                actual,
+                            }
+                            .to_string());
+                        }
+                        frames
+                    }
+                };
                 (Box::new(map), frames)
             };
             layers.push(PayloadLayer {
