@@ -1,86 +1,12 @@
 //! Kubefile builds and the image store, judged by independent tools: skopeo reads the store and
 //! the archives, the zstd CLI and GNU tar read the layers.
 
+mod support;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-struct Env {
-    root: tempfile::TempDir,
-    work: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            root: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn sealer(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sealer"))
-            .args(args)
-            .env("SEALER_ROOT", self.root.path())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.sealer(args);
-        assert!(
-            out.status.success(),
-            "sealer {args:?} failed:\n{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn context(&self, name: &str) -> PathBuf {
-        let dir = self.work.path().join(name);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn blob(&self, digest: &str) -> PathBuf {
-        self.root
-            .path()
-            .join("oci/blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    }
-
-    fn inspect(&self, image: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["inspect", image])).unwrap()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn tool(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} is needed for this test: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn write(path: &Path, content: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-}
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello")
-}
+use support::store::{fixture, text, tool, write, Sealer};
 
 /// `tar -t` listing of a layer blob decoded by the zstd CLI.
 fn layer_listing(blob: &Path) -> Vec<String> {
@@ -93,10 +19,15 @@ fn layer_listing(blob: &Path) -> Vec<String> {
 
 #[test]
 fn built_image_is_read_by_skopeo_with_the_same_digest_and_layers() {
-    let env = Env::new();
-    let out = env.ok(&["build", "-t", "hello:v1", fixture().to_str().unwrap()]);
+    let env = Sealer::new();
+    let out = env.ok(&[
+        "build",
+        "-t",
+        "hello:v1",
+        fixture("hello").to_str().unwrap(),
+    ]);
     let digest = out.lines().last().unwrap().trim().to_string();
-    let layout = format!("oci:{}:hello:v1", env.root.path().join("oci").display());
+    let layout = format!("oci:{}:hello:v1", env.root().join("oci").display());
     let skopeo: serde_json::Value =
         serde_json::from_str(&tool("skopeo", &["inspect", &layout])).unwrap();
     assert_eq!(skopeo["Digest"], digest.as_str());
@@ -139,9 +70,9 @@ fn built_image_is_read_by_skopeo_with_the_same_digest_and_layers() {
 
 #[test]
 fn same_context_builds_the_same_digest_in_two_stores_and_rebuild_hits_the_cache() {
-    let a = Env::new();
-    let b = Env::new();
-    let ctx = fixture();
+    let a = Sealer::new();
+    let b = Sealer::new();
+    let ctx = fixture("hello");
     let first = a.ok(&["build", "-t", "hello:v1", ctx.to_str().unwrap()]);
     let other = b.ok(&[
         "build",
@@ -172,8 +103,8 @@ fn same_context_builds_the_same_digest_in_two_stores_and_rebuild_hits_the_cache(
 
 #[test]
 fn changing_one_copy_source_rebuilds_from_that_step_on() {
-    let env = Env::new();
-    let ctx = env.context("ctx");
+    let env = Sealer::new();
+    let ctx = env.context("ctx", &[]);
     write(&ctx.join("a.txt"), b"a");
     write(&ctx.join("b.txt"), b"b");
     write(
@@ -210,8 +141,8 @@ fn changing_one_copy_source_rebuilds_from_that_step_on() {
 
 #[test]
 fn large_file_spans_several_independent_zstd_frames() {
-    let env = Env::new();
-    let ctx = env.context("big");
+    let env = Sealer::new();
+    let ctx = env.context("big", &[]);
     let mut data = vec![0u8; 40 << 20];
     let mut x: u32 = 12345;
     for b in data.iter_mut() {
@@ -258,15 +189,20 @@ fn large_file_spans_several_independent_zstd_frames() {
 
 #[test]
 fn failing_run_reports_exit_code_and_output_and_leaves_the_store_unchanged() {
-    let env = Env::new();
-    env.ok(&["build", "-t", "hello:v1", fixture().to_str().unwrap()]);
+    let env = Sealer::new();
+    env.ok(&[
+        "build",
+        "-t",
+        "hello:v1",
+        fixture("hello").to_str().unwrap(),
+    ]);
     let before = env.ok(&["images", "--json"]);
-    let ctx = env.context("bad");
+    let ctx = env.context("bad", &[]);
     write(
         &ctx.join("Kubefile"),
         b"FROM hello:v1\nRUN echo about to fail; exit 7\n",
     );
-    let out = env.sealer(&["build", "-t", "hello:v1", ctx.to_str().unwrap()]);
+    let out = env.run(&["build", "-t", "hello:v1", ctx.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -278,8 +214,8 @@ fn failing_run_reports_exit_code_and_output_and_leaves_the_store_unchanged() {
 
 #[test]
 fn bad_kubefiles_name_file_and_line() {
-    let env = Env::new();
-    let ctx = env.context("ctx");
+    let env = Sealer::new();
+    let ctx = env.context("ctx", &[]);
     write(&ctx.join("x"), b"x");
     for (kubefile, line, words) in [
         ("FROM scratch\nCOPY x\n", 2, "COPY"),
@@ -293,7 +229,7 @@ fn bad_kubefiles_name_file_and_line() {
         ("FROM not-built:1\n", 1, "not in the local store"),
     ] {
         write(&ctx.join("Kubefile"), kubefile.as_bytes());
-        let out = env.sealer(&["build", "-t", "x:1", ctx.to_str().unwrap()]);
+        let out = env.run(&["build", "-t", "x:1", ctx.to_str().unwrap()]);
         assert!(!out.status.success(), "{kubefile}");
         let err = text(&out.stderr);
         assert!(
@@ -309,8 +245,8 @@ fn bad_kubefiles_name_file_and_line() {
 fn a_continued_instruction_is_echoed_and_recorded_whole_across_blank_and_comment_lines() {
     // The parser skips blank and comment lines inside a `\` continuation; the progress line and
     // the LABEL history show the same instruction, not its first physical lines only.
-    let env = Env::new();
-    let ctx = env.context("ctx");
+    let env = Sealer::new();
+    let ctx = env.context("ctx", &[]);
     write(&ctx.join("x"), b"x");
     write(
         &ctx.join("Kubefile"),
@@ -327,9 +263,14 @@ fn a_continued_instruction_is_echoed_and_recorded_whole_across_blank_and_comment
 
 #[test]
 fn save_and_load_round_trip_keeps_every_digest_and_skopeo_reads_the_archive() {
-    let a = Env::new();
-    a.ok(&["build", "-t", "hello:v1", fixture().to_str().unwrap()]);
-    let archive = a.work.path().join("hello.tar");
+    let a = Sealer::new();
+    a.ok(&[
+        "build",
+        "-t",
+        "hello:v1",
+        fixture("hello").to_str().unwrap(),
+    ]);
+    let archive = a.path("hello.tar");
     a.ok(&["save", "-o", archive.to_str().unwrap(), "hello:v1"]);
     let skopeo: serde_json::Value = serde_json::from_str(&tool(
         "skopeo",
@@ -338,7 +279,7 @@ fn save_and_load_round_trip_keeps_every_digest_and_skopeo_reads_the_archive() {
     .unwrap();
     let original = a.inspect("hello:v1");
     assert_eq!(skopeo["Digest"], original["digest"]);
-    let b = Env::new();
+    let b = Sealer::new();
     let out = b.ok(&["load", "-i", archive.to_str().unwrap()]);
     assert!(out.contains("hello:v1"));
     let loaded = b.inspect("hello:v1");
@@ -348,9 +289,14 @@ fn save_and_load_round_trip_keeps_every_digest_and_skopeo_reads_the_archive() {
 
 #[test]
 fn load_refuses_a_corrupt_archive_and_stores_nothing() {
-    let a = Env::new();
-    a.ok(&["build", "-t", "hello:v1", fixture().to_str().unwrap()]);
-    let archive = a.work.path().join("hello.tar");
+    let a = Sealer::new();
+    a.ok(&[
+        "build",
+        "-t",
+        "hello:v1",
+        fixture("hello").to_str().unwrap(),
+    ]);
+    let archive = a.path("hello.tar");
     a.ok(&["save", "-o", archive.to_str().unwrap(), "hello:v1"]);
     let mut bytes = fs::read(&archive).unwrap();
     // Flip a byte in the middle of the content of the largest blob.
@@ -367,8 +313,8 @@ fn load_refuses_a_corrupt_archive_and_stores_nothing() {
     assert!(size > 0);
     bytes[(offset + size / 2) as usize] ^= 0xff;
     fs::write(&archive, &bytes).unwrap();
-    let b = Env::new();
-    let out = b.sealer(&["load", "-i", archive.to_str().unwrap()]);
+    let b = Sealer::new();
+    let out = b.run(&["load", "-i", archive.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("does not match"),
@@ -380,8 +326,13 @@ fn load_refuses_a_corrupt_archive_and_stores_nothing() {
 
 #[test]
 fn tag_and_rmi_remove_only_unreferenced_blobs() {
-    let env = Env::new();
-    env.ok(&["build", "-t", "hello:v1", fixture().to_str().unwrap()]);
+    let env = Sealer::new();
+    env.ok(&[
+        "build",
+        "-t",
+        "hello:v1",
+        fixture("hello").to_str().unwrap(),
+    ]);
     env.ok(&["tag", "hello:v1", "registry.local:5000/apps/hello:v2"]);
     let info = env.inspect("registry.local:5000/apps/hello:v2");
     let layer = env.blob(info["layers"][0]["digest"].as_str().unwrap());
@@ -392,16 +343,16 @@ fn tag_and_rmi_remove_only_unreferenced_blobs() {
     );
     env.ok(&["rmi", "registry.local:5000/apps/hello:v2"]);
     assert!(!layer.exists(), "unreferenced blob was kept");
-    let out = env.sealer(&["rmi", "hello:v1"]);
+    let out = env.run(&["rmi", "hello:v1"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not in the local store"));
 }
 
 #[test]
 fn add_unpacks_local_archives_and_copy_follows_docker_destination_rules() {
-    let env = Env::new();
-    let ctx = env.context("add");
-    let src = env.context("src");
+    let env = Sealer::new();
+    let ctx = env.context("add", &[]);
+    let src = env.context("src", &[]);
     write(&src.join("pkg/bin/tool"), b"#!/bin/sh\necho tool\n");
     tool(
         "tar",
@@ -441,19 +392,18 @@ fn add_unpacks_local_archives_and_copy_follows_docker_destination_rules() {
 
 #[test]
 fn concurrent_builds_into_one_store_leave_every_image_intact() {
-    let env = Env::new();
+    let env = Sealer::new();
     let mut children = Vec::new();
     for i in 0..4 {
-        let ctx = env.context(&format!("c{i}"));
+        let ctx = env.context(&format!("c{i}"), &[]);
         write(&ctx.join("f.txt"), format!("content {i}").as_bytes());
         write(
             &ctx.join("Kubefile"),
             b"FROM scratch\nCOPY f.txt /\nRUN cp f.txt g.txt\n",
         );
         children.push(
-            Command::new(env!("CARGO_BIN_EXE_sealer"))
+            env.command()
                 .args(["build", "-t", &format!("img{i}:1"), ctx.to_str().unwrap()])
-                .env("SEALER_ROOT", env.root.path())
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -465,7 +415,7 @@ fn concurrent_builds_into_one_store_leave_every_image_intact() {
     let images: serde_json::Value = serde_json::from_str(&env.ok(&["images", "--json"])).unwrap();
     assert_eq!(images.as_array().unwrap().len(), 4, "{images}");
     for i in 0..4 {
-        let layout = format!("oci:{}:img{i}:1", env.root.path().join("oci").display());
+        let layout = format!("oci:{}:img{i}:1", env.root().join("oci").display());
         tool("skopeo", &["inspect", &layout]);
         let info = env.inspect(&format!("img{i}:1"));
         let blob = env.blob(info["layers"][1]["digest"].as_str().unwrap());

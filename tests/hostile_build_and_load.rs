@@ -2,6 +2,8 @@
 //! binaries: crafted OCI archives and `.run` packages, Kubefiles that try to exhaust memory or
 //! hang the build, links that leave the image root, killed processes' leftovers, closed pipes.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -9,91 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use support::store::{sha256, text, Sealer, SEALER, STUB};
+use support::tar::tar_of;
 
-const SEALER: &str = env!("CARGO_BIN_EXE_sealer");
-const STUB: &str = env!("CARGO_BIN_EXE_sealer-stub");
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn command(&self, program: &Path, args: &[&str], root: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env("SEALER_ROOT", self.path(root))
-            .env("SEALER_STUB", STUB)
-            .env_remove("SOURCE_DATE_EPOCH");
-        cmd
-    }
-
-    fn run(&self, program: &Path, args: &[&str], root: &str) -> Output {
-        self.command(program, args, root).output().unwrap()
-    }
-
-    fn sealer(&self, args: &[&str]) -> Output {
-        self.run(Path::new(SEALER), args, "store")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.sealer(args);
-        assert!(
-            out.status.success(),
-            "sealer {args:?} failed:\n{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn hello(&self) {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello");
-        self.ok(&["build", "-t", "hello:v1", fixture.to_str().unwrap()]);
-    }
-
-    /// A build context holding `Kubefile` with `kubefile` as its text.
-    fn context(&self, name: &str, kubefile: &[u8]) -> PathBuf {
-        let dir = self.path(name);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("Kubefile"), kubefile).unwrap();
-        dir
-    }
-
-    fn build(&self, context: &Path) -> Output {
-        self.sealer(&["build", "-t", "x:1", context.to_str().unwrap()])
-    }
-
-    /// Every blob file of a store.
-    fn blobs(&self, root: &str) -> Vec<String> {
-        let dir = self.path(root).join("oci/blobs/sha256");
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+/// `sealer build -t x:1 CONTEXT`, whatever its outcome.
+fn build(env: &Sealer, context: &Path) -> Output {
+    env.run(&["build", "-t", "x:1", context.to_str().unwrap()])
 }
 
 fn json(bytes: &[u8]) -> serde_json::Value {
@@ -191,7 +114,7 @@ impl Archive {
 }
 
 /// The hello image saved to an archive, read back for editing.
-fn saved_hello(env: &Env) -> Archive {
+fn saved_hello(env: &Sealer) -> Archive {
     env.hello();
     let path = env.path("hello.tar");
     env.ok(&["save", "-o", path.to_str().unwrap(), "hello:v1"]);
@@ -199,10 +122,10 @@ fn saved_hello(env: &Env) -> Archive {
 }
 
 /// `sealer load` of `archive` into a fresh store: must fail naming `words`, storing nothing.
-fn assert_load_refused(env: &Env, archive: &Archive, name: &str, words: &[&str]) {
+fn assert_load_refused(env: &Sealer, archive: &Archive, name: &str, words: &[&str]) {
     let path = env.path(&format!("{name}.tar"));
     archive.write(&path);
-    let out = env.run(
+    let out = env.run_in(
         Path::new(SEALER),
         &["load", "-i", path.to_str().unwrap()],
         name,
@@ -223,7 +146,7 @@ fn assert_load_refused(env: &Env, archive: &Archive, name: &str, words: &[&str])
 
 #[test]
 fn load_refuses_image_names_over_255_characters() {
-    let env = Env::new();
+    let env = Sealer::new();
     let mut archive = saved_hello(&env);
     let mut index = archive.index();
     let long = format!("reg.io/{}:v1", "a".repeat(300));
@@ -234,7 +157,7 @@ fn load_refuses_image_names_over_255_characters() {
 
 #[test]
 fn load_refuses_an_archive_whose_manifest_lists_a_layer_it_lacks() {
-    let env = Env::new();
+    let env = Sealer::new();
     let mut archive = saved_hello(&env);
     let manifest = archive.manifest();
     let layers = manifest["layers"].as_array().unwrap();
@@ -252,7 +175,7 @@ fn load_refuses_an_archive_whose_manifest_lists_a_layer_it_lacks() {
 
 #[test]
 fn load_refuses_an_archive_whose_diff_ids_or_sizes_do_not_match_its_layers() {
-    let env = Env::new();
+    let env = Sealer::new();
     let archive = saved_hello(&env);
     let first_layer = archive.manifest()["layers"][0]["digest"]
         .as_str()
@@ -284,7 +207,7 @@ fn load_refuses_an_archive_whose_diff_ids_or_sizes_do_not_match_its_layers() {
     // The untouched archive still loads.
     let path = env.path("good.tar");
     archive.write(&path);
-    let out = env.run(
+    let out = env.run_in(
         Path::new(SEALER),
         &["load", "-i", path.to_str().unwrap()],
         "good",
@@ -295,7 +218,7 @@ fn load_refuses_an_archive_whose_diff_ids_or_sizes_do_not_match_its_layers() {
 /// Pack the store's hello:v1 with the image manifest and config edited by `edit`; returns the
 /// `.run` path.
 fn crafted_package(
-    env: &Env,
+    env: &Sealer,
     name: &str,
     edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
 ) -> PathBuf {
@@ -343,9 +266,9 @@ fn crafted_package(
 }
 
 /// `app.run load` into a fresh store: must fail naming `words`, storing nothing.
-fn assert_package_refused(env: &Env, run: &Path, words: &[&str]) {
+fn assert_package_refused(env: &Sealer, run: &Path, words: &[&str]) {
     let root = format!("{}-store", run.file_name().unwrap().to_string_lossy());
-    let out = env.run(run, &["load"], &root);
+    let out = env.run_in(run, &["load"], &root);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{} was loaded: {err}", run.display());
     for w in words {
@@ -357,7 +280,7 @@ fn assert_package_refused(env: &Env, run: &Path, words: &[&str]) {
 
 #[test]
 fn app_run_load_refuses_a_package_whose_manifest_or_config_does_not_match_its_layers() {
-    let env = Env::new();
+    let env = Sealer::new();
     env.hello();
     let absent = format!("sha256:{}", "e".repeat(64));
     let extra = crafted_package(&env, "extra-layer.run", |manifest, config| {
@@ -391,7 +314,7 @@ fn app_run_load_refuses_a_package_whose_manifest_or_config_does_not_match_its_la
     assert_package_refused(&env, &sized, &["layer 1", "bytes"]);
 
     let good = crafted_package(&env, "good.run", |_, _| {});
-    let out = env.run(&good, &["load"], "good-store");
+    let out = env.run_in(&good, &["load"], "good-store");
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
@@ -405,7 +328,7 @@ fn dead_pid() -> u32 {
 
 #[test]
 fn killed_builds_and_loads_leave_nothing_in_the_store_tmp_after_the_next_start() {
-    let env = Env::new();
+    let env = Sealer::new();
     env.ok(&["images"]);
     let tmp = env.path("store/tmp");
     let dead = dead_pid();
@@ -431,7 +354,7 @@ fn killed_builds_and_loads_leave_nothing_in_the_store_tmp_after_the_next_start()
 
 #[test]
 fn pack_removes_partial_files_that_killed_packs_left_beside_its_output() {
-    let env = Env::new();
+    let env = Sealer::new();
     env.hello();
     let out_dir = env.path("out");
     fs::create_dir_all(&out_dir).unwrap();
@@ -469,7 +392,7 @@ fn pack_removes_partial_files_that_killed_packs_left_beside_its_output() {
 
 #[test]
 fn an_arg_expansion_bomb_is_refused_with_file_and_line() {
-    let env = Env::new();
+    let env = Sealer::new();
     // Each line is ten copies of the one before: 100 bytes grow to 100 MB by line 8.
     let mut kubefile = format!("FROM scratch\nARG A0={}\n", "x".repeat(100));
     for i in 1..=6 {
@@ -477,8 +400,8 @@ fn an_arg_expansion_bomb_is_refused_with_file_and_line() {
         kubefile.push_str(&format!("ARG A{i}={}\n", format!("${{A{p}}}").repeat(10)));
     }
     kubefile.push_str("LABEL bomb=${A6}\n");
-    let ctx = env.context("bomb", kubefile.as_bytes());
-    let out = env.build(&ctx);
+    let ctx = env.context("bomb", &[("Kubefile", kubefile.as_bytes())]);
+    let out = build(&env, &ctx);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "the bomb was built");
     // A4 is 1 MB; A5 would be 10 MB.
@@ -495,7 +418,7 @@ fn an_arg_expansion_bomb_is_refused_with_file_and_line() {
 
 #[test]
 fn a_run_ends_when_its_shell_ends_even_with_background_processes() {
-    let env = Env::new();
+    let env = Sealer::new();
     let pids = env.path("pids");
     fs::create_dir_all(&pids).unwrap();
     let kubefile = format!(
@@ -503,9 +426,9 @@ fn a_run_ends_when_its_shell_ends_even_with_background_processes() {
          RUN setsid sleep 60 & echo $! > {dir}/escaped; echo again\n",
         dir = pids.display()
     );
-    let ctx = env.context("bg", kubefile.as_bytes());
+    let ctx = env.context("bg", &[("Kubefile", kubefile.as_bytes())]);
     let started = Instant::now();
-    let out = env.build(&ctx);
+    let out = build(&env, &ctx);
     let took = started.elapsed();
     let read_pid = |name: &str| -> i32 {
         fs::read_to_string(pids.join(name))
@@ -530,18 +453,21 @@ fn a_run_ends_when_its_shell_ends_even_with_background_processes() {
 
 #[test]
 fn build_refuses_nul_in_env_and_symlinks_that_leave_the_image_root() {
-    let env = Env::new();
+    let env = Sealer::new();
 
-    let ctx = env.context("nul", b"FROM scratch\nENV A=a\0b\n");
-    let out = env.build(&ctx);
+    let ctx = env.context("nul", &[("Kubefile", b"FROM scratch\nENV A=a\0b\n")]);
+    let out = build(&env, &ctx);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "ENV with NUL was built");
     assert!(err.contains("Kubefile:2") && err.contains("NUL"), "{err}");
 
-    let ctx = env.context("copy-link", b"FROM scratch\nCOPY dir /app/conf/\n");
+    let ctx = env.context(
+        "copy-link",
+        &[("Kubefile", b"FROM scratch\nCOPY dir /app/conf/\n")],
+    );
     fs::create_dir_all(ctx.join("dir/sub")).unwrap();
     std::os::unix::fs::symlink("../../../../etc", ctx.join("dir/sub/x")).unwrap();
-    let out = env.build(&ctx);
+    let out = build(&env, &ctx);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "an escaping symlink was copied");
     assert!(
@@ -549,16 +475,13 @@ fn build_refuses_nul_in_env_and_symlinks_that_leave_the_image_root() {
         "{err}"
     );
 
-    let ctx = env.context("add-link", b"FROM scratch\nADD links.tar /opt/\n");
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    tar.append_link(&mut h, "a/evil", "../../../etc/cron.d")
-        .unwrap();
-    fs::write(ctx.join("links.tar"), tar.into_inner().unwrap()).unwrap();
-    let out = env.build(&ctx);
+    let ctx = env.context(
+        "add-link",
+        &[("Kubefile", b"FROM scratch\nADD links.tar /opt/\n")],
+    );
+    let links = tar_of(&[], &[("a/evil", "../../../etc/cron.d")]);
+    fs::write(ctx.join("links.tar"), links).unwrap();
+    let out = build(&env, &ctx);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "an escaping symlink was unpacked");
     assert!(
@@ -567,23 +490,29 @@ fn build_refuses_nul_in_env_and_symlinks_that_leave_the_image_root() {
     );
 
     // Links that stay inside, absolute ones counted from the image root, are fine.
-    let ctx = env.context("good-links", b"FROM scratch\nCOPY dir /app/\n");
+    let ctx = env.context(
+        "good-links",
+        &[("Kubefile", b"FROM scratch\nCOPY dir /app/\n")],
+    );
     fs::create_dir_all(ctx.join("dir/sub")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", ctx.join("dir/sub/abs")).unwrap();
     std::os::unix::fs::symlink("../../x", ctx.join("dir/sub/up")).unwrap();
-    let out = env.build(&ctx);
+    let out = build(&env, &ctx);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]
 fn a_long_kubefile_line_is_echoed_shortened() {
-    let env = Env::new();
+    let env = Sealer::new();
     let value = "v".repeat(1 << 20);
     let ctx = env.context(
         "long",
-        format!("FROM scratch\nLABEL big={value}\n").as_bytes(),
+        &[(
+            "Kubefile",
+            format!("FROM scratch\nLABEL big={value}\n").as_bytes(),
+        )],
     );
-    let out = env.build(&ctx);
+    let out = build(&env, &ctx);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.len() < 4096, "{} bytes echoed", stdout.len());
@@ -594,9 +523,9 @@ fn a_long_kubefile_line_is_echoed_shortened() {
 }
 
 /// Run `program args` with its stdout closed before it writes; it must end without a panic.
-fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
+fn assert_quiet_on_closed_stdout(env: &Sealer, program: &Path, args: &[&str]) {
     let mut child = env
-        .command(program, args, "store")
+        .command_in(program, args, "store")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -614,7 +543,7 @@ fn assert_quiet_on_closed_stdout(env: &Env, program: &Path, args: &[&str]) {
 
 #[test]
 fn closed_pipes_end_printing_commands_quietly() {
-    let env = Env::new();
+    let env = Sealer::new();
     env.hello();
     let run = env.path("hello.run");
     env.ok(&["pack", "hello:v1", "-o", run.to_str().unwrap()]);

@@ -1,66 +1,31 @@
 //! `sealer pack` → `app.run install --local` / `load`, through the real binaries.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const SEALER: &str = env!("CARGO_BIN_EXE_sealer");
-const STUB: &str = env!("CARGO_BIN_EXE_sealer-stub");
+use support::noise;
+use support::store::{fixture, Sealer, SEALER, STUB};
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn run(&self, program: &Path, args: &[&str], root: &str) -> Output {
-        Command::new(program)
-            .args(args)
-            .env("SEALER_ROOT", self.path(root))
-            .env("SEALER_STUB", STUB)
-            .output()
-            .unwrap()
-    }
-    fn ok(&self, program: &Path, args: &[&str], root: &str) -> String {
-        let out = self.run(program, args, root);
-        assert!(
-            out.status.success(),
-            "{} {args:?} failed:\n{}\n{}",
-            program.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn sealer(&self, args: &[&str]) -> String {
-        self.ok(Path::new(SEALER), args, "store")
-    }
-    /// Build the hello fixture and pack it with extra pack arguments; returns the .run path.
-    fn packed(&self, extra: &[&str]) -> PathBuf {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hello");
-        self.sealer(&["build", "-t", "hello:v1", fixture.to_str().unwrap()]);
-        let out = self.path("hello.run");
-        let mut args = vec!["pack", "hello:v1", "-o", out.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        self.sealer(&args);
-        out
-    }
+/// Builds the hello fixture and packs it with extra pack arguments; returns the .run path.
+fn packed(env: &Sealer, extra: &[&str]) -> PathBuf {
+    env.build("hello:v1", &fixture("hello"));
+    let out = env.path("hello.run");
+    let mut args = vec!["pack", "hello:v1", "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    env.ok(&args);
+    out
 }
 
 #[test]
 fn packed_image_installs_locally_and_a_second_run_changes_nothing() {
-    let env = Env::new();
-    let run = env.packed(&[]);
+    let env = Sealer::new();
+    let run = packed(&env, &[]);
     let data = env.path("data");
     let args = ["install", "--local", "--data-root", data.to_str().unwrap()];
-    let first = env.ok(&run, &args, "unused");
+    let first = env.ok_in(&run, &args, "unused");
     assert!(first.contains("installed"), "{first}");
     assert_eq!(
         fs::read_to_string(data.join("my-cluster/app/banner")).unwrap(),
@@ -73,7 +38,7 @@ fn packed_image_installs_locally_and_a_second_run_changes_nothing() {
     );
     // Mark the installed file: a second run must not run the install command again.
     fs::write(data.join("my-cluster/app/banner"), "touched").unwrap();
-    let second = env.ok(&run, &args, "unused");
+    let second = env.ok_in(&run, &args, "unused");
     assert!(second.contains("up to date"), "{second}");
     assert_eq!(
         fs::read_to_string(data.join("my-cluster/app/banner")).unwrap(),
@@ -83,13 +48,12 @@ fn packed_image_installs_locally_and_a_second_run_changes_nothing() {
 
 #[test]
 fn load_from_a_package_keeps_every_digest() {
-    let env = Env::new();
-    let run = env.packed(&[]);
-    let original: serde_json::Value =
-        serde_json::from_str(&env.sealer(&["inspect", "hello:v1"])).unwrap();
-    env.ok(&run, &["load"], "other");
+    let env = Sealer::new();
+    let run = packed(&env, &[]);
+    let original = env.inspect("hello:v1");
+    env.ok_in(&run, &["load"], "other");
     let loaded: serde_json::Value =
-        serde_json::from_str(&env.ok(Path::new(SEALER), &["inspect", "hello:v1"], "other"))
+        serde_json::from_str(&env.ok_in(Path::new(SEALER), &["inspect", "hello:v1"], "other"))
             .unwrap();
     assert_eq!(loaded["digest"], original["digest"]);
     assert_eq!(loaded["layers"], original["layers"]);
@@ -97,10 +61,10 @@ fn load_from_a_package_keeps_every_digest() {
 
 #[test]
 fn xz_package_extracts_the_same_tree_and_loads_with_the_same_diff_ids() {
-    let env = Env::new();
-    let zstd_run = env.packed(&[]);
+    let env = Sealer::new();
+    let zstd_run = packed(&env, &[]);
     let xz_run = env.path("hello-xz.run");
-    env.sealer(&[
+    env.ok(&[
         "pack",
         "hello:v1",
         "-o",
@@ -108,12 +72,12 @@ fn xz_package_extracts_the_same_tree_and_loads_with_the_same_diff_ids() {
         "--compression",
         "xz",
     ]);
-    env.ok(
+    env.ok_in(
         &zstd_run,
         &["extract", env.path("a").to_str().unwrap()],
         "unused",
     );
-    env.ok(
+    env.ok_in(
         &xz_run,
         &["extract", env.path("b").to_str().unwrap()],
         "unused",
@@ -129,11 +93,10 @@ fn xz_package_extracts_the_same_tree_and_loads_with_the_same_diff_ids() {
         "{}",
         String::from_utf8_lossy(&diff.stdout)
     );
-    env.ok(&xz_run, &["load"], "other");
-    let original: serde_json::Value =
-        serde_json::from_str(&env.sealer(&["inspect", "hello:v1"])).unwrap();
+    env.ok_in(&xz_run, &["load"], "other");
+    let original = env.inspect("hello:v1");
     let loaded: serde_json::Value =
-        serde_json::from_str(&env.ok(Path::new(SEALER), &["inspect", "hello:v1"], "other"))
+        serde_json::from_str(&env.ok_in(Path::new(SEALER), &["inspect", "hello:v1"], "other"))
             .unwrap();
     assert_eq!(
         loaded["config"]["rootfs"]["diff_ids"],
@@ -143,15 +106,15 @@ fn xz_package_extracts_the_same_tree_and_loads_with_the_same_diff_ids() {
 
 #[test]
 fn corrupt_package_is_refused_before_anything_is_installed() {
-    let env = Env::new();
-    let run = env.packed(&[]);
+    let env = Sealer::new();
+    let run = packed(&env, &[]);
     let mut bytes = fs::read(&run).unwrap();
     // The last frame ends just before the footer; flip a byte inside the payload's tail.
     let at = bytes.len() - 64 - 10;
     bytes[at] ^= 0x55;
     fs::write(&run, &bytes).unwrap();
     let data = env.path("data");
-    let out = env.run(
+    let out = env.run_in(
         &run,
         &["install", "--local", "--data-root", data.to_str().unwrap()],
         "unused",
@@ -164,29 +127,21 @@ fn corrupt_package_is_refused_before_anything_is_installed() {
 
 #[test]
 fn split_package_installs_from_its_volumes() {
-    let env = Env::new();
+    let env = Sealer::new();
     let ctx = env.path("ctx");
     fs::create_dir_all(&ctx).unwrap();
-    let mut x: u64 = 7;
-    let data: Vec<u8> = (0..(24usize << 20))
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise::bytes(24 << 20, 7);
     fs::write(ctx.join("big.bin"), &data).unwrap();
     fs::write(
         ctx.join("Kubefile"),
         "FROM scratch\nCOPY big.bin /data/\nCMD sha256sum data/big.bin > ../sum\n",
     )
     .unwrap();
-    env.sealer(&["build", "-t", "big:1", ctx.to_str().unwrap()]);
+    env.ok(&["build", "-t", "big:1", ctx.to_str().unwrap()]);
     // Volume 0 holds the stub and a little payload; the rest goes to volumes.
     let split = fs::metadata(STUB).unwrap().len() + (12 << 20);
     let run = env.path("big.run");
-    env.sealer(&[
+    env.ok(&[
         "pack",
         "big:1",
         "-o",
@@ -194,14 +149,14 @@ fn split_package_installs_from_its_volumes() {
         "--split-size",
         &split.to_string(),
     ]);
-    let volumes = fs::read_dir(env.dir.path())
+    let volumes = fs::read_dir(env.dir())
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("big.run."))
         .count();
     assert!(volumes >= 1, "expected volumes beside the package");
     let target = env.path("data");
-    env.ok(
+    env.ok_in(
         &run,
         &[
             "install",
@@ -226,8 +181,8 @@ fn split_package_installs_from_its_volumes() {
 
 #[test]
 fn packing_an_unknown_image_says_so() {
-    let env = Env::new();
-    let out = env.run(
+    let env = Sealer::new();
+    let out = env.run_in(
         Path::new(SEALER),
         &["pack", "nope:1", "-o", env.path("x.run").to_str().unwrap()],
         "store",
@@ -254,23 +209,23 @@ fn wordy_text(len: usize) -> String {
     text
 }
 
-fn payload_layers(run: &Path, env: &Env) -> Vec<serde_json::Value> {
+fn payload_layers(run: &Path, env: &Sealer) -> Vec<serde_json::Value> {
     let json: serde_json::Value =
-        serde_json::from_str(&env.ok(run, &["inspect", "--json"], "unused")).unwrap();
+        serde_json::from_str(&env.ok_in(run, &["inspect", "--json"], "unused")).unwrap();
     json["manifest"]["layers"].as_array().unwrap().clone()
 }
 
 #[test]
 fn an_explicit_zstd_level_recompresses_every_frame_and_loads_with_the_same_diff_ids() {
-    let env = Env::new();
+    let env = Sealer::new();
     let ctx = env.path("ctx");
     fs::create_dir_all(ctx.join("data")).unwrap();
     fs::write(ctx.join("data/words.txt"), wordy_text(6 << 20)).unwrap();
     fs::write(ctx.join("Kubefile"), "FROM scratch\nCOPY data /data\n").unwrap();
-    env.sealer(&["build", "-t", "words:v1", ctx.to_str().unwrap()]);
+    env.ok(&["build", "-t", "words:v1", ctx.to_str().unwrap()]);
     let (plain, dense) = (env.path("plain.run"), env.path("dense.run"));
-    env.sealer(&["pack", "words:v1", "-o", plain.to_str().unwrap()]);
-    let said = env.sealer(&[
+    env.ok(&["pack", "words:v1", "-o", plain.to_str().unwrap()]);
+    let said = env.ok(&[
         "pack",
         "words:v1",
         "-o",
@@ -292,8 +247,8 @@ fn an_explicit_zstd_level_recompresses_every_frame_and_loads_with_the_same_diff_
     assert_eq!(a[0]["diff_id"], b[0]["diff_id"]);
     assert!(b[0]["frames"].as_array().unwrap().len() >= a[0]["frames"].as_array().unwrap().len());
 
-    env.ok(&dense, &["verify"], "unused");
-    env.ok(
+    env.ok_in(&dense, &["verify"], "unused");
+    env.ok_in(
         &dense,
         &["extract", env.path("x").to_str().unwrap()],
         "unused",
@@ -304,9 +259,9 @@ fn an_explicit_zstd_level_recompresses_every_frame_and_loads_with_the_same_diff_
     );
     // Independent judge: the store blob that `load` writes decodes with the zstd CLI to the
     // same tar as the original layer.
-    env.ok(&dense, &["load"], "other");
+    env.ok_in(&dense, &["load"], "other");
     let inspect = |root: &str| -> serde_json::Value {
-        serde_json::from_str(&env.ok(Path::new(SEALER), &["inspect", "words:v1"], root)).unwrap()
+        serde_json::from_str(&env.ok_in(Path::new(SEALER), &["inspect", "words:v1"], root)).unwrap()
     };
     let (original, loaded) = (inspect("store"), inspect("other"));
     assert_eq!(

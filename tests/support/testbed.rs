@@ -7,8 +7,7 @@
 //! changed) act on the real hosts. This module does not speak SSH itself and mocks nothing: tests
 //! drive the code under test (or the real `ssh` client via [`Testbed::ssh_command`]) against it.
 //!
-//! Include it from an integration test with
-//! `#[path = "support/testbed.rs"] mod testbed;`.
+//! An integration test reaches it as `support::testbed` after `mod support;`.
 //!
 //! Needs root and the tools `scripts/ci-deps.sh` installs. Without them, [`Testbed::up`] returns
 //! [`TestbedError::Unavailable`] naming exactly what is missing; [`Testbed::up_for_test`] turns
