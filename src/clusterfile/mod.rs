@@ -2,8 +2,8 @@
 //!
 //! Owns the Clusterfile format (multi-document YAML with sealer's `Cluster`, `Config` and
 //! `Plugin` kinds in their old and new apiVersions), the `sealer run` host flags that build the
-//! same model ([`from_flags`]), the one host-list parser, the per-host environment and the
-//! shell quoting used for every remote command. The rest of the code sees only the resolved
+//! same model ([`from_flags`]), the one host-list parser and the per-host environment (re-exporting the
+//! shell quoting, [`Secret`] and [`HostKeyPin`] it shares with the transport). The rest of the code sees only the resolved
 //! [`Cluster`]; a bad file is refused here with the document (index and kind) and field named.
 //! It does no network or remote work and never prints a password.
 
@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 
-pub use env::{export_line, export_script, host_env, is_env_name, shell_quote, InvalidEnvName};
+pub use crate::host_key::HostKeyPinError;
+pub use crate::shell::{export_line, export_script, is_env_name, shell_quote, InvalidEnvName};
+pub use env::host_env;
 pub use flags::{from_flags, ClusterFlags};
 pub use hostlist::{parse_host_item, parse_host_list, HostListError, MAX_RANGE_LEN};
 pub use merge::{merge_value, merge_yaml_documents};

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+
+pub use crate::host_key::HostKeyPin;
+pub use crate::secret::Secret;
 
 /// Cluster name used when neither `metadata.name` nor `--cluster-name` gives one.
 pub const DEFAULT_CLUSTER_NAME: &str = "my-cluster";
@@ -17,40 +19,6 @@ pub const DEFAULT_DATA_ROOT: &str = "/var/lib/sealer/data";
 pub const DEFAULT_SSH_USER: &str = "root";
 /// SSH port when none is given.
 pub const DEFAULT_SSH_PORT: u16 = 22;
-
-/// A password or passphrase. `Debug` and `Display` print `***`; only [`Secret::expose`] gives
-/// the text, so it can reach the SSH library but never a log line by accident.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(text: impl Into<String>) -> Self {
-        Secret(text.into())
-    }
-    /// The secret text, for handing to authentication only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
 
 /// Final SSH settings of one host (cluster `spec.ssh` with the host's `ssh` merged over it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,80 +41,6 @@ impl Default for SshConfig {
             port: DEFAULT_SSH_PORT,
         }
     }
-}
-
-/// A host key pinned in the Clusterfile (`spec.hostKeys` or `hosts[].hostKey`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeyPin {
-    /// The full public key as in `known_hosts` or `/etc/ssh/ssh_host_*_key.pub`:
-    /// `ssh-ed25519 AAAAC3Nza...` (a trailing comment is ignored).
-    PublicKey { algorithm: String, blob: Vec<u8> },
-    /// A SHA-256 fingerprint as printed by `ssh-keygen -lf`: `SHA256:<base64 without padding>`.
-    Sha256([u8; 32]),
-}
-
-impl HostKeyPin {
-    /// Reads `ssh-ed25519 AAAA... [comment]` or `SHA256:...`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if let Some(b64) = text.strip_prefix("SHA256:") {
-            let bytes = base64_decode(b64.trim_end_matches('='))
-                .ok_or_else(|| format!("`{text}`: the fingerprint is not valid base64"))?;
-            let digest: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| format!("`{text}`: a SHA256 fingerprint holds 32 bytes"))?;
-            return Ok(HostKeyPin::Sha256(digest));
-        }
-        let mut words = text.split_whitespace();
-        let (Some(algorithm), Some(b64)) = (words.next(), words.next()) else {
-            return Err(format!(
-                "`{text}` is not a host key; give `ssh-ed25519 AAAA...` (a line of /etc/ssh/ssh_host_ed25519_key.pub) or `SHA256:...` (ssh-keygen -lf)"
-            ));
-        };
-        let blob = base64_decode(b64)
-            .ok_or_else(|| format!("`{algorithm} {b64}`: the key is not valid base64"))?;
-        Ok(HostKeyPin::PublicKey {
-            algorithm: algorithm.to_string(),
-            blob,
-        })
-    }
-
-    /// True when the server's raw host key blob (as sent in the SSH handshake) is this pin.
-    pub fn matches(&self, server_key_blob: &[u8]) -> bool {
-        use sha2::{Digest, Sha256};
-        match self {
-            HostKeyPin::PublicKey { blob, .. } => blob == server_key_blob,
-            HostKeyPin::Sha256(digest) => Sha256::digest(server_key_blob).as_slice() == digest,
-        }
-    }
-}
-
-/// Standard base64 (padding optional); `None` on any other character.
-pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let digits = text.trim_end_matches('=').as_bytes();
-    if digits.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
 }
 
 /// One machine of the cluster.

@@ -12,10 +12,10 @@ use super::documents::{
     ClusterSpecV1, ClusterSpecV2, ConfigSpec, Document, EnvList, HostSpecV2, MachinesV1,
     PluginSpec, Scalar, SshSpec,
 };
-use super::env::is_env_name;
 use super::hostlist::{check_host_count, parse_host_item, parse_host_list};
 use super::model::*;
 use super::{ClusterfileError, DocumentRef};
+use crate::shell::is_env_name;
 
 type FieldResult<T> = Result<T, (String, String)>;
 
@@ -223,7 +223,7 @@ fn attach_pins(
             .trim()
             .parse()
             .map_err(|_| (field.clone(), format!("`{ip_text}` is not an IP address")))?;
-        let pin = HostKeyPin::parse(key).map_err(|m| (field.clone(), m))?;
+        let pin = HostKeyPin::parse(key).map_err(|e| (field.clone(), e.to_string()))?;
         let Some(draft) = drafts.iter_mut().find(|d| d.host.ip == ip) else {
             return Err((field, format!("{ip} is not a host of this cluster")));
         };
@@ -795,7 +795,8 @@ fn host_v2(
             ));
         }
         Some(key) => Some(
-            HostKeyPin::parse(key).map_err(|m| field_err(doc, (format!("{field}.hostKey"), m)))?,
+            HostKeyPin::parse(key)
+                .map_err(|e| field_err(doc, (format!("{field}.hostKey"), e.to_string())))?,
         ),
         None => None,
     };

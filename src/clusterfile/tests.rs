@@ -380,7 +380,7 @@ fn host_keys_pin_by_public_key_or_fingerprint() {
         "{e}"
     );
     // Fingerprint of the blob above, computed independently.
-    let blob = model::base64_decode(
+    let blob = crate::host_key::base64_decode(
         "AAAAC3NzaC1lZDI1NTE5AAAAIAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghi",
     )
     .unwrap();

@@ -4,13 +4,15 @@
 //! the engine has one code path for both. This module must not know what the commands mean.
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use crate::clusterfile::Host;
+use crate::ssh::{
+    Auth, HostKeyPolicy, KeptOutput, Session, SshTarget, Timeouts, OUTPUT_HEAD, OUTPUT_TAIL,
+};
 pub use crate::ssh::{ExecOutput, SshError as RemoteError};
-use crate::ssh::{KeptOutput, Session, SshTarget, Timeouts, OUTPUT_HEAD, OUTPUT_TAIL};
 
 /// A host the engine can run commands on.
 pub trait Remote: Send {
@@ -111,10 +113,35 @@ impl Remote for SshHost {
     }
 }
 
+/// How to reach a Clusterfile host over SSH: its pinned key if it has one, else `known_hosts`;
+/// key auth when a key is given, else password, else the agent.
+pub fn ssh_target(host: &Host, known_hosts: &Path) -> SshTarget {
+    let ssh = &host.ssh;
+    let auth = match (&ssh.private_key, &ssh.password) {
+        (Some(path), _) => Auth::Key {
+            path: path.clone(),
+            passphrase: ssh.key_passphrase.clone(),
+        },
+        (None, Some(password)) => Auth::Password(password.clone()),
+        (None, None) => Auth::Agent { socket: None },
+    };
+    let host_key_policy = match &host.host_key {
+        Some(pin) => HostKeyPolicy::Pinned(pin.clone()),
+        None => HostKeyPolicy::KnownHosts(known_hosts.to_path_buf()),
+    };
+    SshTarget {
+        ip: host.ip,
+        port: ssh.port,
+        user: ssh.user.clone(),
+        auth,
+        host_key_policy,
+    }
+}
+
 /// Connects to hosts over SSH, checking host keys against `known_hosts` (or a host's pin).
 pub fn ssh_connector(known_hosts: PathBuf, timeouts: Timeouts) -> Arc<super::Connector> {
     Arc::new(move |host: &Host| {
-        let target = SshTarget::for_host(host, &known_hosts);
+        let target = ssh_target(host, &known_hosts);
         let session = Session::connect(&target, timeouts)?;
         Ok(Box::new(SshHost { session }) as Box<dyn Remote>)
     })
@@ -128,6 +155,43 @@ pub fn local_connector() -> Arc<super::Connector> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clusterfile::Clusterfile;
+    use crate::secret::Secret;
+
+    #[test]
+    fn ssh_target_prefers_key_then_password_then_agent_and_uses_pins() {
+        let text = r#"
+apiVersion: sealer.io/v2
+kind: Cluster
+spec:
+  ssh: {passwd: pw}
+  hostKeys: {10.0.0.3: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"}
+  hosts:
+    - {ips: [10.0.0.2], roles: [master], ssh: {pk: /k, pkPasswd: pp, port: 2222, user: ops}}
+    - {ips: [10.0.0.3], roles: [node]}
+"#;
+        let cluster = Clusterfile::parse(text).unwrap().into_cluster().unwrap();
+        let kh = Path::new("/kh");
+        let keyed = ssh_target(&cluster.hosts[0], kh);
+        assert_eq!(
+            keyed.auth,
+            Auth::Key {
+                path: "/k".into(),
+                passphrase: Some(Secret::new("pp"))
+            }
+        );
+        assert_eq!(keyed.host_key_policy, HostKeyPolicy::KnownHosts(kh.into()));
+        assert_eq!(keyed.display_name(), "ops@10.0.0.2:2222");
+        let pw = ssh_target(&cluster.hosts[1], kh);
+        assert_eq!(pw.auth, Auth::Password(Secret::new("pw")));
+        assert!(matches!(pw.host_key_policy, HostKeyPolicy::Pinned(_)));
+        assert!(
+            !format!("{keyed:?}{pw:?}").contains("pp\"") && !format!("{pw:?}").contains("\"pw\"")
+        );
+        let mut bare = cluster.hosts[1].clone();
+        bare.ssh.password = None;
+        assert_eq!(ssh_target(&bare, kh).auth, Auth::Agent { socket: None });
+    }
 
     #[test]
     fn a_local_command_printing_64_mib_is_kept_bounded() {

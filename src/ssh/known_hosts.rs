@@ -54,10 +54,10 @@ pub(super) fn plain_entries(text: &str, pattern: &str) -> Vec<(usize, String, Ve
         if hosts.starts_with('|') || !hosts.split(',').any(|h| h == pattern) {
             continue;
         }
-        if let Some(blob) = crate::clusterfile::HostKeyPin::parse(&format!("{algorithm} {key}"))
+        if let Some(blob) = crate::host_key::HostKeyPin::parse(&format!("{algorithm} {key}"))
             .ok()
             .and_then(|pin| match pin {
-                crate::clusterfile::HostKeyPin::PublicKey { blob, .. } => Some(blob),
+                crate::host_key::HostKeyPin::PublicKey { blob, .. } => Some(blob),
                 _ => None,
             })
         {
@@ -136,8 +136,8 @@ mod tests {
         for len in 1..10 {
             let bytes: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37)).collect();
             let text = format!("ssh-x {}", base64_encode(&bytes));
-            match crate::clusterfile::HostKeyPin::parse(&text) {
-                Ok(crate::clusterfile::HostKeyPin::PublicKey { blob, .. }) => {
+            match crate::host_key::HostKeyPin::parse(&text) {
+                Ok(crate::host_key::HostKeyPin::PublicKey { blob, .. }) => {
                     assert_eq!(blob, bytes)
                 }
                 other => panic!("{other:?}"),

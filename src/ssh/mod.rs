@@ -2,7 +2,7 @@
 //! vendored OpenSSL so the static installer needs nothing on the machine it runs on).
 //!
 //! Owns connecting (TCP connect timeout, AES-GCM preferred, host key checked against
-//! `known_hosts` or a pin from the Clusterfile, password / key / agent authentication),
+//! `known_hosts` or a pinned key, password / key / agent authentication),
 //! running commands over exec channels with the environment exported and non-root users wrapped
 //! in `sudo -n`, streaming large stdin (how frames travel; SFTP is not used), and uploading a file
 //! with a remote sha256 check. Nothing may hang forever: blocking calls run under a watchdog that
@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use ssh2::{BlockDirections, ErrorCode, MethodType};
 
-use crate::clusterfile::{self, shell_quote, HostKeyPin, Secret};
+use crate::host_key::HostKeyPin;
+use crate::secret::Secret;
+use crate::shell::{export_script, shell_quote};
 use known_hosts::Verdict;
 use watchdog::Watchdog;
 
@@ -86,31 +88,6 @@ pub struct SshTarget {
 }
 
 impl SshTarget {
-    /// The target for a Clusterfile host: its pinned key if it has one, else `known_hosts`;
-    /// key auth when a key is given, else password, else the agent.
-    pub fn for_host(host: &clusterfile::Host, known_hosts: &Path) -> SshTarget {
-        let ssh = &host.ssh;
-        let auth = match (&ssh.private_key, &ssh.password) {
-            (Some(path), _) => Auth::Key {
-                path: path.clone(),
-                passphrase: ssh.key_passphrase.clone(),
-            },
-            (None, Some(password)) => Auth::Password(password.clone()),
-            (None, None) => Auth::Agent { socket: None },
-        };
-        let host_key_policy = match &host.host_key {
-            Some(pin) => HostKeyPolicy::Pinned(pin.clone()),
-            None => HostKeyPolicy::KnownHosts(known_hosts.to_path_buf()),
-        };
-        SshTarget {
-            ip: host.ip,
-            port: ssh.port,
-            user: ssh.user.clone(),
-            auth,
-            host_key_policy,
-        }
-    }
-
     /// `user@ip` or `user@ip:port`, the name used in every message.
     pub fn display_name(&self) -> String {
         let addr = match (self.ip, self.port) {
@@ -656,7 +633,7 @@ impl Session {
     /// The command line actually sent: env exports and `cmd` run by `sh -c`, under `sudo -n`
     /// for a non-root user (sudo must not ask for a password).
     pub fn wrap_command(&self, cmd: &str, env: &[(String, String)]) -> Result<String, SshError> {
-        let exports = clusterfile::export_script(env).map_err(|e| SshError::Local {
+        let exports = export_script(env).map_err(|e| SshError::Local {
             host: self.name.clone(),
             what: "preparing the command environment".into(),
             source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
@@ -994,45 +971,6 @@ fn _assert_send() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clusterfile::Clusterfile;
-
-    #[test]
-    fn for_host_prefers_key_then_password_then_agent_and_uses_pins() {
-        let text = r#"
-apiVersion: sealer.io/v2
-kind: Cluster
-spec:
-  ssh: {passwd: pw}
-  hostKeys: {10.0.0.3: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"}
-  hosts:
-    - {ips: [10.0.0.2], roles: [master], ssh: {pk: /k, pkPasswd: pp, port: 2222, user: ops}}
-    - {ips: [10.0.0.3], roles: [node]}
-"#;
-        let cluster = Clusterfile::parse(text).unwrap().into_cluster().unwrap();
-        let kh = Path::new("/kh");
-        let keyed = SshTarget::for_host(&cluster.hosts[0], kh);
-        assert_eq!(
-            keyed.auth,
-            Auth::Key {
-                path: "/k".into(),
-                passphrase: Some(Secret::new("pp"))
-            }
-        );
-        assert_eq!(keyed.host_key_policy, HostKeyPolicy::KnownHosts(kh.into()));
-        assert_eq!(keyed.display_name(), "ops@10.0.0.2:2222");
-        let pw = SshTarget::for_host(&cluster.hosts[1], kh);
-        assert_eq!(pw.auth, Auth::Password(Secret::new("pw")));
-        assert!(matches!(pw.host_key_policy, HostKeyPolicy::Pinned(_)));
-        assert!(
-            !format!("{keyed:?}{pw:?}").contains("pp\"") && !format!("{pw:?}").contains("\"pw\"")
-        );
-        let mut bare = cluster.hosts[1].clone();
-        bare.ssh.password = None;
-        assert_eq!(
-            SshTarget::for_host(&bare, kh).auth,
-            Auth::Agent { socket: None }
-        );
-    }
 
     #[test]
     fn wrapped_command_summary_never_includes_the_environment() {
