@@ -11,10 +11,55 @@ use packer::unpack::Compression;
 use packer::{LayerBlob, PackReport, PackSpec, RunFile};
 use sha2::{Digest, Sha256};
 
-use crate::reference::Reference;
+use crate::reference::{Reference, ReferenceError};
 use crate::store::{
     check_image_layers, ImageConfig, Manifest, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD,
 };
+
+/// Why packing an image or loading a package failed. The kinds of the store and the format
+/// (a corrupt blob, a split size too small, a damaged volume) pass through unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Write(#[from] packer::WriteError),
+    #[error(transparent)]
+    Read(#[from] packer::ReadError),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The image in the store cannot be packed as it is.
+    #[error("the {what} of {image} is not UTF-8")]
+    NotUtf8 {
+        what: &'static str,
+        image: Reference,
+    },
+    #[error("the config of {0} lists fewer diff_ids than layers")]
+    MissingDiffIds(Reference),
+    /// The package's image does not hold together; nothing was loaded.
+    #[error(
+        "{reason}; the package is damaged or was not made by `sealer pack`, nothing was loaded"
+    )]
+    Refused { reason: String },
+    #[error("decoding frame {frame} of layer {layer}: {source}")]
+    Decode {
+        layer: usize,
+        frame: usize,
+        source: std::io::Error,
+    },
+    #[error("{what} layer {layer}: {source}")]
+    Layer {
+        what: &'static str,
+        layer: usize,
+        source: std::io::Error,
+    },
+    #[error("layer {layer} hashes to {actual}, not {digest}")]
+    LayerDigest {
+        layer: usize,
+        actual: String,
+        digest: String,
+    },
+}
 
 /// What to pack.
 #[derive(Debug, Clone)]
@@ -36,17 +81,16 @@ pub fn pack(
     store: &Store,
     opts: &PackOptions,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
-) -> Result<PackReport, String> {
-    let image = store.image(&opts.image).map_err(|e| e.to_string())?;
+) -> Result<PackReport, PackError> {
+    let not_utf8 = |what| PackError::NotUtf8 {
+        what,
+        image: opts.image.clone(),
+    };
+    let image = store.image(&opts.image)?;
     let manifest_json =
-        String::from_utf8(store.read_blob(&image.digest).map_err(|e| e.to_string())?)
-            .map_err(|_| format!("the manifest of {} is not UTF-8", opts.image))?;
-    let config_json = String::from_utf8(
-        store
-            .read_blob(&image.manifest.config.digest)
-            .map_err(|e| e.to_string())?,
-    )
-    .map_err(|_| format!("the config of {} is not UTF-8", opts.image))?;
+        String::from_utf8(store.read_blob(&image.digest)?).map_err(|_| not_utf8("manifest"))?;
+    let config_json = String::from_utf8(store.read_blob(&image.manifest.config.digest)?)
+        .map_err(|_| not_utf8("config"))?;
     let mut layers = Vec::new();
     for (i, desc) in image.manifest.layers.iter().enumerate() {
         let diff_id = image
@@ -55,14 +99,9 @@ pub fn pack(
             .diff_ids
             .get(i)
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "the config of {} lists fewer diff_ids than layers",
-                    opts.image
-                )
-            })?;
+            .ok_or_else(|| PackError::MissingDiffIds(opts.image.clone()))?;
         layers.push(LayerBlob {
-            path: store.blob_path(&desc.digest).map_err(|e| e.to_string())?,
+            path: store.blob_path(&desc.digest)?,
             media_type: desc.media_type.clone(),
             digest: desc.digest.clone(),
             diff_id,
@@ -83,7 +122,7 @@ pub fn pack(
         output: opts.output.clone(),
     };
     remove_stale_pack_files(&opts.output);
-    packer::write(&spec, progress).map_err(|e| e.to_string())
+    Ok(packer::write(&spec, progress)?)
 }
 
 /// Remove what killed packs left beside `output`: its partial volumes (`.NAME.partial-PID`,
@@ -137,16 +176,12 @@ pub fn remove_stale_pack_files(output: &Path) {
 /// their digests, the manifest lists exactly the layers the package carries (same digests and
 /// sizes where they were copied), and the config lists one diff_id per layer, each matching
 /// what the layer unpacks to.
-pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
-    let _writers = store.writer_guard().map_err(|e| e.to_string())?;
+pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, PackError> {
+    let _writers = store.writer_guard()?;
     let m = run.manifest();
-    let payload = run.payload().map_err(|e| e.to_string())?;
-    let reference = Reference::parse(&m.image.name).map_err(|e| e.to_string())?;
-    let refuse = |reason: String| {
-        format!(
-            "{reason}; the package is damaged or was not made by `sealer pack`, nothing was loaded"
-        )
-    };
+    let payload = run.payload()?;
+    let reference = Reference::parse(&m.image.name)?;
+    let refuse = |reason: String| PackError::Refused { reason };
     let sha256 = |text: &str| format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
     let manifest_digest = sha256(&m.image.manifest_json);
     if manifest_digest != m.image.manifest_digest {
@@ -199,16 +234,25 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     let original_layers = manifest.layers.clone();
     let mut staged = Vec::with_capacity(m.layers.len());
     for (li, layer) in m.layers.iter().enumerate() {
-        let blob = store.blob_writer().map_err(|e| e.to_string())?;
+        let blob = store.blob_writer()?;
         let mut diff_id = Sha256::new();
-        let decode_err = |fi: usize, e: std::io::Error| {
-            format!("decoding frame {} of layer {}: {e}", fi + 1, li + 1)
+        let decode_err = |fi: usize, source: std::io::Error| PackError::Decode {
+            layer: li + 1,
+            frame: fi + 1,
+            source,
+        };
+        let layer_err = |what: &'static str| {
+            move |source: std::io::Error| PackError::Layer {
+                what,
+                layer: li + 1,
+                source,
+            }
         };
         let (blob, unpacked, media_type) = match layer.compression {
             Compression::Zstd => {
                 let mut blob = blob;
                 for fi in 0..layer.frames.len() {
-                    let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
+                    let bytes = payload.frame_bytes(li, fi)?;
                     packer::codec::frame_reader(
                         Compression::Zstd,
                         std::borrow::Cow::Borrowed(&bytes),
@@ -217,14 +261,15 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                     .and_then(|mut d| {
                         std::io::copy(&mut d, &mut diff_id).map_err(|e| decode_err(fi, e))
                     })?;
-                    blob.write_all(&bytes)
-                        .map_err(|e| format!("writing layer {}: {e}", li + 1))?;
+                    blob.write_all(&bytes).map_err(layer_err("writing"))?;
                 }
                 let blob = blob.finish(Some(&layer.digest)).map_err(|e| match e {
-                    StoreError::BlobCorrupt { actual, .. } => {
-                        format!("layer {} hashes to {actual}, not {}", li + 1, layer.digest)
-                    }
-                    other => other.to_string(),
+                    StoreError::BlobCorrupt { actual, .. } => PackError::LayerDigest {
+                        layer: li + 1,
+                        actual,
+                        digest: layer.digest.clone(),
+                    },
+                    other => other.into(),
                 })?;
                 let unpacked = format!("sha256:{}", hex::encode(diff_id.finalize()));
                 (blob, unpacked, None)
@@ -232,7 +277,7 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
             Compression::Xz => {
                 let mut framed = FramedWriter::new(blob, 3);
                 for fi in 0..layer.frames.len() {
-                    let bytes = payload.frame_bytes(li, fi).map_err(|e| e.to_string())?;
+                    let bytes = payload.frame_bytes(li, fi)?;
                     let mut decoder = packer::codec::frame_reader(
                         Compression::Xz,
                         std::borrow::Cow::Borrowed(&bytes),
@@ -240,12 +285,8 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
                     .map_err(|e| decode_err(fi, std::io::Error::other(e.detail())))?;
                     std::io::copy(&mut decoder, &mut framed).map_err(|e| decode_err(fi, e))?;
                 }
-                let (blob, info) = framed
-                    .finish()
-                    .map_err(|e| format!("recompressing layer {}: {e}", li + 1))?;
-                let blob = blob
-                    .finish(Some(&format!("sha256:{}", info.digest)))
-                    .map_err(|e| e.to_string())?;
+                let (blob, info) = framed.finish().map_err(layer_err("recompressing"))?;
+                let blob = blob.finish(Some(&format!("sha256:{}", info.digest)))?;
                 let unpacked = format!("sha256:{}", info.diff_id);
                 (blob, unpacked, Some(MEDIA_TYPE_LAYER_ZSTD))
             }
@@ -280,23 +321,15 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, String> {
     }
     // Every part checked: store the blobs, then name the image.
     for blob in staged {
-        blob.commit().map_err(|e| e.to_string())?;
+        blob.commit()?;
     }
-    store
-        .put_blob(m.image.config_json.as_bytes())
-        .map_err(|e| e.to_string())?;
+    store.put_blob(m.image.config_json.as_bytes())?;
     if manifest.layers == original_layers {
         // Every layer as it was: the original manifest bytes, so the image keeps its digest.
-        let (digest, size) = store
-            .put_blob(m.image.manifest_json.as_bytes())
-            .map_err(|e| e.to_string())?;
-        store
-            .set_name(&reference, &digest, size)
-            .map_err(|e| e.to_string())?;
+        let (digest, size) = store.put_blob(m.image.manifest_json.as_bytes())?;
+        store.set_name(&reference, &digest, size)?;
     } else {
-        store
-            .commit_image(&reference, &manifest)
-            .map_err(|e| e.to_string())?;
+        store.commit_image(&reference, &manifest)?;
     }
     Ok(reference)
 }

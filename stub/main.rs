@@ -267,7 +267,7 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
 fn load() -> Result<()> {
     let run = open()?;
     let store = sealer::store::Store::open_default()?;
-    let reference = sealer::pack::load_package(&store, &run).map_err(anyhow::Error::msg)?;
+    let reference = sealer::pack::load_package(&store, &run)?;
     println!("Loaded image: {reference} into {}", store.root().display());
     Ok(())
 }

@@ -92,7 +92,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         }
         progress.update(done);
     };
-    let report = pack(&store, &opts, Some(&update)).map_err(anyhow::Error::msg)?;
+    let report = pack(&store, &opts, Some(&update))?;
     progress.finish();
     let total: u64 = report
         .files
