@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use packer::{ReadError, RunFile};
 
-use crate::deploy::target::{resolve, TargetSpec};
+use crate::deploy::payload::PayloadError;
+use crate::deploy::target::{resolve, TargetError, TargetSpec};
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
 use crate::deploy::{InstallReport, Payload};
 use crate::store::{Store, StoreError};
@@ -66,8 +67,8 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The hosts could not be worked out (flags, Clusterfile, `--local`).
-    #[error("{0}")]
-    Target(String),
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error(
         "name the image to install (sealer run IMAGE ...) or set spec.image in the Clusterfile"
     )]
@@ -78,8 +79,8 @@ pub enum Error {
     #[error(transparent)]
     Package(#[from] ReadError),
     /// The payload could not be assembled (agent, layers, config).
-    #[error("{0}")]
-    Payload(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
     #[error(transparent)]
     Install(#[from] InstallError),
     /// The engine ran, but some host or cluster stage failed; the report says which.
@@ -90,7 +91,7 @@ pub enum Error {
 /// Install as `request` says, reporting through `report`. The report comes back whether or not
 /// every host finished; [`finished`] tells.
 pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<InstallReport, Error> {
-    let target = resolve(&request.target).map_err(Error::Target)?;
+    let target = resolve(&request.target)?;
     let payload = match &request.source {
         Source::Store { root, image } => {
             let name = image
@@ -99,8 +100,8 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
                 .ok_or(Error::NoImage)?;
             let store = Store::open(root)?;
             let image = store.image_by_name(name)?;
-            let stub = find_stub().map_err(Error::Payload)?;
-            Payload::from_store(&store, &image, &stub).map_err(Error::Payload)?
+            let stub = find_stub()?;
+            Payload::from_store(&store, &image, &stub)?
         }
         Source::Package(run) => {
             let check = run.payload()?;
@@ -108,7 +109,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
             report(Event::Checking { done: 0, total });
             check.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
             report(Event::Checked);
-            Payload::from_package(run).map_err(Error::Payload)?
+            Payload::from_package(run)?
         }
     };
     let mut opts = InstallOptions::new(target.connect.clone());

@@ -75,7 +75,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let stub = match args.stub {
         Some(s) => s,
-        None => find_stub().map_err(anyhow::Error::msg)?,
+        None => find_stub()?,
     };
     let opts = PackOptions {
         image: Reference::parse(&args.image)?,

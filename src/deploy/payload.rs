@@ -15,7 +15,58 @@ use packer::unpack::{Compression, LayerInput};
 use packer::RunFile;
 use sha2::{Digest, Sha256};
 
-use crate::store::{Image, ImageConfig, Store, MEDIA_TYPE_LAYER_ZSTD};
+use crate::store::{Image, ImageConfig, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD};
+
+/// Why a payload could not be assembled. A corrupt store blob and a damaged package keep their
+/// kinds ([`StoreError::BlobCorrupt`], [`packer::ReadError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Package(#[from] packer::ReadError),
+    #[error("layer {layer} of {image} is {media_type}; only zstd layers can be installed (pack the image or rebuild it)")]
+    NotZstd {
+        layer: usize,
+        image: String,
+        media_type: String,
+    },
+    /// A store blob fails a frame of the index the store kept for it.
+    #[error("blob {digest} is corrupt (frame {frame}: {detail}); remove the image and pull or build it again")]
+    CorruptFrame {
+        digest: String,
+        frame: usize,
+        detail: String,
+    },
+    /// A store blob without a frame index is not a sequence of zstd frames.
+    #[error("layer {digest}: {reason}")]
+    Unframed { digest: String, reason: String },
+    #[error("the package's image config is unreadable: {0}")]
+    Config(serde_json::Error),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("SEALER_STUB={} is not a file", .0.display())]
+    StubEnvNotAFile(PathBuf),
+    #[error("locating this executable: {0}")]
+    CurrentExe(std::io::Error),
+    #[error("the installer stub `sealer-stub` is not beside {}; build it (`cargo build --release`) or set SEALER_STUB", .0.display())]
+    StubNotFound(PathBuf),
+}
+
+fn io_err<'p>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> PayloadError + 'p {
+    move |source| PayloadError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// One layer of a payload.
 #[derive(Clone)]
@@ -80,57 +131,50 @@ impl Payload {
     }
 
     /// Build a payload from an image in the store; `agent` is the static stub executable.
-    pub fn from_store(store: &Store, image: &Image, agent: &Path) -> Result<Payload, String> {
+    pub fn from_store(store: &Store, image: &Image, agent: &Path) -> Result<Payload, PayloadError> {
         let mut layers = Vec::new();
         let mut sources: Vec<Box<dyn ByteSource>> = Vec::new();
         for (i, desc) in image.manifest.layers.iter().enumerate() {
             if desc.media_type != MEDIA_TYPE_LAYER_ZSTD {
-                return Err(format!(
-                    "layer {} of {} is {}; only zstd layers can be installed (pack the image or rebuild it)",
-                    i + 1,
-                    image.reference,
-                    desc.media_type
-                ));
+                return Err(PayloadError::NotZstd {
+                    layer: i + 1,
+                    image: image.reference.to_string(),
+                    media_type: desc.media_type.clone(),
+                });
             }
-            let path = store.blob_path(&desc.digest).map_err(|e| e.to_string())?;
-            let file =
-                File::open(&path).map_err(|e| format!("opening layer {}: {e}", path.display()))?;
-            let len = file
-                .metadata()
-                .map_err(|e| format!("reading {}: {e}", path.display()))?
-                .len();
+            let path = store.blob_path(&desc.digest)?;
+            let file = File::open(&path).map_err(io_err("opening layer", &path))?;
+            let len = file.metadata().map_err(io_err("reading", &path))?.len();
             let (source, frames): (Box<dyn ByteSource>, Vec<Frame>) = if len == 0 {
                 (Box::new(Vec::<u8>::new()), Vec::new())
             } else {
-                let map = MappedFile::new(&file)
-                    .map_err(|e| format!("mapping {}: {e}", path.display()))?;
+                let map = MappedFile::new(&file).map_err(io_err("mapping", &path))?;
                 // A damaged blob is refused here, before any host is touched: against the
                 // frame index the store kept (every frame hashed once, in parallel), or, for
                 // a blob without one, by indexing it and checking its digest.
                 let frames = match store.frame_index(&desc.digest) {
                     Some(frames) => {
                         packer::frames::check_frames(map.as_slice(), &frames).map_err(
-                            |(index, problem)| {
-                                format!(
-                                    "blob {} is corrupt (frame {}: {}); remove the image and \
-                                     pull or build it again",
-                                    desc.digest,
-                                    index + 1,
-                                    problem.detail()
-                                )
+                            |(index, problem)| PayloadError::CorruptFrame {
+                                digest: desc.digest.clone(),
+                                frame: index + 1,
+                                detail: problem.detail(),
                             },
                         )?;
                         frames
                     }
                     None => {
                         let (frames, actual) =
-                            index_blob(&map).map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                            index_blob(&map).map_err(|reason| PayloadError::Unframed {
+                                digest: desc.digest.clone(),
+                                reason,
+                            })?;
                         if actual != desc.digest {
-                            return Err(crate::store::StoreError::BlobCorrupt {
+                            return Err(StoreError::BlobCorrupt {
                                 digest: desc.digest.clone(),
                                 actual,
                             }
-                            .to_string());
+                            .into());
                         }
                         frames
                     }
@@ -146,8 +190,7 @@ impl Payload {
             });
             sources.push(source);
         }
-        let agent_bytes = std::fs::read(agent)
-            .map_err(|e| format!("reading the agent {}: {e}", agent.display()))?;
+        let agent_bytes = std::fs::read(agent).map_err(io_err("reading the agent", agent))?;
         let agent_sha256 = hex::encode(Sha256::digest(&agent_bytes));
         Ok(Payload {
             id: image.digest.trim_start_matches("sha256:").to_string(),
@@ -163,11 +206,11 @@ impl Payload {
 
 impl Payload {
     /// The payload of a `.run` package: its frames, config and the stub at its head (the agent).
-    pub fn from_package(run: &RunFile) -> Result<Payload, String> {
+    pub fn from_package(run: &RunFile) -> Result<Payload, PayloadError> {
         let manifest = run.manifest().clone();
-        let config: ImageConfig = serde_json::from_str(&manifest.image.config_json)
-            .map_err(|e| format!("the package's image config is unreadable: {e}"))?;
-        let package = run.payload().map_err(|e| e.to_string())?;
+        let config: ImageConfig =
+            serde_json::from_str(&manifest.image.config_json).map_err(PayloadError::Config)?;
+        let package = run.payload()?;
         let layers: Vec<PayloadLayer> = package
             .layer_inputs()
             .into_iter()
@@ -221,16 +264,11 @@ fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
 }
 
 /// The installer stub at the head of a package (its ELF image, without the padding).
-fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, String> {
-    let mut file =
-        File::open(run.path()).map_err(|e| format!("opening {}: {e}", run.path().display()))?;
+fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, PayloadError> {
+    let mut file = File::open(run.path()).map_err(io_err("opening", run.path()))?;
     let mut head = vec![0u8; run.header_offset() as usize];
-    std::io::Read::read_exact(&mut file, &mut head).map_err(|e| {
-        format!(
-            "reading the installer stub from {}: {e}",
-            run.path().display()
-        )
-    })?;
+    std::io::Read::read_exact(&mut file, &mut head)
+        .map_err(io_err("reading the installer stub from", run.path()))?;
     if let Some(len) = elf_size(&head) {
         head.truncate(len as usize);
     }
@@ -238,24 +276,21 @@ fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, String> {
 }
 
 /// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this executable.
-pub fn find_stub() -> Result<PathBuf, String> {
+pub fn find_stub() -> Result<PathBuf, PayloadError> {
     if let Some(path) = std::env::var_os("SEALER_STUB").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!("SEALER_STUB={} is not a file", path.display()))
+            Err(PayloadError::StubEnvNotAFile(path))
         };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(PayloadError::CurrentExe)?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     for candidate in [dir.join("sealer-stub"), dir.join("../sealer-stub")] {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "the installer stub `sealer-stub` is not beside {}; build it (`cargo build --release`) or set SEALER_STUB",
-        exe.display()
-    ))
+    Err(PayloadError::StubNotFound(exe))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::clusterfile::{from_flags, load_cluster, Cluster, ClusterFlags};
+use crate::clusterfile::{from_flags, load_cluster, Cluster, ClusterFlags, ClusterfileError};
 use crate::ssh::{default_known_hosts, Timeouts};
 
 use super::remote::{local_connector, ssh_connector};
@@ -32,40 +32,56 @@ pub struct Target {
     pub local: bool,
 }
 
+/// Why the hosts of an install could not be worked out. A Clusterfile's own kinds (an
+/// unsupported feature, a bad field) pass through unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Clusterfile(#[from] ClusterfileError),
+    #[error("say where to install: -m MASTERS [-n NODES] with SSH credentials, -f Clusterfile, or --local")]
+    NoHosts,
+    #[error("--local installs on this machine only, but {source_name} lists {} hosts ({}); drop --local to install on them over SSH, or give a Clusterfile with one host", hosts.len(), hosts.join(", "))]
+    LocalWithSeveralHosts {
+        /// The Clusterfile, or "the cluster" for host flags.
+        source_name: String,
+        hosts: Vec<String>,
+    },
+    #[error("resolving --data-root: {0}")]
+    DataRoot(std::io::Error),
+}
+
 /// Resolve a [`TargetSpec`]. A Clusterfile whose only host is a loopback address is local.
-pub fn resolve(spec: &TargetSpec) -> Result<Target, String> {
+pub fn resolve(spec: &TargetSpec) -> Result<Target, TargetError> {
     let mut cluster = match (&spec.clusterfile, spec.local) {
-        (Some(path), _) => load_cluster(path).map_err(|e| e.to_string())?,
+        (Some(path), _) => load_cluster(path)?,
         (None, true) => {
             let mut flags = spec.flags.clone();
             flags.masters = Some("127.0.0.1".into());
-            from_flags(&flags).map_err(|e| e.to_string())?
+            from_flags(&flags)?
         }
         (None, false) => {
             if spec.flags.masters.is_none() {
-                return Err("say where to install: -m MASTERS [-n NODES] with SSH credentials, -f Clusterfile, or --local".into());
+                return Err(TargetError::NoHosts);
             }
-            from_flags(&spec.flags).map_err(|e| e.to_string())?
+            from_flags(&spec.flags)?
         }
     };
     if spec.local && cluster.hosts.len() > 1 {
-        let listed: Vec<String> = cluster.hosts.iter().map(|h| h.ip.to_string()).collect();
-        return Err(format!(
-            "--local installs on this machine only, but {} lists {} hosts ({}); drop --local to install on them over SSH, or give a Clusterfile with one host",
-            spec.clusterfile
+        return Err(TargetError::LocalWithSeveralHosts {
+            source_name: spec
+                .clusterfile
                 .as_deref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "the cluster".into()),
-            listed.len(),
-            listed.join(", ")
-        ));
+            hosts: cluster.hosts.iter().map(|h| h.ip.to_string()).collect(),
+        });
     }
     if let Some(root) = &spec.data_root {
         let root = if root.is_absolute() {
             root.clone()
         } else {
             std::env::current_dir()
-                .map_err(|e| format!("resolving --data-root: {e}"))?
+                .map_err(TargetError::DataRoot)?
                 .join(root)
         };
         cluster.data_root = root;
@@ -141,7 +157,8 @@ mod tests {
         };
         let err = resolve(&spec)
             .err()
-            .expect("--local with 3 hosts must be refused");
+            .expect("--local with 3 hosts must be refused")
+            .to_string();
         assert!(err.contains("--local"), "{err}");
         assert!(err.contains("10.0.0.2, 10.0.0.3, 10.0.0.4"), "{err}");
         assert!(err.contains(&file.display().to_string()), "{err}");
