@@ -190,12 +190,7 @@ fn large_file_spans_several_independent_zstd_frames() {
 #[test]
 fn failing_run_reports_exit_code_and_output_and_leaves_the_store_unchanged() {
     let env = Sealer::new();
-    env.ok(&[
-        "build",
-        "-t",
-        "hello:v1",
-        fixture("hello").to_str().unwrap(),
-    ]);
+    env.hello();
     let before = env.ok(&["images", "--json"]);
     let ctx = env.context("bad", &[]);
     write(
@@ -264,12 +259,7 @@ fn a_continued_instruction_is_echoed_and_recorded_whole_across_blank_and_comment
 #[test]
 fn save_and_load_round_trip_keeps_every_digest_and_skopeo_reads_the_archive() {
     let a = Sealer::new();
-    a.ok(&[
-        "build",
-        "-t",
-        "hello:v1",
-        fixture("hello").to_str().unwrap(),
-    ]);
+    a.hello();
     let archive = a.path("hello.tar");
     a.ok(&["save", "-o", archive.to_str().unwrap(), "hello:v1"]);
     let skopeo: serde_json::Value = serde_json::from_str(&tool(
@@ -290,12 +280,7 @@ fn save_and_load_round_trip_keeps_every_digest_and_skopeo_reads_the_archive() {
 #[test]
 fn load_refuses_a_corrupt_archive_and_stores_nothing() {
     let a = Sealer::new();
-    a.ok(&[
-        "build",
-        "-t",
-        "hello:v1",
-        fixture("hello").to_str().unwrap(),
-    ]);
+    a.hello();
     let archive = a.path("hello.tar");
     a.ok(&["save", "-o", archive.to_str().unwrap(), "hello:v1"]);
     let mut bytes = fs::read(&archive).unwrap();
@@ -327,12 +312,7 @@ fn load_refuses_a_corrupt_archive_and_stores_nothing() {
 #[test]
 fn tag_and_rmi_remove_only_unreferenced_blobs() {
     let env = Sealer::new();
-    env.ok(&[
-        "build",
-        "-t",
-        "hello:v1",
-        fixture("hello").to_str().unwrap(),
-    ]);
+    env.hello();
     env.ok(&["tag", "hello:v1", "registry.local:5000/apps/hello:v2"]);
     let info = env.inspect("registry.local:5000/apps/hello:v2");
     let layer = env.blob(info["layers"][0]["digest"].as_str().unwrap());

@@ -7,123 +7,21 @@
 //! `SEALER_TESTBED_REQUIRED` is set. The etcd fixture fetches Debian's etcd packages at build
 //! time through apt.
 
-#[path = "support/testbed.rs"]
-mod testbed;
+mod support;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testbed::{TestHost, Testbed};
+use support::noise;
+use support::store::{self, both, fixture, Run, Sealer, SEALER};
+use support::testbed::{TestHost, Testbed};
 
 const DATA_ROOT: &str = "/var/lib/sealer-e2e";
 
-/// A private image store for one test.
-struct Store {
-    root: tempfile::TempDir,
-}
-
-impl Store {
-    fn new() -> Store {
-        Store {
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.root.path()
-    }
-
-    /// The real `sealer` with this store and the real stub.
-    fn sealer(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sealer"));
-        c.env("SEALER_ROOT", self.path())
-            .env("SEALER_STUB", env!("CARGO_BIN_EXE_sealer-stub"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn build(&self, tag: &str, context: &Path) {
-        let out = self
-            .sealer()
-            .args(["build", "-t", tag])
-            .arg(context)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "sealer build {tag} failed:\n{}",
-            text(&out)
-        );
-    }
-
-    /// `sealer run IMAGE ARGS...` with the testbed's known_hosts.
-    fn run(&self, bed: &Testbed, image: &str, args: &[&str]) -> Run {
-        let out = self
-            .sealer()
-            .arg("run")
-            .arg(image)
-            .arg("--known-hosts")
-            .arg(bed.known_hosts_path())
-            .args(args)
-            .output()
-            .unwrap();
-        Run::from(out)
-    }
-}
-
-/// What one `sealer run` did.
-struct Run {
-    ok: bool,
-    text: String,
-}
-
-impl Run {
-    fn from(out: Output) -> Run {
-        // The exit status is part of the text so a failure shows a crash or kill (signal N).
-        Run {
-            ok: out.status.success(),
-            text: format!("{}[{}]\n", text(&out), out.status),
-        }
-    }
-
-    /// The table row of `host` (the line starting with its address).
-    fn row(&self, host: &TestHost) -> &str {
-        let ip = host.ip.to_string();
-        self.text
-            .lines()
-            .rev()
-            .find(|l| l.split_whitespace().next() == Some(ip.as_str()))
-            .unwrap_or_else(|| panic!("no table row for {ip} in:\n{}", self.text))
-    }
-
-    fn assert_ok(&self, what: &str) {
-        assert!(self.ok, "{what}: sealer run failed:\n{}", self.text);
-    }
-
-    fn assert_failed(&self, what: &str) {
-        assert!(
-            !self.ok,
-            "{what}: sealer run should have failed:\n{}",
-            self.text
-        );
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
+/// The seed of the fault scenarios' payload.
+const NOISE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Runs `cmd` inside `host` (not over SSH) and returns its stdout; panics when it fails.
 fn on_host(bed: &Testbed, host: &TestHost, cmd: &str) -> String {
@@ -131,7 +29,7 @@ fn on_host(bed: &Testbed, host: &TestHost, cmd: &str) -> String {
     assert!(
         out.status.success(),
         "on {host}: `{cmd}` failed:\n{}",
-        text(&out)
+        both(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -186,7 +84,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     let Some(bed) = Testbed::up_for_test(5) else {
         return;
     };
-    let store = Store::new();
+    let store = Sealer::new();
     store.build("etcd-cluster:v1", &fixture("etcd-cluster"));
     let hosts = bed.hosts();
     let work = tempfile::tempdir().unwrap();
@@ -209,7 +107,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     );
     let file = file.to_str().unwrap();
 
-    let first = store.run(&bed, "etcd-cluster:v1", &["-f", file]);
+    let first = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
     first.assert_ok("first install");
     for host in hosts {
         assert!(first.row(host).contains("installed"), "{}", first.row(host));
@@ -250,7 +148,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     let pid_before = on_host(&bed, &hosts[0], &format!("cat {pid_file}"));
 
     // Double run: nothing sent, nothing run, everyone up to date.
-    let second = store.run(&bed, "etcd-cluster:v1", &["-f", file]);
+    let second = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
     second.assert_ok("second install");
     assert!(
         second.text.contains("Everything is up to date"),
@@ -285,7 +183,7 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
         return;
     };
     let (master, node) = (&bed.hosts()[0], &bed.hosts()[1]);
-    let store = Store::new();
+    let store = Sealer::new();
     let ctx = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(ctx.path().join("etc")).unwrap();
     write_file(ctx.path(), "etc/app.yaml", "a: 1\nb:\n  c: 2\n");
@@ -327,7 +225,7 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
         "Clusterfile",
         &clusterfile("conf", &[(master, "master"), (node, "node")], &ssh, &extra),
     );
-    let run = store.run(&bed, "conf:v1", &["-f", file.to_str().unwrap()]);
+    let run = store.run_on(&bed, "conf:v1", &["-f", file.to_str().unwrap()]);
     run.assert_ok("install as deploy");
     assert!(
         !run.text.contains(bed.deploy_password()),
@@ -382,27 +280,13 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
     );
 
     // A rerun reads the exports back from the journal and still changes nothing.
-    let again = store.run(&bed, "conf:v1", &["-f", file.to_str().unwrap()]);
+    let again = store.run_on(&bed, "conf:v1", &["-f", file.to_str().unwrap()]);
     again.assert_ok("second install as deploy");
     assert!(
         again.text.contains("Everything is up to date"),
         "{}",
         again.text
     );
-}
-
-/// `len` pseudo-random (incompressible) bytes.
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// `12.3 MiB` → bytes.
@@ -448,7 +332,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     let hosts = bed.hosts();
     let (m, n1, n2) = (&hosts[0], &hosts[1], &hosts[2]);
     let all = [(m, "master"), (n1, "node"), (n2, "node")];
-    let store = Store::new();
+    let store = Sealer::new();
     store.build("hello:v1", &fixture("hello"));
     let work = tempfile::tempdir().unwrap();
     let key = bed.key_path().to_str().unwrap().to_string();
@@ -472,19 +356,17 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         "broken.yaml",
         "apiVersion: sealer.io/v2\nkind: Cluster\nspec:\n  hosts: [oops\n",
     );
-    let run = store.run(&bed, "hello:v1", &["-f", broken.to_str().unwrap()]);
+    let run = store.run_on(&bed, "hello:v1", &["-f", broken.to_str().unwrap()]);
     run.assert_failed("malformed Clusterfile");
     assert!(run.text.contains("broken.yaml"), "{}", run.text);
     let damaged = tempfile::tempdir().unwrap();
-    copy_tree(store.path(), damaged.path());
+    copy_tree(&store.root(), damaged.path());
     let blob = largest_file(&damaged.path().join("oci/blobs/sha256"));
     let mut bytes = std::fs::read(&blob).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&blob, bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sealer"))
-        .env("SEALER_ROOT", damaged.path())
-        .env("SEALER_STUB", env!("CARGO_BIN_EXE_sealer-stub"))
+    let out = store::command(Path::new(SEALER), damaged.path())
         .args(["run", "hello:v1", "-f", &cf("corrupt", &all, "")])
         .arg("--known-hosts")
         .arg(bed.known_hosts_path())
@@ -501,7 +383,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     }
     // The same install from the intact store completes.
     store
-        .run(&bed, "hello:v1", &["-f", &cf("corrupt", &all, "")])
+        .run_on(&bed, "hello:v1", &["-f", &cf("corrupt", &all, "")])
         .assert_ok("install after the corrupt input");
 
     eprintln!(
@@ -523,7 +405,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         ]
     };
     let args = pw_args(wrong);
-    let run = store.run(
+    let run = store.run_on(
         &bed,
         "hello:v1",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -534,7 +416,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     assert!(run.row(n1).contains("password"), "{}", run.row(n1));
     assert!(!exists_on(&bed, n1, &rootfs("pw")));
     let args = pw_args(bed.root_password());
-    let run = store.run(
+    let run = store.run_on(
         &bed,
         "hello:v1",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -549,7 +431,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     // A changed host key is refused, naming the host; nothing is installed there.
     bed.regen_hostkey(n2).unwrap();
     let file = cf("hostkey", &all, "");
-    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    let run = store.run_on(&bed, "hello:v1", &["-f", &file]);
     run.assert_failed("changed host key");
     let row = run.row(n2);
     assert!(row.contains("FAILED") && row.contains("host key"), "{row}");
@@ -564,8 +446,8 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         .arg(bed.known_hosts_path())
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", text(&status));
-    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    assert!(status.status.success(), "{}", both(&status));
+    let run = store.run_on(&bed, "hello:v1", &["-f", &file]);
     run.assert_ok("rerun after the host key was accepted");
     assert!(run.row(n1).contains("up to date"), "{}", run.row(n1));
     assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
@@ -577,14 +459,14 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     // A host whose link is down: the others finish, the host is named; link up, rerun.
     bed.link_down(n2).unwrap();
     let file = cf("link", &all, "");
-    let run = store.run(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
+    let run = store.run_on(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
     bed.link_up(n2).unwrap();
     run.assert_failed("link down");
     assert!(run.row(n2).contains("FAILED"), "{}", run.row(n2));
     assert!(run.row(n1).contains("installed"), "{}", run.row(n1));
     assert!(exists_on(&bed, n1, &rootfs("link")));
     assert!(!exists_on(&bed, n2, &rootfs("link")));
-    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    let run = store.run_on(&bed, "hello:v1", &["-f", &file]);
     run.assert_ok("rerun after link up");
     assert!(run.row(n1).contains("up to date"), "{}", run.row(n1));
     assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
@@ -597,7 +479,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     // A failing hook is retried with backoff and reported; the fixed Clusterfile completes.
     let failing = shell_plugin("flaky", "post-init-host", "node", "echo broken >&2\nexit 7");
     let file = cf("hook", &all, &failing);
-    let run = store.run(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
+    let run = store.run_on(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
     run.assert_failed("failing hook");
     assert!(run.text.contains("retrying in"), "{}", run.text);
     for node in [n1, n2] {
@@ -607,7 +489,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     assert!(run.text.contains("not ready"), "{}", run.text);
     let fixed = shell_plugin("flaky", "post-init-host", "node", "true");
     let file = cf("hook", &all, &fixed);
-    let run = store.run(&bed, "hello:v1", &["-f", &file]);
+    let run = store.run_on(&bed, "hello:v1", &["-f", &file]);
     run.assert_ok("rerun with the fixed hook");
 
     eprintln!(
@@ -616,7 +498,11 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     );
     // sshd killed mid-transfer: the rerun sends only the frames the host lacks.
     let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(ctx.path().join("noise.bin"), noise(40 << 20)).unwrap();
+    std::fs::write(
+        ctx.path().join("noise.bin"),
+        noise::bytes(40 << 20, NOISE_SEED),
+    )
+    .unwrap();
     write_file(
         ctx.path(),
         "Kubefile",
@@ -643,7 +529,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     bed.unshape(n1).unwrap();
     run.assert_failed("sshd killed mid-transfer");
     assert!(run.row(n1).contains("FAILED"), "{}", run.row(n1));
-    let run = store.run(
+    let run = store.run_on(
         &bed,
         "noise:v1",
         &[
@@ -661,7 +547,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     eprintln!("[{:>5.1}s] rerun returned", started.elapsed().as_secs_f64());
     let expected = {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(noise(40 << 20)))
+        hex::encode(sha2::Sha256::digest(noise::bytes(40 << 20, NOISE_SEED)))
     };
     assert_resumed(&bed, n1, &run, "kill", &expected);
 
@@ -678,7 +564,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         // SAFETY: a plain kill(2) of our own child process.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
         let out = child.wait_with_output().unwrap();
-        assert!(!out.status.success(), "{}", text(&out));
+        assert!(!out.status.success(), "{}", both(&out));
         assert!(
             signalled.elapsed() < Duration::from_secs(10),
             "the installer took {:?} to stop after signal {signal}",
@@ -695,10 +581,10 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
             "--data-root",
             DATA_ROOT,
         ];
-        let run = store.run(&bed, "noise:v1", &args);
+        let run = store.run_on(&bed, "noise:v1", &args);
         run.assert_ok(&format!("rerun after signal {signal}"));
         assert_resumed(&bed, n1, &run, cluster, &expected);
-        let again = store.run(&bed, "noise:v1", &args);
+        let again = store.run_on(&bed, "noise:v1", &args);
         again.assert_ok(&format!("second rerun after signal {signal}"));
         assert!(again.row(n1).contains("up to date"), "{}", again.row(n1));
     }
@@ -727,7 +613,7 @@ fn assert_resumed(bed: &Testbed, host: &TestHost, run: &Run, cluster: &str, expe
 /// holds at least one whole frame of it (the transfer is under way). The caller waits on it.
 #[allow(clippy::zombie_processes)]
 fn start_transfer(
-    store: &Store,
+    store: &Sealer,
     bed: &Testbed,
     host: &TestHost,
     key: &str,
@@ -735,7 +621,7 @@ fn start_transfer(
 ) -> std::process::Child {
     let spool = format!("{DATA_ROOT}/{cluster}/.sealer/spool");
     let mut child = store
-        .sealer()
+        .command()
         .args(["run", "noise:v1", "-m", &host.ip.to_string(), "--pk", key])
         .args(["--cluster-name", cluster, "--data-root", DATA_ROOT])
         .args(["--attempts", "1", "--known-hosts"])

@@ -10,8 +10,7 @@
 //! Needs root and the testbed tools (`scripts/ci-deps.sh`); skipped elsewhere unless `CI` or
 //! `SEALER_TESTBED_REQUIRED` is set.
 
-#[path = "support/testbed.rs"]
-mod testbed;
+mod support;
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -21,7 +20,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
-use testbed::{TestHost, Testbed};
+use support::noise;
+use support::store::{both, Sealer};
+use support::testbed::{TestHost, Testbed};
 
 const DATA_ROOT: &str = "/var/lib/sealer-hs";
 
@@ -51,78 +52,6 @@ extern "C" fn tear_down_bed() {
             .args(["down", "--name", name])
             .output();
     }
-}
-
-/// A private image store.
-struct Store {
-    root: tempfile::TempDir,
-}
-
-impl Store {
-    fn new() -> Store {
-        Store {
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn sealer(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sealer"));
-        c.env("SEALER_ROOT", self.root.path())
-            .env("SEALER_STUB", env!("CARGO_BIN_EXE_sealer-stub"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// Builds `tag` from a context holding `files` and the `kubefile`.
-    fn build(&self, tag: &str, kubefile: &str, files: &[(&str, &[u8])]) {
-        let ctx = tempfile::tempdir().unwrap();
-        for (name, body) in files {
-            let path = ctx.path().join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, body).unwrap();
-        }
-        std::fs::write(ctx.path().join("Kubefile"), kubefile).unwrap();
-        let out = self
-            .sealer()
-            .args(["build", "-t", tag])
-            .arg(ctx.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "build {tag}:\n{}", text(&out));
-    }
-
-    /// `sealer run IMAGE -f CLUSTERFILE`, ready to spawn.
-    fn run_command(&self, bed: &Testbed, image: &str, clusterfile: &Path) -> Command {
-        let mut c = self.sealer();
-        c.args(["run", image, "-f"])
-            .arg(clusterfile)
-            .arg("--known-hosts")
-            .arg(bed.known_hosts_path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, bed: &Testbed, image: &str, clusterfile: &Path) -> Run {
-        let out = self.run_command(bed, image, clusterfile).output().unwrap();
-        Run {
-            ok: out.status.success(),
-            text: format!("{}[{}]\n", text(&out), out.status),
-        }
-    }
-}
-
-struct Run {
-    ok: bool,
-    text: String,
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A Clusterfile for `host` as master of cluster `name`, with extra documents appended.
@@ -212,8 +141,8 @@ const TINY_FILES: &[(&str, &[u8])] = &[("hello.txt", b"hello\n")];
 fn a_planted_agent_is_never_run_as_root() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build("tiny:v1", TINY_KUBEFILE, TINY_FILES);
+    let store = Sealer::new();
+    store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let agent_name = format!("sealer-agent-{}", &stub_sha256()[..16]);
     let work = tempfile::tempdir().unwrap();
     let plant = |root: &str, marker: &str, owner: &str| {
@@ -230,11 +159,11 @@ fn a_planted_agent_is_never_run_as_root() {
     plant("/srv/hs-open", "/var/tmp/hs-pwned-open", "deploy");
     let file = clusterfile(work.path(), bed, host, "planted", "", "");
     let out = store
-        .run_command(bed, "tiny:v1", &file)
+        .run_command(bed, "tiny:v1", &["-f", file.to_str().unwrap()])
         .args(["--data-root", "/srv/hs-open"])
         .output()
         .unwrap();
-    let run_text = text(&out);
+    let run_text = both(&out);
     assert!(
         !host_path(bed, host, "/var/tmp/hs-pwned-open").exists(),
         "the planted program ran as root:\n{run_text}"
@@ -247,11 +176,11 @@ fn a_planted_agent_is_never_run_as_root() {
     // replaced by the real agent, never run.
     plant("/var/lib/hs-stale", "/var/tmp/hs-pwned-stale", "root");
     let out = store
-        .run_command(bed, "tiny:v1", &file)
+        .run_command(bed, "tiny:v1", &["-f", file.to_str().unwrap()])
         .args(["--data-root", "/var/lib/hs-stale"])
         .output()
         .unwrap();
-    let run_text = text(&out);
+    let run_text = both(&out);
     assert!(
         !host_path(bed, host, "/var/tmp/hs-pwned-stale").exists(),
         "the stale file ran as the agent:\n{run_text}"
@@ -272,8 +201,8 @@ fn a_planted_agent_is_never_run_as_root() {
 fn config_writes_through_image_symlinks_stay_inside_the_rootfs() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build(
+    let store = Sealer::new();
+    store.build_from(
         "links:v1",
         "FROM scratch\nCOPY hello.txt etc/\nRUN ln -s /hs-outside ext && ln -s /hs-outside2/f.conf etc/link.conf\n",
         TINY_FILES,
@@ -286,7 +215,7 @@ fn config_writes_through_image_symlinks_stay_inside_the_rootfs() {
     let configs = "---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: through-dir\nspec:\n  path: ext/evil.conf\n  data: |\n    evil\n---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: through-file\nspec:\n  path: etc/link.conf\n  data: |\n    linked\n";
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "links", "", configs);
-    let run = store.run(bed, "links:v1", &file);
+    let run = store.run_on(bed, "links:v1", &["-f", file.to_str().unwrap()]);
     assert!(
         !host_path(bed, host, "/hs-outside/evil.conf").exists(),
         "a Config was written outside the rootfs:\n{}",
@@ -330,8 +259,8 @@ const SCAN_CMDLINES: &str =
 fn env_values_never_appear_in_a_command_line() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build(
+    let store = Sealer::new();
+    store.build_from(
         "scan:v1",
         "FROM scratch\nCOPY scan.sh scan.sh\nCMD sh scan.sh cmdlines-cmd\n",
         &[("scan.sh", SCAN_CMDLINES.as_bytes())],
@@ -351,7 +280,7 @@ fn env_values_never_appear_in_a_command_line() {
         &format!("  env: [DB_PASSWORD={secret}]\n"),
         &hook,
     );
-    let run = store.run(bed, "scan:v1", &file);
+    let run = store.run_on(bed, "scan:v1", &["-f", file.to_str().unwrap()]);
     assert!(run.ok, "{}", run.text);
     let dir = format!("{DATA_ROOT}/secret");
     assert_eq!(
@@ -376,12 +305,12 @@ fn env_values_never_appear_in_a_command_line() {
 fn exported_values_are_readable_by_root_only() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build("tiny:v1", TINY_KUBEFILE, TINY_FILES);
+    let store = Sealer::new();
+    store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let hook = shell_plugin("token", "", "echo TOKEN=tok-9c1e >> \"$SEALER_EXPORT\"");
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "exports", "", &hook);
-    let run = store.run(bed, "tiny:v1", &file);
+    let run = store.run_on(bed, "tiny:v1", &["-f", file.to_str().unwrap()]);
     assert!(run.ok, "{}", run.text);
     let exports = host_path(bed, host, &format!("{DATA_ROOT}/exports/.sealer/exports"));
     use std::os::unix::fs::PermissionsExt;
@@ -456,8 +385,8 @@ fn wait_measured(mut child: std::process::Child) -> (Output, u64) {
 fn a_hook_printing_half_a_gigabyte_leaves_the_installer_small() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build("tiny:v1", TINY_KUBEFILE, TINY_FILES);
+    let store = Sealer::new();
+    store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let hook = shell_plugin(
         "chatty",
         "",
@@ -465,9 +394,13 @@ fn a_hook_printing_half_a_gigabyte_leaves_the_installer_small() {
     );
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "chatty", "", &hook);
-    let (out, max_rss_kib) =
-        wait_measured(store.run_command(bed, "tiny:v1", &file).spawn().unwrap());
-    assert!(out.status.success(), "{}", text(&out));
+    let (out, max_rss_kib) = wait_measured(
+        store
+            .run_command(bed, "tiny:v1", &["-f", file.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(out.status.success(), "{}", both(&out));
     assert!(
         max_rss_kib < 150 * 1024,
         "the installer grew to {} MiB",
@@ -501,7 +434,7 @@ fn the_agent_keeps_a_bounded_part_of_a_hooks_output() {
         .write_all(request.to_string().as_bytes())
         .unwrap();
     let (out, peak_kib) = wait_measured(spawned);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", both(&out));
     let printed = out.stdout;
     assert!(
         printed.len() < 256 << 10,
@@ -548,13 +481,13 @@ fn a_remote_command_printing_64_mib_is_kept_bounded() {
 fn a_hook_past_its_timeout_is_killed_with_its_process_group() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build("tiny:v1", TINY_KUBEFILE, TINY_FILES);
+    let store = Sealer::new();
+    store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let hook = shell_plugin("slow", "  timeout: 3s\n", "sleep 4711 &\nsleep 4712");
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "slow", "", &hook);
     let started = Instant::now();
-    let run = store.run(bed, "tiny:v1", &file);
+    let run = store.run_on(bed, "tiny:v1", &["-f", file.to_str().unwrap()]);
     let took = started.elapsed();
     let left: Vec<i32> = [processes(&["sleep", "4711"]), processes(&["sleep", "4712"])].concat();
     for pid in &left {
@@ -585,12 +518,15 @@ fn a_hook_past_its_timeout_is_killed_with_its_process_group() {
 fn killing_the_installer_kills_its_running_hook() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build("tiny:v1", TINY_KUBEFILE, TINY_FILES);
+    let store = Sealer::new();
+    store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let hook = shell_plugin("long", "", "sleep 4721");
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "orphan", "", &hook);
-    let mut child = store.run_command(bed, "tiny:v1", &file).spawn().unwrap();
+    let mut child = store
+        .run_command(bed, "tiny:v1", &["-f", file.to_str().unwrap()])
+        .spawn()
+        .unwrap();
     let started = wait_for(Duration::from_secs(60), || {
         !processes(&["sleep", "4721"]).is_empty()
     });
@@ -614,9 +550,9 @@ fn killing_the_installer_kills_its_running_hook() {
 fn a_damaged_spooled_frame_is_sent_again() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    store.build("tiny:v1", TINY_KUBEFILE, TINY_FILES);
-    let opened = sealer::store::Store::open(store.root.path()).unwrap();
+    let store = Sealer::new();
+    store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
+    let opened = sealer::store::Store::open(store.root()).unwrap();
     let image = opened.image_by_name("tiny:v1").unwrap();
     let payload = sealer::deploy::Payload::from_store(
         &opened,
@@ -634,7 +570,7 @@ fn a_damaged_spooled_frame_is_sent_again() {
     assert!(frames > 0);
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "damaged", "", "");
-    let run = store.run(bed, "tiny:v1", &file);
+    let run = store.run_on(bed, "tiny:v1", &["-f", file.to_str().unwrap()]);
     assert!(run.ok, "{}", run.text);
     assert_eq!(
         std::fs::read_to_string(host_path(
@@ -652,16 +588,9 @@ fn a_damaged_spooled_frame_is_sent_again() {
 fn a_full_disk_while_receiving_is_reported_and_not_retried() {
     let Some(bed) = bed() else { return };
     let host = &bed.hosts()[0];
-    let store = Store::new();
-    let mut noise = Vec::with_capacity(6 << 20);
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    while noise.len() < 6 << 20 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        noise.extend_from_slice(&state.to_le_bytes());
-    }
-    store.build(
+    let store = Sealer::new();
+    let noise = noise::bytes(6 << 20, 0x2545_f491_4f6c_dd1d);
+    store.build_from(
         "noise:v1",
         "FROM scratch\nCOPY noise.bin data/\n",
         &[("noise.bin", &noise)],
@@ -675,7 +604,7 @@ fn a_full_disk_while_receiving_is_reported_and_not_retried() {
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "full", "", "");
     let started = Instant::now();
-    let run = store.run(bed, "noise:v1", &file);
+    let run = store.run_on(bed, "noise:v1", &["-f", file.to_str().unwrap()]);
     let took = started.elapsed();
     on_host(bed, host, &format!("umount {spool}"));
     assert!(!run.ok, "{}", run.text);

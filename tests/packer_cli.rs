@@ -2,6 +2,8 @@
 //! inspect, verify, extract; damaged, truncated, stripped and split files; static linking; and
 //! a run inside a chroot that holds nothing but the `.run` file.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -10,53 +12,17 @@ use std::process::{Command, Output};
 
 use packer::frames::FramedWriter;
 use packer::{write, Compression, LayerBlob, PackSpec, RunFile};
-
-const STUB: &str = env!("CARGO_BIN_EXE_sealer-stub");
+use support::noise;
+use support::store::STUB;
+use support::tar::tar_of;
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if i % 3 == 0 {
-                x as u8
-            } else {
-                b'a' + (i % 13) as u8
-            }
-        })
-        .collect()
-}
-
-fn tar_of(entries: &[(&str, &[u8], u32)], links: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data, mode) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(*mode);
-        h.set_mtime(1_650_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    for (name, target) in links {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_mtime(1_650_000_000);
-        b.append_link(&mut h, name, target).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 /// Two framed zstd layers as the store keeps them.
 fn example_blobs(dir: &Path) -> Vec<LayerBlob> {
-    let big = noise(18 << 20, 1);
+    let big = noise::partly_compressible(18 << 20, 1);
     let script = b"#!/bin/sh\necho installing\n".to_vec();
     let base = tar_of(
         &[

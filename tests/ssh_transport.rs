@@ -2,10 +2,8 @@
 //! sshd): every authentication method, sudo for non-root users, host key checking, the time
 //! limits that keep a dead host from hanging the installer, and bulk stdin streaming.
 
-#[path = "support/testbed.rs"]
-mod testbed;
+mod support;
 
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,7 +11,8 @@ use std::time::{Duration, Instant};
 use sealer::clusterfile::{HostKeyPin, Secret};
 use sealer::ssh::{Auth, HostKeyPolicy, Session, SshError, SshTarget, Timeouts};
 use sha2::{Digest, Sha256};
-use testbed::{TestHost, Testbed};
+use support::noise;
+use support::testbed::{TestHost, Testbed};
 
 fn target(tb: &Testbed, host: &TestHost, user: &str, auth: Auth) -> SshTarget {
     SshTarget {
@@ -45,41 +44,9 @@ fn connect(t: &SshTarget) -> Session {
     Session::connect(t, quick()).unwrap_or_else(|e| panic!("connecting {}: {e}", t.display_name()))
 }
 
-/// Deterministic incompressible bytes, produced as they are read (nothing held in memory).
-struct Noise {
-    state: u64,
-    left: u64,
-}
-
-impl Read for Noise {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.left as usize) / 8 * 8;
-        let n = if n == 0 {
-            buf.len().min(self.left as usize)
-        } else {
-            n
-        };
-        for chunk in buf[..n].chunks_mut(8) {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            let bytes = self.state.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// `len` bytes of [`Noise`] in memory, and their sha256 in hex.
+/// `len` bytes of [`noise::bytes`] and their sha256 in hex.
 fn noise_with_sha256(seed: u64, len: u64) -> (Vec<u8>, String) {
-    let mut payload = Vec::with_capacity(len as usize);
-    Noise {
-        state: seed,
-        left: len,
-    }
-    .read_to_end(&mut payload)
-    .unwrap();
+    let payload = noise::bytes(len as usize, seed);
     let sha256 = hex::encode(Sha256::digest(&payload));
     (payload, sha256)
 }

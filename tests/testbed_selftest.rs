@@ -2,14 +2,13 @@
 //! key, encrypted-key and password auth work for root and the sudo user, the fault commands do
 //! what the install tests rely on, and teardown leaves nothing behind.
 
-#[path = "support/testbed.rs"]
-mod testbed;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use testbed::{TestHost, Testbed};
+use support::testbed::{TestHost, Testbed};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim().to_string()
