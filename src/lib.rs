@@ -13,6 +13,7 @@ pub mod kubefile;
 pub mod pack;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod secret;
 pub mod shell;
 pub mod ssh;

@@ -7,8 +7,8 @@
 //! the image's CMDs on master0 → `post-install` hooks. Every step is recorded in a journal on its
 //! host keyed by content, so a second run with the same inputs does nothing and a failed run
 //! resumes where it stopped. Hosts run in parallel (bounded); a failing host is retried with
-//! exponential backoff and jitter, then reported, and never stops the others; cluster stages
-//! (pre-install, CMDs, post-install) wait until every host is ready.
+//! exponential backoff and jitter ([`crate::retry`]), then reported, and never stops the
+//! others; cluster stages (pre-install, CMDs, post-install) wait until every host is ready.
 //!
 //! This module holds the stages, their order and the retries; it does not parse Clusterfiles,
 //! speak SSH, or know the `.run` format. The rest of the engine is split by job: `journal`
@@ -37,6 +37,7 @@ use crate::agent::protocol::{
     self, AgentCommand, HostState, StepKey, EXIT_DISK_FULL, EXIT_TIMED_OUT,
 };
 use crate::clusterfile::{shell_quote, Cluster, Host, Phase, Plugin};
+use crate::retry::RetryPolicy;
 use journal::Step;
 pub use launch::EXIT_AGENT_UNSAFE;
 pub use payload::{find_stub, Payload, PayloadLayer};
@@ -271,6 +272,7 @@ impl Engine<'_> {
         stage: &str,
         work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync),
     ) {
+        let policy = RetryPolicy::new(self.opts.attempts, self.opts.backoff);
         let mut attempt = 1;
         loop {
             let result = if slot.remote.is_none() {
@@ -284,7 +286,7 @@ impl Engine<'_> {
                     if failure.drop_connection {
                         slot.remote = None;
                     }
-                    if !failure.retry || attempt >= self.opts.attempts {
+                    if !policy.retries(failure.retry, attempt) {
                         let attempts = if attempt > 1 {
                             format!(" (after {attempt} attempts)")
                         } else {
@@ -293,7 +295,7 @@ impl Engine<'_> {
                         slot.failed = Some(format!("{stage}: {}{attempts}", failure.message));
                         return;
                     }
-                    let delay = backoff(self.opts.backoff, attempt);
+                    let delay = policy.delay(attempt);
                     (self.events)(InstallEvent::Note {
                         host: Some(slot.host.ip),
                         text: format!(
@@ -553,17 +555,6 @@ impl StepFailure {
             message: e.to_string(),
         }
     }
-}
-
-/// Exponential backoff with ±25 % jitter.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1 << (attempt - 1).min(6));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let jitter = (nanos % 500) as f64 / 1000.0 - 0.25;
-    exp.mul_f64(1.0 + jitter)
 }
 
 #[cfg(test)]

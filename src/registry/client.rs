@@ -1,6 +1,7 @@
 //! The connection to one registry: the `oci-client` client configured from [`RegistryOptions`]
 //! (scheme, CA roots, credentials), the tokio runtime it runs on, the translation of its errors
-//! into [`RegistryError`], and retries with exponential backoff. It holds no knowledge of images.
+//! into [`RegistryError`], and retries under the shared [`RetryPolicy`]. It holds no knowledge of
+//! images.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 
 use super::{Credentials, RegistryError, RegistryOptions};
+use crate::retry::RetryPolicy;
 
 /// A blocking façade over an async client for one registry.
 pub(crate) struct Connection {
@@ -18,8 +20,7 @@ pub(crate) struct Connection {
     pub auth: RegistryAuth,
     pub username: Option<String>,
     pub runtime: tokio::runtime::Runtime,
-    pub attempts: u32,
-    pub backoff: Duration,
+    pub retry: RetryPolicy,
 }
 
 /// What an operation was doing when it failed, to word the error.
@@ -163,13 +164,12 @@ impl Connection {
             auth,
             username,
             runtime: runtime()?,
-            attempts: opts.attempts.max(1),
-            backoff: opts.backoff,
+            retry: RetryPolicy::new(opts.attempts, opts.backoff),
         })
     }
 
-    /// Run `attempt` until it succeeds, fails for good, or the attempts are used up; waits
-    /// `backoff`, `2 × backoff`, … between attempts and tells `on_retry` each time.
+    /// Run `attempt` until it succeeds, fails for good, or the attempts are used up; waits as
+    /// [`RetryPolicy::delay`] says between attempts and tells `on_retry` each time.
     pub async fn retry<T, F, Fut>(
         &self,
         mut attempt: F,
@@ -179,23 +179,19 @@ impl Connection {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let mut wait = self.backoff;
         let mut n = 1;
         loop {
             match attempt().await {
                 Ok(v) => return Ok(v),
-                Err(Failure {
-                    transient: true,
-                    error,
-                }) if n < self.attempts => {
+                Err(Failure { transient, error }) if self.retry.retries(transient, n) => {
+                    let wait = self.retry.delay(n);
                     on_retry(n, wait, &error);
                     tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
                     n += 1;
                 }
                 Err(Failure { error, transient }) => {
-                    return Err(if transient && self.attempts > 1 {
-                        gave_up(error, self.attempts)
+                    return Err(if transient && self.retry.attempts > 1 {
+                        gave_up(error, self.retry.attempts)
                     } else {
                         error
                     })

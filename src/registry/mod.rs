@@ -55,7 +55,8 @@ pub struct RegistryOptions {
     pub extra_auth_files: Vec<PathBuf>,
     /// Attempts per transfer before giving up (at least 1).
     pub attempts: u32,
-    /// Wait before the first retry; doubled for each further one.
+    /// Wait before the first retry; doubled for each further one, with jitter
+    /// ([`crate::retry::RetryPolicy`]).
     pub backoff: Duration,
     /// Blobs larger than this are streamed from disk in chunked uploads; smaller ones are sent
     /// from memory.

@@ -172,7 +172,7 @@ pub fn pull(
                         0,
                         ProgressEvent::Retrying {
                             attempt,
-                            attempts: conn.attempts,
+                            attempts: conn.retry.attempts,
                             wait,
                             error: error.to_string(),
                         },

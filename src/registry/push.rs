@@ -159,7 +159,7 @@ pub fn push(
                     .map_err(|e| conn.classify(op("uploading the manifest"), e))
             },
             &|attempt, wait, error| {
-                manifest_progress(0, retry_event(attempt, conn.attempts, wait, error))
+                manifest_progress(0, retry_event(attempt, conn.retry.attempts, wait, error))
             },
         )
         .await?;
@@ -233,7 +233,10 @@ impl BlobPush<'_> {
 
     fn on_retry(&self) -> impl Fn(u32, Duration, &RegistryError) + '_ {
         move |attempt, wait, error| {
-            self.report(0, retry_event(attempt, self.conn.attempts, wait, error))
+            self.report(
+                0,
+                retry_event(attempt, self.conn.retry.attempts, wait, error),
+            )
         }
     }
 
