@@ -333,3 +333,55 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, PackError
     }
     Ok(reference)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Descriptor, MEDIA_TYPE_CONFIG};
+
+    #[test]
+    fn a_split_size_too_small_reaches_the_caller_as_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let (digest, size) = store.put_blob(config).unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: Descriptor {
+                media_type: MEDIA_TYPE_CONFIG.to_string(),
+                digest,
+                size,
+                annotations: Default::default(),
+                platform: None,
+            },
+            layers: Vec::new(),
+            annotations: Default::default(),
+        };
+        let image = Reference::parse("empty:v1").unwrap();
+        store.commit_image(&image, &manifest).unwrap();
+        let stub = dir.path().join("stub");
+        std::fs::write(&stub, b"not really a stub").unwrap();
+        let opts = PackOptions {
+            image,
+            output: dir.path().join("app.run"),
+            compression: Compression::Zstd,
+            level: None,
+            split_size: Some(4096),
+            stub,
+        };
+        let err = pack(&store, &opts, None).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                PackError::Write(packer::WriteError::SplitTooSmall { split: 4096, .. })
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("split size 4096 is too small"),
+            "{err}"
+        );
+    }
+}

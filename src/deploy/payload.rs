@@ -294,3 +294,66 @@ pub fn find_stub() -> Result<PathBuf, PayloadError> {
     }
     Err(PayloadError::StubNotFound(exe))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Reference;
+    use crate::store::{Descriptor, Manifest, MEDIA_TYPE_CONFIG};
+
+    fn descriptor(media_type: &str, digest: String, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            annotations: Default::default(),
+            platform: None,
+        }
+    }
+
+    #[test]
+    fn a_corrupt_store_blob_reaches_the_install_error_as_blob_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let layer = zstd::encode_all(&b"layer bytes"[..], 3).unwrap();
+        let (layer_digest, layer_size) = store.put_blob(&layer).unwrap();
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:00"]}}"#;
+        let (config_digest, config_size) = store.put_blob(config).unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: descriptor(MEDIA_TYPE_CONFIG, config_digest, config_size),
+            layers: vec![descriptor(
+                MEDIA_TYPE_LAYER_ZSTD,
+                layer_digest.clone(),
+                layer_size,
+            )],
+            annotations: Default::default(),
+        };
+        let reference = Reference::parse("corrupt:v1").unwrap();
+        store.commit_image(&reference, &manifest).unwrap();
+        // Another valid zstd frame in the blob's place: readable, but not the blob named.
+        let path = store.blob_path(&layer_digest).unwrap();
+        std::fs::write(&path, zstd::encode_all(&b"other bytes"[..], 3).unwrap()).unwrap();
+
+        let image = store.image(&reference).unwrap();
+        let err = Payload::from_store(&store, &image, &path).err().unwrap();
+        assert!(
+            matches!(&err, PayloadError::Store(StoreError::BlobCorrupt { digest, .. }) if *digest == layer_digest),
+            "{err:?}"
+        );
+        let err = crate::install::Error::from(err);
+        assert!(
+            matches!(
+                &err,
+                crate::install::Error::Payload(PayloadError::Store(StoreError::BlobCorrupt { .. }))
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with(&format!("blob {layer_digest} is corrupt")),
+            "{err}"
+        );
+    }
+}

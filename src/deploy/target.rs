@@ -173,4 +173,31 @@ mod tests {
         assert!(target.local);
         assert_eq!(target.cluster.hosts.len(), 1);
     }
+
+    #[test]
+    fn an_unsupported_clusterfile_feature_reaches_the_install_error_as_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("Clusterfile");
+        std::fs::write(
+            &file,
+            "apiVersion: sealer.io/v1\nkind: Cluster\nspec:\n  provider: CONTAINER\n",
+        )
+        .unwrap();
+        let spec = TargetSpec {
+            clusterfile: Some(file),
+            ..TargetSpec::default()
+        };
+        let err = crate::install::Error::from(resolve(&spec).err().unwrap());
+        match &err {
+            crate::install::Error::Target(TargetError::Clusterfile(e)) => {
+                assert_eq!(e.unsupported_feature(), Some("provider: CONTAINER"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .contains("provider: CONTAINER is not supported"),
+            "{err}"
+        );
+    }
 }
