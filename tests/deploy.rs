@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::clusterfile::shell_plugin;
 use support::noise;
 use support::store::{self, both, fixture, Run, Sealer, SEALER};
 use support::testbed::{TestHost, Testbed};
@@ -58,17 +59,6 @@ fn key_ssh(bed: &Testbed) -> String {
     format!("{{user: root, pk: {}}}", bed.key_path().display())
 }
 
-/// A SHELL plugin document.
-fn shell_plugin(name: &str, action: &str, scope: &str, script: &str) -> String {
-    let mut doc = format!(
-        "---\napiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  type: SHELL\n  action: {action}\n  scope: {scope}\n  data: |\n"
-    );
-    for line in script.lines() {
-        writeln!(doc, "    {line}").unwrap();
-    }
-    doc
-}
-
 fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -97,7 +87,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     let counter = shell_plugin(
         "count-runs",
         "pre-init-host",
-        "master|node",
+        "  scope: master|node\n",
         "echo ran >> /var/tmp/count-runs",
     );
     let file = write_file(
@@ -205,13 +195,13 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
     extra.push_str(&shell_plugin(
         "make-token",
         "pre-init-host",
-        "master",
+        "  scope: master\n",
         "echo \"TOKEN=tok-$SEALER_HOST_IP\" >> \"$SEALER_EXPORT\"\nenv | grep '^SEALER_' | sort > \"$SEALER_ROOTFS/../sealer-env\"",
     ));
     extra.push_str(&shell_plugin(
         "use-token",
         "post-init-host",
-        "node",
+        "  scope: node\n",
         "echo \"$TOKEN $(id -u)\" > \"$SEALER_ROOTFS/../token\"\nenv | grep '^SEALER_' | sort > \"$SEALER_ROOTFS/../sealer-env\"",
     ));
     let ssh = format!(
@@ -477,7 +467,12 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         started.elapsed().as_secs_f64()
     );
     // A failing hook is retried with backoff and reported; the fixed Clusterfile completes.
-    let failing = shell_plugin("flaky", "post-init-host", "node", "echo broken >&2\nexit 7");
+    let failing = shell_plugin(
+        "flaky",
+        "post-init-host",
+        "  scope: node\n",
+        "echo broken >&2\nexit 7",
+    );
     let file = cf("hook", &all, &failing);
     let run = store.run_on(&bed, "hello:v1", &["-f", &file, "--attempts", "2"]);
     run.assert_failed("failing hook");
@@ -487,7 +482,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
         assert!(row.contains("flaky") && row.contains("status 7"), "{row}");
     }
     assert!(run.text.contains("not ready"), "{}", run.text);
-    let fixed = shell_plugin("flaky", "post-init-host", "node", "true");
+    let fixed = shell_plugin("flaky", "post-init-host", "  scope: node\n", "true");
     let file = cf("hook", &all, &fixed);
     let run = store.run_on(&bed, "hello:v1", &["-f", &file]);
     run.assert_ok("rerun with the fixed hook");

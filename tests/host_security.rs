@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -20,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
+use support::clusterfile::shell_plugin;
 use support::noise;
 use support::store::{both, Sealer};
 use support::testbed::{TestHost, Testbed};
@@ -73,16 +73,6 @@ fn clusterfile(
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, doc).unwrap();
     path
-}
-
-fn shell_plugin(name: &str, extra_spec: &str, script: &str) -> String {
-    let mut doc = format!(
-        "---\napiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  type: SHELL\n  action: pre-init-host\n{extra_spec}  data: |\n"
-    );
-    for line in script.lines() {
-        writeln!(doc, "    {line}").unwrap();
-    }
-    doc
 }
 
 /// Runs `cmd` inside `host` (not over SSH); its stdout, whatever the status.
@@ -268,6 +258,7 @@ fn env_values_never_appear_in_a_command_line() {
     let secret = "pw-5be2c0d1e4";
     let hook = shell_plugin(
         "scan",
+        "pre-init-host",
         "",
         "sh scan.sh cmdlines-hook\nprintf '%s' \"$DB_PASSWORD\" > \"$SEALER_ROOTFS/../seen\"",
     );
@@ -307,7 +298,12 @@ fn exported_values_are_readable_by_root_only() {
     let host = &bed.hosts()[0];
     let store = Sealer::new();
     store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
-    let hook = shell_plugin("token", "", "echo TOKEN=tok-9c1e >> \"$SEALER_EXPORT\"");
+    let hook = shell_plugin(
+        "token",
+        "pre-init-host",
+        "",
+        "echo TOKEN=tok-9c1e >> \"$SEALER_EXPORT\"",
+    );
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "exports", "", &hook);
     let run = store.run_on(bed, "tiny:v1", &["-f", file.to_str().unwrap()]);
@@ -389,6 +385,7 @@ fn a_hook_printing_half_a_gigabyte_leaves_the_installer_small() {
     store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let hook = shell_plugin(
         "chatty",
+        "pre-init-host",
         "",
         "yes 0123456789abcdef | head -c 512M\necho the-last-line",
     );
@@ -483,7 +480,12 @@ fn a_hook_past_its_timeout_is_killed_with_its_process_group() {
     let host = &bed.hosts()[0];
     let store = Sealer::new();
     store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
-    let hook = shell_plugin("slow", "  timeout: 3s\n", "sleep 4711 &\nsleep 4712");
+    let hook = shell_plugin(
+        "slow",
+        "pre-init-host",
+        "  timeout: 3s\n",
+        "sleep 4711 &\nsleep 4712",
+    );
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "slow", "", &hook);
     let started = Instant::now();
@@ -520,7 +522,7 @@ fn killing_the_installer_kills_its_running_hook() {
     let host = &bed.hosts()[0];
     let store = Sealer::new();
     store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
-    let hook = shell_plugin("long", "", "sleep 4721");
+    let hook = shell_plugin("long", "pre-init-host", "", "sleep 4721");
     let work = tempfile::tempdir().unwrap();
     let file = clusterfile(work.path(), bed, host, "orphan", "", &hook);
     let mut child = store
