@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 use support::clusterfile::shell_plugin;
 use support::noise;
-use support::store::{both, Sealer};
+use support::store::{both, Sealer, STUB};
 use support::testbed::{TestHost, Testbed};
 
 const DATA_ROOT: &str = "/var/lib/sealer-hs";
@@ -118,7 +118,7 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 fn stub_sha256() -> String {
-    let stub = std::fs::read(env!("CARGO_BIN_EXE_sealer-stub")).unwrap();
+    let stub = std::fs::read(STUB).unwrap();
     hex::encode(sha2::Sha256::digest(stub))
 }
 
@@ -416,7 +416,7 @@ fn the_agent_keeps_a_bounded_part_of_a_hooks_output() {
         "export_file": dir.path().join("work/exports/x.env"),
         "timeout_secs": 600,
     });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sealer-stub"));
+    let mut child = Command::new(STUB);
     child
         .args(["agent", "run", "--work"])
         .arg(dir.path().join("work"))
@@ -556,12 +556,7 @@ fn a_damaged_spooled_frame_is_sent_again() {
     store.build_from("tiny:v1", TINY_KUBEFILE, TINY_FILES);
     let opened = sealer::store::Store::open(store.root()).unwrap();
     let image = opened.image_by_name("tiny:v1").unwrap();
-    let payload = sealer::deploy::Payload::from_store(
-        &opened,
-        &image,
-        Path::new(env!("CARGO_BIN_EXE_sealer-stub")),
-    )
-    .unwrap();
+    let payload = sealer::deploy::Payload::from_store(&opened, &image, Path::new(STUB)).unwrap();
     let spool = host_path(bed, host, &format!("{DATA_ROOT}/damaged/.sealer/spool"));
     std::fs::create_dir_all(&spool).unwrap();
     let mut frames = 0;
@@ -630,7 +625,7 @@ fn an_agent_whose_link_is_lost_exits_on_its_own() {
     let host = &bed.hosts()[1];
     let agent = host_path(bed, host, "/usr/local/bin/hs-agent");
     std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_sealer-stub"), &agent).unwrap();
+    std::fs::copy(STUB, &agent).unwrap();
     let mut ssh = bed
         .ssh_command(host, "root")
         .arg("/usr/local/bin/hs-agent agent receive --work /var/lib/hs-stall --stall-timeout 4")

@@ -894,10 +894,8 @@ fn kubefile_from_a_registry_image_pulls_the_base_when_it_is_not_in_the_store() {
         format!("FROM {image}\nCOPY app.conf /etc/\n"),
     )
     .unwrap();
-    let mut cmd = Command::new(SEALER);
-    let out = cmd
+    let out = store::command(Path::new(SEALER), b.path())
         .args(["build", "-t", "app:1", ctx.path().to_str().unwrap()])
-        .env("SEALER_ROOT", b.path())
         .env("HOME", home.path())
         .env("SEALER_INSECURE_REGISTRIES", registry.host())
         .output()
