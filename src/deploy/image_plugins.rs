@@ -13,22 +13,59 @@ use std::collections::BTreeMap;
 use std::io::{self, Cursor, Read};
 
 use super::payload::{Payload, PayloadLayer};
-use crate::clusterfile::{Clusterfile, Plugin};
+use crate::clusterfile::{Clusterfile, ClusterfileError, Plugin};
+
+/// Why the image's plugins could not be read. A plugin file the Clusterfile parser refuses keeps
+/// its [`ClusterfileError`] (an unsupported feature stays one).
+#[derive(Debug, thiserror::Error)]
+pub enum ImagePluginError {
+    #[error("reading {layer} of {image}: {source}")]
+    Layer {
+        layer: String,
+        image: String,
+        source: io::Error,
+    },
+    #[error("{layer} of {image}: bad entry name: {source}")]
+    EntryName {
+        layer: String,
+        image: String,
+        source: io::Error,
+    },
+    #[error("{layer} of {image}: reading plugins/{name}: {source}")]
+    File {
+        layer: String,
+        image: String,
+        name: String,
+        source: io::Error,
+    },
+    #[error("plugins/{name} in image {image}: {source}")]
+    Parse {
+        name: String,
+        image: String,
+        source: Box<ClusterfileError>,
+    },
+}
 
 /// Plugins files in the image, by file name (`plugins/NAME`), after all layers.
-pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, String> {
+pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, ImagePluginError> {
     let mut files: BTreeMap<String, String> = BTreeMap::new();
     for layer in &payload.layers {
+        let read_err = |source| ImagePluginError::Layer {
+            layer: layer.label.clone(),
+            image: payload.image.clone(),
+            source,
+        };
         let mut archive = tar::Archive::new(LayerReader::new(payload, layer));
-        let entries = archive
-            .entries()
-            .map_err(|e| format!("reading {} of {}: {e}", layer.label, payload.image))?;
+        let entries = archive.entries().map_err(read_err)?;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| format!("reading {} of {}: {e}", layer.label, payload.image))?;
+            let mut entry = entry.map_err(read_err)?;
             let path = entry
                 .path()
-                .map_err(|e| format!("{} of {}: bad entry name: {e}", layer.label, payload.image))?
+                .map_err(|source| ImagePluginError::EntryName {
+                    layer: layer.label.clone(),
+                    image: payload.image.clone(),
+                    source,
+                })?
                 .to_string_lossy()
                 .into_owned();
             let path = path.trim_start_matches("./").trim_start_matches('/');
@@ -59,12 +96,14 @@ pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, Strin
                 continue;
             }
             let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(|e| {
-                format!(
-                    "{} of {}: reading plugins/{name}: {e}",
-                    layer.label, payload.image
-                )
-            })?;
+            entry
+                .read_to_string(&mut text)
+                .map_err(|source| ImagePluginError::File {
+                    layer: layer.label.clone(),
+                    image: payload.image.clone(),
+                    name: name.to_string(),
+                    source,
+                })?;
             files.insert(name.to_string(), text);
         }
     }
@@ -72,11 +111,14 @@ pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, Strin
 }
 
 /// The image's plugins in file-name order; a malformed file is an error naming it.
-pub fn image_plugins(payload: &Payload) -> Result<Vec<Plugin>, String> {
+pub fn image_plugins(payload: &Payload) -> Result<Vec<Plugin>, ImagePluginError> {
     let mut plugins = Vec::new();
     for (name, text) in plugin_files(payload)? {
-        let file = Clusterfile::parse(&text)
-            .map_err(|e| format!("plugins/{name} in image {}: {e}", payload.image))?;
+        let file = Clusterfile::parse(&text).map_err(|source| ImagePluginError::Parse {
+            name: name.clone(),
+            image: payload.image.clone(),
+            source: Box::new(source),
+        })?;
         plugins.extend(file.plugins);
     }
     Ok(plugins)
@@ -260,7 +302,9 @@ mod tests {
     #[test]
     fn a_malformed_plugin_file_is_refused_naming_it() {
         let bad = tar_of(&[("plugins/broken.yaml", Some("kind: Plugin\nspec: [oops"))]);
-        let err = image_plugins(&payload(vec![layer(bad)])).unwrap_err();
+        let err = image_plugins(&payload(vec![layer(bad)]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("plugins/broken.yaml"), "{err}");
     }
 }

@@ -75,8 +75,9 @@ impl InstallOptions {
 pub enum InstallError {
     #[error("the cluster has no hosts")]
     NoHosts,
-    #[error("{0}")]
-    Payload(String),
+    /// The image's `plugins/*.yaml` could not be read or parsed.
+    #[error(transparent)]
+    Plugins(#[from] image_plugins::ImagePluginError),
 }
 
 struct HostSlot {
@@ -122,7 +123,7 @@ pub fn install(
         return Err(InstallError::NoHosts);
     }
     let started = Instant::now();
-    let mut plugins = image_plugins::image_plugins(payload).map_err(InstallError::Payload)?;
+    let mut plugins = image_plugins::image_plugins(payload)?;
     plugins.extend(cluster.plugins.iter().cloned());
     let engine = Engine {
         cluster,
