@@ -224,6 +224,17 @@ fn gave_up(error: RegistryError, attempts: u32) -> RegistryError {
             attempts,
             detail,
         },
+        RegistryError::Corrupt {
+            registry,
+            what,
+            source,
+            ..
+        } => RegistryError::Corrupt {
+            registry,
+            what,
+            attempts,
+            source,
+        },
         other => other,
     }
 }
@@ -385,5 +396,42 @@ pub(crate) fn classify(
         E::IoError(e) => transfer(registry, op, true, error_chain(&e)),
         E::DigestError(e) => transfer(registry, op, true, error_chain(&e)),
         other => transfer(registry, op, false, error_chain(&other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_corrupt_download_keeps_its_kind_and_counts_the_attempts() {
+        let error = RegistryError::Corrupt {
+            registry: "r.example".into(),
+            what: "downloading blob sha256:aa".into(),
+            attempts: 1,
+            source: StoreError::BlobCorrupt {
+                digest: "sha256:aa".into(),
+                actual: "sha256:bb".into(),
+            },
+        };
+        let error = gave_up(error, 4);
+        assert!(
+            matches!(
+                &error,
+                RegistryError::Corrupt {
+                    attempts: 4,
+                    source: StoreError::BlobCorrupt { .. },
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            crate::ui::error::one_line(&error),
+            "downloading blob sha256:aa at registry r.example failed after 4 attempt(s): blob \
+             sha256:aa is corrupt (its content hashes to sha256:bb); remove the image and pull or \
+             build it again"
+        );
     }
 }

@@ -194,6 +194,15 @@ pub enum RegistryError {
         attempts: u32,
         detail: String,
     },
+    /// A downloaded blob did not hash to its digest, every attempt; the store's
+    /// [`StoreError::BlobCorrupt`] is kept.
+    #[error("{what} at registry {registry} failed after {attempts} attempt(s): {source}")]
+    Corrupt {
+        registry: String,
+        what: String,
+        attempts: u32,
+        source: StoreError,
+    },
     #[error("registry {registry} sent {what} that sealer cannot use: {reason}")]
     Unsupported {
         registry: String,

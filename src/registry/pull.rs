@@ -284,7 +284,15 @@ async fn fetch_blob(
     }
     match writer.commit(Some(digest)) {
         Ok(_) => Ok(()),
-        Err(e @ StoreError::BlobCorrupt { .. }) => Err(transient(e.to_string())),
+        Err(e @ StoreError::BlobCorrupt { .. }) => Err(Failure {
+            transient: true,
+            error: RegistryError::Corrupt {
+                registry: conn.registry.clone(),
+                what: format!("downloading blob {digest}"),
+                attempts: 1,
+                source: e,
+            },
+        }),
         Err(e) => Err(RegistryError::from(e).into()),
     }
 }
