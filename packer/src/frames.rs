@@ -315,6 +315,18 @@ pub fn check_frames(
     blob: &[u8],
     frames: &[Frame],
 ) -> Result<(), (usize, crate::codec::FrameProblem)> {
+    check_and_copy_frames(blob, frames, |_, _| Ok(()))
+}
+
+/// [`check_frames`], handing each good frame's bytes to `sink` on the worker that checked it
+/// (the packer writes them into the package there, so checking and copying share the cores).
+/// A `sink` error is reported as the frame being unwritable.
+pub fn check_and_copy_frames(
+    blob: &[u8],
+    frames: &[Frame],
+    sink: impl Fn(&Frame, &[u8]) -> io::Result<()> + Sync,
+) -> Result<(), (usize, crate::codec::FrameProblem)> {
+    use crate::codec::{check_frame_content, Compression, FrameCheck, FrameProblem};
     use rayon::prelude::*;
     let bad = frames
         .par_iter()
@@ -324,30 +336,33 @@ pub fn check_frames(
                 .offset
                 .checked_add(frame.compressed_len)
                 .and_then(|end| blob.get(frame.offset as usize..end as usize));
-            let problem = match range {
-                None => Some(crate::codec::FrameProblem::Unreadable(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the frame lies beyond the end of the blob",
-                ))),
-                Some(data) => {
-                    let actual = hex::encode(Sha256::digest(data));
-                    if actual != frame.sha256 {
-                        Some(crate::codec::FrameProblem::Checksum {
-                            expected: frame.sha256.clone(),
-                            actual,
-                        })
-                    } else {
-                        crate::codec::check_frame_content(
-                            crate::codec::Compression::Zstd,
-                            data,
-                            frame.uncompressed_len,
-                            crate::codec::FrameCheck::DeclaredSize,
-                        )
-                        .err()
-                    }
-                }
+            let Some(data) = range else {
+                return Some((
+                    index,
+                    FrameProblem::Unreadable(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the frame lies beyond the end of the blob",
+                    )),
+                ));
             };
-            problem.map(|p| (index, p))
+            let actual = hex::encode(Sha256::digest(data));
+            let checked = if actual != frame.sha256 {
+                Err(FrameProblem::Checksum {
+                    expected: frame.sha256.clone(),
+                    actual,
+                })
+            } else {
+                check_frame_content(
+                    Compression::Zstd,
+                    data,
+                    frame.uncompressed_len,
+                    FrameCheck::DeclaredSize,
+                )
+            };
+            checked
+                .and_then(|()| sink(frame, data).map_err(FrameProblem::Unreadable))
+                .err()
+                .map(|problem| (index, problem))
         })
         .min_by_key(|(index, _)| *index);
     match bad {

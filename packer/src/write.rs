@@ -300,22 +300,10 @@ fn write_in(
         }
         for segment in segments.iter().filter(|s| s.volume == volume) {
             let layer = &prepared[segment.layer];
-            let mut src = File::open(&layer.file).map_err(io_err("opening", &layer.file))?;
-            src.seek(SeekFrom::Start(segment.source_offset))
-                .map_err(io_err("reading", &layer.file))?;
-            out.seek(SeekFrom::Start(base + segment.offset))
-                .map_err(io_err("writing", &temp))?;
-            let copied = io::copy(&mut (&mut src).take(segment.len), &mut out)
-                .map_err(io_err("copying layer frames into", &temp))?;
-            if copied != segment.len {
-                return Err(WriteError::Io {
-                    what: "copying layer frames from",
-                    path: layer.file.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the blob is shorter than its frames",
-                    ),
-                });
+            if layer.copied {
+                copy_checked(layer, segment, &out, base, &temp)?;
+            } else {
+                copy_plain(layer, segment, &mut out, base, &temp)?;
             }
             done += segment.len;
             if let Some(progress) = progress {
@@ -356,6 +344,82 @@ fn write_in(
         copied_layers: prepared.iter().filter(|l| l.copied).count(),
         manifest,
     })
+}
+
+/// Copy a segment of a store blob that goes in as it is, checking every frame against the
+/// store's index on the way (sha256 and declared size), in parallel: the bytes are read once,
+/// hashed and written by the same worker. Without this a damaged store blob would pack into a
+/// file that fails its own `verify`.
+fn copy_checked(
+    layer: &PreparedLayer,
+    segment: &Segment,
+    out: &File,
+    base: u64,
+    temp: &Path,
+) -> Result<(), WriteError> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(&layer.file).map_err(io_err("opening", &layer.file))?;
+    let map = MappedFile::new(&file).map_err(io_err("mapping", &layer.file))?;
+    let end = segment.source_offset + segment.len;
+    let first = layer
+        .frames
+        .partition_point(|f| f.offset < segment.source_offset);
+    let count = layer.frames[first..].partition_point(|f| f.offset < end);
+    let frames = &layer.frames[first..first + count];
+    let at = base + segment.offset;
+    crate::frames::check_and_copy_frames(map.as_slice(), frames, |frame, data| {
+        out.write_all_at(data, at + (frame.offset - segment.source_offset))
+    })
+    .map_err(|(index, problem)| {
+        let frame = &frames[index];
+        match problem {
+            crate::codec::FrameProblem::Unreadable(source) if map.as_slice().len() as u64 >= end => {
+                WriteError::Io {
+                    what: "copying layer frames into",
+                    path: temp.to_path_buf(),
+                    source,
+                }
+            }
+            problem => WriteError::LayerDamaged {
+                path: layer.file.clone(),
+                reason: format!(
+                    "frame {} (bytes {}–{}) is corrupt: {}; build or pull the image again",
+                    first + index + 1,
+                    frame.offset,
+                    frame.offset.saturating_add(frame.compressed_len),
+                    problem.detail()
+                ),
+            },
+        }
+    })
+}
+
+/// Copy a segment of a file this pack wrote itself (its frames were hashed as they were made).
+fn copy_plain(
+    layer: &PreparedLayer,
+    segment: &Segment,
+    out: &mut File,
+    base: u64,
+    temp: &Path,
+) -> Result<(), WriteError> {
+    let mut src = File::open(&layer.file).map_err(io_err("opening", &layer.file))?;
+    src.seek(SeekFrom::Start(segment.source_offset))
+        .map_err(io_err("reading", &layer.file))?;
+    out.seek(SeekFrom::Start(base + segment.offset))
+        .map_err(io_err("writing", temp))?;
+    let copied = io::copy(&mut (&mut src).take(segment.len), out)
+        .map_err(io_err("copying layer frames into", temp))?;
+    if copied != segment.len {
+        return Err(WriteError::Io {
+            what: "copying layer frames from",
+            path: layer.file.clone(),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the blob is shorter than its frames",
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Volumes being written under temporary names; removed unless they were renamed into place,
@@ -585,9 +649,9 @@ fn layer_entry(
     }
 }
 
-/// [`LayerPlan::CopyIndexed`]: every frame checked against the index, the blob copied as is.
+/// [`LayerPlan::CopyIndexed`]: the blob copied as is; every frame is checked against the index
+/// while it is copied ([`copy_checked`]).
 fn copy_indexed(blob: &LayerBlob, frames: Vec<Frame>) -> Result<PreparedLayer, WriteError> {
-    check_indexed_frames(blob, &frames)?;
     Ok(copied_as_is(blob, frames))
 }
 
@@ -794,27 +858,6 @@ fn recompress(
     })
 }
 
-/// Check a blob against the frame index the store kept for it, before its bytes are copied
-/// into a package: every frame's sha256 and declared size, in parallel. Without this a
-/// damaged store blob would pack into a file that fails its own `verify`.
-fn check_indexed_frames(blob: &LayerBlob, frames: &[Frame]) -> Result<(), WriteError> {
-    let Some(map) = map_blob(blob)? else {
-        return Ok(());
-    };
-    crate::frames::check_frames(map.as_slice(), frames).map_err(|(index, problem)| {
-        let frame = &frames[index];
-        WriteError::LayerDamaged {
-            path: blob.path.clone(),
-            reason: format!(
-                "frame {} (bytes {}–{}) is corrupt: {}; build or pull the image again",
-                index + 1,
-                frame.offset,
-                frame.offset.saturating_add(frame.compressed_len),
-                problem.detail()
-            ),
-        }
-    })
-}
 
 /// One frame after recompression.
 struct Recompressed {
