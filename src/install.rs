@@ -18,8 +18,9 @@ use crate::store::{Store, StoreError};
 
 /// Where the bytes to install come from.
 pub enum Source<'a> {
-    /// An image of the store at `root`; `None` takes the Clusterfile's `spec.image`. Every blob's
-    /// digest is checked while its frames are indexed.
+    /// An image of the store at `root`; `None` takes the Clusterfile's `spec.image`. Every blob is
+    /// checked before any host is touched: its frames against the index the store keeps, or
+    /// its digest while a blob without one is indexed.
     Store {
         root: PathBuf,
         image: Option<String>,
