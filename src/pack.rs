@@ -220,7 +220,7 @@ pub fn load_package(store: &Store, run: &RunFile) -> Result<Reference, PackError
             manifest.layers.len()
         )));
     }
-    check_image_layers(&manifest, &config, None).map_err(refuse)?;
+    check_image_layers(&manifest, &config, None).map_err(|e| refuse(e.to_string()))?;
     for (li, (layer, listed)) in m.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
         if &layer.diff_id != listed {
             return Err(refuse(format!(

@@ -139,7 +139,7 @@ pub fn pull(
             .map_err(|e| unsupported("a manifest", format!("it is not an image manifest: {e}")))?;
         for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
             desc.hex()
-                .map_err(|reason| unsupported("a manifest", reason))?;
+                .map_err(|e| unsupported("a manifest", e.to_string()))?;
         }
 
         let _guard = store.writer_guard()?;

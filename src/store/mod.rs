@@ -218,9 +218,9 @@ impl Store {
 
     /// Path of a blob by digest (whether or not it exists).
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = digest_hex(digest).map_err(|reason| StoreError::Malformed {
+        let hex = digest_hex(digest).map_err(|e| StoreError::Malformed {
             what: "a digest".into(),
-            reason,
+            reason: e.to_string(),
         })?;
         Ok(self.blobs_dir().join(hex))
     }
@@ -701,25 +701,53 @@ impl StagedBlob {
 
 /// The sha256 of a layer's uncompressed tar (its diff_id, `sha256:<hex>`), reading the blob at
 /// `path` as its media type says (zstd, gzip or plain tar).
-pub fn layer_diff_id(path: &Path, media_type: &str) -> std::result::Result<String, String> {
-    let file = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+pub fn layer_diff_id(path: &Path, media_type: &str) -> std::result::Result<String, LayerError> {
+    let file = File::open(path).map_err(|source| LayerError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let file = io::BufReader::with_capacity(1 << 20, file);
     let mut reader: Box<dyn Read> =
         if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") {
-            Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| e.to_string())?)
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(LayerError::Decoder)?)
         } else if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
             Box::new(flate2::read::MultiGzDecoder::new(file))
         } else if media_type.ends_with(".tar") {
             Box::new(file)
         } else {
-            return Err(format!(
-            "its media type {media_type} is not a layer type sealer reads (tar, tar+gzip, tar+zstd)"
-        ));
+            return Err(LayerError::MediaType(media_type.to_string()));
         };
     let mut hasher = Sha256::new();
-    io::copy(&mut reader, &mut hasher)
-        .map_err(|e| format!("it does not decompress as {media_type}: {e}"))?;
+    io::copy(&mut reader, &mut hasher).map_err(|source| LayerError::Decompress {
+        media_type: media_type.to_string(),
+        source,
+    })?;
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Why a layer's diff_id could not be worked out, or does not match its image.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("opening {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Decoder(io::Error),
+    #[error("its media type {0} is not a layer type sealer reads (tar, tar+gzip, tar+zstd)")]
+    MediaType(String),
+    #[error("it does not decompress as {media_type}: {source}")]
+    Decompress {
+        media_type: String,
+        source: io::Error,
+    },
+    #[error("the image config lists {listed} diff_ids for the {layers} layers of the manifest")]
+    DiffIdCount { listed: usize, layers: usize },
+    #[error("layer {layer} ({digest}) unpacks to {found}, but the image config says {listed}")]
+    DiffIdMismatch {
+        layer: usize,
+        digest: String,
+        found: String,
+        listed: String,
+    },
 }
 
 /// Check that a manifest and its config describe the same layers before an image is named:
@@ -729,25 +757,25 @@ pub fn check_image_layers(
     manifest: &Manifest,
     config: &ImageConfig,
     diff_ids: Option<&[String]>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), LayerError> {
     let listed = &config.rootfs.diff_ids;
     if listed.len() != manifest.layers.len() {
-        return Err(format!(
-            "the image config lists {} diff_ids for the {} layers of the manifest",
-            listed.len(),
-            manifest.layers.len()
-        ));
+        return Err(LayerError::DiffIdCount {
+            listed: listed.len(),
+            layers: manifest.layers.len(),
+        });
     }
     if let Some(found) = diff_ids {
         for (i, ((layer, listed), found)) in
             manifest.layers.iter().zip(listed).zip(found).enumerate()
         {
             if listed != found {
-                return Err(format!(
-                    "layer {} ({}) unpacks to {found}, but the image config says {listed}",
-                    i + 1,
-                    layer.digest
-                ));
+                return Err(LayerError::DiffIdMismatch {
+                    layer: i + 1,
+                    digest: layer.digest.clone(),
+                    found: found.clone(),
+                    listed: listed.clone(),
+                });
             }
         }
     }

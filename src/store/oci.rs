@@ -40,20 +40,29 @@ pub struct Platform {
 
 impl Descriptor {
     /// The hex part of the digest, checked to be a sha256 digest (64 lowercase hex digits).
-    pub fn hex(&self) -> Result<&str, String> {
+    pub fn hex(&self) -> Result<&str, DigestError> {
         digest_hex(&self.digest)
     }
 }
 
+/// Why a digest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("unsupported digest {0:?} (only sha256 is supported)")]
+    Unsupported(String),
+    #[error("malformed digest {0:?}")]
+    Malformed(String),
+}
+
 /// The hex of a `sha256:<hex>` digest, checked.
-pub fn digest_hex(digest: &str) -> Result<&str, String> {
+pub fn digest_hex(digest: &str) -> Result<&str, DigestError> {
     let hex = digest
         .strip_prefix("sha256:")
-        .ok_or_else(|| format!("unsupported digest {digest:?} (only sha256 is supported)"))?;
+        .ok_or_else(|| DigestError::Unsupported(digest.to_string()))?;
     if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(hex)
     } else {
-        Err(format!("malformed digest {digest:?}"))
+        Err(DigestError::Malformed(digest.to_string()))
     }
 }
 
