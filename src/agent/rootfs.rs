@@ -80,7 +80,7 @@ pub(super) fn write_config(
     let existing = fs::read_to_string(&target).ok();
     let content = match (strategy, existing) {
         (ConfigStrategy::Merge, Some(existing)) => {
-            crate::clusterfile::merge_yaml_documents(&existing, &data)?
+            crate::clusterfile::merge_yaml_documents(&existing, &data).map_err(|e| e.to_string())?
         }
         (ConfigStrategy::Merge | ConfigStrategy::Overwrite, _) => data,
     };

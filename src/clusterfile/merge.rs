@@ -6,6 +6,17 @@
 use serde::Deserialize;
 use serde_yaml::Value;
 
+/// Why two YAML files could not be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("the existing file is not YAML: {0}")]
+    Existing(serde_yaml::Error),
+    #[error("the Config data is not YAML: {0}")]
+    Patch(serde_yaml::Error),
+    #[error("{0}")]
+    Write(serde_yaml::Error),
+}
+
 fn documents(text: &str) -> Result<Vec<Value>, serde_yaml::Error> {
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
@@ -46,10 +57,9 @@ pub fn merge_value(base: &mut Value, patch: Value) {
 }
 
 /// `existing` with every document of `patch` merged in; unmatched patch documents are appended.
-pub fn merge_yaml_documents(existing: &str, patch: &str) -> Result<String, String> {
-    let mut base =
-        documents(existing).map_err(|e| format!("the existing file is not YAML: {e}"))?;
-    let patches = documents(patch).map_err(|e| format!("the Config data is not YAML: {e}"))?;
+pub fn merge_yaml_documents(existing: &str, patch: &str) -> Result<String, MergeError> {
+    let mut base = documents(existing).map_err(MergeError::Existing)?;
+    let patches = documents(patch).map_err(MergeError::Patch)?;
     for (position, patch) in patches.into_iter().enumerate() {
         let target = match identity(&patch) {
             Some(id) => base
@@ -68,7 +78,7 @@ pub fn merge_yaml_documents(existing: &str, patch: &str) -> Result<String, Strin
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(doc).map_err(|e| e.to_string())?);
+        out.push_str(&serde_yaml::to_string(doc).map_err(MergeError::Write)?);
     }
     Ok(out)
 }

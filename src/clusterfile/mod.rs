@@ -26,11 +26,11 @@ pub use crate::shell::{export_line, export_script, is_env_name, shell_quote, Inv
 pub use env::host_env;
 pub use flags::{from_flags, ClusterFlags};
 pub use hostlist::{parse_host_item, parse_host_list, HostListError, MAX_RANGE_LEN};
-pub use merge::{merge_value, merge_yaml_documents};
+pub use merge::{merge_value, merge_yaml_documents, MergeError};
 pub use model::{
-    Cluster, Config, ConfigStrategy, Host, HostKeyPin, HostSelector, OpaqueDocument, Phase, Plugin,
-    PluginKind, Secret, SshConfig, DEFAULT_CLUSTER_NAME, DEFAULT_DATA_ROOT, DEFAULT_SSH_PORT,
-    DEFAULT_SSH_USER,
+    Cluster, Config, ConfigMergeError, ConfigStrategy, Host, HostKeyPin, HostSelector,
+    OpaqueDocument, Phase, Plugin, PluginKind, Secret, SshConfig, DEFAULT_CLUSTER_NAME,
+    DEFAULT_DATA_ROOT, DEFAULT_SSH_PORT, DEFAULT_SSH_USER,
 };
 
 use documents::{ClusterSpecV1, ClusterSpecV2, ConfigSpec, Document, PluginSpec};

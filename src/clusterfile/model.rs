@@ -146,18 +146,27 @@ pub struct Config {
     pub strategy: ConfigStrategy,
 }
 
+/// A `strategy: merge` Config that could not be merged into the file it names.
+#[derive(Debug, thiserror::Error)]
+#[error("Config {name}: merging into {}: {source}", path.display())]
+pub struct ConfigMergeError {
+    pub name: String,
+    pub path: PathBuf,
+    pub source: super::merge::MergeError,
+}
+
 impl Config {
     /// The new content of the file, given its current content (`None` when it does not exist).
-    pub fn render(&self, existing: Option<&str>) -> Result<String, String> {
+    pub fn render(&self, existing: Option<&str>) -> Result<String, ConfigMergeError> {
         match (self.strategy, existing) {
             (ConfigStrategy::Overwrite, _) | (ConfigStrategy::Merge, None) => Ok(self.data.clone()),
             (ConfigStrategy::Merge, Some(existing)) => {
-                super::merge::merge_yaml_documents(existing, &self.data).map_err(|e| {
-                    format!(
-                        "Config {}: merging into {}: {e}",
-                        self.name,
-                        self.path.display()
-                    )
+                super::merge::merge_yaml_documents(existing, &self.data).map_err(|source| {
+                    ConfigMergeError {
+                        name: self.name.clone(),
+                        path: self.path.clone(),
+                        source,
+                    }
                 })
             }
         }
