@@ -373,7 +373,9 @@ fn copy_checked(
     .map_err(|(index, problem)| {
         let frame = &frames[index];
         match problem {
-            crate::codec::FrameProblem::Unreadable(source) if map.as_slice().len() as u64 >= end => {
+            crate::codec::FrameProblem::Unreadable(source)
+                if map.as_slice().len() as u64 >= end =>
+            {
                 WriteError::Io {
                     what: "copying layer frames into",
                     path: temp.to_path_buf(),
@@ -857,7 +859,6 @@ fn recompress(
         copied: false,
     })
 }
-
 
 /// One frame after recompression.
 struct Recompressed {
