@@ -10,6 +10,17 @@
 #[allow(dead_code, clippy::all)]
 pub mod kubefile;
 
+// Small shared modules the Clusterfile model uses (src/lib.rs has them at the crate root too).
+#[path = "../../src/host_key.rs"]
+#[allow(dead_code, clippy::all)]
+pub mod host_key;
+#[path = "../../src/secret.rs"]
+#[allow(dead_code, clippy::all)]
+pub mod secret;
+#[path = "../../src/shell.rs"]
+#[allow(dead_code, clippy::all)]
+pub mod shell;
+
 #[path = "../../src/clusterfile/mod.rs"]
 #[allow(dead_code, clippy::all)]
 pub mod clusterfile;
