@@ -5,8 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
-use super::sys::{create_file, finish_file};
-use super::tree::Meta;
+use super::sys::{create_file, finish_file, Meta};
 use super::{EntryProblem, UnpackError};
 
 /// Bytes of file content queued for the writer pool at most.

@@ -9,7 +9,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use super::tree::Meta;
+/// What a tar header says of an entry beyond its name and kind: applied to what is created.
+#[derive(Clone, Copy)]
+pub(super) struct Meta {
+    pub(super) mode: u32,
+    pub(super) mtime: u64,
+    pub(super) uid: u64,
+    pub(super) gid: u64,
+}
 
 /// Buffer for streaming large files.
 const STREAM_BUF: usize = 1 << 20;

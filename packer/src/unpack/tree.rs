@@ -10,19 +10,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::pool::{FileJob, WriterPool};
-use super::sys::{lchown, mknod, set_times, write_streamed, StreamError};
+use super::sys::{lchown, mknod, set_times, write_streamed, Meta, StreamError};
 use super::{io_err, EntryProblem, UnpackError, UnpackOptions, UnpackReport};
 
 /// Files up to this size are handed whole to the writer pool; larger ones are streamed.
 const POOL_FILE_MAX: u64 = 4 << 20;
-
-#[derive(Clone, Copy)]
-pub(super) struct Meta {
-    pub(super) mode: u32,
-    pub(super) mtime: u64,
-    pub(super) uid: u64,
-    pub(super) gid: u64,
-}
 
 pub(super) enum Applied {
     Refused(String, EntryProblem),
