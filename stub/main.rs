@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use packer::{Payload, ReadError, RunFile, UnpackOptions};
+use packer::{ReadError, RunFile, UnpackOptions, Volumes};
 use sealer::install::{self, Request, Source};
 use sealer::ui::error::one_line;
 use sealer::ui::human_bytes;
@@ -200,7 +200,7 @@ fn inspect(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn payload(run: &RunFile) -> Result<Payload> {
+fn payload(run: &RunFile) -> Result<Volumes> {
     Ok(run.payload()?)
 }
 
@@ -267,7 +267,7 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
 fn load() -> Result<()> {
     let run = open()?;
     let store = sealer::store::Store::open_default()?;
-    let reference = sealer::pack::load_package(&store, &run)?;
+    let reference = sealer::package::load_package(&store, &run)?;
     println!("Loaded image: {reference} into {}", store.root().display());
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! This module owns the fixed-size [`Header`] and [`Footer`] records and the versioned JSON
-//! [`Manifest`], their encoding and validation, and the geometry rules (alignment, where the
+//! [`RunManifest`], their encoding and validation, and the geometry rules (alignment, where the
 //! header of volume 0 sits after the stub). It does no file I/O beyond parsing an ELF header
 //! from bytes it is given; `write` and `read` do the I/O.
 
@@ -32,7 +32,7 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"SEALEND\0";
 pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
 /// The most volumes a payload may have (a 4 GiB split of a petabyte).
 pub const MAX_VOLUMES: u32 = 1 << 18;
-/// Value of [`Manifest::format`].
+/// Value of [`RunManifest::format`].
 pub const MANIFEST_FORMAT: &str = "sealer.run";
 
 /// Round `n` up to a multiple of `align` (a power of two); saturates at the largest multiple
@@ -191,7 +191,7 @@ impl Footer {
 
 /// Everything the installer knows about its payload; its sha256 is the payload id.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Manifest {
+pub struct RunManifest {
     /// Always [`MANIFEST_FORMAT`].
     pub format: String,
     pub version: u32,
@@ -258,15 +258,15 @@ pub struct VolumeEntry {
     pub name: String,
 }
 
-impl Manifest {
+impl RunManifest {
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serialising plain structs of strings and integers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// Parse and check the manifest's own consistency.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, FormatError> {
-        let manifest: Manifest =
+    pub fn from_bytes(bytes: &[u8]) -> Result<RunManifest, FormatError> {
+        let manifest: RunManifest =
             serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest(e.to_string()))?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(FormatError::Manifest(format!(

@@ -14,8 +14,8 @@ pub mod unpack;
 pub mod write;
 
 pub use codec::{Level, LevelError};
-pub use format::{Manifest, FORMAT_VERSION};
-pub use read::{Payload, ReadError, RunFile};
+pub use format::{RunManifest, FORMAT_VERSION};
+pub use read::{ReadError, RunFile, Volumes};
 pub use source::{ByteSource, MappedFile, PositionedFile};
 pub use unpack::{
     unpack, unpack_blob_files, Compression, EntryProblem, FrameProblem, LayerInput, UnpackError,

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::format::{self, align_up, FormatError, Header, Manifest, ALIGN, FOOTER_LEN, HEADER_LEN};
+use crate::format::{
+    self, align_up, FormatError, Header, RunManifest, ALIGN, FOOTER_LEN, HEADER_LEN,
+};
 use crate::frames::Frame;
 use crate::source::{ByteSource, MappedFile, PositionedFile};
 use crate::unpack::{
@@ -155,7 +157,7 @@ pub struct RunFile {
     file_len: u64,
     header_offset: u64,
     header: Header,
-    manifest: Manifest,
+    manifest: RunManifest,
     manifest_len: u64,
 }
 
@@ -251,7 +253,7 @@ impl RunFile {
             });
         }
         let manifest =
-            Manifest::from_bytes(&manifest_bytes).map_err(|e| damaged(shown, e, "manifest"))?;
+            RunManifest::from_bytes(&manifest_bytes).map_err(|e| damaged(shown, e, "manifest"))?;
         if manifest.volumes.len() != header.volume_count as usize
             || manifest.volumes[0].len != header.volume_len
         {
@@ -276,7 +278,7 @@ impl RunFile {
         &self.path
     }
 
-    pub fn manifest(&self) -> &Manifest {
+    pub fn manifest(&self) -> &RunManifest {
         &self.manifest
     }
 
@@ -299,7 +301,7 @@ impl RunFile {
     }
 
     /// Find and open every volume; checks lengths, headers and footers.
-    pub fn payload(&self) -> Result<Payload, ReadError> {
+    pub fn payload(&self) -> Result<Volumes, ReadError> {
         let count = self.header.volume_count.max(1);
         let mut paths: Vec<Option<PathBuf>> = vec![None; count as usize];
         paths[0] = Some(self.path.clone());
@@ -364,7 +366,7 @@ impl RunFile {
                     .collect()
             })
             .collect();
-        Ok(Payload {
+        Ok(Volumes {
             volumes,
             layers,
             manifest: self.manifest.clone(),
@@ -577,14 +579,14 @@ struct Volume {
 
 /// All volumes of a payload, opened, addressed as one concatenation (volume 0 first, from its
 /// first byte), so unsplit files use plain file offsets.
-pub struct Payload {
+pub struct Volumes {
     volumes: Vec<Volume>,
     /// Per layer, frames with offsets in the concatenation.
     layers: Vec<Vec<Frame>>,
-    manifest: Manifest,
+    manifest: RunManifest,
 }
 
-impl Payload {
+impl Volumes {
     fn volume_at(&self, offset: u64) -> Option<&Volume> {
         let i = self.volumes.partition_point(|v| v.start <= offset);
         self.volumes.get(i.checked_sub(1)?)
@@ -784,7 +786,7 @@ impl Payload {
     }
 }
 
-impl ByteSource for Payload {
+impl ByteSource for Volumes {
     fn bytes(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
         let volume = self.volume_at(offset).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "offset before the payload")

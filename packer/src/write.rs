@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Compression, Level};
 use crate::format::{
-    self, align_up, Footer, FrameEntry, Header, ImageInfo, LayerEntry, Manifest, VolumeEntry,
+    self, align_up, Footer, FrameEntry, Header, ImageInfo, LayerEntry, RunManifest, VolumeEntry,
     ALIGN, FOOTER_LEN, FORMAT_VERSION, HEADER_LEN, MANIFEST_FORMAT,
 };
 use crate::frames::{scan_frames, Frame, FramedWriter};
@@ -72,7 +72,7 @@ pub struct PackReport {
     /// The executable first, then the volumes.
     pub files: Vec<PathBuf>,
     pub payload_id: String,
-    pub manifest: Manifest,
+    pub manifest: RunManifest,
     /// Layers whose frames were copied without recompression.
     pub copied_layers: usize,
 }
@@ -232,7 +232,7 @@ fn write_in(
                 name: volume_name(out_name, i as u32),
             })
             .collect();
-        let manifest = Manifest {
+        let manifest = RunManifest {
             format: MANIFEST_FORMAT.to_string(),
             version: FORMAT_VERSION,
             image: ImageInfo {

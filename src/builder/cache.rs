@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use crate::store::{Descriptor, Store};
 
-use super::layer::LayerBlob;
+use super::layer::BuiltLayer;
 
 pub struct StepCache {
     dir: PathBuf,
@@ -44,18 +44,18 @@ impl StepCache {
         self.write(self.dir.join("memo").join(fingerprint), content.as_bytes());
     }
 
-    pub fn step(&self, key: &str) -> Option<LayerBlob> {
+    pub fn step(&self, key: &str) -> Option<BuiltLayer> {
         let bytes = fs::read(self.dir.join("steps").join(key)).ok()?;
         let entry: StepEntry = serde_json::from_slice(&bytes).ok()?;
         self.store
             .has_blob(&entry.layer.digest)
-            .then_some(LayerBlob {
+            .then_some(BuiltLayer {
                 descriptor: entry.layer,
                 diff_id: entry.diff_id,
             })
     }
 
-    pub fn record_step(&self, key: &str, blob: &LayerBlob) {
+    pub fn record_step(&self, key: &str, blob: &BuiltLayer) {
         let entry = StepEntry {
             layer: blob.descriptor.clone(),
             diff_id: blob.diff_id.clone(),

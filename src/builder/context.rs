@@ -13,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::layer::LayerWriter;
+use crate::hashing::HashingReader;
 
 /// One entry of a COPY/ADD plan, with its path relative to the image root.
 #[derive(Debug, Clone)]
@@ -369,27 +370,11 @@ fn mode_of(entry: &PlanEntry) -> u32 {
     }
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Re-emit the entries of a local archive below `dest` with normalised metadata.
 /// Returns the sha256 of the archive file.
 fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io::Result<String> {
     let file = File::open(source)?;
-    let mut hashing = HashingReader {
-        inner: io::BufReader::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-    };
+    let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
     {
         let mut magic = [0u8; 6];
         let n = {
@@ -461,7 +446,7 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
         io::copy(&mut archive.into_inner(), &mut io::sink())?;
     }
     io::copy(&mut hashing, &mut io::sink())?;
-    Ok(hex::encode(hashing.hasher.finalize()))
+    Ok(hashing.hex_digest())
 }
 
 /// sealer's app type detection: helm chart, plain Kubernetes YAML, shell scripts, or other.

@@ -14,7 +14,7 @@ use super::BuildError;
 
 /// A finished layer blob in the store.
 #[derive(Debug, Clone)]
-pub struct LayerBlob {
+pub struct BuiltLayer {
     pub descriptor: Descriptor,
     /// `sha256:<hex>` of the uncompressed tar.
     pub diff_id: String,
@@ -125,7 +125,7 @@ impl LayerWriter {
     }
 
     /// Finish the tar, flush the last frame and move the blob into the store.
-    pub fn finish(self) -> Result<LayerBlob, BuildError> {
+    pub fn finish(self) -> Result<BuiltLayer, BuildError> {
         let framed = self
             .tar
             .into_inner()
@@ -136,7 +136,7 @@ impl LayerWriter {
         let digest = format!("sha256:{}", info.digest);
         let (digest, size) = blob.commit(Some(&digest))?;
         self.store.put_frame_index(&digest, &info.frames);
-        Ok(LayerBlob {
+        Ok(BuiltLayer {
             descriptor: Descriptor {
                 media_type: MEDIA_TYPE_LAYER_ZSTD.to_string(),
                 digest,

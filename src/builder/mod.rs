@@ -23,7 +23,7 @@ use crate::reference::Reference;
 use crate::registry::RegistryOptions;
 use crate::store::{Store, StoreError};
 
-pub use layer::{LayerBlob, LayerWriter};
+pub use layer::{BuiltLayer, LayerWriter};
 use steps::Builder;
 
 /// What to build.

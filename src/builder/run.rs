@@ -21,7 +21,7 @@ use packer::unpack::{unpack_blob_files, UnpackOptions};
 
 use crate::store::{Descriptor, Store};
 
-use super::layer::{LayerBlob, LayerWriter};
+use super::layer::{BuiltLayer, LayerWriter};
 use super::BuildError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +208,7 @@ impl WorkTree {
         store: &Store,
         level: i32,
         mtime: u64,
-    ) -> Result<LayerBlob, BuildError> {
+    ) -> Result<BuiltLayer, BuildError> {
         let root = self.root();
         let after = snapshot(&root)?;
         let mut layer = LayerWriter::new(store, level, mtime)?;

@@ -19,7 +19,7 @@ use crate::store::{
 
 use super::cache::StepCache;
 use super::context::{self, app_kind, Plan};
-use super::layer::{LayerBlob, LayerWriter};
+use super::layer::{BuiltLayer, LayerWriter};
 use super::run::WorkTree;
 use super::{oci_arch, rfc3339, BuildError, BuildEvent, BuildOptions, BuildReport};
 
@@ -520,7 +520,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn push_layer(&mut self, key: String, blob: &LayerBlob, created_by: String) {
+    fn push_layer(&mut self, key: String, blob: &BuiltLayer, created_by: String) {
         self.key = key;
         self.layers.push(blob.descriptor.clone());
         self.diff_ids.push(blob.diff_id.clone());

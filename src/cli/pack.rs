@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use sealer::deploy::find_stub;
-use sealer::pack::{pack, PackOptions};
+use sealer::package::{pack, PackOptions};
 use sealer::reference::Reference;
 use sealer::store::Store;
 use sealer::ui::human_bytes;

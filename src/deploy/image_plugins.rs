@@ -55,7 +55,7 @@ pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, Image
             image: payload.image.clone(),
             source,
         };
-        let mut archive = tar::Archive::new(LayerReader::new(payload, layer));
+        let mut archive = tar::Archive::new(LayerTarStream::new(payload, layer));
         let entries = archive.entries().map_err(read_err)?;
         for entry in entries {
             let mut entry = entry.map_err(read_err)?;
@@ -125,16 +125,16 @@ pub fn image_plugins(payload: &Payload) -> Result<Vec<Plugin>, ImagePluginError>
 }
 
 /// A layer's uncompressed tar stream, decoded one frame at a time.
-struct LayerReader<'a> {
+struct LayerTarStream<'a> {
     layer: &'a PayloadLayer,
     source: &'a dyn packer::source::ByteSource,
     next: usize,
     current: Cursor<Vec<u8>>,
 }
 
-impl<'a> LayerReader<'a> {
+impl<'a> LayerTarStream<'a> {
     fn new(payload: &'a Payload, layer: &'a PayloadLayer) -> Self {
-        LayerReader {
+        LayerTarStream {
             layer,
             source: payload.sources[layer.source].as_ref(),
             next: 0,
@@ -162,7 +162,7 @@ impl<'a> LayerReader<'a> {
     }
 }
 
-impl Read for LayerReader<'_> {
+impl Read for LayerTarStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = self.current.read(out)?;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use ssh2::{BlockDirections, ErrorCode, MethodType};
 
+use crate::hashing::HashingReader;
 use crate::host_key::HostKeyPin;
 use crate::secret::Secret;
 use crate::shell::{export_script, shell_quote};
@@ -895,17 +896,14 @@ impl Session {
             .filter(|d| !d.as_os_str().is_empty())
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_else(|| ".".into());
-        let mut hashing = HashingReader {
-            inner: data,
-            hasher: Sha256::new(),
-        };
+        let mut hashing = HashingReader::new(data);
         let receive = format!(
             "mkdir -p {dir} && cat > {tmp} && chmod {mode:o} {tmp} && sha256sum {tmp}",
             dir = shell_quote(&dir),
             tmp = shell_quote(&tmp),
         );
         let out = self.run(&receive, &[], Some(&mut hashing))?;
-        let sent = hex::encode(hashing.hasher.finalize());
+        let sent = hashing.hex_digest();
         let remote = String::from_utf8_lossy(&out)
             .split_whitespace()
             .next()
@@ -936,19 +934,6 @@ impl Session {
         mode: u32,
     ) -> Result<String, SshError> {
         self.upload(&mut io::Cursor::new(bytes), remote_path, mode)
-    }
-}
-
-struct HashingReader<'a> {
-    inner: &'a mut dyn Read,
-    hasher: Sha256,
-}
-
-impl Read for HashingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 

@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use packer::format::{self, Footer, Header, Manifest, FOOTER_LEN, HEADER_LEN};
+use packer::format::{self, Footer, Header, RunManifest, FOOTER_LEN, HEADER_LEN};
 use packer::{Compression, LayerBlob, PackSpec, RunFile, UnpackOptions};
 
 const MAX_EDITS: usize = 10;
-/// Frames read one by one through `Payload::frame_bytes` at most.
+/// Frames read one by one through `Volumes::frame_bytes` at most.
 const MAX_FRAME_READS: usize = 16;
 
 /// Run one input. Panics when an invariant does not hold.
@@ -400,7 +400,7 @@ fn pick<T>(items: &mut [T], i: u8) -> Option<&mut T> {
 }
 
 impl ManifestEdit {
-    fn apply(&self, m: &mut Manifest) {
+    fn apply(&self, m: &mut RunManifest) {
         use ManifestEdit as E;
         macro_rules! with_frame {
             ($l:expr, $f:expr, |$fr:ident| $body:expr) => {
@@ -593,7 +593,7 @@ impl Mutations {
         let manifest_at = volumes[0].header_at + h0.manifest_offset as usize;
         let manifest_end = manifest_at + h0.manifest_len as usize;
         let original = volumes[0].bytes[manifest_at..manifest_end].to_vec();
-        let mut manifest = Manifest::from_bytes(&original).expect("the base manifest");
+        let mut manifest = RunManifest::from_bytes(&original).expect("the base manifest");
 
         // Manifest edits, then the manifest back in place with its payload id.
         let mut raw: Option<Vec<u8>> = None;
