@@ -30,5 +30,6 @@ pub mod checks {
     pub mod clusterfile;
     pub mod kubefile;
     pub mod run_reader;
+    pub mod scratch;
     pub mod unpack_tar;
 }

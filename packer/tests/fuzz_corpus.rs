@@ -10,6 +10,8 @@ mod alloc_limit;
 mod replay;
 #[path = "../../fuzz/src/checks/run_reader.rs"]
 mod run_reader;
+#[path = "../../fuzz/src/checks/scratch.rs"]
+mod scratch;
 #[allow(dead_code)]
 #[path = "../../fuzz/src/checks/unpack_tar.rs"]
 mod unpack_tar;

@@ -96,17 +96,6 @@ fn exercise(path: &Path, out: &Path) {
 // ---------------------------------------------------------------------------------------------
 // Scratch directories.
 
-fn base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SEALER_FUZZ_TMP") {
-        return PathBuf::from(dir);
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        return shm.join("sealer-fuzz");
-    }
-    std::env::temp_dir().join("sealer-fuzz")
-}
-
 /// A fresh directory, removed on drop.
 struct Scratch(PathBuf);
 
@@ -114,7 +103,7 @@ impl Scratch {
     fn new() -> Scratch {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = base_dir().join(format!("run-{}-{n}", std::process::id()));
+        let dir = super::scratch::base_dir().join(format!("run-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("creating a scratch directory");
         Scratch(dir)

@@ -121,22 +121,11 @@ struct Area {
     targets: Vec<PathBuf>,
 }
 
-fn base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SEALER_FUZZ_TMP") {
-        return PathBuf::from(dir);
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        return shm.join("sealer-fuzz");
-    }
-    std::env::temp_dir().join("sealer-fuzz")
-}
-
 impl Area {
     fn new() -> Area {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let grand = base_dir().join(format!("unpack-{}-{n}", std::process::id()));
+        let grand = super::scratch::base_dir().join(format!("unpack-{}-{n}", std::process::id()));
         if grand.exists() {
             force_remove(&grand);
         }
