@@ -307,6 +307,24 @@ pub enum ScanError {
     NotZstd { offset: u64, reason: String },
 }
 
+/// Check one frame's compressed `bytes` against its index entry: the sha256 first (the bytes
+/// are the ones indexed), then what `depth` asks of the content (the index describes them).
+pub fn check_frame_bytes(
+    frame: &Frame,
+    compression: crate::codec::Compression,
+    bytes: &[u8],
+    depth: crate::codec::FrameCheck,
+) -> Result<(), crate::codec::FrameProblem> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if actual != frame.sha256 {
+        return Err(crate::codec::FrameProblem::Checksum {
+            expected: frame.sha256.clone(),
+            actual,
+        });
+    }
+    crate::codec::check_frame_content(compression, bytes, frame.uncompressed_len, depth)
+}
+
 /// Check `blob` against a frame index kept for it (the store's, written when the blob was):
 /// every frame's sha256 and the content size it declares, in parallel. Returns the first bad
 /// frame (0-based) and what is wrong with it. One pass over the bytes, on every core, instead
@@ -326,7 +344,7 @@ pub fn check_and_copy_frames(
     frames: &[Frame],
     sink: impl Fn(&Frame, &[u8]) -> io::Result<()> + Sync,
 ) -> Result<(), (usize, crate::codec::FrameProblem)> {
-    use crate::codec::{check_frame_content, Compression, FrameCheck, FrameProblem};
+    use crate::codec::{Compression, FrameCheck, FrameProblem};
     use rayon::prelude::*;
     let bad = frames
         .par_iter()
@@ -345,21 +363,7 @@ pub fn check_and_copy_frames(
                     )),
                 ));
             };
-            let actual = hex::encode(Sha256::digest(data));
-            let checked = if actual != frame.sha256 {
-                Err(FrameProblem::Checksum {
-                    expected: frame.sha256.clone(),
-                    actual,
-                })
-            } else {
-                check_frame_content(
-                    Compression::Zstd,
-                    data,
-                    frame.uncompressed_len,
-                    FrameCheck::DeclaredSize,
-                )
-            };
-            checked
+            check_frame_bytes(frame, Compression::Zstd, data, FrameCheck::DeclaredSize)
                 .and_then(|()| sink(frame, data).map_err(FrameProblem::Unreadable))
                 .err()
                 .map(|problem| (index, problem))

@@ -669,16 +669,8 @@ impl Volumes {
         let bytes = self
             .bytes(frame.offset, frame.compressed_len)
             .map_err(FrameProblem::Unreadable)?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        let result = if actual != frame.sha256 {
-            Err(FrameProblem::Checksum {
-                expected: frame.sha256.clone(),
-                actual,
-            })
-        } else {
-            let compression = self.manifest.layers[layer].compression;
-            unpack::check_frame_content(compression, &bytes, frame.uncompressed_len, depth)
-        };
+        let compression = self.manifest.layers[layer].compression;
+        let result = crate::frames::check_frame_bytes(frame, compression, &bytes, depth);
         drop(bytes);
         self.release(frame.offset, frame.compressed_len);
         result

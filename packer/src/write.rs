@@ -120,7 +120,11 @@ struct PreparedLayer {
     file: PathBuf,
     frames: Vec<Frame>,
     entry: LayerEntry,
+    /// The store's blob goes in byte for byte (not recompressed).
     copied: bool,
+    /// Its frames come from the store's index, not from reading these bytes: each is checked
+    /// while it is copied ([`copy_checked`]).
+    check_on_copy: bool,
 }
 
 /// Where one contiguous run of a layer's frames goes.
@@ -300,7 +304,7 @@ fn write_in(
         }
         for segment in segments.iter().filter(|s| s.volume == volume) {
             let layer = &prepared[segment.layer];
-            if layer.copied {
+            if layer.check_on_copy {
                 copy_checked(layer, segment, &out, base, &temp)?;
             } else {
                 copy_plain(layer, segment, &mut out, base, &temp)?;
@@ -396,7 +400,8 @@ fn copy_checked(
     })
 }
 
-/// Copy a segment of a file this pack wrote itself (its frames were hashed as they were made).
+/// Copy a segment whose frames were hashed from these very bytes (a file this pack wrote, or a
+/// store blob it scanned and checked against its digest).
 fn copy_plain(
     layer: &PreparedLayer,
     segment: &Segment,
@@ -654,7 +659,7 @@ fn layer_entry(
 /// [`LayerPlan::CopyIndexed`]: the blob copied as is; every frame is checked against the index
 /// while it is copied ([`copy_checked`]).
 fn copy_indexed(blob: &LayerBlob, frames: Vec<Frame>) -> Result<PreparedLayer, WriteError> {
-    Ok(copied_as_is(blob, frames))
+    Ok(copied_as_is(blob, frames, true))
 }
 
 /// [`LayerPlan::CopyScanned`]: the frames are indexed from these very bytes, so the blob's
@@ -679,11 +684,11 @@ fn copy_scanned(
             ),
         });
     }
-    Ok(copied_as_is(blob, frames))
+    Ok(copied_as_is(blob, frames, false))
 }
 
 /// A store blob that goes into the package byte for byte, under its own digest.
-fn copied_as_is(blob: &LayerBlob, frames: Vec<Frame>) -> PreparedLayer {
+fn copied_as_is(blob: &LayerBlob, frames: Vec<Frame>, check_on_copy: bool) -> PreparedLayer {
     let compressed = frames.iter().map(|f| f.compressed_len).sum();
     let uncompressed = frames.iter().map(|f| f.uncompressed_len).sum();
     PreparedLayer {
@@ -697,8 +702,10 @@ fn copied_as_is(blob: &LayerBlob, frames: Vec<Frame>) -> PreparedLayer {
         ),
         frames,
         copied: true,
+        check_on_copy,
     }
 }
+
 /// The level of the frames this pack writes.
 fn level(spec: &PackSpec) -> Level {
     spec.level.unwrap_or(spec.compression.default_level())
@@ -766,6 +773,7 @@ fn reframe_layer(
                 format!("sha256:{}", layer.digest),
             ),
             copied: false,
+            check_on_copy: false,
         });
     }
     let file = File::open(&framed_path).map_err(io_err("opening", &framed_path))?;
@@ -857,6 +865,7 @@ fn recompress(
         entry: layer_entry(blob, spec.compression, offset, uncompressed, digest),
         frames,
         copied: false,
+        check_on_copy: false,
     })
 }
 
