@@ -110,7 +110,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
             report(Event::Checking { done: 0, total });
             check.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
             report(Event::Checked);
-            Payload::from_package(run)?
+            Payload::from_package(run, check)?
         }
     };
     let mut opts = InstallOptions::new(target.connect.clone());

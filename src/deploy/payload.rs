@@ -205,12 +205,12 @@ impl Payload {
 }
 
 impl Payload {
-    /// The payload of a `.run` package: its frames, config and the stub at its head (the agent).
-    pub fn from_package(run: &RunFile) -> Result<Payload, PayloadError> {
+    /// The payload of a `.run` package: its frames (in `package`, the volumes the caller opened
+    /// and checked), config and the stub at its head (the agent).
+    pub fn from_package(run: &RunFile, package: packer::Volumes) -> Result<Payload, PayloadError> {
         let manifest = run.manifest().clone();
         let config: ImageConfig =
             serde_json::from_str(&manifest.image.config_json).map_err(PayloadError::Config)?;
-        let package = run.payload()?;
         let layers: Vec<PayloadLayer> = package
             .layer_inputs()
             .into_iter()
