@@ -114,6 +114,52 @@ pub fn encode_frame(level: Level, plain: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
+/// The largest block a zstd frame may hold (`Block_Maximum_Size`, RFC 8878 §3.1.1.2.4).
+const ZSTD_MAX_BLOCK: usize = 128 << 10;
+
+/// `plain` as one independent zstd frame of raw (uncompressed) blocks: a "stored" frame.
+///
+/// For content that is already compressed (gzip or zstd image layers), where compressing again
+/// costs time and gains nothing. Any zstd decoder reads it; its bytes depend only on `plain`, so
+/// the same content always gives the same frame. The header declares the content size (single
+/// segment, no checksum), as frames from [`encode_frame`] do, so the declared-size checks apply.
+pub fn encode_stored_frame(plain: &[u8]) -> Vec<u8> {
+    let blocks = plain.len().div_ceil(ZSTD_MAX_BLOCK).max(1);
+    let mut out = Vec::with_capacity(plain.len() + 3 * blocks + 14);
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    let size = plain.len() as u64;
+    // Frame_Header_Descriptor: Single_Segment (bit 5) and Frame_Content_Size_flag (bits 6-7),
+    // whose field is 1, 2 (size - 256), 4 or 8 bytes.
+    match size {
+        0..=255 => out.extend_from_slice(&[0x20, size as u8]),
+        256..=65_791 => {
+            out.push(0x60);
+            out.extend_from_slice(&((size - 256) as u16).to_le_bytes());
+        }
+        65_792..=0xFFFF_FFFF => {
+            out.push(0xA0);
+            out.extend_from_slice(&(size as u32).to_le_bytes());
+        }
+        _ => {
+            out.push(0xE0);
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+    }
+    let mut chunks = plain.chunks(ZSTD_MAX_BLOCK).peekable();
+    if chunks.peek().is_none() {
+        // An empty frame still has one (empty, last) block.
+        out.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = u32::from(chunks.peek().is_none());
+        // Block_Header: Last_Block (bit 0), Block_Type 0 = Raw (bits 1-2), Block_Size (bits 3-23).
+        let header = last | ((chunk.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
 /// Why a frame could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameProblem {
@@ -271,4 +317,30 @@ pub fn check_frame_content(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_frames_decode_to_their_content_and_declare_its_size() {
+        for len in [0usize, 1, 255, 256, 65_791, 65_792, ZSTD_MAX_BLOCK, 3 * ZSTD_MAX_BLOCK + 7] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let frame = encode_stored_frame(&plain);
+            assert_eq!(zstd::decode_all(&frame[..]).unwrap(), plain, "{len}");
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&frame).ok(),
+                Some(Some(len as u64)),
+                "{len}"
+            );
+            assert_eq!(
+                zstd::zstd_safe::find_frame_compressed_size(&frame),
+                Ok(frame.len()),
+                "{len}"
+            );
+            check_frame_content(Compression::Zstd, &frame, len as u64, FrameCheck::Decode)
+                .unwrap();
+        }
+    }
 }

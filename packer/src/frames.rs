@@ -4,6 +4,9 @@
 //! frames of about [`FRAME_TARGET`] bytes of tar each, so a reader can verify and decode frames in
 //! parallel. [`FramedWriter`] compresses frames on worker threads with bounded memory and reports
 //! where every frame lies; [`scan_frames`] recovers the same index from an existing blob.
+//! A caller that wants a frame to begin exactly where an entry begins (so that the same entry
+//! gives the same frame in another blob) says so with [`FramedWriter::start_frame`], and can ask
+//! for [`FrameMode::Stored`] frames for content that is already compressed.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -42,6 +45,17 @@ pub struct FramedLayer {
     pub uncompressed_len: u64,
 }
 
+/// How the frames of the current entry are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FrameMode {
+    /// zstd at the writer's level.
+    #[default]
+    Compressed,
+    /// Raw blocks, not compressed ([`crate::codec::encode_stored_frame`]): for content that
+    /// is already compressed.
+    Stored,
+}
+
 struct Compressed {
     seq: u64,
     /// The frame and the sha256 of it, computed on the worker.
@@ -57,11 +71,13 @@ struct Compressed {
 pub struct FramedWriter<W: Write> {
     sink: W,
     level: i32,
+    /// How the frame being filled will be encoded.
+    mode: FrameMode,
     buf: Vec<u8>,
     next_seq: u64,
     written_seq: u64,
     pending: BTreeMap<u64, Compressed>,
-    jobs: Option<mpsc::SyncSender<(u64, Arc<Vec<u8>>)>>,
+    jobs: Option<mpsc::SyncSender<(u64, Arc<Vec<u8>>, FrameMode)>>,
     /// Frames in order, to the thread computing the diff_id (off the producer's thread).
     diff_jobs: Option<mpsc::SyncSender<Arc<Vec<u8>>>>,
     diff_thread: Option<thread::JoinHandle<Sha256>>,
@@ -86,7 +102,7 @@ impl<W: Write> FramedWriter<W> {
 
     pub fn with_threads(sink: W, level: i32, threads: usize) -> Self {
         let threads = threads.max(1);
-        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Arc<Vec<u8>>)>(threads);
+        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Arc<Vec<u8>>, FrameMode)>(threads);
         let (diff_tx, diff_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(2 * threads + 2);
         let diff_thread = thread::spawn(move || {
             let mut diff = Sha256::new();
@@ -109,10 +125,15 @@ impl<W: Write> FramedWriter<W> {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
-                        let Ok((seq, data)) = job else { return };
-                        let bytes = match compressor.as_mut() {
-                            Ok(c) => c.compress(&data[..]),
-                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        let Ok((seq, data, mode)) = job else { return };
+                        let bytes = match (mode, compressor.as_mut()) {
+                            (FrameMode::Stored, _) => {
+                                Ok(crate::codec::encode_stored_frame(&data[..]))
+                            }
+                            (FrameMode::Compressed, Ok(c)) => c.compress(&data[..]),
+                            (FrameMode::Compressed, Err(e)) => {
+                                Err(io::Error::new(e.kind(), e.to_string()))
+                            }
                         }
                         .map(|frame| {
                             let sha256 = hex::encode(Sha256::digest(&frame));
@@ -135,6 +156,7 @@ impl<W: Write> FramedWriter<W> {
         FramedWriter {
             sink,
             level,
+            mode: FrameMode::Compressed,
             buf: Vec::with_capacity(FRAME_TARGET),
             next_seq: 0,
             written_seq: 0,
@@ -178,6 +200,16 @@ impl<W: Write> FramedWriter<W> {
         Ok(len - left)
     }
 
+    /// Begin a new frame here (ending the one being filled, however small) and encode the frames
+    /// that follow as `mode` until the next call. An entry written after this call starts its
+    /// own frame, so the same entry bytes give the same frame bytes in any blob; an entry larger
+    /// than [`FRAME_TARGET`] still spans several frames, cut at the same offsets.
+    pub fn start_frame(&mut self, mode: FrameMode) -> io::Result<()> {
+        self.cut()?;
+        self.mode = mode;
+        Ok(())
+    }
+
     /// Tell the writer that a tar entry ends here; the frame is cut if it is large enough.
     pub fn entry_boundary(&mut self) -> io::Result<()> {
         if self.buf.len() >= FRAME_SOFT_CUT {
@@ -209,7 +241,7 @@ impl<W: Write> FramedWriter<W> {
         self.jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("framed writer already finished"))?
-            .send((seq, data))
+            .send((seq, data, self.mode))
             .map_err(|_| io::Error::other("zstd worker thread stopped"))?;
         self.drain_ready()
     }
@@ -485,6 +517,40 @@ mod tests {
         let (_, layer) = w.finish().unwrap();
         let sizes: Vec<u64> = layer.frames.iter().map(|f| f.uncompressed_len).collect();
         assert_eq!(sizes, vec![1000 + FRAME_SOFT_CUT as u64, 10]);
+    }
+
+    #[test]
+    fn started_frames_begin_at_the_entry_and_stored_ones_are_raw() {
+        let packed = pseudo_random(300_000, 3);
+        let text = vec![b'x'; 10_000];
+        let write = |prefix: &[u8]| {
+            let mut w = FramedWriter::with_threads(Vec::new(), 3, 2);
+            w.write_all(prefix).unwrap();
+            w.start_frame(FrameMode::Stored).unwrap();
+            w.write_all(&packed).unwrap();
+            w.start_frame(FrameMode::Compressed).unwrap();
+            w.write_all(&text).unwrap();
+            w.finish().unwrap()
+        };
+        let (blob, layer) = write(b"one");
+        let (other_blob, other) = write(b"a different prefix");
+        let sizes: Vec<u64> = layer.frames.iter().map(|f| f.uncompressed_len).collect();
+        assert_eq!(sizes, vec![3, 300_000, 10_000]);
+        // The same entries give the same frames after a different start.
+        assert_eq!(layer.frames[1].sha256, other.frames[1].sha256);
+        assert_eq!(layer.frames[2].sha256, other.frames[2].sha256);
+        let stored = &layer.frames[1];
+        assert_eq!(
+            &blob[stored.offset as usize..][..stored.compressed_len as usize],
+            &crate::codec::encode_stored_frame(&packed)[..]
+        );
+        assert!(layer.frames[2].compressed_len < 1_000);
+        let mut all = b"one".to_vec();
+        all.extend_from_slice(&packed);
+        all.extend_from_slice(&text);
+        assert_eq!(zstd::decode_all(&blob[..]).unwrap(), all);
+        assert_eq!(scan_frames(&blob).unwrap(), layer.frames);
+        assert!(zstd::decode_all(&other_blob[..]).is_ok());
     }
 
     #[test]
