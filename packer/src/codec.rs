@@ -325,7 +325,16 @@ mod tests {
 
     #[test]
     fn stored_frames_decode_to_their_content_and_declare_its_size() {
-        for len in [0usize, 1, 255, 256, 65_791, 65_792, ZSTD_MAX_BLOCK, 3 * ZSTD_MAX_BLOCK + 7] {
+        for len in [
+            0usize,
+            1,
+            255,
+            256,
+            65_791,
+            65_792,
+            ZSTD_MAX_BLOCK,
+            3 * ZSTD_MAX_BLOCK + 7,
+        ] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let frame = encode_stored_frame(&plain);
             assert_eq!(zstd::decode_all(&frame[..]).unwrap(), plain, "{len}");
@@ -339,8 +348,7 @@ mod tests {
                 Ok(frame.len()),
                 "{len}"
             );
-            check_frame_content(Compression::Zstd, &frame, len as u64, FrameCheck::Decode)
-                .unwrap();
+            check_frame_content(Compression::Zstd, &frame, len as u64, FrameCheck::Decode).unwrap();
         }
     }
 }
