@@ -3,6 +3,10 @@
 //! program heads — and check it before any host is touched, run the deploy engine, hand back its
 //! report.
 //!
+//! One command at a time changes a cluster: the recipe takes the cluster's lock
+//! ([`crate::clusters`]) before it touches anything and adds the install to the cluster's record
+//! when it ends, whether it finished or not.
+//!
 //! It decides and prints nothing: the caller passes a reporter that turns [`Event`]s into text
 //! (`ui::install` does). The engine itself lives in `deploy`; this is only the order of its parts.
 
@@ -10,7 +14,9 @@ use std::path::PathBuf;
 
 use packer::{ReadError, RunFile};
 
+use crate::clusters::{self, ClusterRecord, ClusterStateError, HostRecord, InstallRecord};
 use crate::deploy::payload::PayloadError;
+use crate::deploy::HostOutcome;
 use crate::deploy::target::{resolve, TargetError, TargetSpec};
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
 use crate::deploy::{InstallReport, Payload};
@@ -37,6 +43,10 @@ pub struct Request<'a> {
     pub parallel: usize,
     /// Attempts per host before it is reported failed (at least 1).
     pub attempts: u32,
+    /// Where cluster locks and records live (`$SEALER_ROOT`).
+    pub state_root: PathBuf,
+    /// The command line, as the lock names its holder (`sealer run etcd:v1`).
+    pub command: String,
 }
 
 /// What the recipe reports while it works.
@@ -84,6 +94,9 @@ pub enum Error {
     Payload(#[from] PayloadError),
     #[error(transparent)]
     Install(#[from] InstallError),
+    /// Another command holds the cluster's lock, or its record is unreadable.
+    #[error(transparent)]
+    ClusterState(#[from] ClusterStateError),
     /// The engine ran, but some host or cluster stage failed; the report says which.
     #[error("the install did not finish on every host; fix the cause above and run the same command again: finished steps are not repeated")]
     Unfinished,
@@ -93,6 +106,16 @@ pub enum Error {
 /// every host finished; [`finished`] tells.
 pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<InstallReport, Error> {
     let target = resolve(&request.target)?;
+    let name = target.cluster.name.clone();
+    let (_lock, stale) = clusters::lock(&request.state_root, &name, &request.command)?;
+    if let Some(gone) = stale {
+        report(Event::Host(InstallEvent::Note {
+            host: None,
+            text: format!("the last change to cluster {name}, {gone}, did not finish; taking over its lock"),
+        }));
+    }
+    let mut record = ClusterRecord::load(&request.state_root, &name)?;
+    let started = clusters::timestamp();
     let payload = match &request.source {
         Source::Store { root, image } => {
             let name = image
@@ -124,9 +147,36 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
         hosts: target.cluster.hosts.len(),
         cluster: target.cluster.name.clone(),
     }));
-    Ok(install(&target.cluster, &payload, &opts, &|event| {
+    let outcome = install(&target.cluster, &payload, &opts, &|event| {
         report(Event::Host(event))
-    })?)
+    })?;
+    record.installs.push(InstallRecord {
+        image: payload.image.clone(),
+        payload: payload.id.clone(),
+        started,
+        finished: clusters::timestamp(),
+        ok: outcome.success(),
+        hosts: outcome
+            .hosts
+            .iter()
+            .map(|h| HostRecord {
+                ip: h.ip.to_string(),
+                roles: h.roles.clone(),
+                result: match &h.outcome {
+                    HostOutcome::Installed => "installed".into(),
+                    HostOutcome::UpToDate => "up to date".into(),
+                    HostOutcome::Failed(why) => format!("failed: {why}"),
+                },
+            })
+            .collect(),
+    });
+    if let Some(file) = &request.target.clusterfile {
+        record.clusterfile = std::fs::read_to_string(file)
+            .ok()
+            .map(|text| clusters::masked_clusterfile(&text));
+    }
+    record.save(&request.state_root)?;
+    Ok(outcome)
 }
 
 /// `Ok` when every host and cluster stage finished (or nothing had to be done).

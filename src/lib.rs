@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod builder;
 pub mod clusterfile;
+pub mod clusters;
 pub mod deploy;
 pub mod hashing;
 pub mod host_key;

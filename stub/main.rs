@@ -252,11 +252,14 @@ fn extract(dir: &std::path::Path) -> Result<()> {
 
 fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
     let run = open()?;
+    let program = std::env::args().next().unwrap_or_else(|| "app.run".into());
     let request = Request {
         target: target.spec(),
         source: Source::Package(&run),
         parallel: target.parallel,
         attempts: target.attempts,
+        state_root: sealer::store::Store::default_root(),
+        command: format!("{program} install"),
     };
     let view = InstallView::new();
     let report = install::run(&request, &|event| view.show(event))?;

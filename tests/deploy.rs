@@ -1,6 +1,6 @@
 //! End to end: `sealer build` then `sealer run` onto real OpenSSH hosts of a testbed, through the
 //! real binaries (`sealer`, with `sealer-stub` as the uploaded agent). Covers the etcd fixture on
-//! 3 masters + 2 nodes, the double run, a non-root sudo user with Configs, exports and the
+//! 3 masters + 2 nodes, the double run, v1 → v2 → v1 converging to the image asked for, a non-root sudo user with Configs, exports and the
 //! `SEALER_*` env, and the fault scenarios, each followed by a rerun that completes.
 //!
 //! Needs root and the testbed tools (`scripts/ci-deps.sh`); skipped elsewhere unless `CI` or
@@ -90,10 +90,17 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         "  scope: master|node\n",
         "echo ran >> /var/tmp/count-runs",
     );
+    // A Config, to prove it is written again into every tree that replaces the rootfs.
+    let config = "---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: app-conf\nspec:\n  path: etc/app.conf\n  data: |\n    members=3\n";
     let file = write_file(
         work.path(),
         "Clusterfile",
-        &clusterfile("etcd", &layout, &key_ssh(&bed), &counter),
+        &clusterfile(
+            "etcd",
+            &layout,
+            &key_ssh(&bed),
+            &format!("{counter}{config}"),
+        ),
     );
     let file = file.to_str().unwrap();
 
@@ -165,6 +172,52 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         on_host(&bed, &hosts[0], &format!("cat {pid_file}")),
         pid_before
     );
+
+    // v1 → v2 → v1: each install converges every host to the image asked for, runs that
+    // image's steps on its tree, and a rerun of the last one does nothing.
+    store.build_from(
+        "etcd-cluster:v2",
+        "FROM etcd-cluster:v1\nCOPY version etc/version\n",
+        &[("version", b"v2\n")],
+    );
+    let version = format!("{}/etc/version", rootfs("etcd"));
+    let conf = format!("{}/etc/app.conf", rootfs("etcd"));
+    let v2 = store.run_on(&bed, "etcd-cluster:v2", &["-f", file]);
+    v2.assert_ok("install of v2 over v1");
+    for host in hosts {
+        assert!(v2.row(host).contains("installed"), "{}", v2.row(host));
+        assert_eq!(on_host(&bed, host, &format!("cat {version}")), "v2\n");
+        assert_eq!(on_host(&bed, host, &format!("cat {conf}")), "members=3\n");
+        assert_eq!(on_host(&bed, host, "cat /var/tmp/count-runs"), "ran\nran\n");
+    }
+    let back = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
+    back.assert_ok("install of v1 over v2");
+    assert!(
+        !back.text.contains("Everything is up to date"),
+        "{}",
+        back.text
+    );
+    for host in hosts {
+        assert!(back.row(host).contains("installed"), "{}", back.row(host));
+        assert!(
+            !exists_on(&bed, host, &version),
+            "{host} still has v2's {version} after v1 was installed again"
+        );
+        assert_eq!(on_host(&bed, host, &format!("cat {conf}")), "members=3\n");
+        assert_eq!(
+            on_host(&bed, host, "cat /var/tmp/count-runs"),
+            "ran\nran\nran\n"
+        );
+    }
+    let again = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
+    again.assert_ok("rerun of v1");
+    assert!(
+        again.text.contains("Everything is up to date"),
+        "{}",
+        again.text
+    );
+    let health = on_host(&bed, &hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 }
 
 #[test]

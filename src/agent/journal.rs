@@ -1,5 +1,8 @@
-//! The host's journal: one file per finished step in `journal/`, named by its step key, and
-//! what steps exported in `exports/KEY.env`. Read by `state`, written by `done`.
+//! The host's journal: one file per finished step in `journal/`, named by its step key, what
+//! steps exported in `exports/KEY.env`, and in `installed` the payload whose tree the rootfs
+//! holds. Read by `state`, written by `done`. The journal describes the installed payload
+//! only: when a step installs another payload's tree, the steps and exports of the one before
+//! are cleared, so installing v1 after v2 runs v1's steps again on v1's tree.
 
 use std::fs;
 use std::io::{self, Read};
@@ -7,12 +10,18 @@ use std::path::Path;
 
 use super::input::Input;
 use super::io_context;
-use super::protocol::{export_file, HostState, StepKey};
+use super::protocol::{export_file, HostState, PayloadId, StepKey};
+
+/// The file naming the payload the rootfs holds.
+const INSTALLED: &str = "installed";
 
 /// `state`: prints the [`HostState`]. Files that are not named by a step key (a temporary
 /// file left by a killed `done`) are no steps.
 pub(super) fn state(work: &Path) -> Result<(), String> {
     let mut out = HostState::default();
+    if let Ok(text) = fs::read_to_string(work.join(INSTALLED)) {
+        out.installed = text.trim().parse().ok();
+    }
     if let Ok(entries) = fs::read_dir(work.join("journal")) {
         for e in entries.flatten() {
             if let Ok(key) = e.file_name().to_string_lossy().parse::<StepKey>() {
@@ -40,9 +49,13 @@ pub(super) fn state(work: &Path) -> Result<(), String> {
 }
 
 /// `done`: records the step `key` (its name on stdin) in the journal, then prints what it
-/// exported.
-pub(super) fn done(work: &Path, key: &StepKey) -> Result<(), String> {
+/// exported. With `installs`, the step put that payload's tree in place: a journal kept for
+/// another payload is cleared first, and `installed` names the new one.
+pub(super) fn done(work: &Path, key: &StepKey, installs: Option<&PayloadId>) -> Result<(), String> {
     let dir = work.join("journal");
+    if let Some(id) = installs {
+        switch_payload(work, id)?;
+    }
     fs::create_dir_all(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
     let mut what = String::new();
     Input::stdin()
@@ -60,4 +73,27 @@ pub(super) fn done(work: &Path, key: &StepKey) -> Result<(), String> {
             .map_err(io_context("writing stdout"))?;
     }
     Ok(())
+}
+
+/// Records that the rootfs holds `id`. When it held another payload, the steps and exports
+/// recorded for that one are removed first (they describe a tree that is gone); a crash
+/// between the two leaves the old name, so the next run clears again.
+fn switch_payload(work: &Path, id: &PayloadId) -> Result<(), String> {
+    let file = work.join(INSTALLED);
+    let current = fs::read_to_string(&file).ok();
+    if current.as_deref().map(str::trim) == Some(id.as_str()) {
+        return Ok(());
+    }
+    for sub in ["journal", "exports"] {
+        let dir = work.join(sub);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("clearing {}: {e}", dir.display())),
+        }
+    }
+    fs::create_dir_all(work).map_err(io_context(format!("creating {}", work.display())))?;
+    let tmp = work.join(".installed.tmp");
+    fs::write(&tmp, format!("{id}\n")).map_err(io_context(format!("writing {}", tmp.display())))?;
+    fs::rename(&tmp, &file).map_err(io_context(format!("writing {}", file.display())))
 }

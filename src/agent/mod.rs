@@ -81,8 +81,9 @@ fn run(command: AgentCommand) -> Result<i32, String> {
             work,
             key,
             drop_spool,
+            installs,
         } => {
-            journal::done(&work, &key)?;
+            journal::done(&work, &key, installs.as_ref())?;
             if drop_spool {
                 spool::remove(&work)?;
             }

@@ -78,7 +78,9 @@ pub enum AgentCommand {
         dest: PathBuf,
     },
     /// Reads the step's name and records the step as done in the journal; prints what the step
-    /// exported. With `drop_spool`, the spooled frames are removed afterwards.
+    /// exported. With `drop_spool`, the spooled frames are removed afterwards. With `installs`,
+    /// the step put that payload's tree in place: the journal and exports of any other payload
+    /// are cleared first, and the work directory records which payload the rootfs holds.
     Done {
         #[arg(long, allow_hyphen_values = true)]
         work: PathBuf,
@@ -86,6 +88,8 @@ pub enum AgentCommand {
         key: StepKey,
         #[arg(long)]
         drop_spool: bool,
+        #[arg(long)]
+        installs: Option<PayloadId>,
     },
     /// Reads a Config's data and writes it to `path` (relative to `rootfs`, never outside it).
     Config {
@@ -155,9 +159,13 @@ impl AgentCommand {
                 work,
                 key,
                 drop_spool,
+                installs,
             } => {
                 push("work", path(work));
                 push("key", key.to_string());
+                if let Some(id) = installs {
+                    push("installs", id.to_string());
+                }
                 if *drop_spool {
                     words.push("--drop-spool".into());
                 }
@@ -225,10 +233,58 @@ pub struct HookRequest {
 /// What `state` prints (JSON).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostState {
+    /// The payload whose tree the rootfs holds; `None` before the first install (and on hosts
+    /// installed before this was recorded).
+    #[serde(default)]
+    pub installed: Option<PayloadId>,
     /// Finished steps.
     pub done: Vec<StepKey>,
     /// Exported `KEY=VALUE` text by step.
     pub exports: BTreeMap<StepKey, String>,
+}
+
+/// The identity of a payload's content (64 lowercase hex digits: the image manifest's or the
+/// package manifest's sha256). A host records which one its rootfs holds.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct PayloadId(String);
+
+impl PayloadId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PayloadId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        valid_sha256(text)
+            .map(|()| PayloadId(text.to_string()))
+            .map_err(|_| format!("{text:?} is not a payload id (64 lowercase hex digits)"))
+    }
+}
+
+impl TryFrom<String> for PayloadId {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<PayloadId> for String {
+    fn from(id: PayloadId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for PayloadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// The name of a finished step in a host's journal: 64 lowercase hex digits (the engine
@@ -441,11 +497,13 @@ mod tests {
                 work: odd.clone(),
                 key: key.clone(),
                 drop_spool: false,
+                installs: None,
             },
             AgentCommand::Done {
                 work: odd.clone(),
-                key,
+                key: key.clone(),
                 drop_spool: true,
+                installs: Some(key.as_str().parse().unwrap()),
             },
             AgentCommand::Config {
                 rootfs: odd.clone(),

@@ -17,6 +17,10 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    let command = match &args.image {
+        Some(image) => format!("sealer run {image}"),
+        None => "sealer run".to_string(),
+    };
     let request = Request {
         target: args.target.spec(),
         source: Source::Store {
@@ -25,6 +29,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         parallel: args.target.parallel,
         attempts: args.target.attempts,
+        state_root: Store::default_root(),
+        command,
     };
     let view = InstallView::new();
     let report = install::run(&request, &|event| view.show(event))?;

@@ -395,6 +395,17 @@ impl Engine<'_> {
         let out = self.exec_ok(slot, "reading the journal", &cmd, None)?;
         slot.state = serde_json::from_slice(&out.stdout)
             .map_err(|e| StepFailure::fatal(format!("the agent's state is unreadable: {e}")))?;
+        if slot
+            .state
+            .installed
+            .as_ref()
+            .is_some_and(|id| id.as_str() != self.payload.id)
+        {
+            // The rootfs holds another payload: nothing recorded for it is done for this one,
+            // even a step this payload ran before that other one replaced it.
+            slot.state.done.clear();
+            slot.state.exports.clear();
+        }
         let needed_kb = (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
         let rootfs_done = slot
             .state
@@ -497,6 +508,10 @@ impl Engine<'_> {
                 work: self.work_dir(),
                 key: key.clone(),
                 drop_spool: matches!(step, Step::Distribute),
+                installs: match step {
+                    Step::Distribute => self.payload.id.parse().ok(),
+                    _ => None,
+                },
             },
         );
         let mut what = name.as_bytes();
