@@ -25,6 +25,7 @@ mod hook;
 mod input;
 mod journal;
 pub mod protocol;
+pub mod registry;
 mod rootfs;
 mod spool;
 
@@ -94,6 +95,7 @@ fn run(command: AgentCommand) -> Result<i32, String> {
             strategy,
         } => rootfs::write_config(&rootfs, &path, strategy)?,
         AgentCommand::Run { work } => return hook::run_hook(&work),
+        AgentCommand::Registry { command } => return registry::run(command),
     }
     Ok(0)
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -106,6 +107,11 @@ pub enum AgentCommand {
         #[arg(long, allow_hyphen_values = true)]
         work: PathBuf,
     },
+    /// The host's pull-only image registry and containerd's way to it: see [`RegistryCommand`].
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
 }
 
 fn strategy_name(strategy: ConfigStrategy) -> &'static str {
@@ -184,6 +190,10 @@ impl AgentCommand {
             AgentCommand::Run { work } => {
                 push("work", path(work));
                 "run"
+            }
+            AgentCommand::Registry { command } => {
+                words.extend(command.to_args());
+                "registry"
             }
         };
         words.insert(0, sub.to_string());
@@ -465,6 +475,243 @@ pub fn valid_sha256(sha: &str) -> Result<(), String> {
     }
 }
 
+/// What `agent registry …` does: serve an OCI image layout (the images layer's `images/`
+/// directory) as a pull-only registry, run that as a service, and point containerd at it.
+/// Nothing is read on stdin. Exit status 0 on success, 1 with one sentence on stderr otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum RegistryCommand {
+    /// Serves the layout at `root` on `listen` in the foreground until the process is killed.
+    Serve {
+        #[arg(long, allow_hyphen_values = true)]
+        root: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Starts `serve` as the service `unit` (a systemd unit where systemd is PID 1, else a
+    /// supervised daemon) and waits until it accepts connections; prints one line saying
+    /// whether it was started, restarted (it ran with other arguments) or left running.
+    Start {
+        #[arg(long, allow_hyphen_values = true)]
+        root: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long)]
+        unit: UnitName,
+        #[arg(long, value_enum, default_value_t = ServiceManager::Auto)]
+        manager: ServiceManager,
+    },
+    /// The daemon's supervisor, which `start` runs detached; not for the engine.
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long, allow_hyphen_values = true)]
+        root: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long)]
+        unit: UnitName,
+    },
+    /// Prints the [`ServiceStatus`] of `unit` as JSON (exit status 0 whether it runs or not).
+    Status {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long)]
+        unit: UnitName,
+    },
+    /// Stops `unit` and removes its unit or pid file; prints whether it was running.
+    Stop {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long)]
+        unit: UnitName,
+    },
+    /// Writes `config_path/REGISTRY/hosts.toml` sending pulls of `registry` to `endpoints` in
+    /// order (with `prefix`: to `ENDPOINT/v2/PREFIX/REGISTRY`, `override_path`); prints
+    /// whether the file changed.
+    Mirror {
+        #[arg(long, allow_hyphen_values = true)]
+        config_path: PathBuf,
+        #[arg(long)]
+        registry: String,
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Prints the CRI registry `config_path` of containerd's `config` (default
+    /// `/etc/containerd/config.toml`); fails, naming the file and the line to add, when unset.
+    ConfigPath {
+        #[arg(long, allow_hyphen_values = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+impl RegistryCommand {
+    /// The words after `agent registry`.
+    pub fn to_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let mut words: Vec<String> = Vec::new();
+        let mut push = |name: &str, value: String| {
+            words.push(format!("--{name}"));
+            words.push(value);
+        };
+        let sub = match self {
+            RegistryCommand::Serve { root, listen } => {
+                push("root", path(root));
+                push("listen", listen.to_string());
+                "serve"
+            }
+            RegistryCommand::Start {
+                root,
+                listen,
+                work,
+                unit,
+                manager,
+            } => {
+                push("root", path(root));
+                push("listen", listen.to_string());
+                push("work", path(work));
+                push("unit", unit.to_string());
+                push("manager", manager.as_str().into());
+                "start"
+            }
+            RegistryCommand::Supervise {
+                root,
+                listen,
+                work,
+                unit,
+            } => {
+                push("root", path(root));
+                push("listen", listen.to_string());
+                push("work", path(work));
+                push("unit", unit.to_string());
+                "supervise"
+            }
+            RegistryCommand::Status { work, unit } => {
+                push("work", path(work));
+                push("unit", unit.to_string());
+                "status"
+            }
+            RegistryCommand::Stop { work, unit } => {
+                push("work", path(work));
+                push("unit", unit.to_string());
+                "stop"
+            }
+            RegistryCommand::Mirror {
+                config_path,
+                registry,
+                endpoints,
+                prefix,
+            } => {
+                push("config-path", path(config_path));
+                push("registry", registry.clone());
+                for endpoint in endpoints {
+                    push("endpoint", endpoint.clone());
+                }
+                if let Some(prefix) = prefix {
+                    push("prefix", prefix.clone());
+                }
+                "mirror"
+            }
+            RegistryCommand::ConfigPath { config } => {
+                if let Some(config) = config {
+                    push("config", path(config));
+                }
+                "config-path"
+            }
+        };
+        words.insert(0, sub.to_string());
+        words
+    }
+}
+
+/// Who keeps the registry running: systemd, or the agent's own supervised daemon; `auto`
+/// picks systemd where it is PID 1.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceManager {
+    Auto,
+    Systemd,
+    Daemon,
+}
+
+impl ServiceManager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceManager::Auto => "auto",
+            ServiceManager::Systemd => "systemd",
+            ServiceManager::Daemon => "daemon",
+        }
+    }
+}
+
+/// The name of a registry service: a systemd unit name (without `.service`) and the stem of
+/// its files on the host, so 1 to 64 letters, digits, `_`, `.`, `-`, not starting with `.`
+/// or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UnitName(String);
+
+impl std::str::FromStr for UnitName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let valid = (1..=64).contains(&text.len())
+            && !text.starts_with(['.', '-'])
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if valid {
+            Ok(UnitName(text.to_string()))
+        } else {
+            Err(format!(
+                "{text:?} is not a service name (1 to 64 letters, digits, '_', '.', '-')"
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for UnitName {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<UnitName> for String {
+    fn from(name: UnitName) -> String {
+        name.0
+    }
+}
+
+impl std::fmt::Display for UnitName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What `registry status` prints (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    pub unit: UnitName,
+    /// Who runs it; `None` when nothing was started under this name.
+    pub manager: Option<ServiceManager>,
+    /// The unit is active, or the daemon's supervisor holds its pid file.
+    pub running: bool,
+    /// It runs and its address accepts connections.
+    pub serving: bool,
+    /// The server's (systemd) or the supervisor's (daemon) pid.
+    pub pid: Option<u32>,
+    pub root: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +762,56 @@ mod tests {
                 path: PathBuf::from("etc/app.yaml"),
                 strategy: ConfigStrategy::Overwrite,
             },
-            AgentCommand::Run { work: odd },
+            AgentCommand::Run { work: odd.clone() },
+            AgentCommand::Registry {
+                command: RegistryCommand::Serve {
+                    root: odd.join("images"),
+                    listen: "0.0.0.0:5000".parse().unwrap(),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Start {
+                    root: PathBuf::from("-images"),
+                    listen: "[::1]:5001".parse().unwrap(),
+                    work: odd.clone(),
+                    unit: "sealer-registry".parse().unwrap(),
+                    manager: ServiceManager::Daemon,
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Supervise {
+                    root: odd.clone(),
+                    listen: "127.0.0.1:5000".parse().unwrap(),
+                    work: odd.clone(),
+                    unit: "r".parse().unwrap(),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Status {
+                    work: odd.clone(),
+                    unit: "r".parse().unwrap(),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Stop {
+                    work: odd.clone(),
+                    unit: "r".parse().unwrap(),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Mirror {
+                    config_path: odd.clone(),
+                    registry: "docker.io".into(),
+                    endpoints: vec!["http://10.0.0.1:5000".into(), "http://10.0.0.2:5000".into()],
+                    prefix: Some("mirror".into()),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::ConfigPath { config: Some(odd) },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::ConfigPath { config: None },
+            },
         ];
         for command in commands {
             for stall_timeout in [None, Some(4)] {
