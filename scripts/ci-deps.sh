@@ -4,7 +4,7 @@
 # `apt-get update` runs at most once per invocation and only when something is missing, and the
 # base rootfs is built only when its cache is absent.
 #
-# Nothing is started globally: services shipped by the packages (sshd, docker-registry, etcd) are
+# Nothing is started globally: services shipped by the packages (sshd, docker-registry, etcd, containerd) are
 # kept from starting during installation by a temporary policy-rc.d, and stopped/disabled if a
 # previous installation started them. Tests start their own instances (sshd inside testbed hosts,
 # docker-registry on 127.0.0.1 on a port of their choosing).
@@ -24,7 +24,7 @@ build_base=1
 # Wanted packages; any that this distribution does not carry is reported and skipped.
 wanted=(openssh-server openssh-client debootstrap skopeo docker-registry zstd iproute2 xz-utils
         tar file binutils time sudo etcd-client etcd-server sshpass util-linux procps
-        apache2-utils openssl bc)
+        apache2-utils openssl bc containerd python3-grpcio)
 
 missing=()
 for pkg in "${wanted[@]}"; do
@@ -75,7 +75,7 @@ fi
 # Daemons the packages may have started on a systemd host: stop and disable them, tests run
 # their own instances.
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    for unit in ssh.service ssh.socket docker-registry.service etcd.service; do
+    for unit in ssh.service ssh.socket docker-registry.service etcd.service containerd.service; do
         if systemctl is-active --quiet "$unit" 2>/dev/null || systemctl is-enabled --quiet "$unit" 2>/dev/null; then
             log "stopping and disabling global $unit (tests start their own)"
             systemctl disable --now "$unit" >/dev/null 2>&1 || true
