@@ -16,10 +16,10 @@ use packer::{ReadError, RunFile};
 
 use crate::clusters::{self, ClusterRecord, ClusterStateError, HostRecord, InstallRecord};
 use crate::deploy::payload::PayloadError;
+use crate::deploy::target::{resolve, Target, TargetError, TargetSpec};
 use crate::deploy::HostOutcome;
-use crate::deploy::target::{resolve, TargetError, TargetSpec};
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
-use crate::deploy::{InstallReport, Payload};
+use crate::deploy::{HostPlan, InstallReport, Payload};
 use crate::store::{Store, StoreError};
 
 /// Where the bytes to install come from.
@@ -111,31 +111,14 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     if let Some(gone) = stale {
         report(Event::Host(InstallEvent::Note {
             host: None,
-            text: format!("the last change to cluster {name}, {gone}, did not finish; taking over its lock"),
+            text: format!(
+                "the last change to cluster {name}, {gone}, did not finish; taking over its lock"
+            ),
         }));
     }
     let mut record = ClusterRecord::load(&request.state_root, &name)?;
     let started = clusters::timestamp();
-    let payload = match &request.source {
-        Source::Store { root, image } => {
-            let name = image
-                .as_ref()
-                .or(target.cluster.image.as_ref())
-                .ok_or(Error::NoImage)?;
-            let store = Store::open(root)?;
-            let image = store.image_by_name(name)?;
-            let stub = find_stub()?;
-            Payload::from_store(&store, &image, &stub)?
-        }
-        Source::Package(run) => {
-            let check = run.payload()?;
-            let total = check.compressed_len();
-            report(Event::Checking { done: 0, total });
-            check.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
-            report(Event::Checked);
-            Payload::from_package(run, check)?
-        }
-    };
+    let payload = payload(request, &target, report)?;
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;
     opts.attempts = request.attempts.max(1);
@@ -177,6 +160,56 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     }
     record.save(&request.state_root)?;
     Ok(outcome)
+}
+
+/// The payload `request` names, checked whole before any host is touched.
+fn payload(
+    request: &Request<'_>,
+    target: &Target,
+    report: &(dyn Fn(Event) + Sync),
+) -> Result<Payload, Error> {
+    Ok(match &request.source {
+        Source::Store { root, image } => {
+            let name = image
+                .as_ref()
+                .or(target.cluster.image.as_ref())
+                .ok_or(Error::NoImage)?;
+            let store = Store::open(root)?;
+            let image = store.image_by_name(name)?;
+            let stub = find_stub()?;
+            Payload::from_store(&store, &image, &stub)?
+        }
+        Source::Package(run) => {
+            let check = run.payload()?;
+            let total = check.compressed_len();
+            report(Event::Checking { done: 0, total });
+            check.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
+            report(Event::Checked);
+            Payload::from_package(run, check)?
+        }
+    })
+}
+
+/// What installing as `request` says would do on each host, found without changing anything
+/// on them or here (no lock is taken, no record written).
+pub fn dry_run(
+    request: &Request<'_>,
+    report: &(dyn Fn(Event) + Sync),
+) -> Result<(Summary, Vec<HostPlan>), Error> {
+    let target = resolve(&request.target)?;
+    let payload = payload(request, &target, report)?;
+    let mut opts = InstallOptions::new(target.connect.clone());
+    opts.parallel = request.parallel;
+    let summary = Summary {
+        image: payload.image.clone(),
+        compressed: payload.compressed_len(),
+        frames: payload.frame_count(),
+        uncompressed: payload.uncompressed_len(),
+        hosts: target.cluster.hosts.len(),
+        cluster: target.cluster.name.clone(),
+    };
+    let plans = crate::deploy::dry_run(&target.cluster, &payload, &opts)?;
+    Ok((summary, plans))
 }
 
 /// `Ok` when every host and cluster stage finished (or nothing had to be done).

@@ -261,6 +261,12 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
         state_root: sealer::store::Store::default_root(),
         command: format!("{program} install"),
     };
+    if target.dry_run {
+        let view = InstallView::new();
+        let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
+        sealer::ui::install::print_plan(&summary, &plans);
+        return Ok(());
+    }
     let view = InstallView::new();
     let report = install::run(&request, &|event| view.show(event))?;
     view.finish(&report);

@@ -182,6 +182,23 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     );
     let version = format!("{}/etc/version", rootfs("etcd"));
     let conf = format!("{}/etc/app.conf", rootfs("etcd"));
+    // The dry run names every host and the steps v2 would run, and changes nothing: the data
+    // root (names, sizes, times) and the journals are the same before and after.
+    // (etcd's own data and log, which etcd writes all the time, are left out.)
+    let listing = format!(
+        "find {DATA_ROOT} /var/tmp/count-runs -path {DATA_ROOT}/etcd/etcd -prune -o -printf '%p %s %T@ %m\\n' | sort"
+    );
+    let before: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &listing)).collect();
+    let dry = store.run_on(&bed, "etcd-cluster:v2", &["-f", file, "--dry-run"]);
+    dry.assert_ok("dry run of v2");
+    for host in hosts {
+        assert!(dry.row(host).contains("run "), "{}", dry.row(host));
+    }
+    assert!(dry.text.contains("run  rootfs"), "{}", dry.text);
+    assert!(dry.text.contains("run  CMD bash scripts/check-health.sh"), "{}", dry.text);
+    assert!(dry.text.contains("An install would change 5 of 5 host(s)"), "{}", dry.text);
+    let after: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &listing)).collect();
+    assert_eq!(before, after, "the dry run changed something on a host");
     let v2 = store.run_on(&bed, "etcd-cluster:v2", &["-f", file]);
     v2.assert_ok("install of v2 over v1");
     for host in hosts {
@@ -209,6 +226,13 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
             "ran\nran\nran\n"
         );
     }
+    let dry = store.run_on(&bed, "etcd-cluster:v1", &["-f", file, "--dry-run"]);
+    dry.assert_ok("dry run of the installed v1");
+    assert!(
+        dry.text.contains("an install would change nothing"),
+        "{}",
+        dry.text
+    );
     let again = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
     again.assert_ok("rerun of v1");
     assert!(

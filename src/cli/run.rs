@@ -6,7 +6,7 @@ use clap::Args;
 use sealer::deploy::target::TargetArgs;
 use sealer::install::{self, Request, Source};
 use sealer::store::Store;
-use sealer::ui::install::InstallView;
+use sealer::ui::install::{print_plan, InstallView};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -32,6 +32,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         state_root: Store::default_root(),
         command,
     };
+    if args.target.dry_run {
+        let (summary, plans) = install::dry_run(&request, &|_| {})?;
+        print_plan(&summary, &plans);
+        return Ok(());
+    }
     let view = InstallView::new();
     let report = install::run(&request, &|event| view.show(event))?;
     view.finish(&report);

@@ -21,6 +21,7 @@ pub mod image_plugins;
 mod journal;
 mod launch;
 pub mod payload;
+mod plan;
 pub mod remote;
 mod report;
 mod scripts;
@@ -41,6 +42,7 @@ use crate::retry::RetryPolicy;
 use journal::Step;
 pub use launch::EXIT_AGENT_UNSAFE;
 pub use payload::{find_stub, Payload, PayloadLayer};
+pub use plan::{HostPlan, PlannedStep};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
 pub use report::{HostOutcome, HostReport, InstallEvent, InstallReport};
 pub use scripts::DEFAULT_SCRIPT_TIMEOUT;
@@ -68,6 +70,16 @@ impl InstallOptions {
             connect,
         }
     }
+}
+
+/// One stage of an install: `step` on each of `hosts`.
+struct Stage {
+    /// What the host lines call it (`distribute`, `config`, a phase name, `install`).
+    label: String,
+    step: Step,
+    hosts: Vec<IpAddr>,
+    /// Runs only when every host is ready.
+    cluster_level: bool,
 }
 
 /// Errors that stop an install before any host is touched.
@@ -123,17 +135,7 @@ pub fn install(
         return Err(InstallError::NoHosts);
     }
     let started = Instant::now();
-    let mut plugins = image_plugins::image_plugins(payload)?;
-    plugins.extend(cluster.plugins.iter().cloned());
-    let engine = Engine {
-        cluster,
-        payload,
-        opts,
-        events,
-        exports: Mutex::new(Vec::new()),
-        cmds: scripts::install_commands(cluster, payload),
-        plugins,
-    };
+    let engine = Engine::new(cluster, payload, opts, events)?;
     let slots: Vec<Mutex<HostSlot>> = cluster
         .hosts
         .iter()
@@ -151,23 +153,21 @@ pub fn install(
         })
         .collect();
 
-    // Host stages: every host, in parallel.
+    // Host stages on every host in parallel; cluster stages only when every host is ready.
     engine.for_hosts(&slots, &|_| true, "prepare", &|engine, slot| {
         engine.prepare(slot)
     });
-    engine.for_hosts(&slots, &|_| true, "distribute", &|engine, slot| {
-        engine.run_step(slot, &Step::Distribute)
-    });
-    for index in 0..cluster.configs.len() {
-        engine.for_hosts(&slots, &|_| true, "config", &|engine, slot| {
-            engine.run_step(slot, &Step::Config { index })
-        });
-    }
-    for phase in [Phase::PreInitHost, Phase::PostInitHost] {
-        engine.run_phase(&slots, phase);
-    }
-
-    // Cluster stages: only when every host is ready.
+    let (host_stages, cluster_stages): (Vec<Stage>, Vec<Stage>) =
+        engine.stages().into_iter().partition(|s| !s.cluster_level);
+    let run_stage = |stage: &Stage| {
+        engine.for_hosts(
+            &slots,
+            &|h| stage.hosts.contains(&h.ip),
+            &stage.label,
+            &|engine, slot| engine.run_step(slot, &stage.step),
+        )
+    };
+    host_stages.iter().for_each(run_stage);
     let failed: Vec<String> = slots
         .iter()
         .filter_map(|s| {
@@ -178,14 +178,7 @@ pub fn install(
         .collect();
     let mut cluster_stages_skipped = None;
     if failed.is_empty() {
-        engine.run_phase(&slots, Phase::PreInstall);
-        let master0 = cluster.master0().ip;
-        for index in 0..engine.cmds.len() {
-            engine.for_hosts(&slots, &|h| h.ip == master0, "install", &|engine, slot| {
-                engine.run_step(slot, &Step::Cmd { index })
-            });
-        }
-        engine.run_phase(&slots, Phase::PostInstall);
+        cluster_stages.iter().for_each(run_stage);
     } else {
         cluster_stages_skipped = Some(format!(
             "cluster steps (pre-install hooks, install commands, post-install hooks) wait until every host is ready; not ready: {}",
@@ -218,6 +211,40 @@ pub fn install(
         cluster_stages_skipped,
         elapsed: started.elapsed(),
     })
+}
+
+/// What installing `payload` onto `cluster` would do on each host, found without changing
+/// anything (the dry run).
+pub fn dry_run(
+    cluster: &Cluster,
+    payload: &Payload,
+    opts: &InstallOptions,
+) -> Result<Vec<HostPlan>, InstallError> {
+    if cluster.hosts.is_empty() {
+        return Err(InstallError::NoHosts);
+    }
+    Ok(Engine::new(cluster, payload, opts, &|_| {})?.plan())
+}
+
+impl<'a> Engine<'a> {
+    fn new(
+        cluster: &'a Cluster,
+        payload: &'a Payload,
+        opts: &'a InstallOptions,
+        events: &'a (dyn Fn(InstallEvent) + Sync),
+    ) -> Result<Self, InstallError> {
+        let mut plugins = image_plugins::image_plugins(payload)?;
+        plugins.extend(cluster.plugins.iter().cloned());
+        Ok(Engine {
+            cluster,
+            payload,
+            opts,
+            events,
+            exports: Mutex::new(Vec::new()),
+            cmds: scripts::install_commands(cluster, payload),
+            plugins,
+        })
+    }
 }
 
 impl Engine<'_> {
@@ -429,34 +456,60 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn run_phase(&self, slots: &[Mutex<HostSlot>], phase: Phase) {
-        for (index, plugin) in self.plugins.iter().enumerate() {
-            if !plugin.phases.contains(&phase) {
-                continue;
-            }
-            let targets: Vec<IpAddr> = plugin
-                .targets(self.cluster, phase)
-                .iter()
-                .map(|h| h.ip)
-                .collect();
-            if targets.is_empty() {
-                continue;
-            }
-            self.for_hosts(
-                slots,
-                &|h| targets.contains(&h.ip),
-                phase.name(),
-                &|engine, slot| {
-                    engine.run_step(
-                        slot,
-                        &Step::Hook {
-                            plugin: index,
-                            phase,
-                        },
-                    )
-                },
-            );
+    /// Every stage of an install, in order: the step it runs, on which hosts, and whether it
+    /// is a cluster stage (one that waits until every host is ready). The install and the dry
+    /// run walk this one list.
+    fn stages(&self) -> Vec<Stage> {
+        let all: Vec<IpAddr> = self.cluster.hosts.iter().map(|h| h.ip).collect();
+        let mut stages = vec![Stage {
+            label: "distribute".into(),
+            step: Step::Distribute,
+            hosts: all.clone(),
+            cluster_level: false,
+        }];
+        for index in 0..self.cluster.configs.len() {
+            stages.push(Stage {
+                label: "config".into(),
+                step: Step::Config { index },
+                hosts: all.clone(),
+                cluster_level: false,
+            });
         }
+        let hooks = |phase: Phase, cluster_level: bool, stages: &mut Vec<Stage>| {
+            for (plugin, p) in self.plugins.iter().enumerate() {
+                if !p.phases.contains(&phase) {
+                    continue;
+                }
+                let hosts: Vec<IpAddr> = p
+                    .targets(self.cluster, phase)
+                    .iter()
+                    .map(|h| h.ip)
+                    .collect();
+                if hosts.is_empty() {
+                    continue;
+                }
+                stages.push(Stage {
+                    label: phase.name().into(),
+                    step: Step::Hook { plugin, phase },
+                    hosts,
+                    cluster_level,
+                });
+            }
+        };
+        hooks(Phase::PreInitHost, false, &mut stages);
+        hooks(Phase::PostInitHost, false, &mut stages);
+        hooks(Phase::PreInstall, true, &mut stages);
+        let master0 = self.cluster.master0().ip;
+        for index in 0..self.cmds.len() {
+            stages.push(Stage {
+                label: "install".into(),
+                step: Step::Cmd { index },
+                hosts: vec![master0],
+                cluster_level: true,
+            });
+        }
+        hooks(Phase::PostInstall, true, &mut stages);
+        stages
     }
 
     fn run_step(&self, slot: &mut HostSlot, step: &Step) -> Result<(), StepFailure> {

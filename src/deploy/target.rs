@@ -123,6 +123,9 @@ pub struct TargetArgs {
     /// Attempts per host before it is reported failed.
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
+    /// Show per host what would be sent and which steps would run or be skipped; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl TargetArgs {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::deploy::{HostOutcome, HostReport, InstallEvent, InstallReport};
+use crate::deploy::{HostOutcome, HostPlan, HostReport, InstallEvent, InstallReport};
 use crate::install::{Event, Summary};
 
 use super::format::human_bytes;
@@ -151,5 +151,44 @@ fn status(host: &HostReport) -> String {
         ),
         HostOutcome::UpToDate => "up to date".to_string(),
         HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
+    }
+}
+
+/// The dry run: per host what would be sent and which steps would run or be skipped, then one
+/// closing sentence. Nothing was changed.
+pub fn print_plan(summary: &Summary, plans: &[HostPlan]) {
+    println!(
+        "Dry run: {} on {} host(s) of cluster {}; nothing is changed",
+        summary.image, summary.hosts, summary.cluster
+    );
+    println!("\n{:<18} {:<14} WOULD", "HOST", "ROLES");
+    for plan in plans {
+        let would = match &plan.unreachable {
+            Some(why) => format!("UNREACHABLE: {why}"),
+            None if plan.would_run() == 0 => "do nothing (up to date)".to_string(),
+            None => format!(
+                "send {}, run {} of {} steps",
+                human_bytes(plan.bytes_to_send),
+                plan.would_run(),
+                plan.steps.len()
+            ),
+        };
+        println!("{:<18} {:<14} {would}", plan.ip, plan.roles.join(","));
+        for problem in &plan.problems {
+            println!("{:<33} preflight would refuse: {problem}", "");
+        }
+        for step in &plan.steps {
+            let what = if step.run { "run " } else { "skip" };
+            println!("{:<33} {what} {}", "", step.name);
+        }
+    }
+    let changing = plans
+        .iter()
+        .filter(|p| p.unreachable.is_some() || p.would_run() > 0)
+        .count();
+    if changing == 0 {
+        println!("\nEverything is up to date; an install would change nothing.");
+    } else {
+        println!("\nAn install would change {changing} of {} host(s).", plans.len());
     }
 }

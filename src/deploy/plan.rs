@@ -1,0 +1,177 @@
+//! The dry run: what an install would do on each host, found without changing anything there.
+//! Each host is asked, through one read-only shell probe, for its architecture, free space,
+//! the payload its rootfs holds, its journal and its spool; the engine's own stage list and
+//! step keys then say which steps would run or be skipped and how many bytes would travel.
+//! No agent is uploaded, no directory created, no lock taken on the host.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use super::{Engine, Step};
+use crate::clusterfile::shell_quote;
+
+/// What an install would do on one host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostPlan {
+    pub ip: IpAddr,
+    pub roles: Vec<String>,
+    /// Why the host could not be asked (unreachable, refused key…); nothing else is known then.
+    pub unreachable: Option<String>,
+    /// What preflight would refuse (wrong architecture, too little space).
+    pub problems: Vec<String>,
+    /// The payload the host's rootfs holds now.
+    pub installed: Option<String>,
+    /// Bytes the install would send: the agent when it is missing, and the frames not spooled.
+    pub bytes_to_send: u64,
+    pub steps: Vec<PlannedStep>,
+}
+
+/// One step and whether it would run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedStep {
+    pub name: String,
+    pub run: bool,
+}
+
+impl HostPlan {
+    pub fn would_run(&self) -> usize {
+        self.steps.iter().filter(|s| s.run).count()
+    }
+}
+
+const SECTION: &str = "--sealer-section--";
+
+impl Engine<'_> {
+    /// The plan for every host, in cluster order.
+    pub(super) fn plan(&self) -> Vec<HostPlan> {
+        let stages = self.stages();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .cluster
+                .hosts
+                .iter()
+                .map(|host| {
+                    let stages = &stages;
+                    scope.spawn(move || self.plan_host(host, stages))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .zip(&self.cluster.hosts)
+                .map(|(h, host)| {
+                    h.join().unwrap_or_else(|_| HostPlan {
+                        ip: host.ip,
+                        roles: host.roles.clone(),
+                        unreachable: Some("the planner failed".into()),
+                        problems: Vec::new(),
+                        installed: None,
+                        bytes_to_send: 0,
+                        steps: Vec::new(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn plan_host(&self, host: &crate::clusterfile::Host, stages: &[super::Stage]) -> HostPlan {
+        let mut plan = HostPlan {
+            ip: host.ip,
+            roles: host.roles.clone(),
+            unreachable: None,
+            problems: Vec::new(),
+            installed: None,
+            bytes_to_send: 0,
+            steps: Vec::new(),
+        };
+        let mut remote = match (self.opts.connect)(host) {
+            Ok(remote) => remote,
+            Err(e) => {
+                plan.unreachable = Some(e.to_string());
+                return plan;
+            }
+        };
+        let agent = self.agent_path(remote.as_ref());
+        let work = self.work_dir().display().to_string();
+        let probe = format!(
+            "uname -m; d={root}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; \
+             test -f {agent} && echo agent-present || echo agent-missing; w={work}; \
+             echo {SECTION}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; \
+             echo {SECTION}; ls \"$w/spool\" 2>/dev/null; true",
+            root = shell_quote(&self.cluster.data_root.display().to_string()),
+            agent = shell_quote(&agent),
+            work = shell_quote(&work),
+        );
+        let out = match remote.exec(&probe, None) {
+            Ok(out) if out.success() => out,
+            Ok(out) => {
+                plan.unreachable = Some(format!("the probe failed: {}", out.tail()));
+                return plan;
+            }
+            Err(e) => {
+                plan.unreachable = Some(e.to_string());
+                return plan;
+            }
+        };
+        let text = out.stdout_text();
+        let separator = format!("{SECTION}\n");
+        let mut sections = text.split(separator.as_str());
+        let head = sections.next().unwrap_or_default();
+        let installed = sections.next().unwrap_or_default().trim().to_string();
+        let journal: HashSet<&str> = sections.next().unwrap_or_default().lines().collect();
+        let spool: HashSet<&str> = sections.next().unwrap_or_default().lines().collect();
+        let mut lines = head.lines();
+        let arch = lines.next().unwrap_or_default().trim();
+        let want = match self.payload.config.architecture.as_str() {
+            "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            other => other,
+        };
+        if arch != want {
+            plan.problems
+                .push(format!("the host is {arch}, the image is for {want}"));
+        }
+        let free_kb: u64 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        let agent_present = lines.next().map(str::trim) == Some("agent-present");
+        if !agent_present && !remote.is_local() {
+            plan.bytes_to_send += self.payload.agent.len() as u64;
+        }
+        // A journal kept for another payload describes a tree that would be replaced.
+        let same_payload = installed.is_empty() || installed == self.payload.id;
+        plan.installed = (!installed.is_empty()).then_some(installed);
+        for stage in stages.iter().filter(|s| s.hosts.contains(&host.ip)) {
+            let key = self.step_key(host, &stage.step);
+            let run = !(same_payload && journal.contains(key.as_str()));
+            if run && matches!(stage.step, Step::Distribute) {
+                let needed_kb =
+                    (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
+                if free_kb < needed_kb {
+                    plan.problems.push(format!(
+                        "{} has {} MiB free, the image needs {} MiB",
+                        self.cluster.data_root.display(),
+                        free_kb / 1024,
+                        needed_kb / 1024
+                    ));
+                }
+                if !remote.is_local() {
+                    plan.bytes_to_send += self
+                        .payload
+                        .layers
+                        .iter()
+                        .flat_map(|l| &l.frames)
+                        .filter(|f| !spool.contains(f.sha256.as_str()))
+                        .map(|f| f.compressed_len)
+                        .sum::<u64>();
+                }
+            }
+            plan.steps.push(PlannedStep {
+                name: self.step_name(&stage.step),
+                run,
+            });
+        }
+        plan
+    }
+}
