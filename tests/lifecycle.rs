@@ -1,0 +1,141 @@
+//! The cluster's lifecycle on this machine, through the real binaries and `--local` installs:
+//! one command at a time per cluster (the lock, its holder named, a killed holder's lock taken
+//! over), the record of every install, and images installed in turn converging the rootfs.
+//! The same engine runs over SSH; tests/deploy.rs covers that on testbed hosts.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::store::{both, command, Sealer, SEALER};
+
+/// `sealer run IMAGE --local --data-root DATA` against `store`.
+fn local_run(store: &Sealer, image: &str, data: &Path) -> Command {
+    let mut c = command(Path::new(SEALER), &store.root());
+    c.args(["run", image, "--local", "--data-root", data.to_str().unwrap()]);
+    c
+}
+
+/// Waits until `path` exists (the slow CMD has started), at most 60 s.
+fn wait_for(path: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the first install ended ({status}) before its CMD started");
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{path:?} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_second_install_of_a_cluster_being_changed_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(
+) {
+    let store = Sealer::new();
+    let marker = store.path("cmd-started");
+    store.build_from(
+        "slow:v1",
+        &format!(
+            "FROM scratch\nCOPY a a\nCMD touch {} && sleep 600\n",
+            marker.display()
+        ),
+        &[("a", b"a\n")],
+    );
+    let data = store.path("data");
+    let mut first = local_run(&store, "slow:v1", &data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&marker, &mut first);
+
+    let second = local_run(&store, "slow:v1", &data).output().unwrap();
+    let text = both(&second);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains("cluster my-cluster is being changed by `sealer run slow:v1`"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("pid {}", first.id())), "{text}");
+    // A dry run reads and changes nothing, so it does not need the lock.
+    let dry = local_run(&store, "slow:v1", &data)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", both(&dry));
+
+    // kill -9: the holder cannot clean up; the next run takes the lock over and says so.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The killed run's CMD (its own process group) is still sleeping; the rerun runs it again.
+    std::fs::remove_file(&marker).unwrap();
+    let mut third = local_run(&store, "slow:v1", &data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&marker, &mut third);
+    third.kill().unwrap();
+    let out = third.wait_with_output().unwrap();
+    let text = both(&out);
+    assert!(
+        text.contains("did not finish; taking over its lock"),
+        "{text}"
+    );
+    let _ = Command::new("pkill").args(["-f", "sleep 600"]).status();
+}
+
+#[test]
+fn every_install_is_recorded_and_the_rootfs_follows_the_image_asked_for() {
+    let store = Sealer::new();
+    store.build_from(
+        "app:v1",
+        "FROM scratch\nCOPY v1 etc/only-in-v1\nCMD echo v1 >> \"$SEALER_ROOTFS/../cmd-runs\"\n",
+        &[("v1", b"1\n")],
+    );
+    store.build_from(
+        "app:v2",
+        "FROM scratch\nCOPY v2 etc/only-in-v2\nCMD echo v2 >> \"$SEALER_ROOTFS/../cmd-runs\"\n",
+        &[("v2", b"2\n")],
+    );
+    let data = store.path("data");
+    let rootfs = data.join("my-cluster/rootfs");
+    let runs = data.join("my-cluster/cmd-runs");
+    for (image, present, absent, cmds) in [
+        ("app:v1", "only-in-v1", "only-in-v2", "v1\n"),
+        ("app:v2", "only-in-v2", "only-in-v1", "v1\nv2\n"),
+        ("app:v1", "only-in-v1", "only-in-v2", "v1\nv2\nv1\n"),
+    ] {
+        let out = local_run(&store, image, &data).output().unwrap();
+        assert!(out.status.success(), "{image}: {}", both(&out));
+        assert!(rootfs.join("etc").join(present).exists(), "{image}");
+        assert!(!rootfs.join("etc").join(absent).exists(), "{image}");
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), cmds, "{image}");
+    }
+    let again = local_run(&store, "app:v1", &data).output().unwrap();
+    assert!(
+        both(&again).contains("Everything is up to date"),
+        "{}",
+        both(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "v1\nv2\nv1\n");
+
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.root().join("clusters/my-cluster/record.json")).unwrap(),
+    )
+    .unwrap();
+    let images: Vec<&str> = record["installs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images, ["app:v1", "app:v2", "app:v1", "app:v1"]);
+    assert!(record["installs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["ok"] == true && i["hosts"][0]["ip"] == "127.0.0.1"));
+}
