@@ -7,6 +7,7 @@ pub mod agent;
 pub mod builder;
 pub mod clusterfile;
 pub mod clusters;
+pub mod container_images;
 pub mod deploy;
 pub mod hashing;
 pub mod host_key;

@@ -118,6 +118,7 @@ pub fn pack(
         layers,
         compression: opts.compression,
         level: opts.level,
+            keep_frames: crate::container_images::is_images_layer(desc),
         split_size: opts.split_size,
         output: opts.output.clone(),
     };

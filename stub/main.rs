@@ -216,6 +216,7 @@ fn verify() -> Result<()> {
         run.manifest().frame_count(),
         run.manifest().layers.len(),
         run.payload_id()
+            "container_images": sealer::container_images::listed_in_config_json(&m.image.config_json),
     );
     Ok(())
 }
@@ -242,6 +243,16 @@ fn extract(dir: &std::path::Path) -> Result<()> {
         "extracted {} files, {} directories, {} symlinks, {} hard links ({}) into {}",
         report.files,
         report.directories,
+    for image in sealer::container_images::listed_in_config_json(&m.image.config_json) {
+        println!(
+            "container image {} {} {}/{} {}",
+            image.image,
+            image.digest,
+            image.platform.os,
+            image.platform.architecture,
+            human_bytes(image.size)
+        );
+    }
         report.symlinks,
         report.hard_links,
         human_bytes(report.file_bytes),

@@ -237,6 +237,7 @@ fn crafted_package(
             digest: desc.digest.clone(),
             diff_id: diff_id.clone(),
             frames: store.frame_index(&desc.digest),
+            keep_frames: false,
         })
         .collect();
     edit(&mut manifest, &mut config);

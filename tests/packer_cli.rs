@@ -48,6 +48,7 @@ fn example_blobs(dir: &Path) -> Vec<LayerBlob> {
                 digest: format!("sha256:{}", layer.digest),
                 diff_id: format!("sha256:{}", layer.diff_id),
                 frames: Some(layer.frames),
+                keep_frames: false,
             }
         })
         .collect()

@@ -100,6 +100,7 @@ fn pack(stub: &Path, out: &Path, blobs: &[String]) -> Result<()> {
                 digest: "sha256:unknown".into(),
                 diff_id: String::new(),
                 frames,
+                keep_frames: false,
             }
         })
         .collect();

@@ -56,6 +56,9 @@ pub enum FrameMode {
     Stored,
 }
 
+/// A frame to encode: its sequence number, its content and how.
+type FrameJob = (u64, Arc<Vec<u8>>, FrameMode);
+
 struct Compressed {
     seq: u64,
     /// The frame and the sha256 of it, computed on the worker.
@@ -77,7 +80,7 @@ pub struct FramedWriter<W: Write> {
     next_seq: u64,
     written_seq: u64,
     pending: BTreeMap<u64, Compressed>,
-    jobs: Option<mpsc::SyncSender<(u64, Arc<Vec<u8>>, FrameMode)>>,
+    jobs: Option<mpsc::SyncSender<FrameJob>>,
     /// Frames in order, to the thread computing the diff_id (off the producer's thread).
     diff_jobs: Option<mpsc::SyncSender<Arc<Vec<u8>>>>,
     diff_thread: Option<thread::JoinHandle<Sha256>>,
@@ -102,7 +105,7 @@ impl<W: Write> FramedWriter<W> {
 
     pub fn with_threads(sink: W, level: i32, threads: usize) -> Self {
         let threads = threads.max(1);
-        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Arc<Vec<u8>>, FrameMode)>(threads);
+        let (job_tx, job_rx) = mpsc::sync_channel::<FrameJob>(threads);
         let (diff_tx, diff_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(2 * threads + 2);
         let diff_thread = thread::spawn(move || {
             let mut diff = Sha256::new();

@@ -40,6 +40,10 @@ pub struct LayerBlob {
     /// The blob's frame index if the store kept it (what `FramedWriter` reported). Packing
     /// then copies the blob without reading it; without it the blob is scanned and hashed.
     pub frames: Option<Vec<Frame>>,
+    /// Copy the frames as they are whatever level or compression the package asks for: for a
+    /// layer whose frames must stay identical across builds and packs (the container-images
+    /// layer, whose already-compressed blobs are stored frames). The layer stays zstd.
+    pub keep_frames: bool,
 }
 
 /// Everything [`write`] needs.
@@ -591,7 +595,8 @@ fn plan_layer(
     blob: &LayerBlob,
 ) -> Result<(LayerPlan, Option<MappedFile>), WriteError> {
     // Zstd frames keep their bytes unless a level or another compression was asked for.
-    let keep_zstd = spec.compression == Compression::Zstd && spec.level.is_none();
+    let keep_zstd =
+        (spec.compression == Compression::Zstd && spec.level.is_none()) || blob.keep_frames;
     let zstd = is_zstd(&blob.media_type);
     let small = |frames: &[Frame]| frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME);
     if let (Some(frames), true, true) = (&blob.frames, keep_zstd, zstd) {

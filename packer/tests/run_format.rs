@@ -32,6 +32,7 @@ fn store_blobs(dir: &Path, tars: &[Vec<u8>]) -> Vec<LayerBlob> {
                 digest: format!("sha256:{}", layer.digest),
                 diff_id: format!("sha256:{}", layer.diff_id),
                 frames: None,
+                keep_frames: false,
             }
         })
         .collect()
@@ -134,6 +135,7 @@ fn a_known_frame_index_is_copied_without_rescanning_and_gives_the_same_file() {
             let bytes = fs::read(&b.path).unwrap();
             LayerBlob {
                 frames: Some(packer::frames::scan_frames(&bytes).unwrap()),
+                keep_frames: false,
                 ..b.clone()
             }
         })
@@ -210,6 +212,7 @@ fn gzip_and_single_frame_layers_are_reframed() {
             digest: "sha256:gz".into(),
             diff_id: diff_id.clone(),
             frames: None,
+            keep_frames: false,
         },
         LayerBlob {
             path: one_frame,
@@ -217,6 +220,7 @@ fn gzip_and_single_frame_layers_are_reframed() {
             digest: "sha256:one".into(),
             diff_id: big_diff_id,
             frames: None,
+            keep_frames: false,
         },
     ];
     let report = write(&spec(layers, work.path().join("app.run")), None).unwrap();
@@ -250,6 +254,7 @@ fn a_wrong_diff_id_is_refused() {
         digest: "sha256:gz".into(),
         diff_id: "sha256:0000".into(),
         frames: None,
+        keep_frames: false,
     }];
     let err = write(&spec(layers, work.path().join("app.run")), None).unwrap_err();
     assert!(err.to_string().contains("diff_id"), "{err}");

@@ -50,6 +50,12 @@ impl LayerWriter {
         h
     }
 
+    /// Begin a new frame for the entries that follow, encoded as `mode` (see
+    /// [`FramedWriter::start_frame`]): the images layer gives every blob a frame of its own.
+    pub fn start_frame(&mut self, mode: packer::frames::FrameMode) -> io::Result<()> {
+        self.tar.get_mut().start_frame(mode)
+    }
+
     fn boundary(&mut self) -> io::Result<()> {
         self.tar.get_mut().entry_boundary()
     }

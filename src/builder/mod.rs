@@ -7,22 +7,30 @@
 //! image config, and names the image only when every step succeeded. Steps are cached by
 //! parent state + instruction + content read, so an unchanged rebuild writes nothing and yields the
 //! same digest. A `FROM` image missing from the store is pulled with [`BuildOptions::registry`].
+//!
+//! Container images (`manifests/imageList`, `--image-list`, the pod specs of kube manifests; see
+//! `container_images`) are declared, resolved, pinned and fetched before the first step, so a bad
+//! reference or an unreachable image leaves the store as it was; after the last step they become
+//! the images layer (`images.rs`), the image's last layer.
 //! It must not parse Kubefile text, join continuation lines or expand words (that is `kubefile`),
 //! nor know about packing or installing.
 
 mod cache;
 mod context;
+mod images;
 mod layer;
 mod run;
 mod steps;
 
 use std::path::PathBuf;
 
-use crate::kubefile::{self, KubefileError};
+use crate::container_images::{self, Declarations, DeclareError, DeclaredImage};
+use crate::kubefile::{self, AppSource, InstructionKind, Kubefile, KubefileError};
 use crate::reference::Reference;
-use crate::registry::RegistryOptions;
+use crate::registry::{RegistryError, RegistryOptions};
 use crate::store::{Store, StoreError};
 
+pub use images::ImageEvent;
 pub use layer::{BuiltLayer, LayerWriter};
 use steps::Builder;
 
@@ -44,8 +52,13 @@ pub struct BuildOptions {
     /// Timestamp of every file and of the image (`SOURCE_DATE_EPOCH`; 0 when unset).
     pub source_date_epoch: u64,
     /// How a `FROM` image that is not in the store is pulled (plain HTTP, extra CA, credential
-    /// files); [`RegistryOptions::from_env`] unless the caller sets it.
+    /// files); [`RegistryOptions::from_env`] unless the caller sets it. Container images are
+    /// fetched the same way.
     pub registry: RegistryOptions,
+    /// `--image-list FILE`s: more container images to collect, besides `manifests/imageList`.
+    pub image_lists: Vec<PathBuf>,
+    /// `--ignored-image-list FILE`s: container images not to collect.
+    pub ignored_image_lists: Vec<PathBuf>,
 }
 
 impl BuildOptions {
@@ -63,6 +76,8 @@ impl BuildOptions {
             level: packer::Compression::Zstd.default_level(),
             source_date_epoch: epoch,
             registry: RegistryOptions::from_env(),
+            image_lists: Vec::new(),
+            ignored_image_lists: Vec::new(),
         }
     }
 }
@@ -82,6 +97,11 @@ pub enum BuildEvent<'a> {
     Layer { digest: &'a str, size: u64 },
     /// A line a RUN command printed.
     Output(&'a str),
+    /// A container image being collected (before the first step).
+    ContainerImage {
+        reference: &'a str,
+        event: ImageEvent<'a>,
+    },
 }
 
 /// The outcome of a successful build.
@@ -116,6 +136,18 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A container-image declaration that cannot be read; nothing was written.
+    #[error(transparent)]
+    Declare(#[from] DeclareError),
+    /// A container image that cannot be collected; nothing was written.
+    #[error("{origin}: container image {reference}: {source}; nothing was written to the store")]
+    ContainerImage {
+        reference: String,
+        /// `FILE:LINE` of its first declaration.
+        origin: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -142,12 +174,87 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
-/// Build the image described by `opts`.
-pub fn build(
-    store: &Store,
+/// The architecture a build targets: its `ARCH` build argument, else this machine's
+/// ([`oci_arch`]). Container images are collected for `linux/<this>`.
+pub fn target_arch(opts: &BuildOptions) -> String {
+    opts.build_args
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "ARCH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| oci_arch().to_string())
+}
+
+/// The container images a build of `opts` would collect, each with where it was declared
+/// (`sealer build --list-images`). Reads the Kubefile and the build context only.
+pub fn declared_images(opts: &BuildOptions) -> Result<Vec<DeclaredImage>, BuildError> {
+    let kubefile = read_kubefile(opts)?;
+    declarations(opts, &kubefile)
+}
+
+fn declarations(
     opts: &BuildOptions,
-    progress: &mut dyn FnMut(BuildEvent),
-) -> Result<BuildReport, BuildError> {
+    kubefile: &Kubefile,
+) -> Result<Vec<DeclaredImage>, BuildError> {
+    // APP sources as the build will expand them: build arguments, ARCH, then ARG defaults.
+    let mut defaults: Vec<(String, String)> = Vec::new();
+    for instruction in &kubefile.instructions {
+        if let InstructionKind::Arg {
+            name,
+            default: Some(value),
+        } = &instruction.kind
+        {
+            defaults.push((name.clone(), value.clone()));
+        }
+    }
+    let arch = target_arch(opts);
+    let lookup = |name: &str| -> Option<String> {
+        opts.build_args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| (name == "ARCH").then(|| arch.clone()))
+            .or_else(|| {
+                defaults
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+    };
+    let mut apps = Vec::new();
+    for instruction in &kubefile.instructions {
+        if !matches!(
+            instruction.kind,
+            InstructionKind::App { .. } | InstructionKind::Cni { .. } | InstructionKind::Csi { .. }
+        ) {
+            continue;
+        }
+        // An APP whose words do not expand here fails at its own step with the real error.
+        let Ok(expanded) = instruction.expanded(&kubefile.file, &lookup) else {
+            continue;
+        };
+        if let InstructionKind::App { name, sources }
+        | InstructionKind::Cni { name, sources }
+        | InstructionKind::Csi { name, sources } = &expanded.kind
+        {
+            for source in sources {
+                if let AppSource::Local(path) = source {
+                    let path = path.trim_start_matches('/');
+                    apps.push((name.clone(), opts.context.join(path)));
+                }
+            }
+        }
+    }
+    Ok(container_images::declared_images(&Declarations {
+        context: opts.context.clone(),
+        image_lists: opts.image_lists.clone(),
+        ignored_lists: opts.ignored_image_lists.clone(),
+        apps,
+    })?)
+}
+
+fn read_kubefile(opts: &BuildOptions) -> Result<Kubefile, BuildError> {
     let kubefile_path = opts
         .kubefile
         .clone()
@@ -166,8 +273,20 @@ pub fn build(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         ));
     }
+    Ok(kubefile)
+}
+
+/// Build the image described by `opts`.
+pub fn build(
+    store: &Store,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<BuildReport, BuildError> {
+    let kubefile = read_kubefile(opts)?;
+    let declared = declarations(opts, &kubefile)?;
     let _writers = store.writer_guard()?;
-    let mut builder = Builder::new(store, opts, &kubefile, progress);
+    let collection = images::collect(store, opts, &declared, &target_arch(opts), progress)?;
+    let mut builder = Builder::new(store, opts, &kubefile, progress, collection);
     for (i, instruction) in kubefile.instructions.iter().enumerate() {
         builder.step(i + 1, instruction)?;
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use crate::container_images::LABEL_CONTAINER_IMAGES;
 use crate::kubefile::{
     self, AppSource, Command, Instruction, InstructionKind, Kubefile, KubefileError,
 };
@@ -19,6 +20,7 @@ use crate::store::{
 
 use super::cache::StepCache;
 use super::context::{self, app_kind, Plan};
+use super::images::Collection;
 use super::layer::{BuiltLayer, LayerWriter};
 use super::run::WorkTree;
 use super::{oci_arch, rfc3339, BuildError, BuildEvent, BuildOptions, BuildReport};
@@ -49,6 +51,8 @@ pub(super) struct Builder<'a> {
     /// CMD/CMDS lines of this Kubefile, added after the base image's at the end.
     own_cmds: Option<Vec<String>>,
     cached_steps: usize,
+    /// The container images collected before the first step: the last layer.
+    images: Collection,
 }
 
 impl<'a> Builder<'a> {
@@ -57,6 +61,7 @@ impl<'a> Builder<'a> {
         opts: &'a BuildOptions,
         kubefile: &'a Kubefile,
         progress: &'a mut dyn FnMut(BuildEvent),
+        images: Collection,
     ) -> Self {
         let created = rfc3339(opts.source_date_epoch);
         let build_args: BTreeMap<String, String> = opts.build_args.iter().cloned().collect();
@@ -92,6 +97,7 @@ impl<'a> Builder<'a> {
             history: Vec::new(),
             own_cmds: None,
             cached_steps: 0,
+            images,
         }
     }
 
@@ -158,6 +164,25 @@ impl<'a> Builder<'a> {
                 )));
             }
         }
+        let mut annotations = std::collections::BTreeMap::new();
+        let images = std::mem::take(&mut self.images);
+        let images_step = usize::from(!images.is_empty());
+        if !images.is_empty() {
+            let label = images.label();
+            let created_by = images.created_by();
+            let (layer, cached) =
+                images.layer(self.store, self.opts, &self.cache, self.progress)?;
+            if cached {
+                self.cached_steps += 1;
+            }
+            let key = self.key.clone();
+            self.push_layer(key, &layer, created_by);
+            self.config
+                .config
+                .labels
+                .insert(LABEL_CONTAINER_IMAGES.to_string(), label.clone());
+            annotations.insert(LABEL_CONTAINER_IMAGES.to_string(), label);
+        }
         self.config.rootfs.diff_ids = self.diff_ids.clone();
         self.config.history = self.history.clone();
         self.config.sealer = (!self.sealer.is_empty()).then(|| self.sealer.clone());
@@ -175,14 +200,14 @@ impl<'a> Builder<'a> {
                 platform: None,
             },
             layers: self.layers.clone(),
-            annotations: Default::default(),
+            annotations,
         };
         let digest = self.store.commit_image(&self.opts.tag, &manifest)?;
         Ok(BuildReport {
             reference: self.opts.tag.clone(),
             digest,
             layers: self.layers.len(),
-            steps: self.kubefile.instructions.len(),
+            steps: self.kubefile.instructions.len() + images_step,
             cached_steps: self.cached_steps,
         })
     }
@@ -541,7 +566,7 @@ impl<'a> Builder<'a> {
 }
 
 /// A step's cache key: the previous key and the step's parts, hashed.
-fn chain(prev: &str, parts: &[&str]) -> String {
+pub(super) fn chain(prev: &str, parts: &[&str]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     for p in parts {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use sealer::builder::{build, BuildEvent, BuildOptions};
+use sealer::builder::{build, declared_images, BuildEvent, BuildOptions, ImageEvent};
 use sealer::reference::Reference;
 use sealer::store::Store;
 use sealer::ui::{human_bytes, short_digest};
@@ -30,7 +30,18 @@ pub struct BuildArgs {
     /// zstd level of new layers (1-22).
     #[arg(long, default_value_t = 3)]
     level: i64,
-    /// How to reach the registry of a `FROM` image that is not in the store.
+    /// More container images to collect: a file with one reference a line (repeatable).
+    #[arg(long = "image-list", value_name = "FILE")]
+    image_lists: Vec<PathBuf>,
+    /// Container images not to collect: a file with one reference a line (repeatable).
+    #[arg(long = "ignored-image-list", value_name = "FILE")]
+    ignored_image_lists: Vec<PathBuf>,
+    /// Print the container images the build would collect and where each is declared
+    /// (FILE:LINE), then stop: nothing is pulled or built.
+    #[arg(long)]
+    list_images: bool,
+    /// How to reach the registry of a `FROM` image that is not in the store, and the registries
+    /// of container images.
     #[command(flatten)]
     connection: ConnectionArgs,
     /// The build context.
@@ -39,8 +50,9 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> Result<()> {
-    let store = Store::open_default()?;
     let mut opts = BuildOptions::new(&args.context, Reference::parse(&args.tag)?);
+    opts.image_lists = args.image_lists;
+    opts.ignored_image_lists = args.ignored_image_lists;
     opts.kubefile = args.file;
     opts.no_cache = args.no_cache;
     opts.registry = args.connection.options();
@@ -52,6 +64,14 @@ pub fn run(args: BuildArgs) -> Result<()> {
         };
         opts.build_args.push((k.to_string(), v.to_string()));
     }
+    if args.list_images {
+        for image in declared_images(&opts)? {
+            let origins: Vec<String> = image.origins.iter().map(|o| o.to_string()).collect();
+            println!("{}\t{}", image.reference, origins.join(" "));
+        }
+        return Ok(());
+    }
+    let store = Store::open_default()?;
     let terminal = std::io::stdout().is_terminal();
     let report = build(&store, &opts, &mut |event| match event {
         BuildEvent::Step { index, total, text } => println!("STEP {index}/{total}: {text}"),
@@ -62,6 +82,15 @@ pub fn run(args: BuildArgs) -> Result<()> {
             let hex = short.split_once(':').map_or(short.as_str(), |(_, hex)| hex);
             println!(" ---> layer {hex} ({})", human_bytes(size))
         }
+        BuildEvent::ContainerImage { reference, event } => match event {
+            ImageEvent::Resolving => println!("IMAGE {reference}"),
+            ImageEvent::Pinned { digest, fetched: 0 } => {
+                println!(" ---> {digest} (every blob already in the store)")
+            }
+            ImageEvent::Pinned { digest, fetched } => {
+                println!(" ---> {digest} ({} fetched)", human_bytes(fetched))
+            }
+        },
         BuildEvent::Output(line) => {
             if terminal {
                 println!("   | {line}")

@@ -18,10 +18,13 @@
 //! with exponential backoff wrap each blob and manifest transfer, because `oci-client` has none.
 //!
 //! For the builder: `FROM registry/repo:tag` whose image is not in the store is one call,
-//! `pull(&store, &reference, &build_options.registry, &|_| {})`.
+//! `pull(&store, &reference, &build_options.registry, &|_| {})`; the container images a build
+//! collects are resolved for the build's platform and fetched blob by blob through
+//! [`ImageSource`] (same connection, credentials and retries), staged until the build commits.
 
 pub mod auth;
 mod client;
+mod collect;
 mod login;
 mod pull;
 mod push;
@@ -30,6 +33,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use auth::Credentials;
+pub use collect::{ImageSource, PlatformManifest};
 pub use login::{login, logout, verify_credentials};
 pub use pull::pull;
 pub use push::{push, PushReport};

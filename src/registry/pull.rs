@@ -19,12 +19,13 @@ use super::{
 };
 use crate::reference::{Reference, DEFAULT_TAG};
 use crate::store::{
-    Image, ImageConfig, Index, Manifest, Store, StoreError, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+    Image, ImageConfig, Index, Manifest, StagedBlob, Store, StoreError, MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
 };
 
 const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const ACCEPTED: &[&str] = &[
+pub(super) const ACCEPTED: &[&str] = &[
     MEDIA_TYPE_MANIFEST,
     MEDIA_TYPE_DOCKER_MANIFEST,
     MEDIA_TYPE_INDEX,
@@ -238,6 +239,21 @@ async fn fetch_blob(
     size: u64,
     report: &dyn Fn(u64, ProgressEvent),
 ) -> Result<(), Failure> {
+    let staged = download_blob(conn, target, store, digest, size, report).await?;
+    staged.commit().map_err(RegistryError::from)?;
+    Ok(())
+}
+
+/// Stream one blob into the store's scratch space and check its size and digest; only a complete
+/// blob with the right digest comes back, staged, for the caller to commit.
+pub(super) async fn download_blob(
+    conn: &Connection,
+    target: &oci_client::Reference,
+    store: &Store,
+    digest: &str,
+    size: u64,
+    report: &dyn Fn(u64, ProgressEvent),
+) -> Result<StagedBlob, Failure> {
     let op = Op {
         what: "downloading a blob",
         repository: target.repository(),
@@ -282,8 +298,8 @@ async fn fetch_blob(
             "the download ended after {done} of {size} bytes"
         )));
     }
-    match writer.commit(Some(digest)) {
-        Ok(_) => Ok(()),
+    match writer.finish(Some(digest)) {
+        Ok(staged) => Ok(staged),
         Err(e @ StoreError::BlobCorrupt { .. }) => Err(Failure {
             transient: true,
             error: RegistryError::Corrupt {
@@ -297,7 +313,7 @@ async fn fetch_blob(
     }
 }
 
-fn is_index(bytes: &[u8]) -> bool {
+pub(super) fn is_index(bytes: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]

@@ -789,6 +789,8 @@ pub struct InspectView<'a> {
     pub digest: &'a str,
     pub size: u64,
     pub layers: Vec<InspectLayer<'a>>,
+    /// The container images the image carries (its config's `sealer.image.container.images`).
+    pub container_images: Vec<crate::container_images::ContainerImage>,
     pub config: &'a ImageConfig,
     pub annotations: &'a std::collections::BTreeMap<String, String>,
 }
@@ -823,6 +825,7 @@ pub fn inspect(image: &Image) -> InspectView<'_> {
         digest: &image.digest,
         size: image.layers_size(),
         layers,
+        container_images: crate::container_images::listed_images(&image.config),
         config: &image.config,
         annotations: &image.manifest.annotations,
     }

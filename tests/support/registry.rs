@@ -136,6 +136,18 @@ impl TestRegistry {
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Where the registry keeps a blob (`docker/registry/v2/blobs/sha256/XX/HEX/data`), for tests
+    /// that remove or damage what it serves.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
 }
 
 impl Drop for TestRegistry {

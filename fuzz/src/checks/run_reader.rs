@@ -185,6 +185,7 @@ fn write_package(dir: &Path, shape: usize) -> Package {
             digest: format!("sha256:{}", framed.digest),
             diff_id: format!("sha256:{}", framed.diff_id),
             frames: Some(framed.frames),
+            keep_frames: false,
         });
     }
     let spec = PackSpec {
