@@ -106,6 +106,7 @@ pub fn pack(
             digest: desc.digest.clone(),
             diff_id,
             frames: store.frame_index(&desc.digest),
+            keep_frames: crate::container_images::is_images_layer(desc),
         });
     }
     let spec = PackSpec {
@@ -118,7 +119,6 @@ pub fn pack(
         layers,
         compression: opts.compression,
         level: opts.level,
-            keep_frames: crate::container_images::is_images_layer(desc),
         split_size: opts.split_size,
         output: opts.output.clone(),
     };

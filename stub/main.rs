@@ -157,6 +157,7 @@ fn inspect(json: bool) -> Result<()> {
             "payload_id": run.payload_id(),
             "header_offset": run.header_offset(),
             "config": config,
+            "container_images": sealer::container_images::listed_in_config_json(&m.image.config_json),
             "manifest": m,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -181,6 +182,16 @@ fn inspect(json: bool) -> Result<()> {
         for (k, v) in labels {
             println!("label          {k}={}", v.as_str().unwrap_or_default());
         }
+    }
+    for image in sealer::container_images::listed_in_config_json(&m.image.config_json) {
+        println!(
+            "container image {} {} {}/{} {}",
+            image.image,
+            image.digest,
+            image.platform.os,
+            image.platform.architecture,
+            human_bytes(image.size)
+        );
     }
     for (i, layer) in m.layers.iter().enumerate() {
         println!(
@@ -216,7 +227,6 @@ fn verify() -> Result<()> {
         run.manifest().frame_count(),
         run.manifest().layers.len(),
         run.payload_id()
-            "container_images": sealer::container_images::listed_in_config_json(&m.image.config_json),
     );
     Ok(())
 }
@@ -243,16 +253,6 @@ fn extract(dir: &std::path::Path) -> Result<()> {
         "extracted {} files, {} directories, {} symlinks, {} hard links ({}) into {}",
         report.files,
         report.directories,
-    for image in sealer::container_images::listed_in_config_json(&m.image.config_json) {
-        println!(
-            "container image {} {} {}/{} {}",
-            image.image,
-            image.digest,
-            image.platform.os,
-            image.platform.architecture,
-            human_bytes(image.size)
-        );
-    }
         report.symlinks,
         report.hard_links,
         human_bytes(report.file_bytes),
