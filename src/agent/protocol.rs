@@ -825,6 +825,22 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_name_is_a_plain_file_and_unit_name() {
+        for good in ["sealer-registry", "r", "a.b_c-1"] {
+            assert!(good.parse::<UnitName>().is_ok(), "{good}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", &"a".repeat(65)] {
+            assert!(bad.parse::<UnitName>().is_err(), "{bad}");
+        }
+        let args = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = Invocation::parse(&args(&[
+            "registry", "stop", "--work", "/w", "--unit", "../x",
+        ]))
+        .unwrap_err();
+        assert!(err.contains("not a service name"), "{err}");
+    }
+
+    #[test]
     fn the_stall_timeout_may_come_before_or_after_the_command() {
         let args = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let after = Invocation::parse(&args(&["receive", "--work", "/w", "--stall-timeout", "4"]));

@@ -5,9 +5,12 @@
 //! one `hosts.toml` it is asked for and never restarts containerd (it rereads `hosts.toml` on
 //! every pull).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use crate::reference::{Reference, ReferenceError};
 
 /// containerd's configuration file when none is named.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -158,6 +161,26 @@ impl Mirror {
     }
 }
 
+/// The registries whose `hosts.toml` must point at the cluster's registry for `references`
+/// (full references as the images layer names them): each one's registry host, `docker.io`
+/// for a reference that names none.
+pub fn registries_of<'a>(
+    references: impl IntoIterator<Item = &'a str>,
+) -> Result<BTreeSet<String>, ReferenceError> {
+    references
+        .into_iter()
+        .map(|r| {
+            let reference = Reference::parse(r)?;
+            Ok(match reference.registry.as_deref() {
+                None | Some("registry-1.docker.io") | Some("index.docker.io") => {
+                    super::layout::DOCKER_HUB.to_string()
+                }
+                Some(other) => other.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// The CRI registry `config_path` set in containerd's `config` file (version 2 or 3). An
 /// absent file, key or empty value is an error naming the file and the line to add.
 pub fn config_path(config: &Path) -> Result<PathBuf, ContainerdError> {
@@ -255,6 +278,24 @@ mod tests {
         assert!(Mirror::new("docker.io", &[], None).is_err());
         assert!(Mirror::new("docker.io", &one, Some("../x")).is_err());
         assert!(Mirror::new("_default", &one, Some("a/b")).is_ok());
+    }
+
+    #[test]
+    fn each_registry_named_by_the_references_needs_one_hosts_toml() {
+        let found = registries_of([
+            "docker.io/library/nginx:1.25",
+            "nginx:1.25",
+            "registry-1.docker.io/library/redis:7",
+            "quay.io/coreos/etcd:v3.5",
+            "127.0.0.1:5000/library/foo@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ])
+        .unwrap();
+        let expected: BTreeSet<String> = ["127.0.0.1:5000", "docker.io", "quay.io"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(found, expected);
+        assert!(registries_of(["not a reference"]).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod service;
 use std::path::Path;
 
 use super::protocol::RegistryCommand;
-pub use containerd::{config_path, Mirror};
+pub use containerd::{config_path, registries_of, Mirror};
 pub use service::{ServiceSpec, StartOutcome};
 
 /// Does `command`; the exit status to report when it did not fail.

@@ -55,6 +55,12 @@ pub fn serve(root: &Path, listen: SocketAddr) -> Result<(), ServeError> {
                 source,
             })?;
         let catalog = registry.catalog();
+        if !root.join("index.json").is_file() {
+            eprintln!(
+                "sealer registry: {} has no index.json: serving nothing until it appears",
+                root.display()
+            );
+        }
         eprintln!(
             "sealer registry: serving {} ({} images) on {listen}",
             root.display(),

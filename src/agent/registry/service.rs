@@ -224,7 +224,7 @@ pub fn start(spec: &ServiceSpec, manager: ServiceManager) -> Result<StartOutcome
         _ => start_daemon(spec, &files, &record)?,
     };
     if outcome != StartOutcome::Unchanged {
-        wait_serving(spec, &files)?;
+        wait_serving(spec, &files, manager)?;
     }
     Ok(outcome)
 }
@@ -399,12 +399,17 @@ fn systemctl(args: &[&str]) -> Result<String, ServiceError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Waits until something accepts connections on the service's address while the service
-/// runs.
-fn wait_serving(spec: &ServiceSpec, files: &Files) -> Result<(), ServiceError> {
+/// Waits until the service's address accepts connections while (as a daemon) its supervisor
+/// holds the pid file.
+fn wait_serving(
+    spec: &ServiceSpec,
+    files: &Files,
+    manager: ServiceManager,
+) -> Result<(), ServiceError> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
-        if accepts(spec.listen) {
+        let supervised = manager == ServiceManager::Systemd || files.daemon_pid().is_some();
+        if supervised && accepts(spec.listen) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
