@@ -135,6 +135,17 @@ pub fn lock(
     Ok((ClusterLock { file }, stale))
 }
 
+/// Who holds the lock of cluster `name` now, if anyone (read without taking it).
+pub fn holder(root: &Path, name: &str) -> Option<Holder> {
+    let path = cluster_dir(root, name).join("lock");
+    let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    if file.try_lock_exclusive().is_ok() {
+        let _ = FileExt::unlock(&file);
+        return None;
+    }
+    read_holder(&mut file)
+}
+
 fn read_holder(file: &mut File) -> Option<Holder> {
     let mut text = String::new();
     file.seek(SeekFrom::Start(0)).ok()?;
@@ -280,6 +291,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (held, stale) = lock(root.path(), "c1", "sealer run a:1").unwrap();
         assert!(stale.is_none());
+        assert_eq!(holder(root.path(), "c1").unwrap().command, "sealer run a:1");
         let err = lock(root.path(), "c1", "sealer run b:1").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("sealer run a:1"), "{text}");
@@ -290,6 +302,7 @@ mod tests {
         // Another cluster is not affected.
         let (_other, _) = lock(root.path(), "c2", "sealer run b:1").unwrap();
         drop(held);
+        assert!(holder(root.path(), "c1").is_none());
         let (_again, stale) = lock(root.path(), "c1", "sealer run b:1").unwrap();
         assert!(stale.is_none(), "a clean release leaves no holder behind");
     }
@@ -340,7 +353,9 @@ mod tests {
         assert_eq!(back, record);
         assert_eq!(back.current().unwrap().image, "a:1");
         fs::write(cluster_dir(root.path(), "c1").join("record.json"), "{").unwrap();
-        let err = ClusterRecord::load(root.path(), "c1").unwrap_err().to_string();
+        let err = ClusterRecord::load(root.path(), "c1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("move it aside"), "{err}");
     }
 }

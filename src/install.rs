@@ -19,7 +19,7 @@ use crate::deploy::payload::PayloadError;
 use crate::deploy::target::{resolve, Target, TargetError, TargetSpec};
 use crate::deploy::HostOutcome;
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
-use crate::deploy::{HostPlan, InstallReport, Payload};
+use crate::deploy::{HostPlan, HostStatus, InstallReport, Payload};
 use crate::store::{Store, StoreError};
 
 /// Where the bytes to install come from.
@@ -210,6 +210,66 @@ pub fn dry_run(
     };
     let plans = crate::deploy::dry_run(&target.cluster, &payload, &opts)?;
     Ok((summary, plans))
+}
+
+/// What a cluster holds now: per host the image its rootfs holds (named from this machine's
+/// record when it installed it), the steps done, and who changes the cluster now, if anyone.
+#[derive(Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub hosts: Vec<HostState>,
+    /// Who holds the cluster's lock now.
+    pub changing: Option<clusters::Holder>,
+    /// This machine's last install of the cluster.
+    pub last_install: Option<InstallRecord>,
+}
+
+/// One host in [`ClusterStatus`].
+#[derive(Debug, serde::Serialize)]
+pub struct HostState {
+    #[serde(flatten)]
+    pub host: HostStatus,
+    /// The image whose payload the rootfs holds, when this machine's record names it.
+    pub image: Option<String>,
+    /// How the last install from this machine ended on the host.
+    pub last_result: Option<String>,
+}
+
+/// Asks every host of `target` what it holds; changes nothing.
+pub fn status(target: &TargetSpec, state_root: &std::path::Path) -> Result<ClusterStatus, Error> {
+    let target = resolve(target)?;
+    let name = target.cluster.name.clone();
+    let record = ClusterRecord::load(state_root, &name)?;
+    let hosts = crate::deploy::status(&target.cluster, target.connect.as_ref())
+        .into_iter()
+        .map(|host| {
+            let image = host.installed.as_ref().and_then(|id| {
+                record
+                    .installs
+                    .iter()
+                    .rev()
+                    .find(|i| &i.payload == id)
+                    .map(|i| i.image.clone())
+            });
+            let ip = host.ip.to_string();
+            let last_result = record
+                .installs
+                .last()
+                .and_then(|i| i.hosts.iter().find(|h| h.ip == ip))
+                .map(|h| h.result.clone());
+            HostState {
+                host,
+                image,
+                last_result,
+            }
+        })
+        .collect();
+    Ok(ClusterStatus {
+        changing: clusters::holder(state_root, &name),
+        last_install: record.installs.last().cloned(),
+        cluster: name,
+        hosts,
+    })
 }
 
 /// `Ok` when every host and cluster stage finished (or nothing had to be done).

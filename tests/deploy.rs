@@ -195,8 +195,16 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         assert!(dry.row(host).contains("run "), "{}", dry.row(host));
     }
     assert!(dry.text.contains("run  rootfs"), "{}", dry.text);
-    assert!(dry.text.contains("run  CMD bash scripts/check-health.sh"), "{}", dry.text);
-    assert!(dry.text.contains("An install would change 5 of 5 host(s)"), "{}", dry.text);
+    assert!(
+        dry.text.contains("run  CMD bash scripts/check-health.sh"),
+        "{}",
+        dry.text
+    );
+    assert!(
+        dry.text.contains("An install would change 5 of 5 host(s)"),
+        "{}",
+        dry.text
+    );
     let after: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &listing)).collect();
     assert_eq!(before, after, "the dry run changed something on a host");
     let v2 = store.run_on(&bed, "etcd-cluster:v2", &["-f", file]);

@@ -14,7 +14,13 @@ use support::store::{both, command, Sealer, SEALER};
 /// `sealer run IMAGE --local --data-root DATA` against `store`.
 fn local_run(store: &Sealer, image: &str, data: &Path) -> Command {
     let mut c = command(Path::new(SEALER), &store.root());
-    c.args(["run", image, "--local", "--data-root", data.to_str().unwrap()]);
+    c.args([
+        "run",
+        image,
+        "--local",
+        "--data-root",
+        data.to_str().unwrap(),
+    ]);
     c
 }
 
@@ -25,7 +31,10 @@ fn wait_for(path: &Path, child: &mut Child) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the first install ended ({status}) before its CMD started");
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "{path:?} never appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{path:?} never appeared"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -59,6 +68,15 @@ fn a_second_install_of_a_cluster_being_changed_is_refused_naming_the_holder_and_
         "{text}"
     );
     assert!(text.contains(&format!("pid {}", first.id())), "{text}");
+    let status = command(Path::new(SEALER), &store.root())
+        .args(["status", "--local", "--data-root", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        both(&status).contains("Being changed now by `sealer run slow:v1`"),
+        "{}",
+        both(&status)
+    );
     // A dry run reads and changes nothing, so it does not need the lock.
     let dry = local_run(&store, "slow:v1", &data)
         .arg("--dry-run")
@@ -121,6 +139,22 @@ fn every_install_is_recorded_and_the_rootfs_follows_the_image_asked_for() {
         both(&again)
     );
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "v1\nv2\nv1\n");
+
+    let status = command(Path::new(SEALER), &store.root())
+        .args([
+            "status",
+            "--local",
+            "--data-root",
+            data.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", both(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["hosts"][0]["image"], "app:v1", "{status}");
+    assert_eq!(status["hosts"][0]["steps_done"], 2, "{status}");
+    assert!(status["changing"].is_null(), "{status}");
 
     let record: serde_json::Value = serde_json::from_slice(
         &std::fs::read(store.root().join("clusters/my-cluster/record.json")).unwrap(),

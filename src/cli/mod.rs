@@ -28,6 +28,8 @@ enum Command {
     Pack(pack::PackArgs),
     /// Install an image onto hosts over SSH (or this machine with --local).
     Run(Box<run::RunArgs>),
+    /// Show what every host of a cluster holds now (image, steps done) and who is changing it.
+    Status(run::StatusArgs),
     #[command(hide = true)]
     Agent {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -69,6 +71,7 @@ pub fn main() -> i32 {
         Command::Build(a) => build::run(a),
         Command::Run(a) => run::run(*a),
         Command::Pack(a) => pack::run(a),
+        Command::Status(a) => run::status(a),
         Command::Agent { args } => return sealer::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),

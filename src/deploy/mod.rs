@@ -42,7 +42,7 @@ use crate::retry::RetryPolicy;
 use journal::Step;
 pub use launch::EXIT_AGENT_UNSAFE;
 pub use payload::{find_stub, Payload, PayloadLayer};
-pub use plan::{HostPlan, PlannedStep};
+pub use plan::{status, HostPlan, HostStatus, PlannedStep};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
 pub use report::{HostOutcome, HostReport, InstallEvent, InstallReport};
 pub use scripts::DEFAULT_SCRIPT_TIMEOUT;

@@ -2,13 +2,14 @@
 //! Each host is asked, through one read-only shell probe, for its architecture, free space,
 //! the payload its rootfs holds, its journal and its spool; the engine's own stage list and
 //! step keys then say which steps would run or be skipped and how many bytes would travel.
-//! No agent is uploaded, no directory created, no lock taken on the host.
+//! No agent is uploaded, no directory created, no lock taken on the host. [`status`] asks the
+//! same probe what each host holds now.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use super::{Engine, Step};
-use crate::clusterfile::shell_quote;
+use super::{Connector, Engine, Step};
+use crate::clusterfile::{shell_quote, Cluster, Host};
 
 /// What an install would do on one host.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -174,4 +175,90 @@ impl Engine<'_> {
         }
         plan
     }
+}
+
+/// What one host holds now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostStatus {
+    pub ip: IpAddr,
+    pub roles: Vec<String>,
+    /// Why the host could not be asked.
+    pub unreachable: Option<String>,
+    /// The payload its rootfs holds; `None` when nothing is installed.
+    pub installed: Option<String>,
+    /// Steps recorded in its journal for that payload.
+    pub steps_done: usize,
+    /// Frames spooled and not yet unpacked (an install cut off while sending).
+    pub frames_spooled: usize,
+}
+
+/// What every host of `cluster` holds now, asked in parallel through a read-only probe.
+pub fn status(cluster: &Cluster, connect: &Connector) -> Vec<HostStatus> {
+    let work = cluster.data_root.join(&cluster.name).join(".sealer");
+    let work = work.display().to_string();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = cluster
+            .hosts
+            .iter()
+            .map(|host| {
+                let work = &work;
+                scope.spawn(move || host_status(host, connect, work))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&cluster.hosts)
+            .map(|(h, host)| {
+                h.join().unwrap_or_else(|_| HostStatus {
+                    ip: host.ip,
+                    roles: host.roles.clone(),
+                    unreachable: Some("the probe failed".into()),
+                    installed: None,
+                    steps_done: 0,
+                    frames_spooled: 0,
+                })
+            })
+            .collect()
+    })
+}
+
+fn host_status(host: &Host, connect: &Connector, work: &str) -> HostStatus {
+    let mut status = HostStatus {
+        ip: host.ip,
+        roles: host.roles.clone(),
+        unreachable: None,
+        installed: None,
+        steps_done: 0,
+        frames_spooled: 0,
+    };
+    let probe = format!(
+        "w={}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; echo {SECTION}; ls \"$w/spool\" 2>/dev/null; true",
+        shell_quote(work)
+    );
+    let out = connect(host).and_then(|mut remote| remote.exec(&probe, None));
+    match out {
+        Ok(out) if out.success() => {
+            let text = out.stdout_text();
+            let separator = format!("{SECTION}\n");
+            let mut sections = text.split(separator.as_str());
+            let installed = sections.next().unwrap_or_default().trim();
+            status.installed = (!installed.is_empty()).then(|| installed.to_string());
+            let is_key = |l: &&str| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit());
+            status.steps_done = sections
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .filter(is_key)
+                .count();
+            status.frames_spooled = sections
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .filter(is_key)
+                .count();
+        }
+        Ok(out) => status.unreachable = Some(format!("the probe failed: {}", out.tail())),
+        Err(e) => status.unreachable = Some(e.to_string()),
+    }
+    status
 }

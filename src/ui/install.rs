@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::deploy::{HostOutcome, HostPlan, HostReport, InstallEvent, InstallReport};
-use crate::install::{Event, Summary};
+use crate::install::{ClusterStatus, Event, Summary};
 
-use super::format::human_bytes;
+use super::format::{human_bytes, short_digest};
 use super::progress::{Board, ByteProgress};
 
 /// Renders one install's events; [`InstallView::finish`] prints the table.
@@ -189,6 +189,43 @@ pub fn print_plan(summary: &Summary, plans: &[HostPlan]) {
     if changing == 0 {
         println!("\nEverything is up to date; an install would change nothing.");
     } else {
-        println!("\nAn install would change {changing} of {} host(s).", plans.len());
+        println!(
+            "\nAn install would change {changing} of {} host(s).",
+            plans.len()
+        );
+    }
+}
+
+/// `sealer status`: one line per host, then who is changing the cluster, if anyone.
+pub fn print_status(status: &ClusterStatus) {
+    println!("Cluster {}", status.cluster);
+    println!("\n{:<18} {:<14} {:<24} STEPS", "HOST", "ROLES", "IMAGE");
+    for host in &status.hosts {
+        let h = &host.host;
+        let (image, steps) = match (&h.unreachable, &h.installed) {
+            (Some(why), _) => (format!("UNREACHABLE: {why}"), String::new()),
+            (None, None) => ("nothing installed".to_string(), String::new()),
+            (None, Some(id)) => (
+                host.image
+                    .clone()
+                    .unwrap_or_else(|| format!("payload {}", short_digest(id))),
+                format!("{} done", h.steps_done),
+            ),
+        };
+        let mut line = format!("{:<18} {:<14} {image:<24} {steps}", h.ip, h.roles.join(","));
+        if h.frames_spooled > 0 {
+            line.push_str(&format!(
+                ", {} frames received and not yet unpacked",
+                h.frames_spooled
+            ));
+        }
+        if let (Some(result), Some(_)) = (&host.last_result, &h.installed) {
+            line.push_str(&format!("; last install from here: {result}"));
+        }
+        println!("{}", line.trim_end());
+    }
+    match &status.changing {
+        Some(holder) => println!("\nBeing changed now by {holder}."),
+        None => println!("\nNo command is changing the cluster from this machine."),
     }
 }
