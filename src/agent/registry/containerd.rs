@@ -10,7 +10,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::reference::{Reference, ReferenceError};
+use crate::container_images::ImageName;
+use crate::reference::ReferenceError;
 
 /// containerd's configuration file when none is named.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -169,15 +170,7 @@ pub fn registries_of<'a>(
 ) -> Result<BTreeSet<String>, ReferenceError> {
     references
         .into_iter()
-        .map(|r| {
-            let reference = Reference::parse(r)?;
-            Ok(match reference.registry.as_deref() {
-                None | Some("registry-1.docker.io") | Some("index.docker.io") => {
-                    super::layout::DOCKER_HUB.to_string()
-                }
-                Some(other) => other.to_string(),
-            })
-        })
+        .map(|r| ImageName::parse(r).map(|name| name.registry))
         .collect()
 }
 

@@ -13,12 +13,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
-use crate::reference::Reference;
+use crate::container_images::ImageName;
 
 /// The annotation naming an image in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// The registry of references that name none, and what containerd sends as its `ns`.
-pub const DOCKER_HUB: &str = "docker.io";
 
 /// The largest `index.json` read.
 const MAX_INDEX_LEN: u64 = 64 << 20;
@@ -258,28 +256,22 @@ impl Catalog {
     }
 
     /// The repository a request names. With `ns` (containerd as a mirror), only that registry
-    /// is searched. Without it: docker.io first, then a name whose first component is a
-    /// registry in the layout (`quay.io/x/bar`), then the one other registry holding the name;
-    /// a name two registries hold is not guessed.
+    /// is searched. Without it, the name is read as a reference (`library/foo` is docker.io's,
+    /// `quay.io/x/bar` names its registry); failing that, the one other registry holding the
+    /// name serves it. A name two registries hold is not guessed.
     pub fn repository(&self, lookup: &Lookup) -> Option<&Repository> {
+        let key = |text: &str| {
+            ImageName::parse(text)
+                .ok()
+                .map(|name| (name.registry, name.repository))
+        };
         if let Some(ns) = lookup.ns {
-            let registry = normalize_registry(ns);
-            let repo = normalize_repository(&registry, lookup.name);
-            return self.repositories.get(&(registry, repo));
+            return self
+                .repositories
+                .get(&key(&format!("{ns}/{}", lookup.name))?);
         }
-        let hub = (
-            DOCKER_HUB.to_string(),
-            normalize_repository(DOCKER_HUB, lookup.name),
-        );
-        if let Some(found) = self.repositories.get(&hub) {
+        if let Some(found) = key(lookup.name).and_then(|k| self.repositories.get(&k)) {
             return Some(found);
-        }
-        if let Some((first, rest)) = lookup.name.split_once('/') {
-            let registry = normalize_registry(first);
-            let key = (registry.clone(), normalize_repository(&registry, rest));
-            if let Some(found) = self.repositories.get(&key) {
-                return Some(found);
-            }
         }
         let mut others = self
             .repositories
@@ -312,35 +304,10 @@ impl Catalog {
     }
 }
 
-/// `docker.io` for every name of Docker Hub.
-fn normalize_registry(registry: &str) -> String {
-    match registry {
-        "registry-1.docker.io" | "index.docker.io" => DOCKER_HUB.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Docker Hub's one-word names live under `library/`.
-fn normalize_repository(registry: &str, repository: &str) -> String {
-    if registry == DOCKER_HUB && !repository.contains('/') {
-        format!("library/{repository}")
-    } else {
-        repository.to_string()
-    }
-}
-
 /// The repository key and the tag (none for a reference by digest alone) of a `ref.name`.
 fn named(name: &str) -> Result<((String, String), Option<String>), String> {
-    let reference = Reference::parse(name).map_err(|e| e.reason)?;
-    let registry = normalize_registry(reference.registry.as_deref().unwrap_or(DOCKER_HUB));
-    let repository = normalize_repository(&registry, &reference.repository);
-    let before_digest = name.split('@').next().unwrap_or_default();
-    let tagged = before_digest
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':'));
-    let tag = (reference.digest.is_none() || tagged).then_some(reference.tag);
-    Ok(((registry, repository), tag))
+    let name = ImageName::parse(name).map_err(|e| e.reason)?;
+    Ok(((name.registry, name.repository), name.tag))
 }
 
 fn parse_digest(path: &Path, text: &str) -> Result<BlobDigest, LayoutError> {
