@@ -754,3 +754,118 @@ fn list_images_reads_apps_and_lists_and_honours_the_ignored_list() {
         "{out}"
     );
 }
+
+#[test]
+fn an_image_built_from_a_base_with_images_carries_them_in_its_own_last_layer_offline() {
+    let sealer = Sealer::new();
+    let mut registry = TestRegistry::start(None);
+    let host = registry.host();
+    push_image(sealer.dir(), &registry, "foo", "1", &[arch()], 1);
+    push_image(sealer.dir(), &registry, "bar", "3", &[arch()], 3);
+    let base = sealer.context(
+        "base",
+        &[
+            ("Kubefile", b"FROM scratch\nCOPY manifests manifests\n"),
+            (
+                "manifests/imageList",
+                format!("{host}/library/foo:1\n").as_bytes(),
+            ),
+        ],
+    );
+    let out = sealer
+        .command()
+        .args([
+            "build",
+            "-t",
+            "base:v1",
+            "--insecure",
+            &base.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let base_manifest = store_manifest(&sealer, "base:v1");
+    let base_layers = base_manifest["layers"].as_array().unwrap().clone();
+
+    // With the registry gone, an app FROM the base still builds: its images come from the base.
+    registry.kill();
+    let app = sealer.context(
+        "app",
+        &[
+            ("Kubefile", b"FROM base:v1\nCOPY app.yaml app.yaml\n"),
+            ("app.yaml", b"a: 1\n"),
+        ],
+    );
+    let out = sealer
+        .command()
+        .args([
+            "build",
+            "-t",
+            "app:v1",
+            "--insecure",
+            &app.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let manifest = store_manifest(&sealer, "app:v1");
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{manifest}");
+    assert_eq!(layers[0], base_layers[0], "the base's own layer is kept");
+    assert_eq!(
+        layers[2], base_layers[1],
+        "the same images give the same images layer, now last"
+    );
+    let inspect: Value = serde_json::from_str(&sealer.ok(&["inspect", "app:v1"])).unwrap();
+    assert_eq!(
+        inspect["container_images"][0]["image"],
+        format!("{host}/library/foo:1")
+    );
+    let history: Vec<&str> = inspect["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["created_by"].as_str().unwrap_or(""))
+        .collect();
+    assert!(history[1].starts_with("COPY app.yaml"), "{history:?}");
+    assert!(history[2].starts_with("CONTAINER-IMAGES"), "{history:?}");
+
+    // Declaring one more image adds it next to the inherited one.
+    registry.spawn();
+    let more = sealer.context(
+        "more",
+        &[
+            ("Kubefile", b"FROM base:v1\nCOPY manifests manifests\n"),
+            (
+                "manifests/imageList",
+                format!("{host}/library/bar:3\n").as_bytes(),
+            ),
+        ],
+    );
+    let out = sealer
+        .command()
+        .args([
+            "build",
+            "-t",
+            "more:v1",
+            "--insecure",
+            &more.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", both(&out));
+    let inspect: Value = serde_json::from_str(&sealer.ok(&["inspect", "more:v1"])).unwrap();
+    let names: Vec<&str> = inspect["container_images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{host}/library/bar:3"),
+            format!("{host}/library/foo:1")
+        ]
+    );
+}

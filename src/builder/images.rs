@@ -60,6 +60,109 @@ impl Collection {
         self.images.is_empty()
     }
 
+    /// Take over the container images of a base image: its images layer (`layer`, which the new
+    /// image does not keep as such) is read, its blobs the store lacks are staged, and every image
+    /// of its `index.json` joins this build's unless a declaration of the same reference was
+    /// resolved already (declared images win). Nothing is fetched and nothing enters the store.
+    pub fn inherit(
+        &mut self,
+        store: &Store,
+        layer: &Descriptor,
+        listed: &[ContainerImage],
+    ) -> Result<(), BuildError> {
+        let path = store.blob_path(&layer.digest)?;
+        let bad = |reason: String| {
+            BuildError::io(
+                format!(
+                    "reading the container images of the base image (layer {})",
+                    layer.digest
+                ),
+                std::io::Error::other(reason),
+            )
+        };
+        let file = std::fs::File::open(&path)
+            .map_err(|e| BuildError::io(format!("opening {}", path.display()), e))?;
+        let decoder = zstd::stream::read::Decoder::new(std::io::BufReader::new(file))
+            .map_err(|e| bad(e.to_string()))?;
+        let mut archive = tar::Archive::new(decoder);
+        let mut index: Option<Index> = None;
+        let blobs_prefix = format!("{IMAGES_DIR}/blobs/sha256/");
+        for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+            let name = entry
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            if let Some(hex) = name.strip_prefix(&blobs_prefix) {
+                let digest = format!("sha256:{hex}");
+                crate::store::digest_hex(&digest).map_err(|e| bad(e.to_string()))?;
+                if store.has_blob(&digest) || self.staged.iter().any(|s| s.digest() == digest) {
+                    continue;
+                }
+                let mut writer = store.blob_writer()?;
+                std::io::copy(&mut entry, &mut writer).map_err(|e| bad(format!("{name}: {e}")))?;
+                self.staged.push(writer.finish(Some(&digest))?);
+            } else if name == format!("{IMAGES_DIR}/index.json") {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes)
+                    .map_err(|e| bad(e.to_string()))?;
+                index =
+                    Some(serde_json::from_slice(&bytes).map_err(|e| bad(format!("{name}: {e}")))?);
+            }
+        }
+        let index = index.ok_or_else(|| bad(format!("it has no {IMAGES_DIR}/index.json")))?;
+        for entry in index.manifests {
+            let ref_name = entry
+                .annotations
+                .get(ANNOTATION_REF_NAME)
+                .ok_or_else(|| bad(format!("{} has no name", entry.digest)))?;
+            let name = ImageName::parse(ref_name).map_err(|e| bad(e.to_string()))?;
+            if self
+                .images
+                .iter()
+                .any(|i| i.name.ref_name() == name.ref_name())
+            {
+                continue;
+            }
+            let bytes = match self.staged.iter().find(|s| s.digest() == entry.digest) {
+                Some(staged) => std::fs::read(staged.path())
+                    .map_err(|e| BuildError::io("reading a staged manifest", e))?,
+                None => store.read_blob(&entry.digest)?,
+            };
+            let manifest: crate::store::Manifest = serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("manifest {}: {e}", entry.digest)))?;
+            let platform = entry
+                .platform
+                .clone()
+                .ok_or_else(|| bad(format!("{ref_name} names no platform")))?;
+            let mut blobs = vec![manifest.config.clone()];
+            blobs.extend(manifest.layers.iter().cloned());
+            for blob in &mut blobs {
+                blob.annotations.clear();
+            }
+            self.images.push(CollectedImage {
+                app: listed
+                    .iter()
+                    .find(|l| &l.image == ref_name)
+                    .and_then(|l| l.app_name.clone()),
+                name,
+                manifest: Descriptor {
+                    annotations: Default::default(),
+                    platform: None,
+                    ..entry
+                },
+                platform,
+                blobs,
+            });
+        }
+        self.images.sort_by_key(|i| i.name.ref_name());
+        Ok(())
+    }
+
     /// The config label / manifest annotation `sealer.image.container.images`.
     pub fn label(&self) -> String {
         let listed: Vec<ContainerImage> = self

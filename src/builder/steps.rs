@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::container_images::LABEL_CONTAINER_IMAGES;
+use crate::container_images::{self, LABEL_CONTAINER_IMAGES};
 use crate::kubefile::{
     self, AppSource, Command, Instruction, InstructionKind, Kubefile, KubefileError,
 };
@@ -233,6 +233,26 @@ impl<'a> Builder<'a> {
             self.config.author = base.config.author.clone();
             self.history = base.config.history.clone();
             self.sealer = base.config.sealer.clone().unwrap_or_default();
+            if let Some(at) = container_images::images_layer_index(&base.manifest) {
+                // The base's container images join this build's; they are written again in
+                // this image's own images layer, its last.
+                let layer = self.layers.remove(at);
+                if at < self.diff_ids.len() {
+                    self.diff_ids.remove(at);
+                }
+                if let Some(h) = self
+                    .history
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| !h.empty_layer)
+                    .nth(at)
+                    .map(|(i, _)| i)
+                {
+                    self.history.remove(h);
+                }
+                let listed = container_images::listed_images(&base.config);
+                self.images.inherit(self.store, &layer, &listed)?;
+            }
             let inherited = &self.sealer.apps;
             self.kubefile
                 .check_apps(&|app| inherited.contains_key(app))?;
