@@ -749,3 +749,31 @@ fn registry_start_supervises_restarts_and_stops_without_systemd() {
     let again = stop();
     assert!(String::from_utf8_lossy(&again.stdout).contains("was not running"));
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    use sealer::agent::registry::service::{unit_text, ServiceSpec};
+    let dir = tempfile::tempdir().unwrap();
+    // The unit runs the agent's copy; systemd checks that it is executable.
+    let agent = dir.path().join("sealer agent");
+    fs::copy(STUB, &agent).unwrap();
+    let spec = ServiceSpec {
+        unit: "sealer-test-registry".parse().unwrap(),
+        root: PathBuf::from("/var/lib/my data/100%/$HOME/it's \"here\"/images"),
+        listen: "0.0.0.0:5000".parse().unwrap(),
+        work: dir.path().join("work"),
+    };
+    let unit = dir.path().join("sealer-test-registry.service");
+    fs::write(&unit, unit_text(&spec, &agent).unwrap()).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (apt-get install -y systemd)");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify refused the unit:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(&unit).unwrap()
+    );
+}
