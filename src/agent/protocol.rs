@@ -541,6 +541,14 @@ pub enum RegistryCommand {
         #[arg(long)]
         prefix: Option<String>,
     },
+    /// Removes `config_path/REGISTRY/hosts.toml` when sealer wrote it; prints `removed`,
+    /// `absent` or that another's file was left alone.
+    Unmirror {
+        #[arg(long, allow_hyphen_values = true)]
+        config_path: PathBuf,
+        #[arg(long)]
+        registry: String,
+    },
     /// Prints the CRI registry `config_path` of containerd's `config` (default
     /// `/etc/containerd/config.toml`); fails, naming the file and the line to add, when unset.
     ConfigPath {
@@ -615,6 +623,14 @@ impl RegistryCommand {
                     push("prefix", prefix.clone());
                 }
                 "mirror"
+            }
+            RegistryCommand::Unmirror {
+                config_path,
+                registry,
+            } => {
+                push("config-path", path(config_path));
+                push("registry", registry.clone());
+                "unmirror"
             }
             RegistryCommand::ConfigPath { config } => {
                 if let Some(config) = config {
@@ -804,6 +820,12 @@ mod tests {
                     registry: "docker.io".into(),
                     endpoints: vec!["http://10.0.0.1:5000".into(), "http://10.0.0.2:5000".into()],
                     prefix: Some("mirror".into()),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Unmirror {
+                    config_path: odd.clone(),
+                    registry: "quay.io".into(),
                 },
             },
             AgentCommand::Registry {

@@ -42,6 +42,9 @@ pub enum ContainerdError {
     },
 }
 
+/// How every `hosts.toml` sealer writes begins.
+const MARK: &str = "# Written by sealer";
+
 /// The section holding `config_path` in a version 2 config (containerd 1.5 to 1.7).
 const CRI_V2_SECTION: &str = "plugins.\"io.containerd.grpc.v1.cri\".registry";
 /// The same in a version 3 config (containerd 2).
@@ -67,14 +70,7 @@ impl Mirror {
         endpoints: &[String],
         prefix: Option<&str>,
     ) -> Result<Mirror, ContainerdError> {
-        let host_chars = |s: &str| {
-            s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '[')
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        };
-        if registry != "_default" && !host_chars(registry) {
-            return Err(ContainerdError::BadRegistry(registry.to_string()));
-        }
+        check_registry(registry)?;
         if endpoints.is_empty() {
             return Err(ContainerdError::NoEndpoint);
         }
@@ -108,7 +104,7 @@ impl Mirror {
     /// registry itself), then one `[host]` per endpoint, pull and resolve only, in order.
     pub fn hosts_toml(&self) -> String {
         let mut text = format!(
-            "# Written by sealer: pulls of {} images go to the cluster's registry hosts, in this\n\
+            "{MARK}: pulls of {} images go to the cluster's registry hosts, in this\n\
              # order, and never to {} itself.\nserver = \"{}\"\n",
             self.registry, self.registry, self.endpoints[0]
         );
@@ -160,6 +156,54 @@ impl Mirror {
         tmp.persist(&file).map_err(|e| write_err(e.error))?;
         Ok(true)
     }
+}
+
+/// A host name, address or `[v6]`, with an optional port: nothing that leaves a directory or a
+/// TOML string.
+fn host_chars(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '[')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+}
+
+fn check_registry(registry: &str) -> Result<(), ContainerdError> {
+    if registry == "_default" || host_chars(registry) {
+        Ok(())
+    } else {
+        Err(ContainerdError::BadRegistry(registry.to_string()))
+    }
+}
+
+/// What [`remove_mirror`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// There was no `hosts.toml` for the registry.
+    Absent,
+    /// The `hosts.toml` there was not written by sealer and is left alone.
+    NotOurs,
+}
+
+/// Removes `config_path/REGISTRY/hosts.toml` when sealer wrote it (its first line says so),
+/// and the registry's directory when that leaves it empty.
+pub fn remove_mirror(config_path: &Path, registry: &str) -> Result<Removal, ContainerdError> {
+    check_registry(registry)?;
+    let dir = config_path.join(registry);
+    let file = dir.join("hosts.toml");
+    let text = match fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Absent),
+        Err(source) => return Err(ContainerdError::Read { path: file, source }),
+    };
+    if !text.starts_with(MARK) {
+        return Ok(Removal::NotOurs);
+    }
+    fs::remove_file(&file).map_err(|source| ContainerdError::Write {
+        path: file.clone(),
+        source,
+    })?;
+    let _ = fs::remove_dir(&dir);
+    Ok(Removal::Removed)
 }
 
 /// The registries whose `hosts.toml` must point at the cluster's registry for `references`
@@ -258,6 +302,31 @@ mod tests {
         assert!(!m.write(dir.path()).unwrap());
         let written = fs::read_to_string(dir.path().join("docker.io/hosts.toml")).unwrap();
         assert_eq!(written, m.hosts_toml());
+    }
+
+    #[test]
+    fn only_a_hosts_toml_sealer_wrote_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::new("quay.io", &endpoints(&["http://127.0.0.1:5000"]), None).unwrap();
+        m.write(dir.path()).unwrap();
+        assert_eq!(
+            remove_mirror(dir.path(), "quay.io").unwrap(),
+            Removal::Removed
+        );
+        assert!(!dir.path().join("quay.io").exists());
+        assert_eq!(
+            remove_mirror(dir.path(), "quay.io").unwrap(),
+            Removal::Absent
+        );
+        let theirs = dir.path().join("docker.io/hosts.toml");
+        fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+        fs::write(&theirs, "server = \"https://mirror.example\"\n").unwrap();
+        assert_eq!(
+            remove_mirror(dir.path(), "docker.io").unwrap(),
+            Removal::NotOurs
+        );
+        assert!(theirs.exists());
+        assert!(remove_mirror(dir.path(), "..").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod service;
 use std::path::Path;
 
 use super::protocol::RegistryCommand;
-pub use containerd::{config_path, registries_of, Mirror};
+pub use containerd::{config_path, registries_of, remove_mirror, Mirror, Removal};
 pub use service::{ServiceSpec, StartOutcome};
 
 /// Does `command`; the exit status to report when it did not fail.
@@ -99,6 +99,18 @@ pub(super) fn run(command: RegistryCommand) -> Result<i32, String> {
                 mirror.file(&config_path).display(),
                 if changed { "written" } else { "unchanged" }
             );
+        }
+        RegistryCommand::Unmirror {
+            config_path,
+            registry,
+        } => {
+            let file = config_path.join(&registry).join("hosts.toml");
+            let what = match remove_mirror(&config_path, &registry).map_err(|e| e.to_string())? {
+                Removal::Removed => "removed",
+                Removal::Absent => "absent",
+                Removal::NotOurs => "not written by sealer, left alone",
+            };
+            println!("{}: {what}", file.display());
         }
         RegistryCommand::ConfigPath { config } => {
             let config = config.unwrap_or_else(|| containerd::DEFAULT_CONFIG.into());
