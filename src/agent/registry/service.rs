@@ -418,8 +418,14 @@ fn wait_serving(
         unit: spec.unit.clone(),
         listen: spec.listen,
         secs: START_TIMEOUT.as_secs(),
-        log: files.log().display().to_string(),
-        tail: files.log_tail(),
+        log: match manager {
+            ServiceManager::Systemd => format!("journalctl -u {}.service", spec.unit),
+            _ => files.log().display().to_string(),
+        },
+        tail: match manager {
+            ServiceManager::Systemd => "(in the journal)".to_string(),
+            _ => files.log_tail(),
+        },
     })
 }
 
