@@ -477,6 +477,29 @@ fn build_collects_declared_images_into_one_images_layer_that_skopeo_and_the_pack
         inspected19["manifest"]["layers"][last]["digest"]
     );
 
+    // An xz package keeps them too, and `app.run load` brings the image back whole.
+    let run_xz = sealer.path("app-xz.run");
+    sealer.ok(&[
+        "pack",
+        "app:v1",
+        "-o",
+        &run_xz.display().to_string(),
+        "--compression",
+        "xz",
+    ]);
+    let inspected_xz: Value =
+        serde_json::from_str(&sealer.ok_in(&run_xz, &["inspect", "--json"], "store")).unwrap();
+    assert_eq!(frames_of(&inspected, last), frames_of(&inspected_xz, last));
+    sealer.ok_in(&run_xz, &["load"], "other-store");
+    let loaded: Value = serde_json::from_str(&sealer.ok_in(
+        Path::new(support::store::SEALER),
+        &["inspect", "app:v1"],
+        "other-store",
+    ))
+    .unwrap();
+    assert_eq!(loaded["container_images"], inspect["container_images"]);
+    assert_eq!(loaded["layers"][last]["digest"], images_layer["digest"]);
+
     // A rebuild pulls nothing: the registry loses every config and layer, and the build still
     // gives the same images layer (it only asks what the tags name).
     for (_, _, source) in &sources {
@@ -867,5 +890,53 @@ fn an_image_built_from_a_base_with_images_carries_them_in_its_own_last_layer_off
             format!("{host}/library/bar:3"),
             format!("{host}/library/foo:1")
         ]
+    );
+}
+
+#[test]
+fn a_reference_pinned_by_digest_is_named_by_it_and_rebuilds_without_its_registry() {
+    let sealer = Sealer::new();
+    let mut registry = TestRegistry::start(None);
+    let host = registry.host();
+    push_image(sealer.dir(), &registry, "multi", "2", &[arch(), "s390x"], 2);
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/library/multi:2"),
+        ],
+    );
+    let index_digest = sha256(raw.as_bytes());
+    let (platform_digest, _) = source_digest(&format!("{host}/library/multi:2"));
+    let pinned = format!("{host}/library/multi@{index_digest}");
+    let ctx = sealer.context(
+        "ctx",
+        &[
+            ("Kubefile", b"FROM scratch\nCOPY manifests manifests\n"),
+            ("manifests/imageList", pinned.as_bytes()),
+        ],
+    );
+    let build = |tag: &str| {
+        let out = sealer
+            .command()
+            .args(["build", "-t", tag, "--insecure", &ctx.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", both(&out));
+    };
+    build("x:1");
+    registry.kill();
+    build("x:2");
+    let inspect: Value = serde_json::from_str(&sealer.ok(&["inspect", "x:2"])).unwrap();
+    assert_eq!(inspect["container_images"][0]["image"], pinned.as_str());
+    assert_eq!(
+        inspect["container_images"][0]["digest"],
+        platform_digest.as_str()
+    );
+    assert_eq!(
+        store_manifest(&sealer, "x:1")["layers"],
+        store_manifest(&sealer, "x:2")["layers"]
     );
 }

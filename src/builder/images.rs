@@ -278,11 +278,19 @@ pub(super) fn collect(
             &opts.registry,
         )
         .map_err(|e| failed(image, e))?;
-        let resolved: PlatformManifest = source
-            .resolve(name.tag_or_digest(), architecture)
-            .map_err(|e| failed(image, e))?;
+        let resolved: PlatformManifest = match pinned_in_store(store, name, architecture) {
+            Some(cached) => cached,
+            None => source
+                .resolve(name.tag_or_digest(), architecture)
+                .map_err(|e| failed(image, e))?,
+        };
         let mut fetched = 0u64;
         let manifest_blob = stage_bytes(store, &resolved.bytes, &resolved.digest)?;
+        // The index a digest names is kept too, so that the next build resolves it offline.
+        let index_blob = match (&resolved.index, &name.digest) {
+            (Some(index), Some(digest)) => stage_bytes(store, index, digest)?,
+            _ => None,
+        };
         let mut blobs = vec![resolved.manifest.config.clone()];
         blobs.extend(resolved.manifest.layers.iter().cloned());
         let count = resolved.manifest.layers.len();
@@ -337,9 +345,8 @@ pub(super) fn collect(
             annotations: Default::default(),
             platform: None,
         };
-        if let Some(staged) = manifest_blob {
-            collection.staged.push(staged);
-        }
+        collection.staged.extend(manifest_blob);
+        collection.staged.extend(index_blob);
         progress(BuildEvent::ContainerImage {
             reference: &shown,
             event: ImageEvent::Pinned {
@@ -362,6 +369,40 @@ pub(super) fn collect(
         });
     }
     Ok(collection)
+}
+
+/// A reference pinned by digest whose manifest (and, for an index, the platform's manifest) the
+/// store already holds: resolved without asking the registry.
+fn pinned_in_store(
+    store: &Store,
+    name: &ImageName,
+    architecture: &str,
+) -> Option<PlatformManifest> {
+    let mut bytes = store.read_blob(name.digest.as_deref()?).ok()?;
+    let mut platform = None;
+    if let Ok(index) = serde_json::from_slice::<Index>(&bytes) {
+        if !index.manifests.is_empty() {
+            let entry = index.manifests.into_iter().find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == architecture)
+            })?;
+            bytes = store.read_blob(&entry.digest).ok()?;
+            platform = entry.platform;
+        }
+    }
+    let manifest: crate::store::Manifest = serde_json::from_slice(&bytes).ok()?;
+    Some(PlatformManifest {
+        media_type: manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| crate::store::MEDIA_TYPE_MANIFEST.to_string()),
+        digest: crate::registry::sha256_digest(&bytes),
+        bytes,
+        platform,
+        manifest,
+        index: None,
+    })
 }
 
 /// What collecting one container image did, for the progress lines.

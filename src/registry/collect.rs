@@ -29,6 +29,8 @@ pub struct PlatformManifest {
     /// manifest (its config then says).
     pub platform: Option<Platform>,
     pub manifest: Manifest,
+    /// The image index the reference named, as served, when it named one.
+    pub index: Option<Vec<u8>>,
 }
 
 /// One repository at one registry, connected once for every request about it.
@@ -147,6 +149,7 @@ impl ImageSource {
     ) -> Result<PlatformManifest, RegistryError> {
         let mut bytes = self.fetch_manifest(tag_or_digest)?;
         let mut platform = None;
+        let mut served_index = None;
         if is_index(&bytes) {
             let index: Index = serde_json::from_slice(&bytes)
                 .map_err(|e| self.unsupported("an image index", e.to_string()))?;
@@ -174,7 +177,10 @@ impl ImageSource {
                     )
                 })?
                 .clone();
-            bytes = self.fetch_manifest(&chosen.digest)?;
+            served_index = Some(std::mem::replace(
+                &mut bytes,
+                self.fetch_manifest(&chosen.digest)?,
+            ));
             platform = chosen.platform;
         }
         let digest = sha256_digest(&bytes);
@@ -195,6 +201,7 @@ impl ImageSource {
             digest,
             platform,
             manifest,
+            index: served_index,
         })
     }
 
