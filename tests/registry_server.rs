@@ -363,7 +363,7 @@ fn the_distribution_api_answers_ranges_heads_tags_and_errors() {
 }
 
 #[test]
-fn a_replaced_index_json_is_served_without_a_restart() {
+fn a_replaced_index_json_or_layout_directory_is_served_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("images");
     let (hub, quay) = write_layout(&root);
@@ -380,6 +380,22 @@ fn a_replaced_index_json_is_served_without_a_restart() {
     // Its blobs went with it.
     let blob = http(port, "GET", &format!("/v2/x/bar/blobs/{}", hub.layer), &[]);
     assert_eq!(blob.error_code(), "BLOB_UNKNOWN");
+
+    // An upgrade swaps the whole directory (the rootfs is renamed into place).
+    let next = dir.path().join("images.next");
+    let (next_hub, _) = write_layout(&next);
+    fs::write(
+        next.join("index.json"),
+        index_json(&[(&next_hub, "docker.io/library/foo:1")]),
+    )
+    .unwrap();
+    fs::rename(&root, dir.path().join("images.old")).unwrap();
+    fs::rename(&next, &root).unwrap();
+    let back = http(port, "GET", "/v2/library/foo/manifests/1", &[]);
+    assert_eq!(back.status, 200);
+    assert_eq!(sha(&back.body), next_hub.manifest);
+    let bar = http(port, "GET", "/v2/x/bar/manifests/2", &[]);
+    assert_eq!(bar.error_code(), "NAME_UNKNOWN");
 }
 
 /// Debian's containerd with everything of its own under `dir`.
