@@ -169,6 +169,9 @@ fn now() -> u64 {
 /// One install of an image onto the cluster, as the record keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstallRecord {
+    /// `install`, `join`, `delete` or `delete --all`.
+    #[serde(default = "install_action")]
+    pub action: String,
     pub image: String,
     /// The payload's identity (what each host records as installed).
     pub payload: String,
@@ -185,6 +188,10 @@ pub struct HostRecord {
     pub ip: String,
     pub roles: Vec<String>,
     pub result: String,
+}
+
+fn install_action() -> String {
+    "install".into()
 }
 
 /// What this machine knows of a cluster: every install, oldest first, and the Clusterfile of
@@ -230,34 +237,58 @@ impl ClusterRecord {
         let tmp = dir.join(".record.json.tmp");
         let text = serde_json::to_vec_pretty(self).unwrap_or_default();
         fs::write(&tmp, text).map_err(io_error("writing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_error("writing", &path))
+        fs::rename(&tmp, &path).map_err(io_error("writing", &path))?;
+        // The Clusterfile beside it, for the commands that change the cluster later.
+        let file = dir.join("Clusterfile");
+        match &self.clusterfile {
+            Some(text) => {
+                let tmp = dir.join(".Clusterfile.tmp");
+                fs::write(&tmp, text).map_err(io_error("writing", &tmp))?;
+                fs::rename(&tmp, &file).map_err(io_error("writing", &file))
+            }
+            None => match fs::remove_file(&file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ClusterStateError::Io {
+                    what: "removing",
+                    path: file,
+                    source: e,
+                }),
+                _ => Ok(()),
+            },
+        }
     }
 
-    /// The image of the last install that finished everywhere.
+    /// The Clusterfile the record keeps for cluster `name` (see [`ClusterRecord::save`]), if any.
+    pub fn clusterfile_path(root: &Path, name: &str) -> Option<PathBuf> {
+        let file = cluster_dir(root, name).join("Clusterfile");
+        file.is_file().then_some(file)
+    }
+
+    /// The last install or join that finished everywhere; none after a `delete --all`.
     pub fn current(&self) -> Option<&InstallRecord> {
-        self.installs.iter().rev().find(|i| i.ok)
+        let last = self.installs.iter().rev().find(|i| i.ok)?;
+        (last.action != "delete --all").then_some(last)
     }
 }
 
-/// `text` (a Clusterfile, one or more YAML documents) with the value of every key that names a
-/// secret (`passwd`, `password`, `token`, `secret`, `passphrase`, in any case and position)
-/// replaced by `***`, so the record never holds one. Text that is not YAML is not kept.
+/// `text` (a Clusterfile, one or more YAML documents) without any key that names a secret
+/// (`passwd`, `password`, `token`, `secret`, `passphrase`, in any case and position), so the
+/// record never holds one; a later command that reads the record gets passwords from its own
+/// flags. Text that is not YAML is not kept.
 pub fn masked_clusterfile(text: &str) -> String {
     fn mask(value: &mut serde_yaml::Value) {
         match value {
             serde_yaml::Value::Mapping(map) => {
-                for (key, v) in map.iter_mut() {
+                map.retain(|key, v| {
                     let secret = key.as_str().is_some_and(|k| {
                         let k = k.to_ascii_lowercase();
                         ["passwd", "password", "token", "secret", "passphrase"]
                             .iter()
                             .any(|s| k.contains(s))
                     });
-                    if secret && !v.is_mapping() && !v.is_sequence() {
-                        *v = serde_yaml::Value::String("***".into());
-                    } else {
-                        mask(v);
-                    }
+                    !(secret && !v.is_mapping() && !v.is_sequence())
+                });
+                for (_, v) in map.iter_mut() {
+                    mask(v);
                 }
             }
             serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(mask),
@@ -275,6 +306,100 @@ pub fn masked_clusterfile(text: &str) -> String {
         out.push_str(&serde_yaml::to_string(&value).unwrap_or_default());
     }
     out
+}
+
+/// A Clusterfile (`sealer.io/v2`) describing `cluster`'s name, data root, env, hosts and their
+/// SSH user, port and key — never a password — for the record of a cluster given by flags.
+pub fn clusterfile_of(cluster: &crate::clusterfile::Cluster) -> String {
+    use serde_yaml::{Mapping, Value};
+    let text = |s: &str| Value::String(s.to_string());
+    let mut spec = Mapping::new();
+    spec.insert(
+        text("dataRoot"),
+        text(&cluster.data_root.display().to_string()),
+    );
+    if !cluster.env.is_empty() {
+        let env = cluster
+            .env
+            .iter()
+            .map(|(k, v)| text(&format!("{k}={v}")))
+            .collect();
+        spec.insert(text("env"), Value::Sequence(env));
+    }
+    spec.insert(text("hosts"), hosts_value(cluster));
+    let mut metadata = Mapping::new();
+    metadata.insert(text("name"), text(&cluster.name));
+    let mut doc = Mapping::new();
+    doc.insert(text("apiVersion"), text("sealer.io/v2"));
+    doc.insert(text("kind"), text("Cluster"));
+    doc.insert(text("metadata"), Value::Mapping(metadata));
+    doc.insert(text("spec"), Value::Mapping(spec));
+    serde_yaml::to_string(&Value::Mapping(doc)).unwrap_or_default()
+}
+
+/// `text` (a recorded, masked Clusterfile) with the hosts of its `sealer.io/v2` Cluster
+/// document replaced by `cluster`'s members, everything else (Configs, Plugins, env) kept; a
+/// Clusterfile in another form is written anew by [`clusterfile_of`].
+pub fn with_members(text: &str, cluster: &crate::clusterfile::Cluster) -> String {
+    use serde_yaml::Value;
+    let mut docs = Vec::new();
+    let mut replaced = false;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let Ok(mut value) = <Value as serde::Deserialize>::deserialize(doc) else {
+            return clusterfile_of(cluster);
+        };
+        let is_v2_cluster = value.get("kind").and_then(Value::as_str) == Some("Cluster")
+            && value.get("apiVersion").and_then(Value::as_str) == Some("sealer.io/v2");
+        if is_v2_cluster {
+            if let Some(spec) = value.get_mut("spec").and_then(Value::as_mapping_mut) {
+                spec.insert(Value::String("hosts".into()), hosts_value(cluster));
+                replaced = true;
+            }
+        }
+        docs.push(value);
+    }
+    if !replaced {
+        return clusterfile_of(cluster);
+    }
+    docs.iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap_or_default()))
+        .collect()
+}
+
+/// The `hosts:` list of a `sealer.io/v2` Cluster for `cluster`'s hosts: address, roles, SSH
+/// user, port and key (never a password).
+fn hosts_value(cluster: &crate::clusterfile::Cluster) -> serde_yaml::Value {
+    use serde_yaml::{Mapping, Value};
+    let text = |s: &str| Value::String(s.to_string());
+    let mut hosts = Vec::new();
+    for host in &cluster.hosts {
+        let mut h = Mapping::new();
+        h.insert(
+            text("ips"),
+            Value::Sequence(vec![text(&host.ip.to_string())]),
+        );
+        h.insert(
+            text("roles"),
+            Value::Sequence(host.roles.iter().map(|r| text(r)).collect()),
+        );
+        let mut ssh = Mapping::new();
+        ssh.insert(text("user"), text(&host.ssh.user));
+        ssh.insert(text("port"), text(&host.ssh.port.to_string()));
+        if let Some(pk) = &host.ssh.private_key {
+            ssh.insert(text("pk"), text(&pk.display().to_string()));
+        }
+        h.insert(text("ssh"), Value::Mapping(ssh));
+        if !host.env.is_empty() {
+            let env = host
+                .env
+                .iter()
+                .map(|(k, v)| text(&format!("{k}={v}")))
+                .collect();
+            h.insert(text("env"), Value::Sequence(env));
+        }
+        hosts.push(Value::Mapping(h));
+    }
+    Value::Sequence(hosts)
 }
 
 /// Seconds since the epoch, for records.
@@ -339,6 +464,7 @@ mod tests {
         let mut record = ClusterRecord::load(root.path(), "c1").unwrap();
         assert!(record.installs.is_empty());
         let install = |image: &str, ok| InstallRecord {
+            action: "install".into(),
             image: image.into(),
             payload: "ab".repeat(32),
             started: 1,

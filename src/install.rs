@@ -10,6 +10,7 @@
 //! It decides and prints nothing: the caller passes a reporter that turns [`Event`]s into text
 //! (`ui::install` does). The engine itself lives in `deploy`; this is only the order of its parts.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use packer::{ReadError, RunFile};
@@ -19,7 +20,7 @@ use crate::deploy::payload::PayloadError;
 use crate::deploy::target::{resolve, Target, TargetError, TargetSpec};
 use crate::deploy::HostOutcome;
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
-use crate::deploy::{HostPlan, HostStatus, InstallReport, Payload};
+use crate::deploy::{Change, HostPlan, HostStatus, InstallReport, Payload};
 use crate::store::{Store, StoreError};
 
 /// Where the bytes to install come from.
@@ -47,6 +48,25 @@ pub struct Request<'a> {
     pub state_root: PathBuf,
     /// The command line, as the lock names its holder (`sealer run etcd:v1`).
     pub command: String,
+    /// Hosts joining or leaving; [`Membership::Keep`] for an install.
+    pub membership: Membership,
+}
+
+/// Who joins or leaves the cluster the target describes.
+#[derive(Debug, Clone, Default)]
+pub enum Membership {
+    /// Install or converge every host of the target.
+    #[default]
+    Keep,
+    /// Add these hosts (with the SSH settings of master0) to the running cluster.
+    Join {
+        masters: Vec<IpAddr>,
+        nodes: Vec<IpAddr>,
+    },
+    /// Remove these hosts from the cluster.
+    Delete { hosts: Vec<IpAddr> },
+    /// Remove the whole cluster.
+    DeleteAll,
 }
 
 /// What the recipe reports while it works.
@@ -97,6 +117,10 @@ pub enum Error {
     /// Another command holds the cluster's lock, or its record is unreadable.
     #[error(transparent)]
     ClusterState(#[from] ClusterStateError),
+    #[error("{0} is not a host of cluster {1}; the hosts are {2}")]
+    NotAMember(IpAddr, String, String),
+    #[error("{0} is master0 of cluster {1}: it leaves only with the whole cluster (sealer delete --all)")]
+    Master0Leaving(IpAddr, String),
     /// The engine ran, but some host or cluster stage failed; the report says which.
     #[error("the install did not finish on every host; fix the cause above and run the same command again: finished steps are not repeated")]
     Unfinished,
@@ -105,7 +129,8 @@ pub enum Error {
 /// Install as `request` says, reporting through `report`. The report comes back whether or not
 /// every host finished; [`finished`] tells.
 pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<InstallReport, Error> {
-    let target = resolve(&request.target)?;
+    let mut target = resolve(&request.target)?;
+    let change = membership_change(&mut target, &request.membership)?;
     let name = target.cluster.name.clone();
     let (_lock, stale) = clusters::lock(&request.state_root, &name, &request.command)?;
     if let Some(gone) = stale {
@@ -122,6 +147,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;
     opts.attempts = request.attempts.max(1);
+    opts.change = change;
     report(Event::Starting(Summary {
         image: payload.image.clone(),
         compressed: payload.compressed_len(),
@@ -134,6 +160,13 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
         report(Event::Host(event))
     })?;
     record.installs.push(InstallRecord {
+        action: match &request.membership {
+            Membership::Keep => "install",
+            Membership::Join { .. } => "join",
+            Membership::Delete { .. } => "delete",
+            Membership::DeleteAll => "delete --all",
+        }
+        .to_string(),
         image: payload.image.clone(),
         payload: payload.id.clone(),
         started,
@@ -153,13 +186,81 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
             })
             .collect(),
     });
-    if let Some(file) = &request.target.clusterfile {
-        record.clusterfile = std::fs::read_to_string(file)
-            .ok()
-            .map(|text| clusters::masked_clusterfile(&text));
+    // The record describes the cluster as it is now: the Clusterfile as applied, or (for host
+    // flags, joins and deletes) one written from the hosts that are members now.
+    let mut members = target.cluster.clone();
+    if let Change::Delete { hosts, .. } = &opts.change {
+        members.hosts.retain(|h| !hosts.contains(&h.ip));
     }
+    record.clusterfile = match (&request.target.clusterfile, &request.membership) {
+        (_, Membership::DeleteAll) => None,
+        (Some(file), Membership::Keep) => std::fs::read_to_string(file)
+            .ok()
+            .map(|text| clusters::masked_clusterfile(&text)),
+        (Some(file), _) => std::fs::read_to_string(file)
+            .ok()
+            .map(|text| clusters::with_members(&clusters::masked_clusterfile(&text), &members)),
+        (None, _) => Some(clusters::clusterfile_of(&members)),
+    };
     record.save(&request.state_root)?;
     Ok(outcome)
+}
+
+/// Applies `membership` to the resolved cluster: joining hosts are added (roles from the
+/// request, SSH settings from master0); leaving hosts must be members, and master0 leaves only
+/// with the whole cluster. Returns what the engine is to do.
+fn membership_change(target: &mut Target, membership: &Membership) -> Result<Change, Error> {
+    let cluster = &mut target.cluster;
+    let members = || {
+        cluster
+            .hosts
+            .iter()
+            .map(|h| h.ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(match membership {
+        Membership::Keep => Change::Install,
+        Membership::Join { masters, nodes } => {
+            let template = cluster.master0().clone();
+            let mut joining = Vec::new();
+            for (ips, role) in [(masters, "master"), (nodes, "node")] {
+                for ip in ips {
+                    joining.push(*ip);
+                    if cluster.hosts.iter().any(|h| h.ip == *ip) {
+                        continue;
+                    }
+                    let mut host = template.clone();
+                    host.ip = *ip;
+                    host.roles = vec![role.to_string()];
+                    host.env.clear();
+                    host.labels.clear();
+                    host.taints.clear();
+                    host.host_key = None;
+                    cluster.hosts.push(host);
+                }
+            }
+            Change::Join { hosts: joining }
+        }
+        Membership::Delete { hosts } => {
+            for ip in hosts {
+                if !cluster.hosts.iter().any(|h| h.ip == *ip) {
+                    return Err(Error::NotAMember(*ip, cluster.name.clone(), members()));
+                }
+                if cluster.master0().ip == *ip {
+                    return Err(Error::Master0Leaving(*ip, cluster.name.clone()));
+                }
+            }
+            Change::Delete {
+                hosts: hosts.clone(),
+                all: false,
+            }
+        }
+        Membership::DeleteAll => Change::Delete {
+            hosts: cluster.hosts.iter().map(|h| h.ip).collect(),
+            all: true,
+        },
+    })
 }
 
 /// The payload `request` names, checked whole before any host is touched.

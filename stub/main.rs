@@ -271,6 +271,7 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
         attempts: target.attempts,
         state_root: sealer::store::Store::default_root(),
         command: format!("{program} install"),
+        membership: install::Membership::Keep,
     };
     if target.dry_run {
         let view = InstallView::new();

@@ -755,3 +755,180 @@ fn largest_file(dir: &Path) -> PathBuf {
         .unwrap()
         .path()
 }
+
+/// `sealer <command> ARGS...` with the testbed's known_hosts.
+fn sealer_on(store: &Sealer, bed: &Testbed, command: &str, args: &[&str]) -> Run {
+    let mut c = store.command();
+    c.arg(command)
+        .args(args)
+        .arg("--known-hosts")
+        .arg(bed.known_hosts_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Run::from(c.output().unwrap())
+}
+
+#[test]
+fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_all_leaves_hosts_as_before(
+) {
+    let Some(bed) = Testbed::up_for_test(4) else {
+        return;
+    };
+    let hosts = bed.hosts();
+    // What a host looks like before anything of ours was there.
+    let footprint = format!(
+        "ls -a {DATA_ROOT} 2>&1; ls -a /var/lib/sealer 2>&1; ps -e -o comm= | grep -v -e '^ps$' -e '^sh$' -e '^grep$' -e '^sshd' -e '^sort$' | sort"
+    );
+    let pristine: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &footprint)).collect();
+
+    let store = Sealer::new();
+    store.build_from(
+        "member:v1",
+        "FROM scratch\nCOPY a etc/a\nCMD echo cmd ran >> \"$SEALER_ROOTFS/../cmd-runs\"\n",
+        &[("a", b"a\n")],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let mut plugins = shell_plugin(
+        "make-token",
+        "pre-install",
+        "",
+        "echo JOIN_TOKEN=token-from-master0 >> \"$SEALER_EXPORT\"",
+    );
+    plugins.push_str(&shell_plugin(
+        "joined",
+        "PostJoin",
+        "  scope: node\n",
+        "echo \"joined with $JOIN_TOKEN\" > /var/tmp/joined",
+    ));
+    plugins.push_str(&shell_plugin(
+        "pre-clean",
+        "PreClean",
+        "  scope: master|node\n",
+        "echo \"cleaning $SEALER_HOST_IP\" > /var/tmp/cleaned",
+    ));
+    let file = write_file(
+        work.path(),
+        "Clusterfile",
+        &clusterfile(
+            "members",
+            &[(&hosts[0], "master"), (&hosts[1], "node")],
+            &key_ssh(&bed),
+            &plugins,
+        ),
+    );
+    let first = store.run_on(&bed, "member:v1", &["-f", file.to_str().unwrap()]);
+    first.assert_ok("install on two hosts");
+    let cluster_dir = format!("{DATA_ROOT}/members");
+
+    // Join two nodes: only they are worked on; their PostJoin hook sees master0's export.
+    let nodes = format!("{},{}", hosts[2].ip, hosts[3].ip);
+    let join = sealer_on(
+        &store,
+        &bed,
+        "join",
+        &["-n", &nodes, "--cluster-name", "members"],
+    );
+    join.assert_ok("join of two nodes");
+    for new in &hosts[2..] {
+        assert!(join.row(new).contains("installed"), "{}", join.row(new));
+        assert!(exists_on(&bed, new, &format!("{cluster_dir}/rootfs/etc/a")));
+        assert_eq!(
+            on_host(&bed, new, "cat /var/tmp/joined"),
+            "joined with token-from-master0\n"
+        );
+    }
+    for old in &hosts[..2] {
+        assert!(join.row(old).contains("up to date"), "{}", join.row(old));
+        assert!(!exists_on(&bed, old, "/var/tmp/joined"));
+    }
+    assert_eq!(
+        on_host(&bed, &hosts[0], &format!("cat {cluster_dir}/cmd-runs")),
+        "cmd ran\n",
+        "a join must not run the cluster's CMDs again"
+    );
+    let again = sealer_on(
+        &store,
+        &bed,
+        "join",
+        &["-n", &nodes, "--cluster-name", "members"],
+    );
+    again.assert_ok("second join");
+    assert!(
+        again.text.contains("Everything is up to date"),
+        "{}",
+        again.text
+    );
+
+    // Delete one node: its PreClean ran, nothing of ours is left there, the others untouched.
+    let gone = &hosts[3];
+    let listing = format!("find {DATA_ROOT} -printf '%p %s %T@\\n' | sort");
+    let others_before: Vec<String> = hosts[..3]
+        .iter()
+        .map(|h| on_host(&bed, h, &listing))
+        .collect();
+    let ip = gone.ip.to_string();
+    let delete = sealer_on(
+        &store,
+        &bed,
+        "delete",
+        &["-n", &ip, "--cluster-name", "members"],
+    );
+    delete.assert_ok("delete of one node");
+    assert_eq!(
+        on_host(&bed, gone, "cat /var/tmp/cleaned"),
+        format!("cleaning {}\n", gone.ip)
+    );
+    assert!(
+        !exists_on(&bed, gone, DATA_ROOT),
+        "the data root is left on the deleted node:\n{}",
+        on_host(&bed, gone, &format!("find {DATA_ROOT}"))
+    );
+    let others_after: Vec<String> = hosts[..3]
+        .iter()
+        .map(|h| on_host(&bed, h, &listing))
+        .collect();
+    assert_eq!(others_before, others_after, "delete touched another host");
+    let status = sealer_on(
+        &store,
+        &bed,
+        "status",
+        &[
+            "-f",
+            &store
+                .root()
+                .join("clusters/members/Clusterfile")
+                .display()
+                .to_string(),
+        ],
+    );
+    status.assert_ok("status after the delete");
+    assert!(!status.text.contains(&ip), "{}", status.text);
+    let refused = sealer_on(
+        &store,
+        &bed,
+        "delete",
+        &["-n", &ip, "--cluster-name", "members"],
+    );
+    assert!(!refused.ok, "{}", refused.text);
+    assert!(
+        refused.text.contains("is not a host of cluster members"),
+        "{}",
+        refused.text
+    );
+
+    // Delete everything: every host is as it was before the first install.
+    let all = sealer_on(
+        &store,
+        &bed,
+        "delete",
+        &["--all", "--cluster-name", "members"],
+    );
+    all.assert_ok("delete --all");
+    for (host, before) in hosts[..3].iter().zip(&pristine) {
+        assert_eq!(
+            &on_host(&bed, host, &footprint),
+            before,
+            "{host} after delete --all"
+        );
+    }
+}

@@ -95,6 +95,11 @@ fn run(command: AgentCommand) -> Result<i32, String> {
             strategy,
         } => rootfs::write_config(&rootfs, &path, strategy)?,
         AgentCommand::Run { work } => return hook::run_hook(&work),
+        AgentCommand::Remove {
+            data_root,
+            cluster,
+            all,
+        } => rootfs::remove(&data_root, &cluster, all)?,
         AgentCommand::Registry { command } => return registry::run(command),
     }
     Ok(0)

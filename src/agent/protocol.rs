@@ -107,6 +107,18 @@ pub enum AgentCommand {
         #[arg(long, allow_hyphen_values = true)]
         work: PathBuf,
     },
+    /// Removes what installs of cluster `cluster` put under `data_root`: only its rootfs, or
+    /// (`all`) the whole cluster directory (rootfs, journal, spool, exports), then the agent
+    /// directory and `data_root` itself when no other cluster is left there. Removing what is
+    /// already gone succeeds.
+    Remove {
+        #[arg(long, allow_hyphen_values = true)]
+        data_root: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        cluster: String,
+        #[arg(long)]
+        all: bool,
+    },
     /// The host's pull-only image registry and containerd's way to it: see [`RegistryCommand`].
     Registry {
         #[command(subcommand)]
@@ -190,6 +202,18 @@ impl AgentCommand {
             AgentCommand::Run { work } => {
                 push("work", path(work));
                 "run"
+            }
+            AgentCommand::Remove {
+                data_root,
+                cluster,
+                all,
+            } => {
+                push("data-root", path(data_root));
+                push("cluster", cluster.clone());
+                if *all {
+                    words.push("--all".into());
+                }
+                "remove"
             }
             AgentCommand::Registry { command } => {
                 words.extend(command.to_args());
@@ -772,6 +796,16 @@ mod tests {
                 rootfs: odd.clone(),
                 path: PathBuf::from("--etc/app.yaml"),
                 strategy: ConfigStrategy::Merge,
+            },
+            AgentCommand::Remove {
+                data_root: odd.clone(),
+                cluster: "-c1".into(),
+                all: true,
+            },
+            AgentCommand::Remove {
+                data_root: odd.clone(),
+                cluster: "c 2".into(),
+                all: false,
             },
             AgentCommand::Config {
                 rootfs: odd.clone(),

@@ -216,3 +216,45 @@ mod tests {
         }
     }
 }
+
+/// `remove`: what installs of `cluster` put under `data_root` — its rootfs, or with `all` the
+/// cluster's whole directory, then the agent directory (`.agent`) and `data_root` itself when
+/// nothing else is left there. The cluster name must be one path component; nothing outside
+/// `data_root/cluster` and `data_root/.agent` is touched, and what is already gone is no error.
+pub(super) fn remove(data_root: &Path, cluster: &str, all: bool) -> Result<(), String> {
+    let mut parts = Path::new(cluster).components();
+    if !matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    ) || cluster.starts_with('.')
+    {
+        return Err(format!("{cluster:?} is not a cluster name"));
+    }
+    let dir = data_root.join(cluster);
+    let target = if all { dir.clone() } else { dir.join("rootfs") };
+    remove_tree(&target)?;
+    if !all {
+        return Ok(());
+    }
+    // The agent and the data root go only when no other cluster lives there.
+    let others = match fs::read_dir(data_root) {
+        Ok(entries) => entries.flatten().any(|e| e.file_name() != ".agent"),
+        Err(_) => return Ok(()),
+    };
+    if !others {
+        remove_tree(&data_root.join(".agent"))?;
+        let _ = fs::remove_dir(data_root);
+    }
+    Ok(())
+}
+
+fn remove_tree(path: &Path) -> Result<(), String> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(meta) if meta.is_dir() => {
+            fs::remove_dir_all(path).map_err(io_context(format!("removing {}", path.display())))
+        }
+        Ok(_) => fs::remove_file(path).map_err(io_context(format!("removing {}", path.display()))),
+    }
+}

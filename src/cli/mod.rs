@@ -30,6 +30,10 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Show what every host of a cluster holds now (image, steps done) and who is changing it.
     Status(run::StatusArgs),
+    /// Add masters or nodes to a running cluster.
+    Join(run::JoinArgs),
+    /// Remove hosts from a cluster (hooks, rootfs, journal, agent), or the whole cluster (--all).
+    Delete(run::DeleteArgs),
     #[command(hide = true)]
     Agent {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -72,6 +76,8 @@ pub fn main() -> i32 {
         Command::Run(a) => run::run(*a),
         Command::Pack(a) => pack::run(a),
         Command::Status(a) => run::status(a),
+        Command::Join(a) => run::join(a),
+        Command::Delete(a) => run::delete(a),
         Command::Agent { args } => return sealer::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),

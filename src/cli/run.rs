@@ -5,8 +5,9 @@ use clap::Args;
 
 use std::path::PathBuf;
 
+use sealer::clusters::ClusterRecord;
 use sealer::deploy::target::{TargetArgs, TargetSpec};
-use sealer::install::{self, Request, Source};
+use sealer::install::{self, Membership, Request, Source};
 use sealer::store::Store;
 use sealer::ui::install::{print_plan, print_status, InstallView};
 
@@ -33,6 +34,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         attempts: args.target.attempts,
         state_root: Store::default_root(),
         command,
+        membership: Membership::Keep,
     };
     if args.target.dry_run {
         let (summary, plans) = install::dry_run(&request, &|_| {})?;
@@ -82,4 +84,161 @@ pub fn status(args: StatusArgs) -> Result<()> {
         print_status(&status);
     }
     Ok(())
+}
+
+/// The cluster a join or delete changes: a Clusterfile, or the one this machine recorded.
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// Clusterfile describing the cluster as it runs now (default: the one recorded under
+    /// $SEALER_ROOT/clusters/NAME/ by the last command that changed it from here).
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    clusterfile: Option<PathBuf>,
+    /// The cluster's name, to find its record when no Clusterfile is given.
+    #[arg(
+        long = "cluster-name",
+        value_name = "NAME",
+        default_value = "my-cluster"
+    )]
+    cluster_name: String,
+    /// The image the cluster runs (default: the last one installed from here).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// Attempts per host before it is reported failed.
+    #[arg(long, default_value_t = 3)]
+    attempts: u32,
+    /// Show per host what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct JoinArgs {
+    /// Masters to add: comma list or range.
+    #[arg(short = 'm', long = "masters", value_name = "IPS")]
+    masters: Option<String>,
+    /// Nodes to add: comma list or range.
+    #[arg(short = 'n', long = "nodes", value_name = "IPS")]
+    nodes: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// Hosts to remove: comma list or range.
+    #[arg(
+        short = 'n',
+        long = "nodes",
+        visible_alias = "masters",
+        short_alias = 'm',
+        value_name = "IPS",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    hosts: Option<String>,
+    /// Remove the whole cluster from every host.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+fn ips(list: &Option<String>) -> Result<Vec<std::net::IpAddr>> {
+    Ok(match list {
+        Some(list) => sealer::clusterfile::parse_host_list(list)?,
+        None => Vec::new(),
+    })
+}
+
+/// A request against the cluster `args` names, from the store's copy of its image.
+fn change_request(
+    args: ClusterArgs,
+    command: String,
+    membership: Membership,
+) -> Result<Request<'static>> {
+    let root = Store::default_root();
+    let clusterfile = match args.clusterfile {
+        Some(file) => file,
+        None => ClusterRecord::clusterfile_path(&root, &args.cluster_name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "this machine has no record of cluster {}; give its Clusterfile with -f",
+                args.cluster_name
+            )
+        })?,
+    };
+    let image = match args.image {
+        Some(image) => Some(image),
+        None => ClusterRecord::load(&root, &args.cluster_name)?
+            .current()
+            .map(|i| i.image.clone()),
+    };
+    Ok(Request {
+        target: TargetSpec {
+            flags: Default::default(),
+            clusterfile: Some(clusterfile),
+            local: false,
+            data_root: None,
+            known_hosts: args.known_hosts,
+        },
+        source: Source::Store {
+            root: root.clone(),
+            image,
+        },
+        parallel: args.parallel,
+        attempts: args.attempts,
+        state_root: root,
+        command,
+        membership,
+    })
+}
+
+fn change(request: Request<'_>, dry_run: bool) -> Result<()> {
+    if dry_run {
+        let (summary, plans) = install::dry_run(&request, &|_| {})?;
+        print_plan(&summary, &plans);
+        return Ok(());
+    }
+    let view = InstallView::new();
+    let report = install::run(&request, &|event| view.show(event))?;
+    view.finish(&report);
+    Ok(install::finished(&report)?)
+}
+
+/// `sealer join`: add hosts to a running cluster.
+pub fn join(args: JoinArgs) -> Result<()> {
+    let membership = Membership::Join {
+        masters: ips(&args.masters)?,
+        nodes: ips(&args.nodes)?,
+    };
+    if matches!(&membership, Membership::Join { masters, nodes } if masters.is_empty() && nodes.is_empty())
+    {
+        anyhow::bail!("name the hosts to add: sealer join -m MASTERS and/or -n NODES");
+    }
+    let dry_run = args.cluster.dry_run;
+    change(
+        change_request(args.cluster, "sealer join".into(), membership)?,
+        dry_run,
+    )
+}
+
+/// `sealer delete`: remove hosts, or the whole cluster, from the hosts.
+pub fn delete(args: DeleteArgs) -> Result<()> {
+    let membership = if args.all {
+        Membership::DeleteAll
+    } else {
+        Membership::Delete {
+            hosts: ips(&args.hosts)?,
+        }
+    };
+    let dry_run = args.cluster.dry_run;
+    change(
+        change_request(args.cluster, "sealer delete".into(), membership)?,
+        dry_run,
+    )
 }

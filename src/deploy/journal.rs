@@ -14,9 +14,20 @@ use crate::clusterfile::{Host, Phase, PluginKind};
 #[derive(Clone)]
 pub(super) enum Step {
     Distribute,
-    Config { index: usize },
-    Hook { plugin: usize, phase: Phase },
-    Cmd { index: usize },
+    Config {
+        index: usize,
+    },
+    Hook {
+        plugin: usize,
+        phase: Phase,
+    },
+    Cmd {
+        index: usize,
+    },
+    /// Removing the rootfs of a host leaving the cluster (never journaled).
+    RemoveRootfs,
+    /// Removing everything else the cluster put on a host leaving it (never journaled).
+    Forget,
 }
 
 /// The key of a step made of `parts`: the sha256 of each part followed by a NUL byte.
@@ -63,6 +74,8 @@ impl Engine<'_> {
                     &self.env_text(host),
                 ])
             }
+            Step::RemoveRootfs => key_of(&["remove-rootfs", &self.payload.id]),
+            Step::Forget => key_of(&["forget", &self.payload.id]),
             Step::Cmd { index } => key_of(&[
                 "cmd",
                 &self.payload.id,
@@ -77,6 +90,8 @@ impl Engine<'_> {
     pub(super) fn step_name(&self, step: &Step) -> String {
         match step {
             Step::Distribute => "rootfs".into(),
+            Step::RemoveRootfs => "remove rootfs".into(),
+            Step::Forget => "remove journal and agent".into(),
             Step::Config { index } => {
                 format!("config {}", self.cluster.configs[*index].path.display())
             }

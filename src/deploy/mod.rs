@@ -50,6 +50,21 @@ pub use scripts::DEFAULT_SCRIPT_TIMEOUT;
 /// Opens a connection to a host.
 pub type Connector = dyn Fn(&Host) -> Result<Box<dyn Remote>, RemoteError> + Send + Sync;
 
+/// What a run of the engine changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Change {
+    /// Install the payload on every host, or converge every host to it.
+    #[default]
+    Install,
+    /// Add `hosts` (already in the cluster given to the engine) to a running cluster: only they
+    /// are worked on; their `PreJoin`/`PostJoin` hooks run; the cluster stages (CMDs) do not run
+    /// again. Exports of earlier steps reach them.
+    Join { hosts: Vec<IpAddr> },
+    /// Remove what the cluster put on `hosts`: clean hooks, then rootfs, journal and agent.
+    /// With `all`, the whole cluster goes and the uninstall hooks run on master0.
+    Delete { hosts: Vec<IpAddr>, all: bool },
+}
+
 /// How to install.
 pub struct InstallOptions {
     /// Hosts worked on at once.
@@ -59,6 +74,7 @@ pub struct InstallOptions {
     /// First retry delay; doubles each time, with jitter.
     pub backoff: Duration,
     pub connect: Arc<Connector>,
+    pub change: Change,
 }
 
 impl InstallOptions {
@@ -68,6 +84,7 @@ impl InstallOptions {
             attempts: 3,
             backoff: Duration::from_secs(1),
             connect,
+            change: Change::Install,
         }
     }
 }
@@ -438,7 +455,8 @@ impl Engine<'_> {
             .state
             .done
             .contains(&self.step_key(&slot.host, &Step::Distribute));
-        if !rootfs_done && free_kb < needed_kb {
+        let deleting = matches!(self.opts.change, Change::Delete { .. });
+        if !rootfs_done && !deleting && free_kb < needed_kb {
             return Err(StepFailure::fatal(format!(
                 "{} has {} MiB free, the image needs {} MiB; free space or choose another dataRoot",
                 data_root,
@@ -460,6 +478,94 @@ impl Engine<'_> {
     /// is a cluster stage (one that waits until every host is ready). The install and the dry
     /// run walk this one list.
     fn stages(&self) -> Vec<Stage> {
+        match &self.opts.change {
+            Change::Install => self.install_stages(),
+            Change::Join { hosts } => self.join_stages(hosts),
+            Change::Delete { hosts, all } => self.delete_stages(hosts, *all),
+        }
+    }
+
+    /// The hook stage of every plugin acting in `phase`, on its hosts that `within` keeps.
+    fn hook_stages(&self, phase: Phase, within: &[IpAddr], cluster_level: bool) -> Vec<Stage> {
+        let mut stages = Vec::new();
+        for (plugin, p) in self.plugins.iter().enumerate() {
+            if !p.phases.contains(&phase) {
+                continue;
+            }
+            let hosts: Vec<IpAddr> = p
+                .targets(self.cluster, phase)
+                .iter()
+                .map(|h| h.ip)
+                .filter(|ip| within.contains(ip))
+                .collect();
+            if hosts.is_empty() {
+                continue;
+            }
+            stages.push(Stage {
+                label: phase.name().into(),
+                step: Step::Hook { plugin, phase },
+                hosts,
+                cluster_level,
+            });
+        }
+        stages
+    }
+
+    /// Join: the host stages of an install on the new hosts only, with their join hooks.
+    fn join_stages(&self, new: &[IpAddr]) -> Vec<Stage> {
+        let mut stages = vec![Stage {
+            label: "distribute".into(),
+            step: Step::Distribute,
+            hosts: new.to_vec(),
+            cluster_level: false,
+        }];
+        for index in 0..self.cluster.configs.len() {
+            stages.push(Stage {
+                label: "config".into(),
+                step: Step::Config { index },
+                hosts: new.to_vec(),
+                cluster_level: false,
+            });
+        }
+        for phase in [
+            Phase::PreJoin,
+            Phase::PreInitHost,
+            Phase::PostInitHost,
+            Phase::PostJoin,
+        ] {
+            stages.extend(self.hook_stages(phase, new, false));
+        }
+        stages
+    }
+
+    /// Delete: uninstall and clean hooks around the removal of what the cluster put there.
+    fn delete_stages(&self, gone: &[IpAddr], all: bool) -> Vec<Stage> {
+        let master0 = [self.cluster.master0().ip];
+        let mut stages = Vec::new();
+        if all {
+            stages.extend(self.hook_stages(Phase::PreUninstall, &master0, false));
+        }
+        stages.extend(self.hook_stages(Phase::PreCleanHost, gone, false));
+        stages.push(Stage {
+            label: "remove".into(),
+            step: Step::RemoveRootfs,
+            hosts: gone.to_vec(),
+            cluster_level: false,
+        });
+        stages.extend(self.hook_stages(Phase::PostCleanHost, gone, false));
+        if all {
+            stages.extend(self.hook_stages(Phase::PostUninstall, &master0, false));
+        }
+        stages.push(Stage {
+            label: "remove".into(),
+            step: Step::Forget,
+            hosts: gone.to_vec(),
+            cluster_level: false,
+        });
+        stages
+    }
+
+    fn install_stages(&self) -> Vec<Stage> {
         let all: Vec<IpAddr> = self.cluster.hosts.iter().map(|h| h.ip).collect();
         let mut stages = vec![Stage {
             label: "distribute".into(),
@@ -475,30 +581,9 @@ impl Engine<'_> {
                 cluster_level: false,
             });
         }
-        let hooks = |phase: Phase, cluster_level: bool, stages: &mut Vec<Stage>| {
-            for (plugin, p) in self.plugins.iter().enumerate() {
-                if !p.phases.contains(&phase) {
-                    continue;
-                }
-                let hosts: Vec<IpAddr> = p
-                    .targets(self.cluster, phase)
-                    .iter()
-                    .map(|h| h.ip)
-                    .collect();
-                if hosts.is_empty() {
-                    continue;
-                }
-                stages.push(Stage {
-                    label: phase.name().into(),
-                    step: Step::Hook { plugin, phase },
-                    hosts,
-                    cluster_level,
-                });
-            }
-        };
-        hooks(Phase::PreInitHost, false, &mut stages);
-        hooks(Phase::PostInitHost, false, &mut stages);
-        hooks(Phase::PreInstall, true, &mut stages);
+        stages.extend(self.hook_stages(Phase::PreInitHost, &all, false));
+        stages.extend(self.hook_stages(Phase::PostInitHost, &all, false));
+        stages.extend(self.hook_stages(Phase::PreInstall, &all, true));
         let master0 = self.cluster.master0().ip;
         for index in 0..self.cmds.len() {
             stages.push(Stage {
@@ -508,14 +593,35 @@ impl Engine<'_> {
                 cluster_level: true,
             });
         }
-        hooks(Phase::PostInstall, true, &mut stages);
+        stages.extend(self.hook_stages(Phase::PostInstall, &all, true));
         stages
     }
 
     fn run_step(&self, slot: &mut HostSlot, step: &Step) -> Result<(), StepFailure> {
         let key = self.step_key(&slot.host, step);
         let name = self.step_name(step);
-        if slot.state.done.contains(&key) {
+        // A host leaving the cluster that holds nothing of it has nothing to clean.
+        let holds_nothing = slot.state.installed.is_none() && slot.state.done.is_empty();
+        if let Step::RemoveRootfs | Step::Forget = step {
+            let remote = slot.connected()?;
+            let cmd = self.agent_cmd(
+                remote,
+                &AgentCommand::Remove {
+                    data_root: self.cluster.data_root.clone(),
+                    cluster: self.cluster.name.clone(),
+                    all: matches!(step, Step::Forget),
+                },
+            );
+            self.exec_ok(slot, &name, &cmd, None)?;
+            if holds_nothing {
+                slot.steps_skipped += 1;
+            } else {
+                slot.steps_run += 1;
+            }
+            return Ok(());
+        }
+        let deleting = matches!(self.opts.change, Change::Delete { .. });
+        if slot.state.done.contains(&key) || (deleting && holds_nothing) {
             slot.steps_skipped += 1;
             (self.events)(InstallEvent::Skipped {
                 host: slot.host.ip,
@@ -552,6 +658,8 @@ impl Engine<'_> {
                 let timeout = DEFAULT_SCRIPT_TIMEOUT;
                 self.run_script(slot, &name, &script, timeout, &rootfs, &export_file)?;
             }
+            // Done and counted above: removals are never journaled (the journal goes with them).
+            Step::RemoveRootfs | Step::Forget => return Ok(()),
         }
         let remote = slot.connected()?;
         // The agent prints what the step exported; the spool goes once the rootfs is recorded.
