@@ -21,4 +21,5 @@ pub mod secret;
 pub mod shell;
 pub mod ssh;
 pub mod store;
+pub mod trust;
 pub mod ui;

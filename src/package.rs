@@ -15,6 +15,7 @@ use crate::reference::{Reference, ReferenceError};
 use crate::store::{
     check_image_layers, ImageConfig, Manifest, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD,
 };
+use crate::trust::SigningKey;
 
 /// Why packing an image or loading a package failed. The kinds of the store and the format
 /// (a corrupt blob, a split size too small, a damaged volume) pass through unchanged.
@@ -82,6 +83,17 @@ pub fn pack(
     opts: &PackOptions,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PackReport, PackError> {
+    pack_signed(store, opts, None, progress)
+}
+
+/// [`pack`], with the package's manifest signed by `key` (`sealer pack --sign`): the signature
+/// is in the package before it is renamed into place.
+pub fn pack_signed(
+    store: &Store,
+    opts: &PackOptions,
+    key: Option<&SigningKey>,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> Result<PackReport, PackError> {
     let not_utf8 = |what| PackError::NotUtf8 {
         what,
         image: opts.image.clone(),
@@ -123,7 +135,15 @@ pub fn pack(
         output: opts.output.clone(),
     };
     remove_stale_pack_files(&opts.output);
-    Ok(packer::write(&spec, progress)?)
+    let image_name = spec.image_name.clone();
+    let sign = |manifest: &[u8]| -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        match key {
+            Some(key) => Ok(key.sign_manifest(manifest, &image_name)?),
+            None => Err("no signing key".into()),
+        }
+    };
+    let signer = key.map(|_| &sign as packer::ManifestSigner<'_>);
+    Ok(packer::write_signed(&spec, signer, progress)?)
 }
 
 /// Remove what killed packs left beside `output`: its partial volumes (`.NAME.partial-PID`,

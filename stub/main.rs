@@ -7,13 +7,15 @@
 //! install agent (`agent …`). It must stay a static executable that runs on a bare host, so it
 //! depends on nothing outside this binary.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use packer::{ReadError, RunFile, UnpackOptions, Volumes};
+use packer::{ReadError, RunFile, SignatureRecord, UnpackOptions, Volumes};
 use sealer::install::{self, Request, Source};
+use sealer::trust::{self, Claim, Trust};
 use sealer::ui::error::one_line;
 use sealer::ui::human_bytes;
 use sealer::ui::install::InstallView;
@@ -37,9 +39,23 @@ enum Command {
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// Write the manifest exactly as stored (the bytes a signature signs) to stdout, for
+        /// `minisign -V -m FILE`.
+        #[arg(long, conflicts_with = "json")]
+        manifest: bool,
+        /// Write the package's signature (a minisign .minisig text) to stdout, for
+        /// `minisign -V -x FILE`.
+        #[arg(long, conflicts_with_all = ["json", "manifest"])]
+        signature: bool,
     },
-    /// Check every byte of the payload against its manifest.
-    Verify,
+    /// Check the signature (with --trust or a site policy), then every byte of the payload.
+    Verify {
+        /// A public key the package must be signed by: a minisign .pub file or its key line
+        /// (repeatable). Without it the site policy ($SEALER_TRUST_DIR or /etc/sealer/trust)
+        /// applies, if there is one.
+        #[arg(long, value_name = "PUBKEY")]
+        trust: Vec<String>,
+    },
     /// Unpack the image's merged root filesystem into DIR (which must not exist or be empty).
     Extract { dir: PathBuf },
     /// Install the image onto hosts over SSH (-m/-n, -f Clusterfile) or this machine (--local).
@@ -65,8 +81,12 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         None => summary(),
-        Some(Command::Inspect { json }) => inspect(json),
-        Some(Command::Verify) => verify(),
+        Some(Command::Inspect {
+            json,
+            manifest,
+            signature,
+        }) => inspect(json, manifest, signature),
+        Some(Command::Verify { trust }) => verify(&trust),
         Some(Command::Extract { dir }) => extract(&dir),
         Some(Command::Install(target)) => install(&target),
         Some(Command::Load) => load(),
@@ -132,11 +152,12 @@ fn summary() -> Result<()> {
                 .join(", ")
         );
     }
-    println!("  signer        unsigned");
+    println!("  signer        {}", signer_line(&run));
     println!();
     println!("usage:");
     println!("  {me} inspect [--json]   show the image, layers, frames, commands and labels");
-    println!("  {me} verify             check every byte of the payload");
+    println!("  {me} inspect --manifest | --signature   the signed bytes and their signature");
+    println!("  {me} verify [--trust KEY]   check the signature and every byte of the payload");
     println!("  {me} extract DIR        unpack the image's root filesystem into DIR");
     println!("  {me} install -m IPS [-n IPS] [-u USER] (-p PASS | --pk KEY)   install onto hosts over SSH");
     println!("  {me} install -f Clusterfile   hosts, Configs and Plugins from a Clusterfile");
@@ -146,8 +167,37 @@ fn summary() -> Result<()> {
     Ok(())
 }
 
-fn inspect(json: bool) -> Result<()> {
+/// Who the package says signed it; checked only by `verify --trust` or a site policy.
+fn signer_line(run: &RunFile) -> String {
+    match trust::claim(run) {
+        Claim::Unsigned => "unsigned".into(),
+        Claim::SignedBy { key_id, .. } => format!("{key_id} (check it: verify --trust KEY)"),
+        Claim::Damaged => "damaged signature record".into(),
+    }
+}
+
+fn inspect(json: bool, manifest: bool, signature: bool) -> Result<()> {
     let run = open()?;
+    if manifest || signature {
+        let bytes = if manifest {
+            run.manifest_bytes()
+        } else {
+            match run.signature() {
+                SignatureRecord::Signed { text, .. } => text.as_bytes(),
+                SignatureRecord::Unsigned => anyhow::bail!("{} is unsigned", run.path().display()),
+                SignatureRecord::Damaged => {
+                    anyhow::bail!(
+                        "the signature record of {} is damaged",
+                        run.path().display()
+                    )
+                }
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)?;
+        out.flush()?;
+        return Ok(());
+    }
     let m = run.manifest();
     let config: serde_json::Value =
         serde_json::from_str(&m.image.config_json).unwrap_or(serde_json::Value::Null);
@@ -156,6 +206,15 @@ fn inspect(json: bool) -> Result<()> {
             "file": run.path(),
             "payload_id": run.payload_id(),
             "header_offset": run.header_offset(),
+            "signer": match trust::claim(&run) {
+                Claim::Unsigned => serde_json::Value::Null,
+                Claim::SignedBy { key_id, trusted_comment } => serde_json::json!({
+                    "key_id": key_id.to_string(),
+                    "trusted_comment": trusted_comment,
+                    "checked": false,
+                }),
+                Claim::Damaged => serde_json::json!("damaged"),
+            },
             "config": config,
             "container_images": sealer::container_images::listed_in_config_json(&m.image.config_json),
             "manifest": m,
@@ -168,6 +227,7 @@ fn inspect(json: bool) -> Result<()> {
     println!("config digest  {}", m.image.config_digest);
     println!("payload id     {}", run.payload_id());
     println!("format         {} v{}", m.format, m.version);
+    println!("signer         {}", signer_line(&run));
     let section = &config["config"];
     for (key, label) in [("Env", "env"), ("Cmd", "cmd"), ("Entrypoint", "entrypoint")] {
         if let Some(items) = section[key].as_array() {
@@ -215,12 +275,27 @@ fn payload(run: &RunFile) -> Result<Volumes> {
     Ok(run.payload()?)
 }
 
-fn verify() -> Result<()> {
+fn verify(trust_args: &[String]) -> Result<()> {
     let run = open()?;
-    let payload = payload(&run)?;
+    let trust = Trust::from_args(trust_args)?;
+    let verified = trust::check_for_verify(&run, trust.as_ref())?;
+    let payload = run.payload()?;
     let progress = ByteProgress::new("verifying", payload.compressed_len());
     payload.verify(Some(&|done| progress.update(done)))?;
     progress.finish();
+    match verified {
+        Some(v) => println!(
+            "{}: signed by key {} (trusted: {}); {}",
+            run.path().display(),
+            v.key_id,
+            v.key_origin,
+            v.trusted_comment
+        ),
+        None => println!(
+            "{}: signature not checked (no --trust key and no site policy)",
+            run.path().display()
+        ),
+    }
     println!(
         "{}: all {} frames of {} layers are intact (payload {})",
         run.path().display(),
@@ -231,8 +306,17 @@ fn verify() -> Result<()> {
     Ok(())
 }
 
-fn extract(dir: &std::path::Path) -> Result<()> {
+/// The site policy, before anything is written: refuse a package it does not trust.
+fn open_trusted() -> Result<RunFile> {
     let run = open()?;
+    if let Some(v) = trust::enforce_site_policy(&run)? {
+        eprintln!("signed by trusted key {} ({})", v.key_id, v.key_origin);
+    }
+    Ok(run)
+}
+
+fn extract(dir: &std::path::Path) -> Result<()> {
+    let run = open_trusted()?;
     let payload = payload(&run)?;
     let progress = ByteProgress::new("extracting", run.manifest().uncompressed_len());
     let update = |done| progress.update(done);
@@ -262,7 +346,7 @@ fn extract(dir: &std::path::Path) -> Result<()> {
 }
 
 fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
-    let run = open()?;
+    let run = open_trusted()?;
     let program = std::env::args().next().unwrap_or_else(|| "app.run".into());
     let request = Request {
         target: target.spec(),
@@ -286,7 +370,7 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
 }
 
 fn load() -> Result<()> {
-    let run = open()?;
+    let run = open_trusted()?;
     let store = sealer::store::Store::open_default()?;
     let reference = sealer::package::load_package(&store, &run)?;
     println!("Loaded image: {reference} into {}", store.root().display());

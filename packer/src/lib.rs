@@ -9,6 +9,7 @@ pub mod codec;
 pub mod format;
 pub mod frames;
 pub mod read;
+pub mod signature;
 pub mod source;
 pub mod unpack;
 pub mod write;
@@ -16,9 +17,10 @@ pub mod write;
 pub use codec::{Level, LevelError};
 pub use format::{RunManifest, FORMAT_VERSION};
 pub use read::{ReadError, RunFile, Volumes};
+pub use signature::SignatureRecord;
 pub use source::{ByteSource, MappedFile, PositionedFile};
 pub use unpack::{
     unpack, unpack_blob_files, Compression, EntryProblem, FrameProblem, LayerInput, UnpackError,
     UnpackOptions, UnpackReport,
 };
-pub use write::{write, LayerBlob, PackReport, PackSpec, WriteError};
+pub use write::{write, write_signed, LayerBlob, ManifestSigner, PackReport, PackSpec, WriteError};

@@ -23,6 +23,7 @@ use crate::format::{
     self, align_up, FormatError, Header, RunManifest, ALIGN, FOOTER_LEN, HEADER_LEN,
 };
 use crate::frames::Frame;
+use crate::signature::{self, SignatureRecord};
 use crate::source::{ByteSource, MappedFile, PositionedFile};
 use crate::unpack::{
     self, FrameCheck, FrameProblem, LayerInput, UnpackError, UnpackOptions, UnpackReport,
@@ -158,7 +159,9 @@ pub struct RunFile {
     header_offset: u64,
     header: Header,
     manifest: RunManifest,
-    manifest_len: u64,
+    /// The manifest exactly as stored: what the payload id hashes and a signature signs.
+    manifest_bytes: Vec<u8>,
+    signature: SignatureRecord,
 }
 
 fn read_exact_at(file: &File, len: u64, at: u64, path: &Path) -> Result<Vec<u8>, ReadError> {
@@ -262,6 +265,8 @@ impl RunFile {
                 what: "its header and manifest disagree about the volumes".into(),
             });
         }
+        let (slots_at, slots_len) = signature::region();
+        let slots = read_exact_at(&file, slots_len, header_offset + slots_at, shown)?;
         Ok(RunFile {
             path: shown.to_path_buf(),
             open_path: open_path.to_path_buf(),
@@ -270,7 +275,8 @@ impl RunFile {
             header_offset,
             header,
             manifest,
-            manifest_len: manifest_bytes.len() as u64,
+            manifest_bytes,
+            signature: signature::decode_record(&slots),
         })
     }
 
@@ -293,7 +299,18 @@ impl RunFile {
     }
 
     pub fn manifest_len(&self) -> u64 {
-        self.manifest_len
+        self.manifest_bytes.len() as u64
+    }
+
+    /// The manifest bytes exactly as stored (`app.run inspect --manifest`): what the payload id
+    /// is the sha256 of and what a signature signs.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// The signature record of the package (its slots in the header of volume 0).
+    pub fn signature(&self) -> &SignatureRecord {
+        &self.signature
     }
 
     pub fn file_len(&self) -> u64 {

@@ -99,6 +99,8 @@ pub enum WriteError {
     },
     #[error("layer {} is damaged: {reason}", path.display())]
     LayerDamaged { path: PathBuf, reason: String },
+    #[error("signing the package: {0}")]
+    Sign(Box<dyn std::error::Error + Send + Sync>),
     #[error(
         "split size {split} is too small: it must hold the stub ({stub} bytes) and a whole frame \
          ({frame} bytes); use at least {needed}"
@@ -142,9 +144,24 @@ struct Segment {
     len: u64,
 }
 
+/// Signs the manifest bytes of a package being written and returns the signature text to
+/// store in its signature record (`crate::signature`).
+pub type ManifestSigner<'a> =
+    &'a (dyn Fn(&[u8]) -> Result<String, Box<dyn std::error::Error + Send + Sync>> + Sync);
+
 /// Pack `spec` into `spec.output` (and volumes beside it when split).
 pub fn write(
     spec: &PackSpec,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> Result<PackReport, WriteError> {
+    write_signed(spec, None, progress)
+}
+
+/// [`write`], storing the signature `signer` makes of the manifest bytes in the package's
+/// signature record before any file is renamed into place.
+pub fn write_signed(
+    spec: &PackSpec,
+    signer: Option<ManifestSigner<'_>>,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PackReport, WriteError> {
     if let Some(level) = spec.level.filter(|l| l.compression() != spec.compression) {
@@ -168,7 +185,7 @@ pub fn write(
         .to_string_lossy()
         .into_owned();
     let scratch = tempdir_in(&out_dir)?;
-    let result = write_in(spec, &out_dir, &out_name, &scratch, progress);
+    let result = write_in(spec, &out_dir, &out_name, &scratch, signer, progress);
     let _ = fs::remove_dir_all(&scratch);
     result
 }
@@ -194,6 +211,7 @@ fn write_in(
     out_dir: &Path,
     out_name: &str,
     scratch: &Path,
+    signer: Option<ManifestSigner<'_>>,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PackReport, WriteError> {
     let stub_len = fs::metadata(&spec.stub)
@@ -261,6 +279,13 @@ fn write_in(
         reserve = align_up(bytes.len() as u64 + 1024, 4096);
     };
     let payload_id = format::payload_id(&manifest_bytes);
+    let signature = match signer {
+        Some(sign) => {
+            let text = sign(&manifest_bytes).map_err(WriteError::Sign)?;
+            Some(crate::signature::encode_slot(1, &text).map_err(|e| WriteError::Sign(e.into()))?)
+        }
+        None => None,
+    };
     let total: u64 = segments.iter().map(|s| s.len).sum();
     let mut done = 0u64;
 
@@ -305,6 +330,10 @@ fn write_in(
         write_at(&mut out, base, &header.encode(), &temp)?;
         if volume == 0 {
             write_at(&mut out, base + HEADER_LEN, &manifest_bytes, &temp)?;
+            if let Some(slot) = &signature {
+                let at = base + crate::signature::SLOT_OFFSETS[0];
+                write_at(&mut out, at, slot, &temp)?;
+            }
         }
         for segment in segments.iter().filter(|s| s.volume == volume) {
             let layer = &prepared[segment.layer];

@@ -6,6 +6,7 @@ mod images;
 mod pack;
 mod registry;
 mod run;
+mod trust;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,12 @@ enum Command {
     Join(run::JoinArgs),
     /// Remove hosts from a cluster (hooks, rootfs, journal, agent), or the whole cluster (--all).
     Delete(run::DeleteArgs),
+    /// Make signing keys (minisign format).
+    Key(trust::KeyArgs),
+    /// Sign a .run package in place (only its signature record changes).
+    Sign(trust::SignArgs),
+    /// Check a .run package's signature (--trust or the site policy) and every byte of it.
+    Verify(trust::VerifyArgs),
     #[command(hide = true)]
     Agent {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -78,6 +85,9 @@ pub fn main() -> i32 {
         Command::Status(a) => run::status(a),
         Command::Join(a) => run::join(a),
         Command::Delete(a) => run::delete(a),
+        Command::Key(a) => trust::key(a),
+        Command::Sign(a) => trust::sign(a),
+        Command::Verify(a) => trust::verify(a),
         Command::Agent { args } => return sealer::agent::main(&args),
         Command::Images(a) => images::images(a),
         Command::Inspect(a) => images::inspect(a),

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use sealer::deploy::find_stub;
-use sealer::package::{pack, PackOptions};
+use sealer::package::{pack_signed, PackOptions};
 use sealer::reference::Reference;
 use sealer::store::Store;
 use sealer::ui::human_bytes;
@@ -38,6 +38,11 @@ pub struct PackArgs {
     /// The installer stub (default: `sealer-stub` beside sealer, or $SEALER_STUB).
     #[arg(long)]
     stub: Option<PathBuf>,
+    /// Sign the package with this secret key (NAME.key from `sealer key generate`).
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
+    #[command(flatten)]
+    password: super::trust::PasswordArgs,
 }
 
 /// `4G`, `3900M`, `512k` or plain bytes.
@@ -64,6 +69,12 @@ fn parse_size(text: &str) -> Result<u64> {
 
 pub fn run(args: PackArgs) -> Result<()> {
     let store = Store::open_default()?;
+    // The key first: a wrong password must not cost a pack.
+    let key = args
+        .sign
+        .as_deref()
+        .map(|k| super::trust::open_signing_key(k, &args.password))
+        .transpose()?;
     let compression = match args.compression {
         CompressionArg::Zstd => packer::Compression::Zstd,
         CompressionArg::Xz => packer::Compression::Xz,
@@ -92,7 +103,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         }
         progress.update(done);
     };
-    let report = pack(&store, &opts, Some(&update))?;
+    let report = pack_signed(&store, &opts, key.as_ref(), Some(&update))?;
     progress.finish();
     let total: u64 = report
         .files
@@ -115,6 +126,9 @@ pub fn run(args: PackArgs) -> Result<()> {
             "Keep the volumes beside {}; they are found by content, whatever their names.",
             args.output.display()
         );
+    }
+    if let Some(key) = &key {
+        println!("Signed with key {}", key.key_id());
     }
     println!(
         "{} of {} layers copied without recompression",
