@@ -294,12 +294,36 @@ pub(super) fn collect(
         let mut blobs = vec![resolved.manifest.config.clone()];
         blobs.extend(resolved.manifest.layers.iter().cloned());
         let count = resolved.manifest.layers.len();
+        let missing = |desc: &Descriptor| {
+            !store.has_blob(&desc.digest)
+                && !collection.staged.iter().any(|s| s.digest() == desc.digest)
+        };
+        let total: u64 = blobs.iter().filter(|d| missing(d)).map(|d| d.size).sum();
+        let mut wanted = Vec::new();
         for (i, desc) in blobs.iter().enumerate() {
-            let have = store.has_blob(&desc.digest)
-                || collection.staged.iter().any(|s| s.digest() == desc.digest);
-            if have {
-                continue;
+            if missing(desc)
+                && !wanted
+                    .iter()
+                    .any(|(_, d): &(usize, &Descriptor)| d.digest == desc.digest)
+            {
+                wanted.push((i, desc));
             }
+        }
+        // Byte progress across the image's blobs: what earlier blobs brought plus this one's.
+        let before = std::cell::Cell::new(0u64);
+        let progress_cell = std::cell::RefCell::new(&mut *progress);
+        let report = |p: crate::registry::Progress| {
+            if let Ok(mut progress) = progress_cell.try_borrow_mut() {
+                progress(BuildEvent::ContainerImage {
+                    reference: &shown,
+                    event: ImageEvent::Fetching {
+                        done: before.get() + p.done,
+                        total,
+                    },
+                });
+            }
+        };
+        for (i, desc) in wanted {
             let kind = if i == 0 {
                 BlobKind::Config
             } else {
@@ -309,9 +333,10 @@ pub(super) fn collect(
                 }
             };
             let staged = source
-                .fetch_blob(store, kind, desc, &|_| {})
+                .fetch_blob(store, kind, desc, &report)
                 .map_err(|e| failed(image, e))?;
             fetched += staged.size();
+            before.set(fetched);
             collection.staged.push(staged);
         }
         let config_digest = &resolved.manifest.config.digest;
@@ -410,6 +435,8 @@ fn pinned_in_store(
 pub enum ImageEvent<'a> {
     /// Asking its registry what the reference names.
     Resolving,
+    /// `done` of the `total` bytes of its blobs the store lacks have arrived.
+    Fetching { done: u64, total: u64 },
     /// Pinned to `digest`; `fetched` bytes were downloaded (0: every blob was in the store).
     Pinned { digest: &'a str, fetched: u64 },
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use sealer::builder::{build, declared_images, BuildEvent, BuildOptions, ImageEvent};
 use sealer::reference::Reference;
 use sealer::store::Store;
+use sealer::ui::progress::ByteProgress;
 use sealer::ui::{human_bytes, short_digest};
 
 use super::registry::ConnectionArgs;
@@ -73,6 +74,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     }
     let store = Store::open_default()?;
     let terminal = std::io::stdout().is_terminal();
+    let mut fetching: Option<ByteProgress> = None;
     let report = build(&store, &opts, &mut |event| match event {
         BuildEvent::Step { index, total, text } => println!("STEP {index}/{total}: {text}"),
         BuildEvent::Cached => println!(" ---> cached"),
@@ -84,11 +86,18 @@ pub fn run(args: BuildArgs) -> Result<()> {
         }
         BuildEvent::ContainerImage { reference, event } => match event {
             ImageEvent::Resolving => println!("IMAGE {reference}"),
-            ImageEvent::Pinned { digest, fetched: 0 } => {
-                println!(" ---> {digest} (every blob already in the store)")
-            }
+            ImageEvent::Fetching { done, total } => fetching
+                .get_or_insert_with(|| ByteProgress::new("fetching", total))
+                .update(done),
             ImageEvent::Pinned { digest, fetched } => {
-                println!(" ---> {digest} ({} fetched)", human_bytes(fetched))
+                if let Some(bar) = fetching.take() {
+                    bar.finish();
+                }
+                if fetched == 0 {
+                    println!(" ---> {digest} (every blob already in the store)")
+                } else {
+                    println!(" ---> {digest} ({} fetched)", human_bytes(fetched))
+                }
             }
         },
         BuildEvent::Output(line) => {
