@@ -759,8 +759,6 @@ fn list_images_reads_apps_and_lists_and_honours_the_ignored_list() {
     write(&ignored, b"docker.io/library/nginx:1.25\n");
     let out = sealer.ok(&[
         "build",
-        "-t",
-        "x:1",
         "--list-images",
         "--ignored-image-list",
         &ignored.display().to_string(),

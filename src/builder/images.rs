@@ -231,7 +231,9 @@ impl Collection {
             ANNOTATION_LAYER_CONTENT.to_string(),
             LAYER_CONTENT_CONTAINER_IMAGES.to_string(),
         );
-        if !from_cache {
+        if from_cache {
+            progress(BuildEvent::Cached);
+        } else {
             progress(BuildEvent::Layer {
                 digest: &built.descriptor.digest,
                 size: built.descriptor.size,

@@ -97,6 +97,9 @@ pub enum BuildEvent<'a> {
     Layer { digest: &'a str, size: u64 },
     /// A line a RUN command printed.
     Output(&'a str),
+    /// After the last step: the images layer of `images` container images is written (then
+    /// `Layer`) or found in the cache (then `Cached`).
+    ImagesLayer { images: usize },
     /// A container image being collected (before the first step).
     ContainerImage {
         reference: &'a str,

@@ -166,15 +166,13 @@ impl<'a> Builder<'a> {
         }
         let mut annotations = std::collections::BTreeMap::new();
         let images = std::mem::take(&mut self.images);
-        let images_step = usize::from(!images.is_empty());
         if !images.is_empty() {
             let label = images.label();
             let created_by = images.created_by();
-            let (layer, cached) =
-                images.layer(self.store, self.opts, &self.cache, self.progress)?;
-            if cached {
-                self.cached_steps += 1;
-            }
+            (self.progress)(BuildEvent::ImagesLayer {
+                images: images.images.len(),
+            });
+            let (layer, _) = images.layer(self.store, self.opts, &self.cache, self.progress)?;
             let key = self.key.clone();
             self.push_layer(key, &layer, created_by);
             self.config
@@ -207,7 +205,7 @@ impl<'a> Builder<'a> {
             reference: self.opts.tag.clone(),
             digest,
             layers: self.layers.len(),
-            steps: self.kubefile.instructions.len() + images_step,
+            steps: self.kubefile.instructions.len(),
             cached_steps: self.cached_steps,
         })
     }

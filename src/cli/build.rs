@@ -17,8 +17,8 @@ use super::registry::ConnectionArgs;
 #[derive(Args)]
 pub struct BuildArgs {
     /// Name of the image to build (NAME:TAG).
-    #[arg(short, long)]
-    tag: String,
+    #[arg(short, long, required_unless_present = "list_images")]
+    tag: Option<String>,
     /// The Kubefile (default: CONTEXT/Kubefile).
     #[arg(short, long)]
     file: Option<PathBuf>,
@@ -51,7 +51,9 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> Result<()> {
-    let mut opts = BuildOptions::new(&args.context, Reference::parse(&args.tag)?);
+    // `--list-images` builds nothing, so it needs no name.
+    let tag = args.tag.as_deref().unwrap_or("list-images:latest");
+    let mut opts = BuildOptions::new(&args.context, Reference::parse(tag)?);
     opts.image_lists = args.image_lists;
     opts.ignored_image_lists = args.ignored_image_lists;
     opts.kubefile = args.file;
@@ -83,6 +85,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
             let short = short_digest(digest);
             let hex = short.split_once(':').map_or(short.as_str(), |(_, hex)| hex);
             println!(" ---> layer {hex} ({})", human_bytes(size))
+        }
+        BuildEvent::ImagesLayer { images } => {
+            println!("IMAGES LAYER: {images} container image(s)")
         }
         BuildEvent::ContainerImage { reference, event } => match event {
             ImageEvent::Resolving => println!("IMAGE {reference}"),
