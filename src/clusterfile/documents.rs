@@ -135,8 +135,29 @@ pub struct ClusterSpecV2 {
     pub provider: Option<String>,
     // Kubernetes runtime settings of sealer that this installer does not use.
     pub container_runtime: Option<IgnoredAny>,
-    pub registry: Option<IgnoredAny>,
+    pub registry: Option<RegistrySpec>,
     pub host_aliases: Option<IgnoredAny>,
+}
+
+/// `spec.registry`: where the cluster's container images are served from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistrySpec {
+    pub local_registry: Option<LocalRegistrySpec>,
+    pub external_registry: Option<IgnoredAny>,
+}
+
+/// `spec.registry.localRegistry` (sealer's fields; `port` and `ha` are used).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalRegistrySpec {
+    pub domain: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub ha: Option<bool>,
+    pub insecure: Option<bool>,
+    pub username: Option<Scalar>,
+    pub password: Option<Scalar>,
+    pub cert: Option<IgnoredAny>,
 }
 
 /// One entry of `spec.hosts`.

@@ -129,5 +129,6 @@ pub fn from_flags(flags: &ClusterFlags) -> Result<Cluster, ClusterfileError> {
         app_names: Vec::new(),
         configs: Vec::new(),
         plugins: Vec::new(),
+        registry: ClusterRegistry::default(),
     })
 }

@@ -99,9 +99,40 @@ pub struct Cluster {
     pub app_names: Vec<String>,
     pub configs: Vec<Config>,
     pub plugins: Vec<Plugin>,
+    /// Where the container images of the image are served from in the cluster.
+    pub registry: ClusterRegistry,
+}
+
+/// The cluster's own pull-only registry (`spec.registry.localRegistry`): served by the agent
+/// on every master (`ha`, the default) or on master0 only, on `port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRegistry {
+    pub port: u16,
+    pub ha: bool,
+}
+
+/// sealer's default registry port.
+pub const DEFAULT_REGISTRY_PORT: u16 = 5000;
+
+impl Default for ClusterRegistry {
+    fn default() -> Self {
+        ClusterRegistry {
+            port: DEFAULT_REGISTRY_PORT,
+            ha: true,
+        }
+    }
 }
 
 impl Cluster {
+    /// The hosts that serve the cluster's container images, in host order.
+    pub fn registry_hosts(&self) -> Vec<&Host> {
+        if self.registry.ha {
+            self.hosts.iter().filter(|h| h.is_master()).collect()
+        } else {
+            vec![self.master0()]
+        }
+    }
+
     /// The first master in file order. Every cluster built by this module has one; a
     /// hand-built cluster without any host makes this panic.
     pub fn master0(&self) -> &Host {

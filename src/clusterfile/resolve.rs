@@ -344,13 +344,13 @@ impl Collected {
         check_provider(doc, &spec.provider)?;
         for (present, field, what) in [
             (spec.container_runtime.is_some(), "spec.containerRuntime", "no container runtime is installed by sealer itself; an image installs what it needs"),
-            (spec.registry.is_some(), "spec.registry", "no image registry is run on the hosts"),
             (spec.host_aliases.is_some(), "spec.hostAliases", "write /etc/hosts entries from a pre-init-host plugin"),
         ] {
             if present {
                 self.notes.push(ignored_note(doc, field, what));
             }
         }
+        let registry = self.registry_of(doc, spec.registry.as_ref())?;
         let env = env_of(&spec.env, "spec.env").map_err(|e| field_err(doc, e))?;
         let data_root = match spec.data_root.as_deref().filter(|s| !s.is_empty()) {
             Some(root) => check_data_root(root, "spec.dataRoot").map_err(|e| field_err(doc, e))?,
@@ -374,9 +374,67 @@ impl Collected {
             app_names: spec.app_names.unwrap_or_default(),
             configs: Vec::new(),
             plugins: Vec::new(),
+            registry,
         };
         self.cluster = Some((doc.clone(), cluster));
         Ok(())
+    }
+
+    /// `spec.registry`: the local registry's port and `ha` act; its other fields are noted as
+    /// not used (the agent serves pull-only plain HTTP, reached through containerd's
+    /// hosts.toml); an external registry is refused.
+    fn registry_of(
+        &mut self,
+        doc: &DocumentRef,
+        spec: Option<&super::documents::RegistrySpec>,
+    ) -> Result<ClusterRegistry, ClusterfileError> {
+        let mut registry = ClusterRegistry::default();
+        let Some(spec) = spec else {
+            return Ok(registry);
+        };
+        if spec.external_registry.is_some() {
+            return Err(field_err(
+                doc,
+                (
+                    "spec.registry.externalRegistry".into(),
+                    "an external registry is not supported yet; leave it out and the masters serve the image's container images themselves".into(),
+                ),
+            ));
+        }
+        if let Some(local) = &spec.local_registry {
+            if let Some(port) = &local.port {
+                registry.port = port.0.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    field_err(
+                        doc,
+                        (
+                            "spec.registry.localRegistry.port".into(),
+                            format!("{:?} is not a port (1-65535)", port.0),
+                        ),
+                    )
+                })?;
+            }
+            if let Some(ha) = local.ha {
+                registry.ha = ha;
+            }
+            for (present, field) in [
+                (local.domain.is_some(), "domain"),
+                (local.insecure.is_some(), "insecure"),
+                (
+                    local.username.is_some() || local.password.is_some(),
+                    "username/password",
+                ),
+                (local.cert.is_some(), "cert"),
+            ] {
+                if present {
+                    self.notes.push(ignored_note(
+                        doc,
+                        &format!("spec.registry.localRegistry.{field}"),
+                        "the registry is served pull-only over plain HTTP on each registry host's address and port; containerd reaches it through hosts.toml, so no domain, TLS or login is involved",
+                    ));
+                }
+            }
+        }
+        Ok(registry)
     }
 
     pub fn cluster_v1(
@@ -442,6 +500,7 @@ impl Collected {
             app_names: Vec::new(),
             configs: Vec::new(),
             plugins: Vec::new(),
+            registry: ClusterRegistry::default(),
         };
         self.cluster = Some((doc.clone(), cluster));
         Ok(())

@@ -10,11 +10,12 @@ use std::path::Path;
 use super::{command_failure, Engine, HostSlot, InstallEvent, Payload, StepFailure};
 use crate::agent::protocol::{self, AgentCommand, PlanLayer};
 
-/// The layer plan the host unpacks from: every layer of `payload` with all its frames.
-fn plan_of(payload: &Payload) -> Vec<PlanLayer> {
-    payload
-        .layers
+/// The layer plan the host unpacks from: the layers `chosen` (indices into the payload's
+/// layers) with all their frames.
+fn plan_of(payload: &Payload, chosen: &[usize]) -> Vec<PlanLayer> {
+    chosen
         .iter()
+        .map(|&i| &payload.layers[i])
         .map(|l| PlanLayer {
             label: l.label.clone(),
             compression: l.compression,
@@ -31,11 +32,12 @@ impl Engine<'_> {
         if local {
             return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
         }
+        let chosen = self.layers_for(&slot.host);
         let remote = slot.connected()?;
         let work = self.work_dir();
         // Which frames does the host lack?
         let mut list = Vec::new();
-        let shas = self.payload.layers.iter().flat_map(|l| &l.frames);
+        let shas = chosen.iter().flat_map(|&i| &self.payload.layers[i].frames);
         protocol::write_frame_list(&mut list, shas.map(|f| f.sha256.as_str()))
             .map_err(|e| StepFailure::fatal(e.to_string()))?;
         let have_cmd = self.agent_cmd(remote, &AgentCommand::Have { work: work.clone() });
@@ -53,6 +55,7 @@ impl Engine<'_> {
             .layers
             .iter()
             .enumerate()
+            .filter(|(li, _)| chosen.contains(li))
             .flat_map(|(li, l)| {
                 l.frames
                     .iter()
@@ -62,7 +65,7 @@ impl Engine<'_> {
             })
             .collect();
         let mut plan = Vec::new();
-        protocol::write_plan(&mut plan, &plan_of(self.payload))
+        protocol::write_plan(&mut plan, &plan_of(self.payload, &chosen))
             .map_err(|e| StepFailure::fatal(e.to_string()))?;
         if wanted.is_empty() {
             // Every frame is spooled (an earlier run stopped before unpacking): unpack only.
@@ -107,6 +110,15 @@ impl Engine<'_> {
             return Err(command_failure("receiving and unpacking frames", &out));
         }
         Ok(())
+    }
+
+    /// The layers `host` gets: all of them on a registry host, all but the images layer
+    /// elsewhere.
+    pub(super) fn layers_for(&self, host: &crate::clusterfile::Host) -> Vec<usize> {
+        let serves = self.serves_images(host);
+        (0..self.payload.layers.len())
+            .filter(|&i| serves || !self.payload.layers[i].container_images)
+            .collect()
     }
 
     /// Local install: unpack straight from the payload, no spool.
@@ -284,20 +296,22 @@ mod tests {
                 base: 5,
                 frames: list,
                 source: 0,
+                container_images: false,
             }],
             sources: vec![Box::new(blob)],
             agent: Arc::new(Vec::new()),
             agent_sha256: "0".repeat(64),
+            container_images: Vec::new(),
         };
         let mut prefix = Vec::new();
-        protocol::write_plan(&mut prefix, &plan_of(&payload)).unwrap();
+        protocol::write_plan(&mut prefix, &plan_of(&payload, &[0])).unwrap();
         let mut stream = FrameStream::new(&payload, vec![(0, 0), (0, 2)], prefix, |_| {});
         let mut wire = Vec::new();
         stream.read_to_end(&mut wire).unwrap();
         assert_eq!(stream.sent, wire.len() as u64);
 
         let mut input = &wire[..];
-        assert_eq!(protocol::read_plan(&mut input), Ok(plan_of(&payload)));
+        assert_eq!(protocol::read_plan(&mut input), Ok(plan_of(&payload, &[0])));
         let mut buf = Vec::new();
         for f in [frames[0], frames[2]] {
             let sha = protocol::read_record(&mut input, &mut buf).unwrap();

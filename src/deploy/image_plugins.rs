@@ -49,7 +49,8 @@ pub enum ImagePluginError {
 /// Plugins files in the image, by file name (`plugins/NAME`), after all layers.
 pub fn plugin_files(payload: &Payload) -> Result<BTreeMap<String, String>, ImagePluginError> {
     let mut files: BTreeMap<String, String> = BTreeMap::new();
-    for layer in &payload.layers {
+    // The images layer holds an OCI layout under `images/`, never `plugins/`.
+    for layer in payload.layers.iter().filter(|l| !l.container_images) {
         let read_err = |source| ImagePluginError::Layer {
             layer: layer.label.clone(),
             image: payload.image.clone(),
@@ -227,6 +228,7 @@ mod tests {
             base: 0,
             frames,
             source: 0,
+            container_images: false,
         };
         (layer, blob)
     }
@@ -247,6 +249,7 @@ mod tests {
             sources,
             agent: Arc::new(Vec::new()),
             agent_sha256: "0".repeat(64),
+            container_images: Vec::new(),
         }
     }
 

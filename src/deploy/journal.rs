@@ -24,6 +24,15 @@ pub(super) enum Step {
     Cmd {
         index: usize,
     },
+    /// Starting (or finding running) the registry service on a registry host (never journaled:
+    /// every run checks it still runs).
+    Registry,
+    /// containerd's hosts.toml for every registry the container images name, pointing at the
+    /// registry hosts.
+    Mirror,
+    /// Stopping the registry service and removing the hosts.toml files on a host leaving the
+    /// cluster (never journaled).
+    Unregister,
     /// Removing the rootfs of a host leaving the cluster (never journaled).
     RemoveRootfs,
     /// Removing everything else the cluster put on a host leaving it (never journaled).
@@ -44,11 +53,18 @@ impl Engine<'_> {
     /// The key `step` has in `host`'s journal.
     pub(super) fn step_key(&self, host: &Host, step: &Step) -> StepKey {
         match step {
-            Step::Distribute => key_of(&[
-                "rootfs",
-                &self.payload.id,
-                &self.cluster.rootfs().display().to_string(),
-            ]),
+            Step::Distribute => {
+                let rootfs = self.cluster.rootfs().display().to_string();
+                let mut parts = vec!["rootfs", &self.payload.id, &rootfs];
+                // A registry host's tree also holds the images layer.
+                if self.serves_images(host) {
+                    parts.push("with container images");
+                }
+                key_of(&parts)
+            }
+            Step::Registry => key_of(&["registry", &self.payload.id]),
+            Step::Mirror => key_of(&["mirror", &self.payload.id, &self.mirror_text()]),
+            Step::Unregister => key_of(&["unregister", &self.payload.id]),
             Step::Config { index } => {
                 let c = &self.cluster.configs[*index];
                 key_of(&[
@@ -90,6 +106,9 @@ impl Engine<'_> {
     pub(super) fn step_name(&self, step: &Step) -> String {
         match step {
             Step::Distribute => "rootfs".into(),
+            Step::Registry => "registry".into(),
+            Step::Mirror => "containerd hosts.toml".into(),
+            Step::Unregister => "remove registry and hosts.toml".into(),
             Step::RemoveRootfs => "remove rootfs".into(),
             Step::Forget => "remove journal and agent".into(),
             Step::Config { index } => {

@@ -18,6 +18,7 @@
 
 mod distribute;
 pub mod image_plugins;
+mod images;
 mod journal;
 mod launch;
 pub mod payload;
@@ -118,6 +119,8 @@ struct HostSlot {
     steps_run: usize,
     steps_skipped: usize,
     started: Instant,
+    /// containerd's `config_path` on the host, when the image carries container images.
+    containerd_certs: Option<PathBuf>,
 }
 
 impl HostSlot {
@@ -166,6 +169,7 @@ pub fn install(
                 steps_run: 0,
                 steps_skipped: 0,
                 started: Instant::now(),
+                containerd_certs: None,
             })
         })
         .collect();
@@ -450,6 +454,7 @@ impl Engine<'_> {
             slot.state.done.clear();
             slot.state.exports.clear();
         }
+        slot.containerd_certs = self.containerd_config_path(slot)?;
         let needed_kb = (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
         let rootfs_done = slot
             .state
@@ -519,6 +524,7 @@ impl Engine<'_> {
             hosts: new.to_vec(),
             cluster_level: false,
         }];
+        stages.extend(self.image_stages(new));
         for index in 0..self.cluster.configs.len() {
             stages.push(Stage {
                 label: "config".into(),
@@ -546,6 +552,14 @@ impl Engine<'_> {
             stages.extend(self.hook_stages(Phase::PreUninstall, &master0, false));
         }
         stages.extend(self.hook_stages(Phase::PreCleanHost, gone, false));
+        if self.has_images_layer() {
+            stages.push(Stage {
+                label: "remove".into(),
+                step: Step::Unregister,
+                hosts: gone.to_vec(),
+                cluster_level: false,
+            });
+        }
         stages.push(Stage {
             label: "remove".into(),
             step: Step::RemoveRootfs,
@@ -565,6 +579,36 @@ impl Engine<'_> {
         stages
     }
 
+    /// The registry on the registry hosts among `within`, then hosts.toml on all of them.
+    fn image_stages(&self, within: &[IpAddr]) -> Vec<Stage> {
+        let mut stages = Vec::new();
+        if !self.has_images_layer() {
+            return stages;
+        }
+        let serving: Vec<IpAddr> = self
+            .cluster
+            .registry_hosts()
+            .iter()
+            .map(|h| h.ip)
+            .filter(|ip| within.contains(ip))
+            .collect();
+        if !serving.is_empty() {
+            stages.push(Stage {
+                label: "registry".into(),
+                step: Step::Registry,
+                hosts: serving,
+                cluster_level: false,
+            });
+        }
+        stages.push(Stage {
+            label: "registry".into(),
+            step: Step::Mirror,
+            hosts: within.to_vec(),
+            cluster_level: false,
+        });
+        stages
+    }
+
     fn install_stages(&self) -> Vec<Stage> {
         let all: Vec<IpAddr> = self.cluster.hosts.iter().map(|h| h.ip).collect();
         let mut stages = vec![Stage {
@@ -573,6 +617,7 @@ impl Engine<'_> {
             hosts: all.clone(),
             cluster_level: false,
         }];
+        stages.extend(self.image_stages(&all));
         for index in 0..self.cluster.configs.len() {
             stages.push(Stage {
                 label: "config".into(),
@@ -602,6 +647,19 @@ impl Engine<'_> {
         let name = self.step_name(step);
         // A host leaving the cluster that holds nothing of it has nothing to clean.
         let holds_nothing = slot.state.installed.is_none() && slot.state.done.is_empty();
+        if let Step::Registry = step {
+            if self.start_registry(slot)? {
+                slot.steps_run += 1;
+            } else {
+                slot.steps_skipped += 1;
+            }
+            return Ok(());
+        }
+        if let Step::Unregister = step {
+            self.unregister(slot)?;
+            slot.steps_skipped += 1;
+            return Ok(());
+        }
         if let Step::RemoveRootfs | Step::Forget = step {
             let remote = slot.connected()?;
             let cmd = self.agent_cmd(
@@ -658,8 +716,10 @@ impl Engine<'_> {
                 let timeout = DEFAULT_SCRIPT_TIMEOUT;
                 self.run_script(slot, &name, &script, timeout, &rootfs, &export_file)?;
             }
-            // Done and counted above: removals are never journaled (the journal goes with them).
-            Step::RemoveRootfs | Step::Forget => return Ok(()),
+            Step::Mirror => self.write_mirrors(slot)?,
+            // Done and counted above: never journaled (removals take the journal with them;
+            // the registry is checked on every run).
+            Step::Registry | Step::Unregister | Step::RemoveRootfs | Step::Forget => return Ok(()),
         }
         let remote = slot.connected()?;
         // The agent prints what the step exported; the spool goes once the rootfs is recorded.

@@ -78,6 +78,9 @@ pub struct PayloadLayer {
     pub frames: Vec<Frame>,
     /// Index into [`Payload::sources`].
     pub source: usize,
+    /// The images layer (container images as an OCI layout under `images/`): it goes only to
+    /// the hosts that serve the cluster's registry.
+    pub container_images: bool,
 }
 
 /// Everything the engine distributes.
@@ -93,6 +96,8 @@ pub struct Payload {
     pub agent: Arc<Vec<u8>>,
     /// sha256 of `agent`, hex.
     pub agent_sha256: String,
+    /// The container images the image carries (its config's list).
+    pub container_images: Vec<crate::container_images::ContainerImage>,
 }
 
 impl Payload {
@@ -187,6 +192,7 @@ impl Payload {
                 base: 0,
                 frames,
                 source: sources.len(),
+                container_images: crate::container_images::is_images_layer(desc),
             });
             sources.push(source);
         }
@@ -195,6 +201,7 @@ impl Payload {
         Ok(Payload {
             id: image.digest.trim_start_matches("sha256:").to_string(),
             image: image.reference.to_string(),
+            container_images: crate::container_images::listed_images(&image.config),
             config: image.config.clone(),
             layers,
             sources,
@@ -211,15 +218,22 @@ impl Payload {
         let manifest = run.manifest().clone();
         let config: ImageConfig =
             serde_json::from_str(&manifest.image.config_json).map_err(PayloadError::Config)?;
+        // The package keeps the image's OCI manifest; its layers are in the same order.
+        let images_layer =
+            serde_json::from_str::<crate::store::Manifest>(&manifest.image.manifest_json)
+                .ok()
+                .and_then(|m| crate::container_images::images_layer_index(&m));
         let layers: Vec<PayloadLayer> = package
             .layer_inputs()
             .into_iter()
-            .map(|input| PayloadLayer {
+            .enumerate()
+            .map(|(i, input)| PayloadLayer {
                 label: input.label.clone(),
                 compression: input.compression,
                 base: input.base,
                 frames: input.frames.to_vec(),
                 source: 0,
+                container_images: images_layer == Some(i),
             })
             .collect();
         let agent = stub_bytes(run)?;
@@ -227,6 +241,7 @@ impl Payload {
         Ok(Payload {
             id: run.payload_id(),
             image: manifest.image.name.clone(),
+            container_images: crate::container_images::listed_images(&config),
             config,
             layers,
             sources: vec![Box::new(package)],

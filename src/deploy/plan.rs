@@ -145,7 +145,15 @@ impl Engine<'_> {
         plan.installed = (!installed.is_empty()).then_some(installed);
         for stage in stages.iter().filter(|s| s.hosts.contains(&host.ip)) {
             let key = self.step_key(host, &stage.step);
-            let run = !(same_payload && journal.contains(key.as_str()));
+            let run = match stage.step {
+                // Checked on every run; it starts only with a new tree (or when it is down,
+                // which only the run itself finds out).
+                Step::Registry => {
+                    let rootfs = self.step_key(host, &Step::Distribute);
+                    !(same_payload && journal.contains(rootfs.as_str()))
+                }
+                _ => !(same_payload && journal.contains(key.as_str())),
+            };
             if run && matches!(stage.step, Step::Distribute) {
                 let needed_kb =
                     (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
