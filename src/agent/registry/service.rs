@@ -557,9 +557,14 @@ pub fn supervise(spec: &ServiceSpec) -> Result<(), ServiceError> {
         .mode(0o644)
         .open(&pid_path)
         .map_err(io_err(format!("opening {}", pid_path.display())))?;
-    if FileExt::try_lock_exclusive(&pid_file).is_err() {
-        eprintln!("sealer registry {}: already supervised", spec.unit);
-        return Ok(());
+    // A `status` probing the lock holds it for an instant; a supervisor holds it for good.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while FileExt::try_lock_exclusive(&pid_file).is_err() {
+        if Instant::now() >= deadline {
+            eprintln!("sealer registry {}: already supervised", spec.unit);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     pid_file
         .set_len(0)
