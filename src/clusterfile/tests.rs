@@ -508,3 +508,53 @@ fn data_root_and_name_are_checked_because_they_become_paths() {
         .unwrap();
     assert_eq!(c.rootfs(), Path::new("/data/sealer/demo/rootfs"));
 }
+
+#[test]
+fn the_local_registry_port_and_ha_act_its_other_fields_are_noted_and_an_external_one_is_refused() {
+    let text = r#"
+apiVersion: sealer.io/v2
+kind: Cluster
+spec:
+  hosts:
+    - {ips: [10.0.0.2, 10.0.0.3], roles: [master]}
+    - {ips: [10.0.0.4], roles: [node]}
+  registry:
+    localRegistry: {domain: sea.hub, port: 5001, ha: false}
+"#;
+    let cf = parse_ok(text);
+    assert!(
+        cf.notes
+            .iter()
+            .any(|n| n.contains("spec.registry.localRegistry.domain")),
+        "{:?}",
+        cf.notes
+    );
+    let c = cf.into_cluster().unwrap();
+    assert_eq!(c.registry.port, 5001);
+    let serving: Vec<String> = c
+        .registry_hosts()
+        .iter()
+        .map(|h| h.ip.to_string())
+        .collect();
+    assert_eq!(serving, ["10.0.0.2"], "ha: false serves from master0 only");
+
+    let ha = parse_ok(&text.replace("ha: false", "ha: true"))
+        .into_cluster()
+        .unwrap();
+    let serving: Vec<String> = ha
+        .registry_hosts()
+        .iter()
+        .map(|h| h.ip.to_string())
+        .collect();
+    assert_eq!(serving, ["10.0.0.2", "10.0.0.3"]);
+
+    let external = text.replace(
+        "localRegistry: {domain: sea.hub, port: 5001, ha: false}",
+        "externalRegistry: {domain: harbor.example}",
+    );
+    let err = parse(&external).unwrap_err().to_string();
+    assert!(err.contains("spec.registry.externalRegistry"), "{err}");
+    let bad_port = text.replace("port: 5001", "port: 70000");
+    let err = parse(&bad_port).unwrap_err().to_string();
+    assert!(err.contains("is not a port"), "{err}");
+}
