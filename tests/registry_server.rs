@@ -10,6 +10,7 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -715,7 +716,50 @@ fn registry_start_supervises_restarts_and_stops_without_systemd() {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/v2/library/foo/manifests/1", &[]).status == 200
     };
-    assert!(start().contains("started"));
+    // Started with a descriptor it does not know of (an SSH channel's): the daemon does not
+    // keep it, so whoever reads its other end sees it close when `start` ends.
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (channel_read, channel_write) = (fds[0], fds[1]);
+    let mut with_channel = agent(&[
+        "registry",
+        "start",
+        "--root",
+        root.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--work",
+        work.to_str().unwrap(),
+        "--unit",
+        "sealer-test-registry",
+        "--manager",
+        "daemon",
+    ]);
+    // SAFETY: dup2 is async-signal-safe; fd 7 in the child is a copy without close-on-exec.
+    unsafe {
+        with_channel.pre_exec(move || {
+            libc::dup2(channel_write, 7);
+            Ok(())
+        });
+    }
+    let out = run_ok(&mut with_channel);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started"));
+    // SAFETY: closing this test's own descriptors.
+    unsafe {
+        libc::close(channel_write);
+    }
+    let mut channel = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(channel_read) };
+    let mut rest = Vec::new();
+    let (done, waited) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = channel.read_to_end(&mut rest);
+        let _ = done.send(());
+    });
+    assert!(
+        waited.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "the daemon kept the inherited descriptor open"
+    );
     assert!(serves());
     let first = status(&work);
     assert_eq!(

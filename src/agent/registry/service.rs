@@ -268,9 +268,14 @@ fn start_daemon(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid, fork, _exit.
+    // SAFETY: between fork and exec only async-signal-safe calls: syscall, setsid, fork, _exit.
     unsafe {
         command.pre_exec(|| {
+            // Descriptors this agent inherited (an SSH session's, a sudo's) must not live on in
+            // the daemon, or whoever waits for them to close waits for ever. Marked
+            // close-on-exec rather than closed, so a failed exec is still reported; a kernel
+            // older than 5.11 lacks close_range and keeps them.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -535,6 +540,9 @@ fn stop_daemon(files: &Files) -> Result<bool, ServiceError> {
         pid,
     })
 }
+
+/// `close_range`'s flag that marks the descriptors close-on-exec instead of closing them.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
