@@ -937,4 +937,40 @@ fn a_reference_pinned_by_digest_is_named_by_it_and_rebuilds_without_its_registry
         store_manifest(&sealer, "x:1")["layers"],
         store_manifest(&sealer, "x:2")["layers"]
     );
+    // The index the digest names is in the layout byte for byte (a pull by that digest can be
+    // served), beside the platform manifest that index.json names.
+    let manifest = store_manifest(&sealer, "x:2");
+    let layer = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let plain =
+        zstd::decode_all(&fs::read(sealer.blob(layer["digest"].as_str().unwrap())).unwrap()[..])
+            .unwrap();
+    let mut archive = tar::Archive::new(&plain[..]);
+    let mut found = None;
+    let mut index_json = Value::Null;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if path == format!("images/blobs/sha256/{}", &index_digest["sha256:".len()..]) {
+            found = Some(sha256(&bytes));
+        }
+        if path == "images/index.json" {
+            index_json = serde_json::from_slice(&bytes).unwrap();
+        }
+    }
+    assert_eq!(found.as_deref(), Some(index_digest.as_str()));
+    assert_eq!(
+        index_json["manifests"][0]["digest"],
+        platform_digest.as_str()
+    );
+    assert_eq!(
+        index_json["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        pinned.as_str()
+    );
 }

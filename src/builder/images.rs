@@ -39,6 +39,9 @@ pub(super) struct CollectedImage {
     pub platform: Platform,
     /// Config and layers.
     pub blobs: Vec<Descriptor>,
+    /// The image index the reference pins by digest (`REPO@sha256:<index>`), kept byte for byte
+    /// in `blobs/` so that a pull by that digest can be served; `None` for other references.
+    pub index: Option<String>,
 }
 
 impl CollectedImage {
@@ -144,12 +147,14 @@ impl Collection {
             for blob in &mut blobs {
                 blob.annotations.clear();
             }
+            let index = pinned_index(&name, &entry.digest, |d| {
+                store.has_blob(d) || self.staged.iter().any(|s| s.digest() == d)
+            });
             self.images.push(CollectedImage {
                 app: listed
                     .iter()
                     .find(|l| &l.image == ref_name)
                     .and_then(|l| l.app_name.clone()),
-                name,
                 manifest: Descriptor {
                     annotations: Default::default(),
                     platform: None,
@@ -157,6 +162,8 @@ impl Collection {
                 },
                 platform,
                 blobs,
+                index,
+                name,
             });
         }
         self.images.sort_by_key(|i| i.name.ref_name());
@@ -381,7 +388,9 @@ pub(super) fn collect(
                 fetched,
             },
         });
+        let index = resolved.index.as_ref().and(name.digest.clone());
         collection.images.push(CollectedImage {
+            index,
             name: name.clone(),
             app: image.app().map(str::to_string),
             manifest,
@@ -407,8 +416,10 @@ fn pinned_in_store(
 ) -> Option<PlatformManifest> {
     let mut bytes = store.read_blob(name.digest.as_deref()?).ok()?;
     let mut platform = None;
+    let mut served_index = None;
     if let Ok(index) = serde_json::from_slice::<Index>(&bytes) {
         if !index.manifests.is_empty() {
+            served_index = Some(bytes.clone());
             let entry = index.manifests.into_iter().find(|d| {
                 d.platform
                     .as_ref()
@@ -428,8 +439,13 @@ fn pinned_in_store(
         bytes,
         platform,
         manifest,
-        index: None,
+        index: served_index,
     })
+}
+
+/// The index digest a reference pins, when it is not the manifest's own and the blob is at hand.
+fn pinned_index(name: &ImageName, manifest: &str, have: impl Fn(&str) -> bool) -> Option<String> {
+    name.digest.clone().filter(|d| d != manifest && have(d))
 }
 
 /// What collecting one container image did, for the progress lines.
@@ -509,6 +525,9 @@ fn write_layer(
     let mut index = Index::default();
     for image in images {
         blobs.entry(&image.manifest.digest).or_default();
+        if let Some(index) = &image.index {
+            blobs.entry(index).or_default();
+        }
         for blob in &image.blobs {
             let mode = if already_compressed(&blob.media_type) {
                 FrameMode::Stored
