@@ -130,6 +130,7 @@ pub enum Error {
 /// every host finished; [`finished`] tells.
 pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<InstallReport, Error> {
     let mut target = resolve(&request.target)?;
+    report_notes(&target, report);
     let change = membership_change(&mut target, &request.membership)?;
     let name = target.cluster.name.clone();
     let (_lock, stale) = clusters::lock(&request.state_root, &name, &request.command)?;
@@ -204,6 +205,16 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     };
     record.save(&request.state_root)?;
     Ok(outcome)
+}
+
+/// Every note the Clusterfile's loader made (what it keeps but does not act on), on every run.
+fn report_notes(target: &Target, report: &(dyn Fn(Event) + Sync)) {
+    for note in &target.notes {
+        report(Event::Host(InstallEvent::Note {
+            host: None,
+            text: format!("note: {note}"),
+        }));
+    }
 }
 
 /// Applies `membership` to the resolved cluster: joining hosts are added (roles from the
@@ -297,10 +308,13 @@ pub fn dry_run(
     request: &Request<'_>,
     report: &(dyn Fn(Event) + Sync),
 ) -> Result<(Summary, Vec<HostPlan>), Error> {
-    let target = resolve(&request.target)?;
+    let mut target = resolve(&request.target)?;
+    report_notes(&target, report);
+    let change = membership_change(&mut target, &request.membership)?;
     let payload = payload(request, &target, report)?;
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;
+    opts.change = change;
     let summary = Summary {
         image: payload.image.clone(),
         compressed: payload.compressed_len(),

@@ -173,3 +173,54 @@ fn every_install_is_recorded_and_the_rootfs_follows_the_image_asked_for() {
         .iter()
         .all(|i| i["ok"] == true && i["hosts"][0]["ip"] == "127.0.0.1"));
 }
+
+#[test]
+fn every_hook_phase_runs_or_is_named_and_clusterfile_notes_are_printed_on_every_run() {
+    let store = Sealer::new();
+    store.build_from(
+        "phases:v1",
+        "FROM scratch\nCOPY a a\nCMD echo cmd >> \"$SEALER_ROOTFS/../order\"\n",
+        &[("a", b"a\n")],
+    );
+    let data = store.path("data");
+    let plugin = |name: &str, action: &str, script: &str| {
+        format!(
+            "---\napiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  type: SHELL\n  action: {action}\n  data: |\n    {script}\n"
+        )
+    };
+    let file = store.path("Clusterfile");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: phases\nspec:\n  dataRoot: {}\n  containerRuntime: {{type: containerd}}\n  hosts:\n    - {{ips: [127.0.0.1], roles: [master]}}\n{}{}{}",
+            data.display(),
+            plugin("guest", "PreGuest", "echo pre-guest >> \"$SEALER_ROOTFS/../order\""),
+            plugin("post", "post-install", "echo post-install >> \"$SEALER_ROOTFS/../order\""),
+            plugin("later", "upgrade", "echo never"),
+        ),
+    )
+    .unwrap();
+    let run = || {
+        command(Path::new(SEALER), &store.root())
+            .args(["run", "phases:v1", "-f", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    for attempt in ["first", "second"] {
+        let out = run();
+        let text = both(&out);
+        assert!(out.status.success(), "{attempt}: {text}");
+        assert!(
+            text.contains("note: ") && text.contains("spec.containerRuntime is ignored"),
+            "{attempt}: {text}"
+        );
+        assert!(
+            text.contains("note: hook later (upgrade) is not run"),
+            "{attempt}: {text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("phases/order")).unwrap(),
+        "pre-guest\ncmd\npost-install\n"
+    );
+}

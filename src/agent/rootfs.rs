@@ -182,41 +182,6 @@ pub(super) fn path_in_root(root: &Path, rel: &Path) -> Result<PathBuf, String> {
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_paths_resolve_symlinks_as_if_the_rootfs_were_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("rootfs");
-        fs::create_dir_all(root.join("etc")).unwrap();
-        fs::create_dir_all(root.join("var")).unwrap();
-        std::os::unix::fs::symlink("/outside", root.join("ext")).unwrap();
-        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", root.join("etc/link.conf")).unwrap();
-        let cases = [
-            ("ext/evil.conf", "outside/evil.conf"),
-            ("var/run/app.pid", "run/app.pid"),
-            ("etc/up/etc/x", "etc/x"),
-            ("etc/link.conf", "etc/passwd"),
-            ("./etc/app.yaml", "etc/app.yaml"),
-        ];
-        for (rel, inside) in cases {
-            assert_eq!(
-                path_in_root(&root, Path::new(rel)).unwrap(),
-                root.join(inside),
-                "{rel}"
-            );
-        }
-        for rel in [".", "./", "", "etc/..", "../x", "/etc/x"] {
-            let err = path_in_root(&root, Path::new(rel)).unwrap_err();
-            assert!(err.contains("inside the rootfs"), "{rel}: {err}");
-        }
-    }
-}
-
 /// `remove`: what installs of `cluster` put under `data_root` — its rootfs, or with `all` the
 /// cluster's whole directory, then the agent directory (`.agent`) and `data_root` itself when
 /// nothing else is left there. The cluster name must be one path component; nothing outside
@@ -256,5 +221,40 @@ fn remove_tree(path: &Path) -> Result<(), String> {
             fs::remove_dir_all(path).map_err(io_context(format!("removing {}", path.display())))
         }
         Ok(_) => fs::remove_file(path).map_err(io_context(format!("removing {}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_paths_resolve_symlinks_as_if_the_rootfs_were_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/outside", root.join("ext")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("etc/link.conf")).unwrap();
+        let cases = [
+            ("ext/evil.conf", "outside/evil.conf"),
+            ("var/run/app.pid", "run/app.pid"),
+            ("etc/up/etc/x", "etc/x"),
+            ("etc/link.conf", "etc/passwd"),
+            ("./etc/app.yaml", "etc/app.yaml"),
+        ];
+        for (rel, inside) in cases {
+            assert_eq!(
+                path_in_root(&root, Path::new(rel)).unwrap(),
+                root.join(inside),
+                "{rel}"
+            );
+        }
+        for rel in [".", "./", "", "etc/..", "../x", "/etc/x"] {
+            let err = path_in_root(&root, Path::new(rel)).unwrap_err();
+            assert!(err.contains("inside the rootfs"), "{rel}: {err}");
+        }
     }
 }

@@ -37,7 +37,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         membership: Membership::Keep,
     };
     if args.target.dry_run {
-        let (summary, plans) = install::dry_run(&request, &|_| {})?;
+        let view = InstallView::new();
+        let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
         print_plan(&summary, &plans);
         return Ok(());
     }
@@ -200,7 +201,8 @@ fn change_request(
 
 fn change(request: Request<'_>, dry_run: bool) -> Result<()> {
     if dry_run {
-        let (summary, plans) = install::dry_run(&request, &|_| {})?;
+        let view = InstallView::new();
+        let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
         print_plan(&summary, &plans);
         return Ok(());
     }

@@ -761,20 +761,52 @@ impl Collected {
     pub fn finish(self) -> Result<super::Clusterfile, ClusterfileError> {
         let mut notes = self.notes;
         let plugins: Vec<Plugin> = self.plugins.iter().map(|(_, p)| p.clone()).collect();
-        let cluster = self.cluster.map(|(_, mut cluster)| {
-            for (doc, plugin) in &self.plugins {
-                if let HostSelector::Roles(roles) = &plugin.selector {
-                    for role in roles {
-                        if !cluster.hosts.iter().any(|h| h.has_role(role)) {
-                            notes.push(format!("{doc}: spec.scope: no host has the role `{role}`"));
+        let cluster = match self.cluster {
+            None => None,
+            Some((_, mut cluster)) => {
+                for (doc, plugin) in &self.plugins {
+                    // A hook whose selector matches no host would silently never run.
+                    let runs_somewhere = plugin
+                        .phases
+                        .iter()
+                        .any(|phase| !plugin.targets(&cluster, *phase).is_empty());
+                    if !runs_somewhere {
+                        let field = if plugin.selector_from_on {
+                            "spec.on"
+                        } else {
+                            "spec.scope"
+                        };
+                        return Err(field_err(
+                            doc,
+                            (
+                                field.into(),
+                                format!(
+                                    "matches no host of the cluster (hosts: {}); name a role or address the cluster has",
+                                    cluster
+                                        .hosts
+                                        .iter()
+                                        .map(|h| format!("{} [{}]", h.ip, h.roles.join(",")))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ),
+                        ));
+                    }
+                    if let HostSelector::Roles(roles) = &plugin.selector {
+                        for role in roles {
+                            if !cluster.hosts.iter().any(|h| h.has_role(role)) {
+                                notes.push(format!(
+                                    "{doc}: spec.scope: no host has the role `{role}`"
+                                ));
+                            }
                         }
                     }
                 }
+                cluster.configs = self.configs.clone();
+                cluster.plugins = plugins.clone();
+                Some(cluster)
             }
-            cluster.configs = self.configs.clone();
-            cluster.plugins = plugins.clone();
-            cluster
-        });
+        };
         Ok(super::Clusterfile {
             cluster,
             configs: self.configs,

@@ -558,3 +558,29 @@ spec:
     let err = parse(&bad_port).unwrap_err().to_string();
     assert!(err.contains("is not a port"), "{err}");
 }
+
+#[test]
+fn a_hook_whose_scope_matches_no_host_is_refused_naming_the_hosts() {
+    let text = r#"
+apiVersion: sealer.io/v2
+kind: Cluster
+spec:
+  hosts:
+    - {ips: [10.0.0.2], roles: [master]}
+---
+apiVersion: sealer.io/v1
+kind: Plugin
+metadata: {name: nodes-only}
+spec:
+  type: SHELL
+  action: post-init-host
+  scope: node
+  data: echo hi
+"#;
+    let err = parse_err(text);
+    assert!(err.contains("spec.scope"), "{err}");
+    assert!(err.contains("matches no host"), "{err}");
+    assert!(err.contains("10.0.0.2 [master]"), "{err}");
+    // A cluster-level hook runs on master0 whatever its scope says.
+    parse_ok(&text.replace("post-init-host", "post-install"));
+}

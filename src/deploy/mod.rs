@@ -156,6 +156,12 @@ pub fn install(
     }
     let started = Instant::now();
     let engine = Engine::new(cluster, payload, opts, events)?;
+    for note in engine.unrun_hooks() {
+        events(InstallEvent::Note {
+            host: None,
+            text: note,
+        });
+    }
     let slots: Vec<Mutex<HostSlot>> = cluster
         .hosts
         .iter()
@@ -479,6 +485,32 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// A note for every hook phase that no command of this installer runs, so that none is
+    /// dropped without a word.
+    fn unrun_hooks(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for plugin in &self.plugins {
+            for phase in &plugin.phases {
+                let why = match phase {
+                    Phase::Upgrade | Phase::UpgradeHost | Phase::Rollback => {
+                        "this installer has no upgrade or rollback command yet"
+                    }
+                    Phase::Originally => {
+                        "it would run before the rootfs exists; use pre-init-host, which runs right after"
+                    }
+                    Phase::Manual => "this installer runs no hook only on request",
+                    _ => continue,
+                };
+                notes.push(format!(
+                    "note: hook {} ({}) is not run: {why}",
+                    plugin.name,
+                    phase.name()
+                ));
+            }
+        }
+        notes
+    }
+
     /// Every stage of an install, in order: the step it runs, on which hosts, and whether it
     /// is a cluster stage (one that waits until every host is ready). The install and the dry
     /// run walk this one list.
@@ -533,6 +565,11 @@ impl Engine<'_> {
                 cluster_level: false,
             });
         }
+        let master0 = [self.cluster.master0().ip];
+        // sealer's scale-up phases run on master0 around the join.
+        let mut stages_before = self.hook_stages(Phase::PreScaleUp, &master0, false);
+        stages_before.append(&mut stages);
+        let mut stages = stages_before;
         for phase in [
             Phase::PreJoin,
             Phase::PreInitHost,
@@ -541,6 +578,7 @@ impl Engine<'_> {
         ] {
             stages.extend(self.hook_stages(phase, new, false));
         }
+        stages.extend(self.hook_stages(Phase::PostScaleUp, &master0, false));
         stages
     }
 
@@ -630,6 +668,8 @@ impl Engine<'_> {
         stages.extend(self.hook_stages(Phase::PostInitHost, &all, false));
         stages.extend(self.hook_stages(Phase::PreInstall, &all, true));
         let master0 = self.cluster.master0().ip;
+        // sealer's old PreGuest: right before the image's CMDs.
+        stages.extend(self.hook_stages(Phase::PreGuest, &all, true));
         for index in 0..self.cmds.len() {
             stages.push(Stage {
                 label: "install".into(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::clusterfile::{from_flags, load_cluster, Cluster, ClusterFlags, ClusterfileError};
+use crate::clusterfile::{from_flags, Cluster, ClusterFlags, Clusterfile, ClusterfileError};
 use crate::ssh::{default_known_hosts, Timeouts};
 
 use super::remote::{local_connector, ssh_connector};
@@ -30,6 +30,9 @@ pub struct Target {
     pub cluster: Cluster,
     pub connect: Arc<Connector>,
     pub local: bool,
+    /// What the Clusterfile holds that the installer does not act on, as its loader said;
+    /// printed on every run that uses it.
+    pub notes: Vec<String>,
 }
 
 /// Why the hosts of an install could not be worked out. A Clusterfile's own kinds (an
@@ -52,8 +55,13 @@ pub enum TargetError {
 
 /// Resolve a [`TargetSpec`]. A Clusterfile whose only host is a loopback address is local.
 pub fn resolve(spec: &TargetSpec) -> Result<Target, TargetError> {
+    let mut notes = Vec::new();
     let mut cluster = match (&spec.clusterfile, spec.local) {
-        (Some(path), _) => load_cluster(path)?,
+        (Some(path), _) => {
+            let file = Clusterfile::load(path)?;
+            notes = file.notes.clone();
+            file.into_cluster()?
+        }
         (None, true) => {
             let mut flags = spec.flags.clone();
             flags.masters = Some("127.0.0.1".into());
@@ -97,6 +105,7 @@ pub fn resolve(spec: &TargetSpec) -> Result<Target, TargetError> {
         cluster,
         connect,
         local,
+        notes,
     })
 }
 
