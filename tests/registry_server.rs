@@ -837,3 +837,56 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         fs::read_to_string(&unit).unwrap()
     );
 }
+
+#[test]
+fn containerd_pulls_from_an_existing_registry_under_a_path_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("images");
+    let (hub, _) = write_layout(&root);
+    let (_server, port) = serve(&root);
+    // A Harbor-style registry holding docker.io's images under the project `mirror`.
+    let existing = support::registry::TestRegistry::start(None);
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://127.0.0.1:{port}/library/foo:1"),
+        &format!(
+            "docker://{}/mirror/docker.io/library/foo:1",
+            existing.host()
+        ),
+    ]));
+    let containerd = Containerd::start(&dir.path().join("containerd"));
+    let config_path = containerd.certs.display().to_string();
+    let endpoint = format!("http://{}", existing.host());
+    run_ok(&mut agent(&[
+        "registry",
+        "mirror",
+        "--config-path",
+        &config_path,
+        "--registry",
+        "docker.io",
+        "--endpoint",
+        &endpoint,
+        "--prefix",
+        "mirror",
+    ]));
+    let out = containerd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        &config_path,
+        "docker.io/library/foo:1",
+    ]);
+    assert!(
+        out.status.success(),
+        "pulling through the prefix: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        containerd.image_digest("sealer-test", "docker.io/library/foo:1"),
+        hub.manifest
+    );
+}
