@@ -341,7 +341,13 @@ impl TrustedKey {
         if !arg.contains('\n') && path.is_file() {
             return Self::from_file(path);
         }
-        Self::from_text(arg, "the key given")
+        match Self::from_text(arg, "the key given") {
+            // Not a key, and it looks like a path: say that the file is missing.
+            Err(_) if !arg.contains('\n') && (arg.ends_with(".pub") || arg.contains('/')) => {
+                Self::from_file(path)
+            }
+            result => result,
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<TrustedKey, TrustError> {
@@ -607,6 +613,26 @@ mod tests {
         assert!(!ok(&trusted, b"{\"manifest\":2}"));
         assert!(!ok(&other, b"{\"manifest\":1}"));
         assert!(sig.trusted_comment().unwrap().contains("image:x:1"));
+    }
+
+    #[test]
+    fn a_trusted_key_is_a_file_or_the_key_line_and_a_missing_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = generate_key(&dir.path().join("k"), &KeyProtection::Unencrypted).unwrap();
+        let from_file = TrustedKey::parse(made.public.to_str().unwrap()).unwrap();
+        let from_line = TrustedKey::parse(&made.public_line).unwrap();
+        assert_eq!(from_file.key_id(), made.key_id);
+        assert_eq!(from_line.key_id(), made.key_id);
+        let missing = dir.path().join("typo.pub");
+        let err = TrustedKey::parse(missing.to_str().unwrap()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("reading the public key"),
+            "{err}"
+        );
+        assert!(matches!(
+            TrustedKey::parse("RWnotakey"),
+            Err(TrustError::PublicKeyUnreadable { .. })
+        ));
     }
 
     #[test]
