@@ -377,7 +377,10 @@ fn build_collects_declared_images_into_one_images_layer_that_skopeo_and_the_pack
     );
 
     // Frames: each blob of the images layer starts a frame; gzip layers are stored frames.
-    let blob = fs::read(sealer.blob(images_layer["digest"].as_str().unwrap())).unwrap();
+    let blob_path = sealer.blob(images_layer["digest"].as_str().unwrap());
+    // The zstd tool reads the stored frames like any other.
+    tool("zstd", &["-t", "-q", &blob_path.display().to_string()]);
+    let blob = fs::read(&blob_path).unwrap();
     let frames = packer::frames::scan_frames(&blob).unwrap();
     let mut starts = BTreeSet::new();
     let mut at = 0u64;
