@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod clusterfile;
+pub mod containerd;
 pub mod noise;
+pub mod oci;
 pub mod registry;
 pub mod store;
 pub mod tar;
