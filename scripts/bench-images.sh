@@ -113,7 +113,8 @@ echo "127.0.0.1:$port/library/big:1" >"$work/ctx/manifests/imageList"
 
 # "WALL CPU" seconds of a command (CPU = user + system, children included).
 secs() {
-    /usr/bin/time -f '%e %U %S' -o "$work/time" "$@" >/dev/null
+    /usr/bin/time -f '%e %U %S' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" \
+        || { cat "$work/stderr" >&2; exit 1; }
     awk '{printf "%.2f %.2f\n", $1, $2 + $3}' "$work/time"
 }
 skopeo_round() {

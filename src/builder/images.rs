@@ -293,7 +293,6 @@ pub(super) fn collect(
                 .resolve(name.tag_or_digest(), architecture)
                 .map_err(|e| failed(image, e))?,
         };
-        let mut fetched = 0u64;
         let manifest_blob = stage_bytes(store, &resolved.bytes, &resolved.digest)?;
         // The index a digest names is kept too, so that the next build resolves it offline.
         let index_blob = match (&resolved.index, &name.digest) {
@@ -307,47 +306,41 @@ pub(super) fn collect(
             !store.has_blob(&desc.digest)
                 && !collection.staged.iter().any(|s| s.digest() == desc.digest)
         };
-        let total: u64 = blobs.iter().filter(|d| missing(d)).map(|d| d.size).sum();
-        let mut wanted = Vec::new();
+        let mut wanted: Vec<(BlobKind, Descriptor)> = Vec::new();
         for (i, desc) in blobs.iter().enumerate() {
-            if missing(desc)
-                && !wanted
-                    .iter()
-                    .any(|(_, d): &(usize, &Descriptor)| d.digest == desc.digest)
-            {
-                wanted.push((i, desc));
+            if missing(desc) && !wanted.iter().any(|(_, d)| d.digest == desc.digest) {
+                let kind = match i {
+                    0 => BlobKind::Config,
+                    _ => BlobKind::Layer {
+                        index: i - 1,
+                        count,
+                    },
+                };
+                wanted.push((kind, desc.clone()));
             }
         }
-        // Byte progress across the image's blobs: what earlier blobs brought plus this one's.
-        let before = std::cell::Cell::new(0u64);
+        let total: u64 = wanted.iter().map(|(_, d)| d.size).sum();
+        // Byte progress across the image's blobs, downloaded side by side.
+        let done_by_blob = std::cell::RefCell::new(BTreeMap::<String, u64>::new());
         let progress_cell = std::cell::RefCell::new(&mut *progress);
         let report = |p: crate::registry::Progress| {
+            let done: u64 = {
+                let mut by_blob = done_by_blob.borrow_mut();
+                by_blob.insert(p.digest.clone(), p.done);
+                by_blob.values().sum()
+            };
             if let Ok(mut progress) = progress_cell.try_borrow_mut() {
                 progress(BuildEvent::ContainerImage {
                     reference: &shown,
-                    event: ImageEvent::Fetching {
-                        done: before.get() + p.done,
-                        total,
-                    },
+                    event: ImageEvent::Fetching { done, total },
                 });
             }
         };
-        for (i, desc) in wanted {
-            let kind = if i == 0 {
-                BlobKind::Config
-            } else {
-                BlobKind::Layer {
-                    index: i - 1,
-                    count,
-                }
-            };
-            let staged = source
-                .fetch_blob(store, kind, desc, &report)
-                .map_err(|e| failed(image, e))?;
-            fetched += staged.size();
-            before.set(fetched);
-            collection.staged.push(staged);
-        }
+        let staged = source
+            .fetch_blobs(store, &wanted, &report)
+            .map_err(|e| failed(image, e))?;
+        let fetched: u64 = staged.iter().map(|s| s.size()).sum();
+        collection.staged.extend(staged);
         let config_digest = &resolved.manifest.config.digest;
         let config_path = match collection
             .staged

@@ -205,43 +205,64 @@ impl ImageSource {
         })
     }
 
-    /// Download the blob `desc` into the store's scratch space and check it against its digest
-    /// and size; the caller commits the [`StagedBlob`] (or drops it, leaving the store as it was).
-    pub fn fetch_blob(
+    /// Download the blobs `wanted` into the store's scratch space, [`PARALLEL_BLOBS`] at a time
+    /// over the one connection, each checked against its digest and size (and retried on its
+    /// own); the caller commits the [`StagedBlob`]s (or drops them, leaving the store as it was).
+    /// The first blob that fails for good ends the whole fetch.
+    pub fn fetch_blobs(
         &mut self,
         store: &Store,
-        kind: BlobKind,
-        desc: &Descriptor,
+        wanted: &[(BlobKind, Descriptor)],
         progress: &dyn Fn(Progress),
-    ) -> Result<StagedBlob, RegistryError> {
-        let target = self.target(&desc.digest);
-        self.authenticate(&target)?;
-        let report = |done, event| {
-            progress(Progress {
-                kind,
-                digest: desc.digest.clone(),
-                total: desc.size,
-                done,
-                event,
-            })
+    ) -> Result<Vec<StagedBlob>, RegistryError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        let Some((_, first)) = wanted.first() else {
+            return Ok(Vec::new());
         };
-        report(0, ProgressEvent::Started);
+        self.authenticate(&self.target(&first.digest))?;
         let conn = &self.conn;
-        let staged = conn.runtime.block_on(conn.retry(
-            || download_blob(conn, &target, store, &desc.digest, desc.size, &report),
-            &|attempt, wait, error| {
-                report(
-                    0,
-                    ProgressEvent::Retrying {
-                        attempt,
-                        attempts: conn.retry.attempts,
-                        wait,
-                        error: error.to_string(),
-                    },
-                )
-            },
-        ))?;
-        report(desc.size, ProgressEvent::Done);
-        Ok(staged)
+        let this = &*self;
+        let downloads = wanted.iter().map(|(kind, desc)| {
+            let kind = *kind;
+            async move {
+                let target = this.target(&desc.digest);
+                let report = |done, event| {
+                    progress(Progress {
+                        kind,
+                        digest: desc.digest.clone(),
+                        total: desc.size,
+                        done,
+                        event,
+                    })
+                };
+                report(0, ProgressEvent::Started);
+                let staged = conn
+                    .retry(
+                        || download_blob(conn, &target, store, &desc.digest, desc.size, &report),
+                        &|attempt, wait, error| {
+                            report(
+                                0,
+                                ProgressEvent::Retrying {
+                                    attempt,
+                                    attempts: conn.retry.attempts,
+                                    wait,
+                                    error: error.to_string(),
+                                },
+                            )
+                        },
+                    )
+                    .await?;
+                report(desc.size, ProgressEvent::Done);
+                Ok::<StagedBlob, RegistryError>(staged)
+            }
+        });
+        conn.runtime.block_on(
+            stream::iter(downloads)
+                .buffer_unordered(PARALLEL_BLOBS)
+                .try_collect(),
+        )
     }
 }
+
+/// Blobs of one image downloaded at the same time (skopeo's default is 6).
+pub const PARALLEL_BLOBS: usize = 4;
