@@ -53,10 +53,16 @@ fn exists_on(bed: &Testbed, host: &TestHost, path: &str) -> bool {
         .success()
 }
 
-/// The Clusterfile: `masters` then `nodes`, the testbed's key, no `spec.registry` (defaults).
-fn clusterfile(bed: &Testbed, masters: &[&TestHost], nodes: &[&TestHost]) -> String {
+/// The Clusterfile: `masters` then `nodes`, the testbed's key; `registry` is the
+/// `spec.registry` mapping's lines (indented two spaces) or empty for the defaults.
+fn clusterfile(
+    bed: &Testbed,
+    masters: &[&TestHost],
+    nodes: &[&TestHost],
+    registry: &str,
+) -> String {
     let mut text = format!(
-        "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: {CLUSTER}\nspec:\n  dataRoot: {DATA_ROOT}\n  ssh: {{user: root, pk: {}}}\n  hosts:\n",
+        "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: {CLUSTER}\nspec:\n  dataRoot: {DATA_ROOT}\n  ssh: {{user: root, pk: {}}}\n{registry}  hosts:\n",
         bed.key_path().display()
     );
     for (hosts, role) in [(masters, "master"), (nodes, "node")] {
@@ -182,7 +188,13 @@ fn registry_processes(bed: &Testbed, host: &TestHost) -> Vec<String> {
 }
 
 /// `skopeo copy` of `name` from a registry host into an OCI directory: every digest kept.
-fn assert_skopeo_copy_keeps_digests(master: &TestHost, name: &str, image: &TestImage, dir: &Path) {
+fn assert_skopeo_copy_keeps_digests(
+    master: &TestHost,
+    port: u16,
+    name: &str,
+    image: &TestImage,
+    dir: &Path,
+) {
     std::fs::create_dir_all(dir).unwrap();
     let out = dir.join(name.replace([':', '/'], "-"));
     tool(
@@ -192,7 +204,7 @@ fn assert_skopeo_copy_keeps_digests(master: &TestHost, name: &str, image: &TestI
             "--quiet",
             "--preserve-digests",
             "--src-tls-verify=false",
-            &format!("docker://{}:{PORT}/{name}", master.ip),
+            &format!("docker://{}:{port}/{name}", master.ip),
             &format!("oci:{}:copy", out.display()),
         ],
     );
@@ -367,7 +379,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
 
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("Clusterfile");
-    std::fs::write(&file, clusterfile(&bed, &masters, &[node])).unwrap();
+    std::fs::write(&file, clusterfile(&bed, &masters, &[node], "")).unwrap();
     let file = file.to_str().unwrap();
 
     step("preflight: a host whose containerd has no config_path is refused");
@@ -482,7 +494,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
         ("library/bar:2", &bar),
         ("library/baz:3", &baz),
     ] {
-        assert_skopeo_copy_keeps_digests(m0, name, image, work.path());
+        assert_skopeo_copy_keeps_digests(m0, PORT, name, image, work.path());
     }
 
     step("a second run sends nothing");
@@ -538,16 +550,18 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     let rerun = store.run_on(&bed, "apps:v1", &["-f", file]);
     eprintln!("{}", rerun.text);
     rerun.assert_ok("rerun after the registry was killed");
-    if rerun.text.contains(" sent ") && !rerun.text.contains(" 0 B sent") {
-        problems.push(format!(
-            "the rerun that restarted the registry sent bytes:\n{}",
-            rerun.text
-        ));
+    for host in hosts {
+        if sent_bytes(rerun.row(host)) > 0.0 {
+            problems.push(format!(
+                "{host}: the rerun that restarted the registry sent bytes: {}",
+                rerun.row(host)
+            ));
+        }
     }
     assert!(serves(m0.ip, PORT), "{m0} does not serve after the rerun");
     assert_ne!(supervisor_pid(&bed, m0), killed);
     assert_eq!(supervisor_pid(&bed, m1), supervisors[1]);
-    assert_skopeo_copy_keeps_digests(m0, "library/bar:2", &bar, &work.path().join("again"));
+    assert_skopeo_copy_keeps_digests(m0, PORT, "library/bar:2", &bar, &work.path().join("again"));
     drop(ctrd);
 
     step("delete --all");
@@ -584,6 +598,76 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     for master in masters {
         assert!(refuses(master.ip, PORT), "{master} still serves");
     }
+
+    step("ha: false and another port: master0 alone serves");
+    let single_port: u16 = 5001;
+    let single = work.path().join("Clusterfile.single");
+    std::fs::write(
+        &single,
+        clusterfile(
+            &bed,
+            &masters,
+            &[node],
+            &format!(
+                "  registry:\n    localRegistry:\n      port: {single_port}\n      ha: false\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let single = single.to_str().unwrap();
+    let run = store.run_on(&bed, "apps:v1", &["-f", single]);
+    eprintln!("{}", run.text);
+    run.assert_ok("install with ha: false");
+    assert!(exists_on(&bed, m0, &format!("{rootfs}/images/index.json")));
+    for host in [m1, node] {
+        assert!(
+            !exists_on(&bed, host, &format!("{rootfs}/images")),
+            "{host} received the images layer with ha: false"
+        );
+        assert!(refuses(host.ip, single_port), "{host} serves a registry");
+    }
+    assert!(
+        serves(m0.ip, single_port),
+        "{m0} does not serve on {single_port}"
+    );
+    assert!(refuses(m0.ip, PORT), "{m0} still serves on {PORT}");
+    let only = format!("http://{}:{single_port}", m0.ip);
+    for host in hosts {
+        for registry in registries {
+            let hosts_toml = format!("{CERTS}/{registry}/hosts.toml");
+            let written = on_host(&bed, host, &format!("cat '{hosts_toml}'"));
+            assert_eq!(
+                mirror_endpoints(&written),
+                (Some(only.clone()), vec![only.clone()]),
+                "{host}: {hosts_toml}:\n{written}"
+            );
+        }
+    }
+    assert_skopeo_copy_keeps_digests(
+        m0,
+        single_port,
+        "library/baz:3",
+        &baz,
+        &work.path().join("single"),
+    );
+    let deleted = sealer_on(
+        &store,
+        &bed,
+        "delete",
+        &["--all", "--cluster-name", CLUSTER],
+    );
+    deleted.assert_ok("delete --all of the ha: false cluster");
+    for host in hosts {
+        assert!(registry_processes(&bed, host).is_empty(), "{host}");
+        assert!(!exists_on(&bed, host, DATA_ROOT), "{host}");
+        for registry in registries {
+            assert!(
+                !exists_on(&bed, host, &format!("{CERTS}/{registry}")),
+                "{host}"
+            );
+        }
+    }
+
     step("done");
     assert!(
         problems.is_empty(),
