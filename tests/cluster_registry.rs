@@ -1,12 +1,15 @@
-//! End to end, the install side of container images (issue 10): a CloudImage carrying two
-//! container images (made offline by the test, pushed with skopeo to Debian's docker-registry on
-//! 127.0.0.1, collected by `sealer build`) is installed with `sealer run -f Clusterfile` onto 2
-//! masters and a node of a testbed. The masters serve the images; Debian's containerd running
-//! inside the node pulls them through the `hosts.toml` the install wrote, through `ctr` and
-//! through the CRI `PullImage` call, with the source digests, failing over to the second master
-//! when the first one's registry is killed; skopeo copies from a master keeping every digest; a
-//! rerun sends nothing, a rerun after the registry was killed starts it again, and
-//! `sealer delete --all` leaves no registry, no `hosts.toml` and no data root.
+//! End to end, the install side of container images (issue 10): a CloudImage carrying three
+//! container images (made offline by the test, pushed with skopeo to two Debian docker-registry
+//! instances, one named with its port `127.0.0.1:PORT` and one without, `127.0.0.2`, collected by
+//! `sealer build`) is installed with `sealer run -f Clusterfile` onto 2 masters and a node of a
+//! testbed. A node whose containerd has no `config_path` is refused. The masters serve the
+//! images; Debian's containerd running inside the node pulls them through the `hosts.toml` the
+//! install wrote, through the CRI `PullImage` call and `ctr`, with the source digests, failing
+//! over to the second master when the first one's registry is killed; an image not in the
+//! package is not found; skopeo copies from a master keeping every digest; a rerun sends
+//! nothing, a rerun after the registry was killed starts it again, and `sealer delete --all`
+//! leaves no registry, no `hosts.toml` and no data root. Then `ha: false` with another port:
+//! master0 alone holds and serves the images.
 //!
 //! Needs root, the testbed tools, skopeo, docker-registry, containerd and python3-grpcio
 //! (`scripts/ci-deps.sh`); skipped elsewhere unless `CI` or `SEALER_TESTBED_REQUIRED` is set.
