@@ -263,6 +263,19 @@ impl ClusterRecord {
         file.is_file().then_some(file)
     }
 
+    /// What `sealer rollback` undoes and goes back to: the current install, and the last
+    /// finished one before it of another payload.
+    pub fn rollback_target(&self) -> Option<(&InstallRecord, &InstallRecord)> {
+        let current = self.current()?;
+        let previous = self
+            .installs
+            .iter()
+            .rev()
+            .filter(|i| i.ok && matches!(i.action.as_str(), "install" | "rollback"))
+            .find(|i| i.payload != current.payload)?;
+        Some((current, previous))
+    }
+
     /// The last install or join that finished everywhere; none after a `delete --all`.
     pub fn current(&self) -> Option<&InstallRecord> {
         let last = self.installs.iter().rev().find(|i| i.ok)?;

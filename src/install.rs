@@ -50,6 +50,9 @@ pub struct Request<'a> {
     pub command: String,
     /// Hosts joining or leaving; [`Membership::Keep`] for an install.
     pub membership: Membership,
+    /// An install that does not finish on every host brings back the previous generation on
+    /// the hosts that switched.
+    pub rollback_on_failure: bool,
 }
 
 /// Who joins or leaves the cluster the target describes.
@@ -67,6 +70,8 @@ pub enum Membership {
     Delete { hosts: Vec<IpAddr> },
     /// Remove the whole cluster.
     DeleteAll,
+    /// Bring back the previous generation on every host that holds `undo` (a payload id).
+    Rollback { undo: String },
 }
 
 /// What the recipe reports while it works.
@@ -160,12 +165,39 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     let outcome = install(&target.cluster, &payload, &opts, &|event| {
         report(Event::Host(event))
     })?;
+    if request.rollback_on_failure
+        && !outcome.success()
+        && matches!(request.membership, Membership::Keep)
+    {
+        report(Event::Host(InstallEvent::Note {
+            host: None,
+            text: "the install did not finish on every host; rolling back the hosts that switched (--rollback-on-failure)".into(),
+        }));
+        let mut back = InstallOptions::new(target.connect.clone());
+        back.parallel = request.parallel;
+        back.attempts = request.attempts.max(1);
+        back.change = Change::Rollback {
+            undo: payload.id.clone(),
+        };
+        let undone = install(&target.cluster, &payload, &back, &|event| {
+            report(Event::Host(event))
+        })?;
+        report(Event::Host(InstallEvent::Note {
+            host: None,
+            text: if undone.success() {
+                "rolled back: every host that switched holds its previous tree again".into()
+            } else {
+                "the rollback did not finish on every host; run `sealer rollback` again".into()
+            },
+        }));
+    }
     record.installs.push(InstallRecord {
         action: match &request.membership {
             Membership::Keep => "install",
             Membership::Join { .. } => "join",
             Membership::Delete { .. } => "delete",
             Membership::DeleteAll => "delete --all",
+            Membership::Rollback { .. } => "rollback",
         }
         .to_string(),
         image: payload.image.clone(),
@@ -271,6 +303,7 @@ fn membership_change(target: &mut Target, membership: &Membership) -> Result<Cha
             hosts: cluster.hosts.iter().map(|h| h.ip).collect(),
             all: true,
         },
+        Membership::Rollback { undo } => Change::Rollback { undo: undo.clone() },
     })
 }
 

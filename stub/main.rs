@@ -356,6 +356,7 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
         state_root: sealer::store::Store::default_root(),
         command: format!("{program} install"),
         membership: install::Membership::Keep,
+        rollback_on_failure: target.rollback_on_failure,
     };
     if target.dry_run {
         let view = InstallView::new();

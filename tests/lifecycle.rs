@@ -224,3 +224,89 @@ fn every_hook_phase_runs_or_is_named_and_clusterfile_notes_are_printed_on_every_
         "pre-guest\ncmd\npost-install\n"
     );
 }
+
+#[test]
+fn rollback_brings_back_the_previous_tree_and_journal_and_a_failed_upgrade_rolls_back_by_itself() {
+    let store = Sealer::new();
+    let cmd = "CMD echo $(cat \"$SEALER_ROOTFS/version\") >> \"$SEALER_ROOTFS/../cmd-runs\"";
+    store.build_from(
+        "up:v1",
+        &format!("FROM scratch\nCOPY version version\n{cmd}\n"),
+        &[("version", b"v1\n")],
+    );
+    store.build_from(
+        "up:v2",
+        &format!("FROM scratch\nCOPY version version\n{cmd}\n"),
+        &[("version", b"v2\n")],
+    );
+    store.build_from(
+        "up:v3",
+        "FROM scratch\nCOPY version version\nCMD exit 3\n",
+        &[("version", b"v3\n")],
+    );
+    let data = store.path("data");
+    let version = || std::fs::read_to_string(data.join("my-cluster/rootfs/version")).unwrap();
+    let runs = || std::fs::read_to_string(data.join("my-cluster/cmd-runs")).unwrap();
+    let sealer = |args: &[&str]| {
+        command(Path::new(SEALER), &store.root())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for image in ["up:v1", "up:v2"] {
+        let out = local_run(&store, image, &data).output().unwrap();
+        assert!(out.status.success(), "{image}: {}", both(&out));
+    }
+    assert_eq!(version(), "v2\n");
+
+    let back = sealer(&["rollback"]);
+    assert!(back.status.success(), "{}", both(&back));
+    assert_eq!(version(), "v1\n");
+    assert_eq!(runs(), "v1\nv2\n", "a rollback runs no CMD");
+    // v1's journal came back with its tree: installing v1 now changes nothing.
+    let again = local_run(&store, "up:v1", &data).output().unwrap();
+    assert!(
+        both(&again).contains("Everything is up to date"),
+        "{}",
+        both(&again)
+    );
+    // And forward again.
+    let forward = sealer(&["rollback"]);
+    assert!(forward.status.success(), "{}", both(&forward));
+    assert_eq!(version(), "v2\n");
+
+    // An upgrade whose CMD fails, with --rollback-on-failure: back on v2, non-zero exit.
+    let failed = local_run(&store, "up:v3", &data)
+        .args(["--rollback-on-failure", "--attempts", "1"])
+        .output()
+        .unwrap();
+    let text = both(&failed);
+    assert!(!failed.status.success(), "{text}");
+    assert!(
+        text.contains("rolled back: every host that switched"),
+        "{text}"
+    );
+    assert_eq!(version(), "v2\n");
+    let status = sealer(&[
+        "status",
+        "--local",
+        "--data-root",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["hosts"][0]["image"], "up:v2", "{status}");
+
+    // Nothing to roll back to on a fresh cluster.
+    let fresh = Sealer::new();
+    let none = command(Path::new(SEALER), &fresh.root())
+        .arg("rollback")
+        .output()
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(
+        both(&none).contains("no earlier image to roll back to"),
+        "{}",
+        both(&none)
+    );
+}

@@ -22,6 +22,9 @@ pub(super) fn state(work: &Path) -> Result<(), String> {
     if let Ok(text) = fs::read_to_string(work.join(INSTALLED)) {
         out.installed = text.trim().parse().ok();
     }
+    if let Ok(text) = fs::read_to_string(work.join(format!("{INSTALLED}.prev"))) {
+        out.previous = text.trim().parse().ok();
+    }
     if let Ok(entries) = fs::read_dir(work.join("journal")) {
         for e in entries.flatten() {
             if let Ok(key) = e.file_name().to_string_lossy().parse::<StepKey>() {
@@ -75,25 +78,85 @@ pub(super) fn done(work: &Path, key: &StepKey, installs: Option<&PayloadId>) -> 
     Ok(())
 }
 
-/// Records that the rootfs holds `id`. When it held another payload, the steps and exports
-/// recorded for that one are removed first (they describe a tree that is gone); a crash
-/// between the two leaves the old name, so the next run clears again.
+/// Records that the rootfs holds `id`. When it held another payload, that payload's journal,
+/// exports and tree become the previous generation (`*.prev`, replacing an older one: one
+/// generation is kept), which `rollback` brings back; otherwise the replaced tree goes.
 fn switch_payload(work: &Path, id: &PayloadId) -> Result<(), String> {
     let file = work.join(INSTALLED);
     let current = fs::read_to_string(&file).ok();
-    if current.as_deref().map(str::trim) == Some(id.as_str()) {
-        return Ok(());
-    }
-    for sub in ["journal", "exports"] {
-        let dir = work.join(sub);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("clearing {}: {e}", dir.display())),
-        }
+    let current = current.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let rootfs = rootfs_of(work);
+    if current == Some(id.as_str()) {
+        return super::rootfs::settle_old_tree(&rootfs, false);
     }
     fs::create_dir_all(work).map_err(io_context(format!("creating {}", work.display())))?;
+    let keep = current.is_some();
+    for name in ["journal", "exports", INSTALLED] {
+        let path = work.join(name);
+        let prev = work.join(format!("{name}.prev"));
+        remove_any(&prev)?;
+        if keep && path.exists() {
+            fs::rename(&path, &prev).map_err(io_context(format!("keeping {}", prev.display())))?;
+        } else {
+            remove_any(&path)?;
+        }
+    }
+    super::rootfs::settle_old_tree(&rootfs, keep)?;
     let tmp = work.join(".installed.tmp");
     fs::write(&tmp, format!("{id}\n")).map_err(io_context(format!("writing {}", tmp.display())))?;
     fs::rename(&tmp, &file).map_err(io_context(format!("writing {}", file.display())))
+}
+
+/// The rootfs of the cluster whose work directory is `work` (`<dataRoot>/<cluster>/.sealer`
+/// beside `<dataRoot>/<cluster>/rootfs`).
+fn rootfs_of(work: &Path) -> std::path::PathBuf {
+    work.parent().unwrap_or(work).join("rootfs")
+}
+
+fn remove_any(path: &Path) -> Result<(), String> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => Ok(()),
+    };
+    result.map_err(io_context(format!("removing {}", path.display())))
+}
+
+/// `rollback`: the previous generation (tree, journal, exports, payload) and the current one
+/// change places; the tree is exchanged atomically. Prints the payload now installed.
+pub(super) fn rollback(work: &Path) -> Result<(), String> {
+    let prev_id = work.join(format!("{INSTALLED}.prev"));
+    let rootfs = rootfs_of(work);
+    let prev_tree = super::rootfs::previous_tree(&rootfs);
+    let Ok(previous) = fs::read_to_string(&prev_id) else {
+        return Err(format!(
+            "{} holds no previous generation to roll back to (it is dropped once an upgrade finished on every host)",
+            rootfs.display()
+        ));
+    };
+    if !prev_tree.is_dir() || !rootfs.is_dir() {
+        return Err(format!(
+            "the previous tree {} or the current {} is missing; install the image you want instead",
+            prev_tree.display(),
+            rootfs.display()
+        ));
+    }
+    super::rootfs::exchange(&rootfs, &prev_tree)?;
+    for name in ["journal", "exports", INSTALLED] {
+        let path = work.join(name);
+        let prev = work.join(format!("{name}.prev"));
+        let swap = work.join(format!(".{name}.swap"));
+        remove_any(&swap)?;
+        if path.exists() {
+            fs::rename(&path, &swap).map_err(io_context(format!("moving {}", path.display())))?;
+        }
+        if prev.exists() {
+            fs::rename(&prev, &path).map_err(io_context(format!("moving {}", prev.display())))?;
+        }
+        if swap.exists() {
+            fs::rename(&swap, &prev).map_err(io_context(format!("moving {}", swap.display())))?;
+        }
+    }
+    println!("{}", previous.trim());
+    Ok(())
 }

@@ -95,6 +95,7 @@ fn run(command: AgentCommand) -> Result<i32, String> {
             strategy,
         } => rootfs::write_config(&rootfs, &path, strategy)?,
         AgentCommand::Run { work } => return hook::run_hook(&work),
+        AgentCommand::Rollback { work } => journal::rollback(&work)?,
         AgentCommand::Remove {
             data_root,
             cluster,

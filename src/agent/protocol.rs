@@ -119,6 +119,12 @@ pub enum AgentCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Brings back the previous generation: the trees are exchanged atomically, journal,
+    /// exports and the installed payload follow. Prints the payload now installed.
+    Rollback {
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+    },
     /// The host's pull-only image registry and containerd's way to it: see [`RegistryCommand`].
     Registry {
         #[command(subcommand)]
@@ -215,6 +221,10 @@ impl AgentCommand {
                 }
                 "remove"
             }
+            AgentCommand::Rollback { work } => {
+                push("work", path(work));
+                "rollback"
+            }
             AgentCommand::Registry { command } => {
                 words.extend(command.to_args());
                 "registry"
@@ -271,6 +281,9 @@ pub struct HostState {
     /// installed before this was recorded).
     #[serde(default)]
     pub installed: Option<PayloadId>,
+    /// The payload of the previous generation kept for a rollback, if any.
+    #[serde(default)]
+    pub previous: Option<PayloadId>,
     /// Finished steps.
     pub done: Vec<StepKey>,
     /// Exported `KEY=VALUE` text by step.
@@ -802,6 +815,7 @@ mod tests {
                 cluster: "-c1".into(),
                 all: true,
             },
+            AgentCommand::Rollback { work: odd.clone() },
             AgentCommand::Remove {
                 data_root: odd.clone(),
                 cluster: "c 2".into(),

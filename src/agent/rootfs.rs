@@ -42,14 +42,18 @@ fn install_tree(dest: &Path, fill: impl FnOnce(&Path) -> Result<(), String>) -> 
         .unwrap_or_default();
     let incoming = parent.join(format!("{name}.incoming"));
     let old = parent.join(format!("{name}.old"));
-    for leftover in [&incoming, &old] {
-        if leftover.exists() {
-            fs::remove_dir_all(leftover)
-                .map_err(io_context(format!("removing {}", leftover.display())))?;
-        }
+    if incoming.exists() {
+        fs::remove_dir_all(&incoming)
+            .map_err(io_context(format!("removing {}", incoming.display())))?;
     }
     fill(&incoming)?;
-    if dest.exists() {
+    if old.exists() {
+        // A tree put in place by a run that stopped before the journal recorded it: the tree
+        // recorded before it stays in `.old`, this one is replaced.
+        if dest.exists() {
+            fs::remove_dir_all(dest).map_err(io_context(format!("removing {}", dest.display())))?;
+        }
+    } else if dest.exists() {
         fs::rename(dest, &old).map_err(io_context(format!(
             "moving the old {} aside",
             dest.display()
@@ -59,10 +63,72 @@ fn install_tree(dest: &Path, fill: impl FnOnce(&Path) -> Result<(), String>) -> 
         "moving the new tree to {}",
         dest.display()
     )))?;
-    if old.exists() {
-        let _ = fs::remove_dir_all(&old);
-    }
     Ok(())
+}
+
+/// The tree an install replaced, kept beside `rootfs` until the journal records the new one
+/// ([`settle_old_tree`]).
+fn old_tree(rootfs: &Path) -> PathBuf {
+    rootfs.with_file_name(format!("{}.old", file_name(rootfs)))
+}
+
+/// The previous generation's tree, kept until the upgrade is committed on every host.
+pub(super) fn previous_tree(rootfs: &Path) -> PathBuf {
+    rootfs.with_file_name(format!("{}.prev", file_name(rootfs)))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Once the journal records the tree in `rootfs`: the tree it replaced becomes the previous
+/// generation (`keep`, when another payload was installed before) or goes.
+pub(super) fn settle_old_tree(rootfs: &Path, keep: bool) -> Result<(), String> {
+    let old = old_tree(rootfs);
+    if !old.exists() {
+        return Ok(());
+    }
+    if keep {
+        let prev = previous_tree(rootfs);
+        if prev.exists() {
+            fs::remove_dir_all(&prev)
+                .map_err(io_context(format!("removing {}", prev.display())))?;
+        }
+        fs::rename(&old, &prev).map_err(io_context(format!("keeping {}", prev.display())))
+    } else {
+        fs::remove_dir_all(&old).map_err(io_context(format!("removing {}", old.display())))
+    }
+}
+
+/// Exchanges `a` and `b` atomically (both must exist).
+pub(super) fn exchange(a: &Path, b: &Path) -> Result<(), String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: both are valid NUL-terminated paths; renameat2 reads them and touches no memory
+    // of ours.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "exchanging {} and {}: {}",
+            a.display(),
+            b.display(),
+            std::io::Error::last_os_error()
+        ))
+    }
 }
 
 /// `config`: writes the data on stdin to `rel` inside `rootfs`, merged into what is there when
@@ -196,11 +262,13 @@ pub(super) fn remove(data_root: &Path, cluster: &str, all: bool) -> Result<(), S
         return Err(format!("{cluster:?} is not a cluster name"));
     }
     let dir = data_root.join(cluster);
-    let target = if all { dir.clone() } else { dir.join("rootfs") };
-    remove_tree(&target)?;
     if !all {
-        return Ok(());
+        let rootfs = dir.join("rootfs");
+        remove_tree(&old_tree(&rootfs))?;
+        remove_tree(&previous_tree(&rootfs))?;
+        return remove_tree(&rootfs);
     }
+    remove_tree(&dir)?;
     // The agent and the data root go only when no other cluster lives there.
     let others = match fs::read_dir(data_root) {
         Ok(entries) => entries.flatten().any(|e| e.file_name() != ".agent"),

@@ -35,6 +35,8 @@ enum Command {
     Join(run::JoinArgs),
     /// Remove hosts from a cluster (hooks, rootfs, journal, agent), or the whole cluster (--all).
     Delete(run::DeleteArgs),
+    /// Bring every host back to the image installed before the current one (kept on the hosts).
+    Rollback(run::RollbackArgs),
     /// Make signing keys (minisign format).
     Key(trust::KeyArgs),
     /// Sign a .run package in place (only its signature record changes).
@@ -85,6 +87,7 @@ pub fn main() -> i32 {
         Command::Status(a) => run::status(a),
         Command::Join(a) => run::join(a),
         Command::Delete(a) => run::delete(a),
+        Command::Rollback(a) => run::rollback(a),
         Command::Key(a) => trust::key(a),
         Command::Sign(a) => trust::sign(a),
         Command::Verify(a) => trust::verify(a),

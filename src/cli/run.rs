@@ -35,6 +35,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         state_root: Store::default_root(),
         command,
         membership: Membership::Keep,
+        rollback_on_failure: args.target.rollback_on_failure,
     };
     if args.target.dry_run {
         let view = InstallView::new();
@@ -196,6 +197,7 @@ fn change_request(
         state_root: root,
         command,
         membership,
+        rollback_on_failure: false,
     })
 }
 
@@ -241,6 +243,33 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
     let dry_run = args.cluster.dry_run;
     change(
         change_request(args.cluster, "sealer delete".into(), membership)?,
+        dry_run,
+    )
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// `sealer rollback`: every host back on the image installed before the current one.
+pub fn rollback(args: RollbackArgs) -> Result<()> {
+    let root = Store::default_root();
+    let record = ClusterRecord::load(&root, &args.cluster.cluster_name)?;
+    let (current, previous) = record.rollback_target().ok_or_else(|| {
+        anyhow::anyhow!(
+            "this machine's record of cluster {} has no earlier image to roll back to",
+            args.cluster.cluster_name
+        )
+    })?;
+    let undo = current.payload.clone();
+    let mut cluster = args.cluster;
+    cluster.image.get_or_insert(previous.image.clone());
+    let dry_run = cluster.dry_run;
+    let command = format!("sealer rollback to {}", previous.image);
+    change(
+        change_request(cluster, command, Membership::Rollback { undo })?,
         dry_run,
     )
 }

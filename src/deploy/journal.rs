@@ -33,6 +33,9 @@ pub(super) enum Step {
     /// Stopping the registry service and removing the hosts.toml files on a host leaving the
     /// cluster (never journaled).
     Unregister,
+    /// Bringing back the previous generation on a host that holds the payload being undone
+    /// (never journaled).
+    Rollback,
     /// Removing the rootfs of a host leaving the cluster (never journaled).
     RemoveRootfs,
     /// Removing everything else the cluster put on a host leaving it (never journaled).
@@ -90,6 +93,7 @@ impl Engine<'_> {
                     &self.env_text(host),
                 ])
             }
+            Step::Rollback => key_of(&["rollback", &self.payload.id]),
             Step::RemoveRootfs => key_of(&["remove-rootfs", &self.payload.id]),
             Step::Forget => key_of(&["forget", &self.payload.id]),
             Step::Cmd { index } => key_of(&[
@@ -109,6 +113,7 @@ impl Engine<'_> {
             Step::Registry => "registry".into(),
             Step::Mirror => "containerd hosts.toml".into(),
             Step::Unregister => "remove registry and hosts.toml".into(),
+            Step::Rollback => "rollback to the previous tree".into(),
             Step::RemoveRootfs => "remove rootfs".into(),
             Step::Forget => "remove journal and agent".into(),
             Step::Config { index } => {

@@ -64,6 +64,10 @@ pub enum Change {
     /// Remove what the cluster put on `hosts`: clean hooks, then rootfs, journal and agent.
     /// With `all`, the whole cluster goes and the uninstall hooks run on master0.
     Delete { hosts: Vec<IpAddr>, all: bool },
+    /// Bring back the previous generation (tree, journal, exports) on every host whose rootfs
+    /// holds the payload `undo` (a sha256 hex id) and keeps a previous one; `rollback` hooks
+    /// run on master0 afterwards. Nothing is sent.
+    Rollback { undo: String },
 }
 
 /// How to install.
@@ -466,8 +470,11 @@ impl Engine<'_> {
             .state
             .done
             .contains(&self.step_key(&slot.host, &Step::Distribute));
-        let deleting = matches!(self.opts.change, Change::Delete { .. });
-        if !rootfs_done && !deleting && free_kb < needed_kb {
+        let sends_nothing = matches!(
+            self.opts.change,
+            Change::Delete { .. } | Change::Rollback { .. }
+        );
+        if !rootfs_done && !sends_nothing && free_kb < needed_kb {
             return Err(StepFailure::fatal(format!(
                 "{} has {} MiB free, the image needs {} MiB; free space or choose another dataRoot",
                 data_root,
@@ -485,6 +492,38 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// The rollback step: the previous generation comes back on a host that holds the payload
+    /// being undone and keeps one; any other host is left as it is.
+    fn roll_back(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
+        let Change::Rollback { undo } = &self.opts.change else {
+            return Ok(());
+        };
+        let holds_undone = slot
+            .state
+            .installed
+            .as_ref()
+            .is_some_and(|id| id.as_str() == undo);
+        if !holds_undone || slot.state.previous.is_none() {
+            slot.steps_skipped += 1;
+            (self.events)(InstallEvent::Skipped {
+                host: slot.host.ip,
+                step: "rollback (nothing to undo here)".into(),
+            });
+            return Ok(());
+        }
+        let remote = slot.connected()?;
+        let cmd = self.agent_cmd(
+            remote,
+            &AgentCommand::Rollback {
+                work: self.work_dir(),
+            },
+        );
+        self.exec_ok(slot, "rolling back", &cmd, None)?;
+        slot.state.installed = slot.state.previous.take();
+        slot.steps_run += 1;
+        Ok(())
+    }
+
     /// A note for every hook phase that no command of this installer runs, so that none is
     /// dropped without a word.
     fn unrun_hooks(&self) -> Vec<String> {
@@ -492,8 +531,8 @@ impl Engine<'_> {
         for plugin in &self.plugins {
             for phase in &plugin.phases {
                 let why = match phase {
-                    Phase::Upgrade | Phase::UpgradeHost | Phase::Rollback => {
-                        "this installer has no upgrade or rollback command yet"
+                    Phase::Upgrade | Phase::UpgradeHost => {
+                        "an install over another image replaces each host's tree without upgrade phases; rollback hooks run in `sealer rollback`"
                     }
                     Phase::Originally => {
                         "it would run before the rootfs exists; use pre-init-host, which runs right after"
@@ -519,6 +558,18 @@ impl Engine<'_> {
             Change::Install => self.install_stages(),
             Change::Join { hosts } => self.join_stages(hosts),
             Change::Delete { hosts, all } => self.delete_stages(hosts, *all),
+            Change::Rollback { .. } => {
+                let all: Vec<IpAddr> = self.cluster.hosts.iter().map(|h| h.ip).collect();
+                let mut stages = vec![Stage {
+                    label: "rollback".into(),
+                    step: Step::Rollback,
+                    hosts: all,
+                    cluster_level: false,
+                }];
+                let master0 = [self.cluster.master0().ip];
+                stages.extend(self.hook_stages(Phase::Rollback, &master0, true));
+                stages
+            }
         }
     }
 
@@ -695,6 +746,9 @@ impl Engine<'_> {
             }
             return Ok(());
         }
+        if let Step::Rollback = step {
+            return self.roll_back(slot);
+        }
         if let Step::Unregister = step {
             self.unregister(slot)?;
             slot.steps_skipped += 1;
@@ -719,7 +773,10 @@ impl Engine<'_> {
             return Ok(());
         }
         let deleting = matches!(self.opts.change, Change::Delete { .. });
-        if slot.state.done.contains(&key) || (deleting && holds_nothing) {
+        // Rollback hooks run on every rollback and are not recorded: the journal now in place
+        // is the previous generation's.
+        let journaled = !matches!(self.opts.change, Change::Rollback { .. });
+        if journaled && slot.state.done.contains(&key) || (deleting && holds_nothing) {
             slot.steps_skipped += 1;
             (self.events)(InstallEvent::Skipped {
                 host: slot.host.ip,
@@ -759,7 +816,15 @@ impl Engine<'_> {
             Step::Mirror => self.write_mirrors(slot)?,
             // Done and counted above: never journaled (removals take the journal with them;
             // the registry is checked on every run).
-            Step::Registry | Step::Unregister | Step::RemoveRootfs | Step::Forget => return Ok(()),
+            Step::Registry
+            | Step::Unregister
+            | Step::Rollback
+            | Step::RemoveRootfs
+            | Step::Forget => return Ok(()),
+        }
+        if !journaled {
+            slot.steps_run += 1;
+            return Ok(());
         }
         let remote = slot.connected()?;
         // The agent prints what the step exported; the spool goes once the rootfs is recorded.

@@ -135,6 +135,10 @@ pub struct TargetArgs {
     /// Show per host what would be sent and which steps would run or be skipped; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// When the install does not finish on every host, bring back the previous tree on the
+    /// hosts that switched to this one.
+    #[arg(long)]
+    pub rollback_on_failure: bool,
 }
 
 impl TargetArgs {
