@@ -298,42 +298,6 @@ pub struct HostState {
 #[serde(try_from = "String", into = "String")]
 pub struct PayloadId(String);
 
-impl PayloadId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for PayloadId {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        valid_sha256(text)
-            .map(|()| PayloadId(text.to_string()))
-            .map_err(|_| format!("{text:?} is not a payload id (64 lowercase hex digits)"))
-    }
-}
-
-impl TryFrom<String> for PayloadId {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<PayloadId> for String {
-    fn from(id: PayloadId) -> String {
-        id.0
-    }
-}
-
-impl std::fmt::Display for PayloadId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// The name of a finished step in a host's journal: 64 lowercase hex digits (the engine
 /// hashes what the step does). It is a file name on the host, so nothing else is one.
 #[derive(
@@ -342,47 +306,56 @@ impl std::fmt::Display for PayloadId {
 #[serde(try_from = "String", into = "String")]
 pub struct StepKey(String);
 
-impl StepKey {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl From<[u8; 32]> for StepKey {
     fn from(digest: [u8; 32]) -> Self {
         StepKey(hex::encode(digest))
     }
 }
 
-impl std::str::FromStr for StepKey {
-    type Err = String;
+/// The methods of a newtype over a sha256 hex string (`$what` names it in errors): validated
+/// on the way in (parse, serde), plain text on the way out.
+macro_rules! sha256_name {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        valid_sha256(text)
-            .map(|()| StepKey(text.to_string()))
-            .map_err(|_| format!("{text:?} is not a step key (64 lowercase hex digits)"))
-    }
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<Self, String> {
+                valid_sha256(text)
+                    .map(|()| $name(text.to_string()))
+                    .map_err(|_| format!("{text:?} is not a {} (64 lowercase hex digits)", $what))
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(text: String) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for StepKey {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<StepKey> for String {
-    fn from(key: StepKey) -> String {
-        key.0
-    }
-}
-
-impl std::fmt::Display for StepKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+sha256_name!(PayloadId, "payload id");
+sha256_name!(StepKey, "step key");
 
 /// The `$SEALER_EXPORT` file of the step `key` in the work directory `work`: what `state` and
 /// `done` report as the step's exports.
