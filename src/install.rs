@@ -99,6 +99,19 @@ pub struct Summary {
     pub cluster: String,
 }
 
+impl Summary {
+    fn of(payload: &Payload, target: &Target) -> Summary {
+        Summary {
+            image: payload.image.clone(),
+            compressed: payload.compressed_len(),
+            frames: payload.frame_count(),
+            uncompressed: payload.uncompressed_len(),
+            hosts: target.cluster.hosts.len(),
+            cluster: target.cluster.name.clone(),
+        }
+    }
+}
+
 /// Why an install stopped, or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -154,14 +167,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     opts.parallel = request.parallel;
     opts.attempts = request.attempts.max(1);
     opts.change = change;
-    report(Event::Starting(Summary {
-        image: payload.image.clone(),
-        compressed: payload.compressed_len(),
-        frames: payload.frame_count(),
-        uncompressed: payload.uncompressed_len(),
-        hosts: target.cluster.hosts.len(),
-        cluster: target.cluster.name.clone(),
-    }));
+    report(Event::Starting(Summary::of(&payload, &target)));
     let outcome = install(&target.cluster, &payload, &opts, &|event| {
         report(Event::Host(event))
     })?;
@@ -348,14 +354,7 @@ pub fn dry_run(
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;
     opts.change = change;
-    let summary = Summary {
-        image: payload.image.clone(),
-        compressed: payload.compressed_len(),
-        frames: payload.frame_count(),
-        uncompressed: payload.uncompressed_len(),
-        hosts: target.cluster.hosts.len(),
-        cluster: target.cluster.name.clone(),
-    };
+    let summary = Summary::of(&payload, &target);
     let plans = crate::deploy::dry_run(&target.cluster, &payload, &opts)?;
     Ok((summary, plans))
 }

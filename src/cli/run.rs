@@ -37,16 +37,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         membership: Membership::Keep,
         rollback_on_failure: args.target.rollback_on_failure,
     };
-    if args.target.dry_run {
-        let view = InstallView::new();
-        let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
-        print_plan(&summary, &plans);
-        return Ok(());
-    }
-    let view = InstallView::new();
-    let report = install::run(&request, &|event| view.show(event))?;
-    view.finish(&report);
-    Ok(install::finished(&report)?)
+    change(request, args.target.dry_run)
 }
 
 #[derive(Args)]
@@ -201,6 +192,7 @@ fn change_request(
     })
 }
 
+/// Runs `request` (or its dry run) and prints its progress and outcome.
 fn change(request: Request<'_>, dry_run: bool) -> Result<()> {
     if dry_run {
         let view = InstallView::new();
