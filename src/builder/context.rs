@@ -2,9 +2,13 @@
 //!
 //! Sources are globbed relative to the context and must stay inside it (after following
 //! symlinks); directories are walked in sorted order; symlinks below a source are kept as symlinks.
+//! Hard links are kept: a file whose inode was already planned under another name in the same
+//! COPY/ADD becomes a hard-link entry to that first name (first in the sorted walk, so the layer
+//! stays reproducible); a name whose other names are not copied is an ordinary file.
 //! Destination rules are Docker's: a destination ending in `/`, several sources, or a directory
 //! source means "into this directory"; otherwise the destination is the file's new path.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -31,6 +35,12 @@ pub enum PlanEntry {
         dest: String,
         target: PathBuf,
     },
+    /// Another name of a file planned earlier in the same plan (`target`, relative to the image
+    /// root).
+    HardLink {
+        dest: String,
+        target: String,
+    },
     /// A tar archive unpacked below `dest` (ADD).
     Archive {
         dest: String,
@@ -42,6 +52,8 @@ pub enum PlanEntry {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub entries: Vec<PlanEntry>,
+    /// First planned name of each multiply-linked file, by (device, inode).
+    linked: HashMap<(u64, u64), String>,
 }
 
 /// Normalise a destination to a path relative to the image root (no leading `/`, no `..`).
@@ -195,11 +207,7 @@ pub fn plan(
             } else {
                 dest_rel.clone()
             };
-            plan.entries.push(PlanEntry::File {
-                dest: target,
-                mode: meta.permissions().mode() & 0o7777,
-                source,
-            });
+            plan.push_file(target, meta.permissions().mode() & 0o7777, source, &meta);
         } else {
             return Err(format!(
                 "source {} is neither a file nor a directory",
@@ -245,11 +253,7 @@ fn walk(dir: &Path, dest: &str, plan: &mut Plan) -> Result<(), String> {
             });
             walk(&path, &target, plan)?;
         } else if meta.is_file() {
-            plan.entries.push(PlanEntry::File {
-                dest: target,
-                mode,
-                source: path,
-            });
+            plan.push_file(target, mode, path, &meta);
         } else {
             return Err(format!("{} is a device, socket or pipe; the build context may hold only files, directories and symlinks", path.display()));
         }
@@ -277,6 +281,25 @@ pub fn is_archive(path: &Path) -> io::Result<bool> {
 }
 
 impl Plan {
+    /// Plan a regular file, or a hard link to the name it was first planned under when it is
+    /// another name of a file already in the plan.
+    fn push_file(&mut self, dest: String, mode: u32, source: PathBuf, meta: &fs::Metadata) {
+        if meta.nlink() > 1 {
+            match self.linked.get(&(meta.dev(), meta.ino())) {
+                Some(first) if *first != dest => {
+                    let target = first.clone();
+                    self.entries.push(PlanEntry::HardLink { dest, target });
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    self.linked.insert((meta.dev(), meta.ino()), dest.clone());
+                }
+            }
+        }
+        self.entries.push(PlanEntry::File { dest, mode, source });
+    }
+
     /// Apply `--chmod`: files and directories get `mode`.
     pub fn set_mode(&mut self, new_mode: u32) {
         for entry in &mut self.entries {
@@ -293,7 +316,9 @@ impl Plan {
             .entries
             .iter()
             .filter_map(|e| match e {
-                PlanEntry::File { dest, .. } => dest.strip_prefix(&prefix).map(str::to_string),
+                PlanEntry::File { dest, .. } | PlanEntry::HardLink { dest, .. } => {
+                    dest.strip_prefix(&prefix).map(str::to_string)
+                }
                 _ => None,
             })
             .collect();
@@ -311,6 +336,7 @@ impl Plan {
                 PlanEntry::Symlink { dest, target } => {
                     h.update(format!("L {dest} {}\n", target.display()))
                 }
+                PlanEntry::HardLink { dest, target } => h.update(format!("H {dest} {target}\n")),
                 PlanEntry::File { dest, source, .. } | PlanEntry::Archive { dest, source } => {
                     let m =
                         fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
@@ -347,6 +373,11 @@ impl Plan {
                     layer
                         .add_symlink(dest, target)
                         .map_err(|e| format!("writing {dest}: {e}"))?;
+                }
+                PlanEntry::HardLink { dest, target } => {
+                    layer
+                        .add_hardlink(dest, target)
+                        .map_err(|e| format!("writing {dest} as a link to {target}: {e}"))?;
                 }
                 PlanEntry::File { dest, mode, source } => {
                     layer
@@ -392,6 +423,8 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
             Box::new(&mut hashing)
         };
         let mut archive = tar::Archive::new(reader);
+        // Files and symlinks written so far, the only things a hard link may name.
+        let mut linkable: HashSet<String> = HashSet::new();
         for entry in archive.entries()? {
             let mut entry = entry?;
             let raw = entry.path()?.into_owned();
@@ -411,7 +444,8 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
                 tar::EntryType::Directory => layer.add_dir(&path, mode)?,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = entry.size();
-                    layer.add_file(&path, mode, size, &mut entry)?
+                    layer.add_file(&path, mode, size, &mut entry)?;
+                    linkable.insert(path);
                 }
                 tar::EntryType::Symlink => {
                     let target = entry.link_name()?.ok_or_else(|| {
@@ -424,7 +458,8 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
                             target.display()
                         )));
                     }
-                    layer.add_symlink(&path, &target)?
+                    layer.add_symlink(&path, &target)?;
+                    linkable.insert(path);
                 }
                 tar::EntryType::Link => {
                     let target = entry.link_name()?.ok_or_else(|| {
@@ -432,7 +467,15 @@ fn unpack_archive_into(layer: &mut LayerWriter, dest: &str, source: &Path) -> io
                     })?;
                     let target =
                         normalize_dest(&target.to_string_lossy()).map_err(io::Error::other)?;
-                    layer.add_hardlink(&path, &join(dest, &target))?
+                    let target = join(dest, &target);
+                    if !linkable.contains(&target) {
+                        return Err(io::Error::other(format!(
+                            "entry {} is a hard link to {target}, which is not a file earlier in the archive; an archive may link only to its own files",
+                            raw.display()
+                        )));
+                    }
+                    layer.add_hardlink(&path, &target)?;
+                    linkable.insert(path);
                 }
                 other => {
                     return Err(io::Error::other(format!(
