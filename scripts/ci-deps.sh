@@ -24,7 +24,8 @@ build_base=1
 # Wanted packages; any that this distribution does not carry is reported and skipped.
 wanted=(openssh-server openssh-client debootstrap skopeo docker-registry zstd iproute2 xz-utils
         tar file binutils time sudo etcd-client etcd-server sshpass util-linux procps
-        apache2-utils openssl bc minisign containerd python3-grpcio systemd)
+        apache2-utils openssl bc minisign containerd python3-grpcio systemd
+        man-db groff-base zsh fish)
 
 missing=()
 for pkg in "${wanted[@]}"; do

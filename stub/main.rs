@@ -25,7 +25,7 @@ use sealer::ui::progress::ByteProgress;
 #[command(
     name = "app.run",
     about = "A sealer installer: one file holding a cluster image",
-    disable_version_flag = true
+    version = concat!(env!("CARGO_PKG_VERSION"), " (sealer installer)")
 )]
 struct Cli {
     #[command(subcommand)]

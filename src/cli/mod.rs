@@ -2,6 +2,7 @@
 //! struct of one library function and prints the result; no behaviour lives here.
 
 mod build;
+mod docs;
 mod images;
 mod pack;
 mod registry;
@@ -68,6 +69,10 @@ enum Command {
     Push(registry::PushArgs),
     /// Download an image from a registry into the local store.
     Pull(registry::PullArgs),
+    /// Print a completion script for bash, zsh, fish, elvish or powershell.
+    Completion(docs::CompletionArgs),
+    /// Print the man page of sealer or of one of its commands (roff, for `man -l -`).
+    Man(docs::ManArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -102,6 +107,8 @@ pub fn main() -> i32 {
         Command::Logout(a) => registry::logout(a),
         Command::Push(a) => registry::push(a),
         Command::Pull(a) => registry::pull(a),
+        Command::Completion(a) => docs::completion(a),
+        Command::Man(a) => docs::man(a),
     };
     match result {
         Ok(()) => 0,
