@@ -155,11 +155,17 @@ impl Payload {
             } else {
                 let map = MappedFile::new(&file).map_err(io_err("mapping", &path))?;
                 // A damaged blob is refused here, before any host is touched: against the
-                // frame index the store kept (every frame hashed once, in parallel), or, for
-                // a blob without one, by indexing it and checking its digest.
+                // frame index the store kept (every frame hashed once, in parallel, its pages
+                // dropped from this process once hashed), or, for a blob without one, by
+                // indexing it and checking its digest.
                 let frames = match store.frame_index(&desc.digest) {
                     Some(frames) => {
-                        packer::frames::check_frames(map.as_slice(), &frames).map_err(
+                        let release = |frame: &Frame, _: &[u8]| {
+                            map.release(frame.offset, frame.compressed_len);
+                            Ok(())
+                        };
+                        packer::frames::check_and_copy_frames(map.as_slice(), &frames, release)
+                            .map_err(
                             |(index, problem)| PayloadError::CorruptFrame {
                                 digest: desc.digest.clone(),
                                 frame: index + 1,
