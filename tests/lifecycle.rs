@@ -310,3 +310,31 @@ fn rollback_brings_back_the_previous_tree_and_journal_and_a_failed_upgrade_rolls
         both(&none)
     );
 }
+
+#[test]
+fn host_flags_that_contradict_a_clusterfile_or_local_are_refused_as_usage_errors() {
+    let store = Sealer::new();
+    for args in [
+        &["run", "x:1", "-m", "10.0.0.2", "-f", "Clusterfile"][..],
+        &["run", "x:1", "--local", "-n", "10.0.0.3"][..],
+        &[
+            "run",
+            "x:1",
+            "--Clusterfile",
+            "Clusterfile",
+            "-n",
+            "10.0.0.3",
+        ][..],
+    ] {
+        let out = command(Path::new(SEALER), &store.root())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", both(&out));
+        assert!(
+            both(&out).contains("cannot be used with"),
+            "{args:?}: {}",
+            both(&out)
+        );
+    }
+}

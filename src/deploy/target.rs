@@ -115,10 +115,16 @@ pub struct TargetArgs {
     #[command(flatten)]
     pub flags: ClusterFlags,
     /// Clusterfile describing hosts, Configs and Plugins.
-    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "clusterfile",
+        alias = "Clusterfile",
+        value_name = "FILE",
+        conflicts_with_all = ["masters", "nodes"]
+    )]
     pub clusterfile: Option<PathBuf>,
     /// Install on this machine, without SSH.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
     pub local: bool,
     /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
     #[arg(long, value_name = "DIR")]
