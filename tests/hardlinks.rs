@@ -391,3 +391,29 @@ fn add_of_an_archive_keeps_its_hard_links_and_refuses_links_to_names_it_does_not
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn run_sees_copied_hard_links_as_one_inode_and_its_own_links_become_hard_link_entries() {
+    let env = Sealer::new();
+    let ctx = linked_context(&env, "run-ctx");
+    fs::write(
+        ctx.join("Kubefile"),
+        "FROM scratch\nCOPY tree /opt/tree\n\
+         RUN test \"$(stat -c %h,%i opt/tree/a/one)\" = \"$(stat -c %h,%i opt/tree/b/four)\" \
+         && test \"$(stat -c %h opt/tree/a/one)\" = 4\n\
+         RUN mkdir made && head -c 65536 opt/tree/a/one > made/first && ln made/first made/second\n",
+    )
+    .unwrap();
+    env.build("run:v1", &ctx);
+    let digests = layers(&env, "store", "run:v1");
+    let last = env.blob(digests.last().unwrap());
+    let listing = sh(&format!("zstd -dc {} | tar -tvf -", last.display()));
+    let second = listing
+        .lines()
+        .find(|l| l.contains("made/second"))
+        .unwrap_or_else(|| panic!("made/second not in\n{listing}"));
+    assert!(
+        second.starts_with('h') && second.ends_with("link to made/first"),
+        "{listing}"
+    );
+}
