@@ -17,7 +17,9 @@ use packer::{ReadError, RunFile};
 
 use crate::clusters::{self, ClusterRecord, ClusterStateError, HostRecord, InstallRecord};
 use crate::deploy::payload::PayloadError;
-use crate::deploy::target::{resolve, Target, TargetError, TargetSpec};
+use crate::deploy::target::{
+    resolve, ClusterArgs, DeleteArgs, JoinArgs, Target, TargetError, TargetSpec,
+};
 use crate::deploy::HostOutcome;
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
 use crate::deploy::{Change, HostPlan, HostStatus, InstallReport, Payload};
@@ -135,6 +137,14 @@ pub enum Error {
     /// Another command holds the cluster's lock, or its record is unreadable.
     #[error(transparent)]
     ClusterState(#[from] ClusterStateError),
+    #[error("this machine has no record of cluster {0}; give its Clusterfile with -f (and the image with --image)")]
+    NoRecord(String),
+    #[error("this machine's record of cluster {0} has no earlier image to roll back to")]
+    NothingToRollBack(String),
+    #[error("name the hosts to add: join -m MASTERS and/or -n NODES")]
+    NoHostsToJoin,
+    #[error(transparent)]
+    HostList(#[from] crate::clusterfile::HostListError),
     #[error("{0} is not a host of cluster {1}; the hosts are {2}")]
     NotAMember(IpAddr, String, String),
     #[error("{0} is master0 of cluster {1}: it leaves only with the whole cluster (sealer delete --all)")]
@@ -243,6 +253,99 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     };
     record.save(&request.state_root)?;
     Ok(outcome)
+}
+
+/// Where the payload of a join, delete or rollback comes from.
+pub enum ChangeSource<'a> {
+    /// The local store: the image named by `--image`, or the last one this machine installed.
+    Store,
+    /// The `.run` package this program heads.
+    Package(&'a RunFile),
+}
+
+/// The request for a join, delete or rollback of the cluster `args` names: its Clusterfile
+/// (given, or this machine's record of it) and the payload from `from`.
+pub fn change_request<'a>(
+    args: &ClusterArgs,
+    from: ChangeSource<'a>,
+    command: String,
+    membership: Membership,
+) -> Result<Request<'a>, Error> {
+    let root = Store::default_root();
+    let clusterfile = match &args.clusterfile {
+        Some(file) => file.clone(),
+        None => ClusterRecord::clusterfile_path(&root, &args.cluster_name)
+            .ok_or_else(|| Error::NoRecord(args.cluster_name.clone()))?,
+    };
+    let source = match from {
+        ChangeSource::Package(run) => Source::Package(run),
+        ChangeSource::Store => Source::Store {
+            root: root.clone(),
+            image: match &args.image {
+                Some(image) => Some(image.clone()),
+                None => ClusterRecord::load(&root, &args.cluster_name)?
+                    .current()
+                    .map(|i| i.image.clone()),
+            },
+        },
+    };
+    Ok(Request {
+        target: TargetSpec {
+            flags: Default::default(),
+            clusterfile: Some(clusterfile),
+            local: false,
+            data_root: None,
+            known_hosts: args.known_hosts.clone(),
+        },
+        source,
+        parallel: args.parallel,
+        attempts: args.attempts,
+        state_root: root,
+        command,
+        membership,
+        rollback_on_failure: false,
+    })
+}
+
+/// The membership change of `join -m/-n`.
+pub fn join_membership(args: &JoinArgs) -> Result<Membership, Error> {
+    let ips = |list: &Option<String>| -> Result<Vec<IpAddr>, Error> {
+        Ok(match list {
+            Some(list) => crate::clusterfile::parse_host_list(list)?,
+            None => Vec::new(),
+        })
+    };
+    let (masters, nodes) = (ips(&args.masters)?, ips(&args.nodes)?);
+    if masters.is_empty() && nodes.is_empty() {
+        return Err(Error::NoHostsToJoin);
+    }
+    Ok(Membership::Join { masters, nodes })
+}
+
+/// The membership change of `delete -n IPS | --all`.
+pub fn delete_membership(args: &DeleteArgs) -> Result<Membership, Error> {
+    Ok(match &args.hosts {
+        _ if args.all => Membership::DeleteAll,
+        Some(list) => Membership::Delete {
+            hosts: crate::clusterfile::parse_host_list(list)?,
+        },
+        None => Membership::Delete { hosts: Vec::new() },
+    })
+}
+
+/// What `rollback` undoes (the current payload) and the image it goes back to, from this
+/// machine's record of the cluster.
+pub fn rollback_membership(args: &ClusterArgs) -> Result<(Membership, String), Error> {
+    let record = ClusterRecord::load(&Store::default_root(), &args.cluster_name)?;
+    let (current, previous) = record
+        .rollback_target()
+        .ok_or_else(|| Error::NothingToRollBack(args.cluster_name.clone()))?;
+    Ok((
+        Membership::Rollback {
+            undo: current.payload.clone(),
+        },
+        previous.image.clone(),
+    ))
 }
 
 /// Every note the Clusterfile's loader made (what it keeps but does not act on), on every run.

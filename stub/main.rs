@@ -62,6 +62,14 @@ enum Command {
     Install(Box<sealer::deploy::target::TargetArgs>),
     /// Import the image into the local sealer store ($SEALER_ROOT).
     Load,
+    /// Show what every host of a cluster holds now and who is changing it.
+    Status(Box<sealer::deploy::target::StatusArgs>),
+    /// Add masters or nodes to a running cluster, from this package.
+    Join(Box<sealer::deploy::target::JoinArgs>),
+    /// Remove hosts from a cluster, or the whole cluster (--all).
+    Delete(Box<sealer::deploy::target::DeleteArgs>),
+    /// Bring every host back to the image installed before the current one.
+    Rollback(Box<sealer::deploy::target::RollbackArgs>),
 }
 
 fn main() -> ExitCode {
@@ -76,7 +84,10 @@ fn main() -> ExitCode {
     // SIGPIPE so that a closed pipe is an error it reports.
     set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
-    if matches!(cli.command, Some(Command::Install(_))) {
+    if matches!(
+        cli.command,
+        Some(Command::Install(_) | Command::Join(_) | Command::Delete(_) | Command::Rollback(_))
+    ) {
         set_sigpipe(libc::SIG_IGN);
     }
     let result = match cli.command {
@@ -90,6 +101,16 @@ fn main() -> ExitCode {
         Some(Command::Extract { dir }) => extract(&dir),
         Some(Command::Install(target)) => install(&target),
         Some(Command::Load) => load(),
+        Some(Command::Status(args)) => status(&args),
+        Some(Command::Join(args)) => install::join_membership(&args)
+            .map_err(Into::into)
+            .and_then(|membership| change(&args.cluster, "join", membership)),
+        Some(Command::Delete(args)) => install::delete_membership(&args)
+            .map_err(Into::into)
+            .and_then(|membership| change(&args.cluster, "delete", membership)),
+        Some(Command::Rollback(args)) => install::rollback_membership(&args.cluster)
+            .map_err(Into::into)
+            .and_then(|(membership, _)| change(&args.cluster, "rollback", membership)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -368,6 +389,42 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
     let report = install::run(&request, &|event| view.show(event))?;
     view.finish(&report);
     Ok(install::finished(&report)?)
+}
+
+/// `join`, `delete`, `rollback` from this package: the same recipe as `sealer`'s, with the
+/// package as the payload.
+fn change(
+    cluster: &sealer::deploy::target::ClusterArgs,
+    verb: &str,
+    membership: install::Membership,
+) -> Result<()> {
+    let run = open_trusted()?;
+    let program = std::env::args().next().unwrap_or_else(|| "app.run".into());
+    let request = install::change_request(
+        cluster,
+        install::ChangeSource::Package(&run),
+        format!("{program} {verb}"),
+        membership,
+    )?;
+    let view = InstallView::new();
+    if cluster.dry_run {
+        let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
+        sealer::ui::install::print_plan(&summary, &plans);
+        return Ok(());
+    }
+    let report = install::run(&request, &|event| view.show(event))?;
+    view.finish(&report);
+    Ok(install::finished(&report)?)
+}
+
+fn status(args: &sealer::deploy::target::StatusArgs) -> Result<()> {
+    let status = install::status(&args.spec(), &sealer::store::Store::default_root())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        sealer::ui::install::print_status(&status);
+    }
+    Ok(())
 }
 
 fn load() -> Result<()> {

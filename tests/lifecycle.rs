@@ -338,3 +338,40 @@ fn host_flags_that_contradict_a_clusterfile_or_local_are_refused_as_usage_errors
         );
     }
 }
+
+#[test]
+fn the_packed_file_has_the_same_status_and_delete_verbs_as_sealer() {
+    let store = Sealer::new();
+    store.build_from(
+        "verbs:v1",
+        "FROM scratch\nCOPY a etc/a\nCMD true\n",
+        &[("a", b"a\n")],
+    );
+    let run = store.path("verbs.run");
+    store.ok(&["pack", "verbs:v1", "-o", run.to_str().unwrap()]);
+    let data = store.path("data");
+    let data_arg = data.to_str().unwrap();
+    store.ok_in(
+        &run,
+        &["install", "--local", "--data-root", data_arg],
+        "store",
+    );
+    assert!(data.join("my-cluster/rootfs/etc/a").is_file());
+
+    let status = store.ok_in(
+        &run,
+        &["status", "--local", "--data-root", data_arg],
+        "store",
+    );
+    assert!(status.contains("verbs:v1"), "{status}");
+    assert!(status.contains("127.0.0.1"), "{status}");
+
+    // delete --all from the package, with the cluster this machine recorded: nothing is left.
+    let deleted = store.ok_in(&run, &["delete", "--all"], "store");
+    assert!(!deleted.contains("FAILED"), "{deleted}");
+    assert!(
+        !data.exists(),
+        "the data root is left: {:?}",
+        std::fs::read_dir(&data).map(|d| d.count())
+    );
+}

@@ -165,13 +165,11 @@ impl Payload {
                             Ok(())
                         };
                         packer::frames::check_and_copy_frames(map.as_slice(), &frames, release)
-                            .map_err(
-                            |(index, problem)| PayloadError::CorruptFrame {
+                            .map_err(|(index, problem)| PayloadError::CorruptFrame {
                                 digest: desc.digest.clone(),
                                 frame: index + 1,
                                 detail: problem.detail(),
-                            },
-                        )?;
+                            })?;
                         frames
                     }
                     None => {

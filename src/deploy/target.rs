@@ -159,6 +159,109 @@ impl TargetArgs {
     }
 }
 
+/// Where `sealer status` and `./app.run status` look.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub flags: ClusterFlags,
+    /// Clusterfile describing the hosts.
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    pub clusterfile: Option<PathBuf>,
+    /// This machine, without SSH.
+    #[arg(long)]
+    pub local: bool,
+    /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The cluster a join or delete changes: a Clusterfile, or the one this machine recorded.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Clusterfile describing the cluster as it runs now (default: the one recorded under
+    /// $SEALER_ROOT/clusters/NAME/ by the last command that changed it from here).
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    pub clusterfile: Option<PathBuf>,
+    /// The cluster's name, to find its record when no Clusterfile is given.
+    #[arg(
+        long = "cluster-name",
+        value_name = "NAME",
+        default_value = "my-cluster"
+    )]
+    pub cluster_name: String,
+    /// The image the cluster runs (default: the last one installed from here).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Attempts per host before it is reported failed.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Show per host what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Masters to add: comma list or range.
+    #[arg(short = 'm', long = "masters", value_name = "IPS")]
+    pub masters: Option<String>,
+    /// Nodes to add: comma list or range.
+    #[arg(short = 'n', long = "nodes", value_name = "IPS")]
+    pub nodes: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Hosts to remove: comma list or range.
+    #[arg(
+        short = 'n',
+        long = "nodes",
+        visible_alias = "masters",
+        short_alias = 'm',
+        value_name = "IPS",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub hosts: Option<String>,
+    /// Remove the whole cluster from every host.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl StatusArgs {
+    pub fn spec(&self) -> TargetSpec {
+        TargetSpec {
+            flags: self.flags.clone(),
+            clusterfile: self.clusterfile.clone(),
+            local: self.local,
+            data_root: self.data_root.clone(),
+            known_hosts: self.known_hosts.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
