@@ -348,6 +348,26 @@ pub fn rollback_membership(args: &ClusterArgs) -> Result<(Membership, String), E
     ))
 }
 
+/// Hosts this machine's record of the cluster that `clusterfile` describes holds and the file
+/// no longer does: what `sealer apply` deletes before it converges the rest to the file.
+pub fn hosts_leaving(clusterfile: &std::path::Path) -> Result<(String, Vec<IpAddr>), Error> {
+    let wanted = crate::clusterfile::load_cluster(clusterfile)
+        .map_err(|e| Error::Target(TargetError::Clusterfile(e)))?;
+    let root = Store::default_root();
+    let Some(recorded) = ClusterRecord::clusterfile_path(&root, &wanted.name) else {
+        return Ok((wanted.name, Vec::new()));
+    };
+    let now = crate::clusterfile::load_cluster(&recorded)
+        .map_err(|e| Error::Target(TargetError::Clusterfile(e)))?;
+    let leaving = now
+        .hosts
+        .iter()
+        .map(|h| h.ip)
+        .filter(|ip| !wanted.hosts.iter().any(|h| h.ip == *ip))
+        .collect();
+    Ok((wanted.name, leaving))
+}
+
 /// Every note the Clusterfile's loader made (what it keeps but does not act on), on every run.
 fn report_notes(target: &Target, report: &(dyn Fn(Event) + Sync)) {
     for note in &target.notes {

@@ -916,6 +916,54 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
         refused.text
     );
 
+    // apply of a Clusterfile that no longer lists hosts[2]: refused without --yes (no
+    // terminal), then it goes and the others converge to the file.
+    let smaller = write_file(
+        work.path(),
+        "Clusterfile.smaller",
+        &clusterfile(
+            "members",
+            &[(&hosts[0], "master"), (&hosts[1], "node")],
+            &key_ssh(&bed),
+            &plugins,
+        ),
+    );
+    let smaller = smaller.to_str().unwrap();
+    let refused = sealer_on(
+        &store,
+        &bed,
+        "apply",
+        &["-f", smaller, "--image", "member:v1"],
+    );
+    assert!(!refused.ok, "{}", refused.text);
+    assert!(
+        refused
+            .text
+            .contains(&format!("no longer lists {}", hosts[2].ip)),
+        "{}",
+        refused.text
+    );
+    assert!(exists_on(
+        &bed,
+        &hosts[2],
+        &format!("{cluster_dir}/rootfs/etc/a")
+    ));
+    let applied = sealer_on(
+        &store,
+        &bed,
+        "apply",
+        &["-f", smaller, "--image", "member:v1", "--yes"],
+    );
+    applied.assert_ok("apply of the smaller Clusterfile");
+    assert!(!exists_on(&bed, &hosts[2], DATA_ROOT));
+    for kept in &hosts[..2] {
+        assert!(exists_on(
+            &bed,
+            kept,
+            &format!("{cluster_dir}/rootfs/etc/a")
+        ));
+    }
+
     // Delete everything: every host is as it was before the first install.
     let all = sealer_on(
         &store,
@@ -924,7 +972,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
         &["--all", "--cluster-name", "members"],
     );
     all.assert_ok("delete --all");
-    for (host, before) in hosts[..3].iter().zip(&pristine) {
+    for (host, before) in hosts[..2].iter().zip(&pristine) {
         assert_eq!(
             &on_host(&bed, host, &footprint),
             before,

@@ -32,6 +32,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Show what every host of a cluster holds now (image, steps done) and who is changing it.
     Status(run::StatusArgs),
+    /// Converge a cluster to a Clusterfile: hosts it no longer lists are deleted, the rest installed.
+    Apply(run::ApplyArgs),
     /// Add masters or nodes to a running cluster.
     Join(run::JoinArgs),
     /// Remove hosts from a cluster (hooks, rootfs, journal, agent), or the whole cluster (--all).
@@ -82,7 +84,15 @@ pub fn main() -> i32 {
     // that a closed pipe is an error they report.
     set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Run(_) | Command::Agent { .. }) {
+    if matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Apply(_)
+            | Command::Join(_)
+            | Command::Delete(_)
+            | Command::Rollback(_)
+            | Command::Agent { .. }
+    ) {
         set_sigpipe(libc::SIG_IGN);
     }
     let result = match cli.command {
@@ -90,6 +100,7 @@ pub fn main() -> i32 {
         Command::Run(a) => run::run(*a),
         Command::Pack(a) => pack::run(a),
         Command::Status(a) => run::status(a),
+        Command::Apply(a) => run::apply(a),
         Command::Join(a) => run::join(a),
         Command::Delete(a) => run::delete(a),
         Command::Rollback(a) => run::rollback(a),

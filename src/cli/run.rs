@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use sealer::deploy::target::TargetArgs;
-pub use sealer::deploy::target::{DeleteArgs, JoinArgs, RollbackArgs, StatusArgs};
+pub use sealer::deploy::target::{ApplyArgs, DeleteArgs, JoinArgs, RollbackArgs, StatusArgs};
 use sealer::install::{self, ChangeSource, Membership, Request, Source};
 use sealer::store::Store;
 use sealer::ui::install::{print_plan, print_status, InstallView};
@@ -94,4 +94,68 @@ pub fn rollback(mut args: RollbackArgs) -> Result<()> {
     let command = format!("sealer rollback to {previous}");
     let request = install::change_request(&args.cluster, ChangeSource::Store, command, membership)?;
     change(request, args.cluster.dry_run)
+}
+
+/// `sealer apply -f Clusterfile`: hosts the file no longer lists are deleted (with --yes, or
+/// after a yes on a terminal), then every host of the file converges to it.
+pub fn apply(args: ApplyArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let (name, leaving) = install::hosts_leaving(&args.clusterfile)?;
+    if !leaving.is_empty() {
+        let list = leaving
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if !args.yes && !args.dry_run {
+            if !std::io::stdin().is_terminal() {
+                anyhow::bail!(
+                    "the Clusterfile no longer lists {list} of cluster {name}: applying it deletes them; pass --yes to go ahead"
+                );
+            }
+            eprint!("Delete {list} from cluster {name}? [y/N] ");
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                anyhow::bail!("nothing was changed");
+            }
+        }
+        let cluster = sealer::deploy::target::ClusterArgs {
+            clusterfile: None,
+            cluster_name: name.clone(),
+            image: None,
+            known_hosts: args.known_hosts.clone(),
+            parallel: args.parallel,
+            attempts: args.attempts,
+            dry_run: args.dry_run,
+        };
+        let request = install::change_request(
+            &cluster,
+            ChangeSource::Store,
+            "sealer apply (delete)".into(),
+            Membership::Delete { hosts: leaving },
+        )?;
+        change(request, args.dry_run)?;
+    }
+    let command = format!("sealer apply -f {}", args.clusterfile.display());
+    let request = Request {
+        target: sealer::deploy::target::TargetSpec {
+            flags: Default::default(),
+            clusterfile: Some(args.clusterfile),
+            local: false,
+            data_root: None,
+            known_hosts: args.known_hosts,
+        },
+        source: Source::Store {
+            root: Store::default_root(),
+            image: args.image,
+        },
+        parallel: args.parallel,
+        attempts: args.attempts,
+        state_root: Store::default_root(),
+        command,
+        membership: Membership::Keep,
+        rollback_on_failure: args.rollback_on_failure,
+    };
+    change(request, args.dry_run)
 }

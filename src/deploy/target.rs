@@ -250,6 +250,41 @@ pub struct RollbackArgs {
     pub cluster: ClusterArgs,
 }
 
+/// `sealer apply -f Clusterfile`: converge the cluster to the file.
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The Clusterfile the cluster is to match.
+    #[arg(
+        short = 'f',
+        long = "clusterfile",
+        alias = "Clusterfile",
+        value_name = "FILE"
+    )]
+    pub clusterfile: PathBuf,
+    /// The image to install (default: the Clusterfile's spec.image).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Delete the hosts the file no longer lists without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Attempts per host before it is reported failed.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Show per host what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// When the install does not finish on every host, bring back the previous tree on the
+    /// hosts that switched to this one.
+    #[arg(long)]
+    pub rollback_on_failure: bool,
+}
+
 impl StatusArgs {
     pub fn spec(&self) -> TargetSpec {
         TargetSpec {
