@@ -418,14 +418,15 @@ struct Query {
 }
 
 impl Query {
+    /// Reads `text` as a URL query: keys and values are percent-decoded (containerd sends
+    /// `ns=127.0.0.1%3A5000` for a registry named with a port).
     fn parse(text: &str) -> Query {
         let mut q = Query::default();
-        for pair in text.split('&') {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "ns" if !value.is_empty() => q.ns = Some(value.to_string()),
+        for (key, value) in form_urlencoded::parse(text.as_bytes()) {
+            match key.as_ref() {
+                "ns" if !value.is_empty() => q.ns = Some(value.into_owned()),
                 "n" => q.n = value.parse().ok(),
-                "last" if !value.is_empty() => q.last = Some(value.to_string()),
+                "last" if !value.is_empty() => q.last = Some(value.into_owned()),
                 _ => {}
             }
         }
@@ -606,6 +607,18 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = Query::parse("ns=127.0.0.1%3A5000&n=2&last=a%2Bb");
+        assert_eq!(q.ns.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(q.n, Some(2));
+        assert_eq!(q.last.as_deref(), Some("a+b"));
+        assert_eq!(
+            Query::parse("ns=docker.io").ns.as_deref(),
+            Some("docker.io")
+        );
+    }
 
     #[test]
     fn ranges_follow_rfc_9110() {
