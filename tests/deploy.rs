@@ -830,7 +830,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
     );
     join.assert_ok("join of two nodes");
     for new in &hosts[2..] {
-        assert!(join.row(new).contains("installed"), "{}", join.row(new));
+        assert!(join.row(new).contains("joined"), "{}", join.row(new));
         assert!(exists_on(&bed, new, &format!("{cluster_dir}/rootfs/etc/a")));
         assert_eq!(
             on_host(&bed, new, "cat /var/tmp/joined"),

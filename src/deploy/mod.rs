@@ -238,6 +238,12 @@ pub fn install(
         })
         .collect();
     Ok(InstallReport {
+        done: match &opts.change {
+            Change::Install => "installed",
+            Change::Join { .. } => "joined",
+            Change::Delete { .. } => "removed",
+            Change::Rollback { .. } => "rolled back",
+        },
         hosts,
         cluster_stages_skipped,
         elapsed: started.elapsed(),

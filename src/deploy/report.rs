@@ -42,6 +42,8 @@ pub struct HostReport {
 
 #[derive(Debug, Clone)]
 pub struct InstallReport {
+    /// What was done to a host that changed: `installed`, `joined`, `removed`, `rolled back`.
+    pub done: &'static str,
     pub hosts: Vec<HostReport>,
     /// Why cluster stages did not run, when they did not.
     pub cluster_stages_skipped: Option<String>,

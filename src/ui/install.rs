@@ -123,7 +123,7 @@ pub fn print_report(report: &InstallReport) {
             "{:<18} {:<14} {}",
             host.ip,
             host.roles.join(","),
-            status(host)
+            status(host, report.done)
         );
     }
     if let Some(why) = &report.cluster_stages_skipped {
@@ -135,16 +135,20 @@ pub fn print_report(report: &InstallReport) {
             report.elapsed.as_secs_f64()
         );
     } else if report.success() {
-        println!("\nInstalled in {:.1}s.", report.elapsed.as_secs_f64());
+        let mut done = report.done.to_string();
+        if let Some(first) = done.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        println!("\n{done} in {:.1}s.", report.elapsed.as_secs_f64());
     }
 }
 
-/// A host's STATUS column: `installed (N steps, N already done, SIZE sent)`, `up to date`, or
-/// `FAILED: why`.
-fn status(host: &HostReport) -> String {
+/// A host's STATUS column: `installed (N steps, N already done, SIZE sent)` (or `joined`,
+/// `removed`, `rolled back`), `up to date`, or `FAILED: why`.
+fn status(host: &HostReport, done: &str) -> String {
     match &host.outcome {
         HostOutcome::Installed => format!(
-            "installed ({} steps, {} already done, {} sent)",
+            "{done} ({} steps, {} already done, {} sent)",
             host.steps_run,
             host.steps_skipped,
             human_bytes(host.bytes_sent)
