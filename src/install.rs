@@ -177,6 +177,9 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     opts.parallel = request.parallel;
     opts.attempts = request.attempts.max(1);
     opts.change = change;
+    if let Some(limit) = request.target.max_clock_skew {
+        opts.max_clock_skew = limit;
+    }
     report(Event::Starting(Summary::of(&payload, &target)));
     let outcome = install(&target.cluster, &payload, &opts, &|event| {
         report(Event::Host(event))
@@ -296,6 +299,7 @@ pub fn change_request<'a>(
             local: false,
             data_root: None,
             known_hosts: args.known_hosts.clone(),
+            max_clock_skew: None,
         },
         source,
         parallel: args.parallel,

@@ -816,6 +816,43 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
             &plugins,
         ),
     );
+    // Preflight refuses before anything is sent: a clock skew limit below what is measured
+    // (the hosts share this machine's clock, so any limit of 0 is exceeded) …
+    let skewed = store.run_on(
+        &bed,
+        "member:v1",
+        &["-f", file.to_str().unwrap(), "--max-clock-skew", "0s"],
+    );
+    assert!(!skewed.ok, "{}", skewed.text);
+    for host in &hosts[..2] {
+        assert!(
+            skewed
+                .row(host)
+                .contains("FAILED: preflight: the host's clock is"),
+            "{}",
+            skewed.row(host)
+        );
+        assert!(!exists_on(&bed, host, DATA_ROOT), "{host} got something");
+    }
+    // … and two hosts answering to one name.
+    let name0 = on_host(&bed, &hosts[0], "hostname").trim().to_string();
+    let name1 = on_host(&bed, &hosts[1], "hostname").trim().to_string();
+    on_host(&bed, &hosts[1], &format!("hostname {name0}"));
+    let twins = store.run_on(&bed, "member:v1", &["-f", file.to_str().unwrap()]);
+    on_host(&bed, &hosts[1], &format!("hostname {name1}"));
+    assert!(!twins.ok, "{}", twins.text);
+    for (host, other) in [(&hosts[0], &hosts[1]), (&hosts[1], &hosts[0])] {
+        let row = twins.row(host);
+        assert!(
+            row.contains(&format!(
+                "the hostname {name0} is also the name of {}",
+                other.ip
+            )),
+            "{row}"
+        );
+        assert!(!exists_on(&bed, host, DATA_ROOT), "{host} got something");
+    }
+
     let first = store.run_on(&bed, "member:v1", &["-f", file.to_str().unwrap()]);
     first.assert_ok("install on two hosts");
     let cluster_dir = format!("{DATA_ROOT}/members");

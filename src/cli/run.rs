@@ -145,6 +145,7 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             local: false,
             data_root: None,
             known_hosts: args.known_hosts,
+            max_clock_skew: None,
         },
         source: Source::Store {
             root: Store::default_root(),

@@ -80,6 +80,24 @@ pub struct InstallOptions {
     pub backoff: Duration,
     pub connect: Arc<Connector>,
     pub change: Change,
+    /// Preflight refuses a host whose clock is further off this machine's.
+    pub max_clock_skew: Duration,
+}
+
+/// Preflight's default clock skew limit: a few seconds, as k0sctl and KubeKey allow.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+/// How far the host's clock (`date +%s.%N` as it printed it) is from this machine's, taking
+/// the middle of the time the answer took as this machine's reading.
+fn clock_skew(
+    host: &str,
+    asked: std::time::SystemTime,
+    answered: std::time::SystemTime,
+) -> Option<Duration> {
+    let host: f64 = host.parse().ok()?;
+    let since = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).ok();
+    let mid = (since(asked)?.as_secs_f64() + since(answered)?.as_secs_f64()) / 2.0;
+    Some(Duration::from_secs_f64((host - mid).abs()))
 }
 
 impl InstallOptions {
@@ -90,6 +108,7 @@ impl InstallOptions {
             backoff: Duration::from_secs(1),
             connect,
             change: Change::Install,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
@@ -125,6 +144,17 @@ struct HostSlot {
     started: Instant,
     /// containerd's `config_path` on the host, when the image carries container images.
     containerd_certs: Option<PathBuf>,
+    /// The host's name, as `hostname` says (preflight: unique across the cluster).
+    hostname: Option<String>,
+    /// What preflight found, for the stage after it.
+    probed: Option<Probed>,
+}
+
+/// What a host's preflight found that the next stage uses.
+#[derive(Clone, Copy)]
+struct Probed {
+    free_kb: u64,
+    agent_present: bool,
 }
 
 impl HostSlot {
@@ -180,11 +210,17 @@ pub fn install(
                 steps_skipped: 0,
                 started: Instant::now(),
                 containerd_certs: None,
+                hostname: None,
+                probed: None,
             })
         })
         .collect();
 
     // Host stages on every host in parallel; cluster stages only when every host is ready.
+    engine.for_hosts(&slots, &|_| true, "preflight", &|engine, slot| {
+        engine.preflight(slot)
+    });
+    refuse_duplicate_hostnames(&slots);
     engine.for_hosts(&slots, &|_| true, "prepare", &|engine, slot| {
         engine.prepare(slot)
     });
@@ -413,17 +449,20 @@ impl Engine<'_> {
     }
 
     /// Preflight (arch, disk), agent upload, journal read.
-    fn prepare(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
-        let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
+    /// Preflight of one host, changing nothing there: architecture, free space, clock, name,
+    /// and whether the agent is there already.
+    fn preflight(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let agent = self.agent_path(slot.connected()?);
         let data_root = self.cluster.data_root.display().to_string();
         let probe = format!(
-            "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -f {a} ] && [ \"$(sha256sum < {a})\" = \"{sha}  -\" ]; then echo agent-present; else echo agent-missing; fi",
+            "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -f {a} ] && [ \"$(sha256sum < {a})\" = \"{sha}  -\" ]; then echo agent-present; else echo agent-missing; fi; hostname; date +%s.%N",
             shell_quote(&data_root),
             a = shell_quote(&agent),
             sha = self.payload.agent_sha256
         );
+        let asked = std::time::SystemTime::now();
         let out = self.exec_ok(slot, "preflight", &probe, None)?;
+        let answered = std::time::SystemTime::now();
         let text = out.stdout_text();
         let mut lines = text.lines();
         let arch = lines.next().unwrap_or("").trim().to_string();
@@ -446,6 +485,40 @@ impl Engine<'_> {
             .next()
             .map(|l| l.trim() == "agent-present")
             .unwrap_or(false);
+        slot.hostname = lines.next().map(|l| l.trim().to_string());
+        if let Some(skew) = lines
+            .next()
+            .and_then(|l| clock_skew(l.trim(), asked, answered))
+        {
+            if skew > self.opts.max_clock_skew {
+                return Err(StepFailure::fatal(format!(
+                    "the host's clock is {:.3}s off this machine's (the limit is {:.3}s); synchronise the clocks (NTP) or raise --max-clock-skew",
+                    skew.as_secs_f64(),
+                    self.opts.max_clock_skew.as_secs_f64()
+                )));
+            }
+        }
+        slot.probed = Some(Probed {
+            free_kb,
+            agent_present,
+        });
+        Ok(())
+    }
+
+    /// After every host's preflight: the agent (uploaded when missing), its journal, and the
+    /// checks that need it (containerd, free space for what is still to come).
+    fn prepare(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
+        let Some(Probed {
+            free_kb,
+            agent_present,
+        }) = slot.probed
+        else {
+            self.preflight(slot)?;
+            return self.prepare(slot);
+        };
+        let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
+        let agent = self.agent_path(slot.connected()?);
+        let data_root = self.cluster.data_root.display().to_string();
         if !agent_present && !local {
             self.upload_agent(slot, &agent)?;
         }
@@ -857,6 +930,32 @@ impl Engine<'_> {
         slot.state.done.push(key);
         slot.steps_run += 1;
         Ok(())
+    }
+}
+
+/// Preflight across hosts: two hosts that answer to the same name are both refused, naming
+/// each other (cluster software tells its members apart by name).
+fn refuse_duplicate_hostnames(slots: &[Mutex<HostSlot>]) {
+    let names: Vec<(IpAddr, Option<String>)> = slots
+        .iter()
+        .filter_map(|s| s.lock().ok().map(|s| (s.host.ip, s.hostname.clone())))
+        .collect();
+    for slot in slots {
+        let Ok(mut slot) = slot.lock() else { continue };
+        let Some(name) = slot.hostname.clone() else {
+            continue;
+        };
+        let others: Vec<String> = names
+            .iter()
+            .filter(|(ip, n)| *ip != slot.host.ip && n.as_deref() == Some(name.as_str()))
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        if !others.is_empty() && slot.failed.is_none() {
+            slot.failed = Some(format!(
+                "preflight: the hostname {name} is also the name of {}; give every host its own name (a HOSTNAME plugin can)",
+                others.join(", ")
+            ));
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub struct TargetSpec {
     pub data_root: Option<PathBuf>,
     /// known_hosts file (default `~/.ssh/known_hosts`).
     pub known_hosts: Option<PathBuf>,
+    /// Preflight's clock skew limit; `None` for [`super::DEFAULT_MAX_CLOCK_SKEW`].
+    pub max_clock_skew: Option<std::time::Duration>,
 }
 
 /// The resolved cluster and how to reach its hosts.
@@ -145,6 +147,24 @@ pub struct TargetArgs {
     /// hosts that switched to this one.
     #[arg(long)]
     pub rollback_on_failure: bool,
+    /// Preflight refuses a host whose clock is further off this machine's (e.g. 5s, 500ms, 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_clock_skew: Option<std::time::Duration>,
+}
+
+/// `5`, `5s`, `500ms`, `1.5s`: a duration for a flag.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, scale) = match text.trim() {
+        t if t.ends_with("ms") => (&t[..t.len() - 2], 0.001),
+        t if t.ends_with('s') => (&t[..t.len() - 1], 1.0),
+        t => (t, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| std::time::Duration::from_secs_f64(n * scale))
+        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 5s, 500ms, 0s)"))
 }
 
 impl TargetArgs {
@@ -155,6 +175,7 @@ impl TargetArgs {
             local: self.local,
             data_root: self.data_root.clone(),
             known_hosts: self.known_hosts.clone(),
+            max_clock_skew: self.max_clock_skew,
         }
     }
 }
@@ -293,6 +314,7 @@ impl StatusArgs {
             local: self.local,
             data_root: self.data_root.clone(),
             known_hosts: self.known_hosts.clone(),
+            max_clock_skew: None,
         }
     }
 }
