@@ -481,6 +481,9 @@ pub fn dry_run(
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;
     opts.change = change;
+    if let Some(limit) = request.target.max_clock_skew {
+        opts.max_clock_skew = limit;
+    }
     let summary = Summary::of(&payload, &target);
     let plans = crate::deploy::dry_run(&target.cluster, &payload, &opts)?;
     Ok((summary, plans))

@@ -834,6 +834,29 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
         );
         assert!(!exists_on(&bed, host, DATA_ROOT), "{host} got something");
     }
+    let dry = store.run_on(
+        &bed,
+        "member:v1",
+        &[
+            "-f",
+            file.to_str().unwrap(),
+            "--max-clock-skew",
+            "0s",
+            "--dry-run",
+        ],
+    );
+    dry.assert_ok("dry run with a clock limit of 0s");
+    assert!(
+        dry.text
+            .contains("preflight would refuse: the host's clock is"),
+        "{}",
+        dry.text
+    );
+    assert!(
+        dry.text.contains("Preflight would refuse 2 of 2 host(s)"),
+        "{}",
+        dry.text
+    );
     // … and two hosts answering to one name.
     let name0 = on_host(&bed, &hosts[0], "hostname").trim().to_string();
     let name1 = on_host(&bed, &hosts[1], "hostname").trim().to_string();

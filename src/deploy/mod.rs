@@ -89,7 +89,7 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 /// How far the host's clock (`date +%s.%N` as it printed it) is from this machine's, taking
 /// the middle of the time the answer took as this machine's reading.
-fn clock_skew(
+pub(super) fn clock_skew(
     host: &str,
     asked: std::time::SystemTime,
     answered: std::time::SystemTime,

@@ -22,6 +22,8 @@ pub struct HostPlan {
     pub problems: Vec<String>,
     /// The payload the host's rootfs holds now.
     pub installed: Option<String>,
+    /// The host's name.
+    pub hostname: Option<String>,
     /// Bytes the install would send: the agent when it is missing, and the frames not spooled.
     pub bytes_to_send: u64,
     pub steps: Vec<PlannedStep>,
@@ -46,7 +48,7 @@ impl Engine<'_> {
     /// The plan for every host, in cluster order.
     pub(super) fn plan(&self) -> Vec<HostPlan> {
         let stages = self.stages();
-        std::thread::scope(|scope| {
+        let mut plans: Vec<HostPlan> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .cluster
                 .hosts
@@ -66,12 +68,33 @@ impl Engine<'_> {
                         unreachable: Some("the planner failed".into()),
                         problems: Vec::new(),
                         installed: None,
+                        hostname: None,
                         bytes_to_send: 0,
                         steps: Vec::new(),
                     })
                 })
                 .collect()
-        })
+        });
+        // Preflight across hosts, as the install does it: names must be unique.
+        let names: Vec<(IpAddr, Option<String>)> =
+            plans.iter().map(|p| (p.ip, p.hostname.clone())).collect();
+        for plan in &mut plans {
+            let Some(name) = plan.hostname.clone() else {
+                continue;
+            };
+            let others: Vec<String> = names
+                .iter()
+                .filter(|(ip, n)| *ip != plan.ip && n.as_deref() == Some(name.as_str()))
+                .map(|(ip, _)| ip.to_string())
+                .collect();
+            if !others.is_empty() {
+                plan.problems.push(format!(
+                    "the hostname {name} is also the name of {}",
+                    others.join(", ")
+                ));
+            }
+        }
+        plans
     }
 
     fn plan_host(&self, host: &crate::clusterfile::Host, stages: &[super::Stage]) -> HostPlan {
@@ -81,6 +104,7 @@ impl Engine<'_> {
             unreachable: None,
             problems: Vec::new(),
             installed: None,
+            hostname: None,
             bytes_to_send: 0,
             steps: Vec::new(),
         };
@@ -95,13 +119,14 @@ impl Engine<'_> {
         let work = self.work_dir().display().to_string();
         let probe = format!(
             "uname -m; d={root}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; \
-             test -f {agent} && echo agent-present || echo agent-missing; w={work}; \
+             test -f {agent} && echo agent-present || echo agent-missing; hostname; date +%s.%N; w={work}; \
              echo {SECTION}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; \
              echo {SECTION}; ls \"$w/spool\" 2>/dev/null; true",
             root = shell_quote(&self.cluster.data_root.display().to_string()),
             agent = shell_quote(&agent),
             work = shell_quote(&work),
         );
+        let asked = std::time::SystemTime::now();
         let out = match remote.exec(&probe, None) {
             Ok(out) if out.success() => out,
             Ok(out) => {
@@ -137,6 +162,19 @@ impl Engine<'_> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(u64::MAX);
         let agent_present = lines.next().map(str::trim) == Some("agent-present");
+        plan.hostname = lines.next().map(|l| l.trim().to_string());
+        if let Some(skew) = lines
+            .next()
+            .and_then(|l| super::clock_skew(l.trim(), asked, std::time::SystemTime::now()))
+        {
+            if skew > self.opts.max_clock_skew {
+                plan.problems.push(format!(
+                    "the host's clock is {:.3}s off this machine's (the limit is {:.3}s)",
+                    skew.as_secs_f64(),
+                    self.opts.max_clock_skew.as_secs_f64()
+                ));
+            }
+        }
         if !agent_present && !remote.is_local() {
             plan.bytes_to_send += self.payload.agent.len() as u64;
         }

@@ -190,7 +190,13 @@ pub fn print_plan(summary: &Summary, plans: &[HostPlan]) {
         .iter()
         .filter(|p| p.unreachable.is_some() || p.would_run() > 0)
         .count();
-    if changing == 0 {
+    let refused = plans.iter().filter(|p| !p.problems.is_empty()).count();
+    if refused > 0 {
+        println!(
+            "\nPreflight would refuse {refused} of {} host(s); nothing would be sent to them.",
+            plans.len()
+        );
+    } else if changing == 0 {
         println!("\nEverything is up to date; an install would change nothing.");
     } else {
         println!(
