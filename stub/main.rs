@@ -19,6 +19,7 @@ use sealer::trust::{self, Claim, Trust};
 use sealer::ui::error::one_line;
 use sealer::ui::human_bytes;
 use sealer::ui::install::InstallView;
+use sealer::ui::log::RunLog;
 use sealer::ui::progress::ByteProgress;
 
 #[derive(Parser)]
@@ -385,7 +386,9 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
         sealer::ui::install::print_plan(&summary, &plans);
         return Ok(());
     }
-    let view = InstallView::new();
+    let args: Vec<String> = std::env::args().collect();
+    let log = RunLog::new(&sealer::store::Store::default_root(), "install", &args);
+    let view = InstallView::logged(log, target.json);
     let report = install::run(&request, &|event| view.show(event))?;
     view.finish(&report);
     Ok(install::finished(&report)?)
@@ -406,12 +409,15 @@ fn change(
         format!("{program} {verb}"),
         membership,
     )?;
-    let view = InstallView::new();
     if cluster.dry_run {
+        let view = InstallView::new();
         let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
         sealer::ui::install::print_plan(&summary, &plans);
         return Ok(());
     }
+    let args: Vec<String> = std::env::args().collect();
+    let log = RunLog::new(&sealer::store::Store::default_root(), verb, &args);
+    let view = InstallView::logged(log, false);
     let report = install::run(&request, &|event| view.show(event))?;
     view.finish(&report);
     Ok(install::finished(&report)?)

@@ -8,6 +8,7 @@ pub use sealer::deploy::target::{ApplyArgs, DeleteArgs, JoinArgs, RollbackArgs, 
 use sealer::install::{self, ChangeSource, Membership, Request, Source};
 use sealer::store::Store;
 use sealer::ui::install::{print_plan, print_status, InstallView};
+use sealer::ui::log::RunLog;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -35,7 +36,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         membership: Membership::Keep,
         rollback_on_failure: args.target.rollback_on_failure,
     };
-    change(request, args.target.dry_run)
+    change(request, args.target.dry_run, "run", args.target.json)
 }
 
 /// `sealer status`: what every host holds now; changes nothing.
@@ -49,15 +50,17 @@ pub fn status(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `request` (or its dry run) and prints its progress and outcome.
-fn change(request: Request<'_>, dry_run: bool) -> Result<()> {
+/// Runs `request` (or its dry run) and prints its progress and outcome; a run that changes
+/// hosts is also written to a log under `$SEALER_ROOT/logs` named for `verb`.
+fn change(request: Request<'_>, dry_run: bool, verb: &str, json: bool) -> Result<()> {
     if dry_run {
         let view = InstallView::new();
         let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
         print_plan(&summary, &plans);
         return Ok(());
     }
-    let view = InstallView::new();
+    let args: Vec<String> = std::env::args().collect();
+    let view = InstallView::logged(RunLog::new(&Store::default_root(), verb, &args), json);
     let report = install::run(&request, &|event| view.show(event))?;
     view.finish(&report);
     Ok(install::finished(&report)?)
@@ -72,7 +75,7 @@ pub fn join(args: JoinArgs) -> Result<()> {
         "sealer join".into(),
         membership,
     )?;
-    change(request, args.cluster.dry_run)
+    change(request, args.cluster.dry_run, "join", false)
 }
 
 /// `sealer delete`: remove hosts, or the whole cluster, from the hosts.
@@ -84,7 +87,7 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
         "sealer delete".into(),
         membership,
     )?;
-    change(request, args.cluster.dry_run)
+    change(request, args.cluster.dry_run, "delete", false)
 }
 
 /// `sealer rollback`: every host back on the image installed before the current one.
@@ -93,7 +96,7 @@ pub fn rollback(mut args: RollbackArgs) -> Result<()> {
     args.cluster.image.get_or_insert(previous.clone());
     let command = format!("sealer rollback to {previous}");
     let request = install::change_request(&args.cluster, ChangeSource::Store, command, membership)?;
-    change(request, args.cluster.dry_run)
+    change(request, args.cluster.dry_run, "rollback", false)
 }
 
 /// `sealer apply -f Clusterfile`: hosts the file no longer lists are deleted (with --yes, or
@@ -135,7 +138,7 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             "sealer apply (delete)".into(),
             Membership::Delete { hosts: leaving },
         )?;
-        change(request, args.dry_run)?;
+        change(request, args.dry_run, "apply", false)?;
     }
     let command = format!("sealer apply -f {}", args.clusterfile.display());
     let request = Request {
@@ -158,5 +161,5 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
         membership: Membership::Keep,
         rollback_on_failure: args.rollback_on_failure,
     };
-    change(request, args.dry_run)
+    change(request, args.dry_run, "apply", false)
 }

@@ -150,6 +150,9 @@ pub struct TargetArgs {
     /// Preflight refuses a host whose clock is further off this machine's (e.g. 5s, 500ms, 0s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_clock_skew: Option<std::time::Duration>,
+    /// Print the report as JSON on stdout instead of the table; progress lines go to stderr.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub json: bool,
 }
 
 /// `5`, `5s`, `500ms`, `1.5s`: a duration for a flag.

@@ -10,13 +10,18 @@ use crate::deploy::{HostOutcome, HostPlan, HostReport, InstallEvent, InstallRepo
 use crate::install::{ClusterStatus, Event, Summary};
 
 use super::format::{human_bytes, short_digest};
+use super::log::RunLog;
 use super::progress::{Board, ByteProgress};
 
-/// Renders one install's events; [`InstallView::finish`] prints the table.
+/// Renders one install's events; [`InstallView::finish`] prints the table (or the JSON report).
 pub struct InstallView {
     board: Board,
     check: Mutex<Option<ByteProgress>>,
     hosts: Mutex<HashMap<IpAddr, ByteProgress>>,
+    /// Every printed line is also written here.
+    log: Option<RunLog>,
+    /// The report is printed as JSON on stdout; the lines go to stderr.
+    json: bool,
 }
 
 impl Default for InstallView {
@@ -31,12 +36,31 @@ impl InstallView {
             board: Board::new(),
             check: Mutex::new(None),
             hosts: Mutex::new(HashMap::new()),
+            log: None,
+            json: false,
         }
     }
 
-    /// A line on stdout, above the bars on a terminal.
+    /// A view of a run that changes hosts: what it prints is also written to `log`; with
+    /// `json`, [`InstallView::finish`] prints the report as JSON and the lines go to stderr.
+    pub fn logged(log: RunLog, json: bool) -> Self {
+        InstallView {
+            log: Some(log),
+            json,
+            ..InstallView::new()
+        }
+    }
+
+    /// A line on stdout (stderr with `--json`), above the bars on a terminal, and in the log.
     fn line(&self, text: String) {
-        self.board.suspend(|| println!("{text}"));
+        if let Some(log) = &self.log {
+            log.write(&text);
+        }
+        if self.json {
+            self.board.suspend(|| eprintln!("{text}"));
+        } else {
+            self.board.suspend(|| println!("{text}"));
+        }
     }
 
     pub fn show(&self, event: Event) {
@@ -56,7 +80,12 @@ impl InstallView {
                     }
                 }
             }
-            Event::Starting(summary) => self.line(starting_line(&summary)),
+            Event::Starting(summary) => {
+                if let Some(log) = &self.log {
+                    log.open(&summary.cluster);
+                }
+                self.line(starting_line(&summary))
+            }
             Event::Host(event) => self.host(event),
         }
     }
@@ -93,12 +122,33 @@ impl InstallView {
         }
     }
 
-    /// Clear what is left of the counters and print the per-host table.
+    /// Clear what is left of the counters and print the per-host table (the JSON report with
+    /// `--json`), then where the log is.
     pub fn finish(&self, report: &InstallReport) {
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.clear();
         }
-        print_report(report);
+        let text = if self.json {
+            serde_json::to_string_pretty(report).unwrap_or_else(|e| {
+                format!("{{\"error\": \"the report cannot be written as JSON: {e}\"}}")
+            })
+        } else {
+            report_text(report)
+        };
+        println!("{text}");
+        let Some(log) = &self.log else {
+            return;
+        };
+        log.write(&text);
+        if let Some(path) = log.path() {
+            let line = format!("log: {}", path.display());
+            log.write(&line);
+            if self.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
     }
 }
 
@@ -117,30 +167,39 @@ fn starting_line(s: &Summary) -> String {
 
 /// The per-host table and the closing sentence.
 pub fn print_report(report: &InstallReport) {
-    println!("\n{:<18} {:<14} STATUS", "HOST", "ROLES");
+    println!("{}", report_text(report));
+}
+
+/// The per-host table and the closing sentence, as printed (after an empty line).
+fn report_text(report: &InstallReport) -> String {
+    let mut out = format!("\n{:<18} {:<14} STATUS", "HOST", "ROLES");
     for host in &report.hosts {
-        println!(
-            "{:<18} {:<14} {}",
+        out.push_str(&format!(
+            "\n{:<18} {:<14} {}",
             host.ip,
             host.roles.join(","),
             status(host, report.done)
-        );
+        ));
     }
     if let Some(why) = &report.cluster_stages_skipped {
-        println!("\n{why}");
+        out.push_str(&format!("\n\n{why}"));
     }
     if report.up_to_date() {
-        println!(
-            "\nEverything is up to date; nothing was changed ({:.1}s).",
+        out.push_str(&format!(
+            "\n\nEverything is up to date; nothing was changed ({:.1}s).",
             report.elapsed.as_secs_f64()
-        );
+        ));
     } else if report.success() {
         let mut done = report.done.to_string();
         if let Some(first) = done.get_mut(0..1) {
             first.make_ascii_uppercase();
         }
-        println!("\n{done} in {:.1}s.", report.elapsed.as_secs_f64());
+        out.push_str(&format!(
+            "\n\n{done} in {:.1}s.",
+            report.elapsed.as_secs_f64()
+        ));
     }
+    out
 }
 
 /// A host's STATUS column: `installed (N steps, N already done, SIZE sent)` (or `joined`,
