@@ -101,3 +101,22 @@ fn json_puts_only_the_report_on_stdout_with_each_hosts_outcome() {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", both(&again)));
     assert_eq!(report["hosts"][0]["outcome"], "up_to_date", "{report}");
 }
+
+#[test]
+fn a_log_that_cannot_be_created_is_a_warning_and_the_install_still_succeeds() {
+    let store = Sealer::new();
+    store.build_from("nolog:v1", "FROM scratch\nCOPY a a\n", &[("a", b"a\n")]);
+    // A file where the logs directory would be.
+    std::fs::write(store.root().join("logs"), b"not a directory").unwrap();
+    let data = store.path("data");
+    let out = local_run(&store, "nolog:v1", &data, &[]).output().unwrap();
+    let text = both(&out);
+    assert!(out.status.success(), "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: cannot write the run log"),
+        "{stderr}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("log: ")), "{text}");
+    assert!(text.contains("Installed in "), "{text}");
+}
