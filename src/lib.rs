@@ -11,6 +11,7 @@ pub mod container_images;
 pub mod deploy;
 pub mod hashing;
 pub mod host_key;
+pub mod inspect;
 pub mod install;
 pub mod kubefile;
 pub mod package;

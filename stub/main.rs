@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use packer::{ReadError, RunFile, SignatureRecord, UnpackOptions, Volumes};
+use sealer::deploy::Payload;
 use sealer::install::{self, Request, Source};
 use sealer::trust::{self, Claim, Trust};
 use sealer::ui::error::one_line;
@@ -48,6 +49,9 @@ enum Command {
         /// `minisign -V -x FILE`.
         #[arg(long, conflicts_with_all = ["json", "manifest"])]
         signature: bool,
+        /// Also print the script text of every hook the install runs.
+        #[arg(long, conflicts_with_all = ["manifest", "signature"])]
+        hooks: bool,
     },
     /// Check the signature (with --trust or a site policy), then every byte of the payload.
     Verify {
@@ -97,7 +101,8 @@ fn main() -> ExitCode {
             json,
             manifest,
             signature,
-        }) => inspect(json, manifest, signature),
+            hooks,
+        }) => inspect(json, manifest, signature, hooks),
         Some(Command::Verify { trust }) => verify(&trust),
         Some(Command::Extract { dir }) => extract(&dir),
         Some(Command::Install(target)) => install(&target),
@@ -177,7 +182,7 @@ fn summary() -> Result<()> {
     println!("  signer        {}", signer_line(&run));
     println!();
     println!("usage:");
-    println!("  {me} inspect [--json]   show the image, layers, frames, commands and labels");
+    println!("  {me} inspect [--json] [--hooks]   show the image, what runs as root (commands, hooks), layers and labels");
     println!("  {me} inspect --manifest | --signature   the signed bytes and their signature");
     println!("  {me} verify [--trust KEY]   check the signature and every byte of the payload");
     println!("  {me} extract DIR        unpack the image's root filesystem into DIR");
@@ -198,7 +203,7 @@ fn signer_line(run: &RunFile) -> String {
     }
 }
 
-fn inspect(json: bool, manifest: bool, signature: bool) -> Result<()> {
+fn inspect(json: bool, manifest: bool, signature: bool, hooks: bool) -> Result<()> {
     let run = open()?;
     if manifest || signature {
         let bytes = if manifest {
@@ -221,9 +226,34 @@ fn inspect(json: bool, manifest: bool, signature: bool) -> Result<()> {
         return Ok(());
     }
     let m = run.manifest();
-    let config: serde_json::Value =
+    let mut config: serde_json::Value =
         serde_json::from_str(&m.image.config_json).unwrap_or(serde_json::Value::Null);
+    sealer::inspect::mask_config_env(&mut config);
+    // A package whose image config or plugins cannot be read still shows everything else.
+    let runs = payload(&run)
+        .and_then(|volumes| Ok(Payload::from_package(&run, volumes)?))
+        .and_then(|p| Ok(sealer::inspect::what_runs(&p)?));
     if json {
+        let mut manifest_doc = serde_json::to_value(m)?;
+        // The stored config carries the env unmasked; show the masked one instead.
+        manifest_doc["image"]["config_json"] = serde_json::Value::String(config.to_string());
+        let mut runs_doc = match &runs {
+            Ok(runs) => serde_json::to_value(runs)?,
+            Err(e) => serde_json::json!({
+                "commands": null,
+                "hooks": null,
+                "error": format!("cannot tell what the install runs: {}", one_line(e.as_ref())),
+            }),
+        };
+        if !hooks {
+            if let Some(list) = runs_doc["hooks"].as_array_mut() {
+                for hook in list {
+                    if let Some(h) = hook.as_object_mut() {
+                        h.remove("script");
+                    }
+                }
+            }
+        }
         let doc = serde_json::json!({
             "file": run.path(),
             "payload_id": run.payload_id(),
@@ -239,7 +269,10 @@ fn inspect(json: bool, manifest: bool, signature: bool) -> Result<()> {
             },
             "config": config,
             "container_images": sealer::container_images::listed_in_config_json(&m.image.config_json),
-            "manifest": m,
+            "commands": runs_doc["commands"],
+            "hooks": runs_doc["hooks"],
+            "runs_error": runs_doc["error"],
+            "manifest": manifest_doc,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -274,6 +307,34 @@ fn inspect(json: bool, manifest: bool, signature: bool) -> Result<()> {
             image.platform.architecture,
             human_bytes(image.size)
         );
+    }
+    let runs = match runs {
+        Ok(runs) => runs,
+        Err(e) => {
+            println!("runs as root   unknown: {}", one_line(e.as_ref()));
+            sealer::inspect::WhatRuns {
+                commands: Vec::new(),
+                hooks: Vec::new(),
+                env: Vec::new(),
+            }
+        }
+    };
+    for command in &runs.commands {
+        println!("runs as root   {command}");
+    }
+    for hook in &runs.hooks {
+        println!(
+            "hook           {} {} phase {} scope {}",
+            hook.name,
+            hook.kind,
+            hook.phases.join("|"),
+            hook.scope
+        );
+        if hooks {
+            for line in hook.script.lines() {
+                println!("    | {line}");
+            }
+        }
     }
     for (i, layer) in m.layers.iter().enumerate() {
         println!(

@@ -46,7 +46,7 @@ pub use payload::{find_stub, Payload, PayloadLayer};
 pub use plan::{status, HostPlan, HostStatus, PlannedStep};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
 pub use report::{HostOutcome, HostReport, InstallEvent, InstallReport};
-pub use scripts::DEFAULT_SCRIPT_TIMEOUT;
+pub use scripts::{image_install_commands, DEFAULT_SCRIPT_TIMEOUT};
 
 /// Opens a connection to a host.
 pub type Connector = dyn Fn(&Host) -> Result<Box<dyn Remote>, RemoteError> + Send + Sync;

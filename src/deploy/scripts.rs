@@ -8,6 +8,7 @@ use super::report::human_duration;
 use super::{command_failure, Engine, HostSlot, InstallEvent, Payload, StepFailure};
 use crate::agent::protocol::{AgentCommand, HookRequest, EXIT_TIMED_OUT};
 use crate::clusterfile::{host_env, shell_quote, Cluster, Host, PluginKind};
+use crate::store::ImageConfig;
 
 /// How long a hook (without its own `spec.timeout`) or a CMD may run before it is killed.
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -18,14 +19,20 @@ pub(super) fn install_commands(cluster: &Cluster, payload: &Payload) -> Vec<Stri
     if !cluster.cmds.is_empty() {
         return cluster.cmds.clone();
     }
-    let Some(sealer) = &payload.config.sealer else {
+    image_install_commands(&payload.config, &cluster.app_names)
+}
+
+/// The install commands of an image config alone (no Clusterfile `cmd`): its CMDs, then the
+/// commands of the apps in `app_names` (empty: the image's LAUNCH list).
+pub fn image_install_commands(config: &ImageConfig, app_names: &[String]) -> Vec<String> {
+    let Some(sealer) = &config.sealer else {
         return Vec::new();
     };
     let mut cmds = sealer.cmds.clone();
-    let launch = if cluster.app_names.is_empty() {
+    let launch = if app_names.is_empty() {
         &sealer.launch
     } else {
-        &cluster.app_names
+        app_names
     };
     for name in launch {
         let Some(app) = sealer.apps.get(name) else {
