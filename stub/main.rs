@@ -434,14 +434,14 @@ fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
     let request = Request {
         target: target.spec(),
         source: Source::Package(&run),
-        parallel: target.parallel,
-        attempts: target.attempts,
+        parallel: target.work.parallel,
+        attempts: target.work.attempts,
         state_root: sealer::store::Store::default_root(),
         command: format!("{program} install"),
         membership: install::Membership::Keep,
         rollback_on_failure: target.rollback_on_failure,
     };
-    if target.dry_run {
+    if target.work.dry_run {
         let view = InstallView::new();
         let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
         sealer::ui::install::print_plan(&summary, &plans);
@@ -470,7 +470,7 @@ fn change(
         format!("{program} {verb}"),
         membership,
     )?;
-    if cluster.dry_run {
+    if cluster.work.dry_run {
         let view = InstallView::new();
         let (summary, plans) = install::dry_run(&request, &|event| view.show(event))?;
         sealer::ui::install::print_plan(&summary, &plans);

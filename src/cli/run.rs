@@ -29,14 +29,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             root: Store::default_root(),
             image: args.image,
         },
-        parallel: args.target.parallel,
-        attempts: args.target.attempts,
+        parallel: args.target.work.parallel,
+        attempts: args.target.work.attempts,
         state_root: Store::default_root(),
         command,
         membership: Membership::Keep,
         rollback_on_failure: args.target.rollback_on_failure,
     };
-    change(request, args.target.dry_run, "run", args.target.json)
+    change(request, args.target.work.dry_run, "run", args.target.json)
 }
 
 /// `sealer status`: what every host holds now; changes nothing.
@@ -75,7 +75,7 @@ pub fn join(args: JoinArgs) -> Result<()> {
         "sealer join".into(),
         membership,
     )?;
-    change(request, args.cluster.dry_run, "join", false)
+    change(request, args.cluster.work.dry_run, "join", false)
 }
 
 /// `sealer delete`: remove hosts, or the whole cluster, from the hosts.
@@ -87,7 +87,7 @@ pub fn delete(args: DeleteArgs) -> Result<()> {
         "sealer delete".into(),
         membership,
     )?;
-    change(request, args.cluster.dry_run, "delete", false)
+    change(request, args.cluster.work.dry_run, "delete", false)
 }
 
 /// `sealer rollback`: every host back on the image installed before the current one.
@@ -96,7 +96,7 @@ pub fn rollback(mut args: RollbackArgs) -> Result<()> {
     args.cluster.image.get_or_insert(previous.clone());
     let command = format!("sealer rollback to {previous}");
     let request = install::change_request(&args.cluster, ChangeSource::Store, command, membership)?;
-    change(request, args.cluster.dry_run, "rollback", false)
+    change(request, args.cluster.work.dry_run, "rollback", false)
 }
 
 /// `sealer apply -f Clusterfile`: hosts the file no longer lists are deleted (with --yes, or
@@ -110,7 +110,7 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             .map(|ip| ip.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        if !args.yes && !args.dry_run {
+        if !args.yes && !args.work.dry_run {
             if !std::io::stdin().is_terminal() {
                 anyhow::bail!(
                     "the Clusterfile no longer lists {list} of cluster {name}: applying it deletes them; pass --yes to go ahead"
@@ -127,10 +127,7 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             clusterfile: None,
             cluster_name: name.clone(),
             image: None,
-            known_hosts: args.known_hosts.clone(),
-            parallel: args.parallel,
-            attempts: args.attempts,
-            dry_run: args.dry_run,
+            work: args.work.clone(),
         };
         let request = install::change_request(
             &cluster,
@@ -138,7 +135,7 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             "sealer apply (delete)".into(),
             Membership::Delete { hosts: leaving },
         )?;
-        change(request, args.dry_run, "apply", false)?;
+        change(request, args.work.dry_run, "apply", false)?;
     }
     let command = format!("sealer apply -f {}", args.clusterfile.display());
     let request = Request {
@@ -147,19 +144,19 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             clusterfile: Some(args.clusterfile),
             local: false,
             data_root: None,
-            known_hosts: args.known_hosts,
+            known_hosts: args.work.known_hosts,
             max_clock_skew: None,
         },
         source: Source::Store {
             root: Store::default_root(),
             image: args.image,
         },
-        parallel: args.parallel,
-        attempts: args.attempts,
+        parallel: args.work.parallel,
+        attempts: args.work.attempts,
         state_root: Store::default_root(),
         command,
         membership: Membership::Keep,
         rollback_on_failure: args.rollback_on_failure,
     };
-    change(request, args.dry_run, "apply", false)
+    change(request, args.work.dry_run, "apply", false)
 }

@@ -111,6 +111,24 @@ pub fn resolve(spec: &TargetSpec) -> Result<Target, TargetError> {
     })
 }
 
+/// How a command that changes hosts works through them; shared by run, install, apply, join,
+/// delete and rollback.
+#[derive(Args, Clone, Debug, Default)]
+pub struct WorkArgs {
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Attempts per host before it is reported failed.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Show per host what would be sent and which steps would run or be skipped; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Host selection flags shared by `sealer run` and the installer stub.
 #[derive(Args, Clone, Debug, Default)]
 pub struct TargetArgs {
@@ -131,18 +149,8 @@ pub struct TargetArgs {
     /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
-    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 8)]
-    pub parallel: usize,
-    /// Attempts per host before it is reported failed.
-    #[arg(long, default_value_t = 3)]
-    pub attempts: u32,
-    /// Show per host what would be sent and which steps would run or be skipped; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub work: WorkArgs,
     /// When the install does not finish on every host, bring back the previous tree on the
     /// hosts that switched to this one.
     #[arg(long)]
@@ -177,7 +185,7 @@ impl TargetArgs {
             clusterfile: self.clusterfile.clone(),
             local: self.local,
             data_root: self.data_root.clone(),
-            known_hosts: self.known_hosts.clone(),
+            known_hosts: self.work.known_hosts.clone(),
             max_clock_skew: self.max_clock_skew,
         }
     }
@@ -222,18 +230,8 @@ pub struct ClusterArgs {
     /// The image the cluster runs (default: the last one installed from here).
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 8)]
-    pub parallel: usize,
-    /// Attempts per host before it is reported failed.
-    #[arg(long, default_value_t = 3)]
-    pub attempts: u32,
-    /// Show per host what would be done; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub work: WorkArgs,
 }
 
 #[derive(Args, Debug)]
@@ -291,18 +289,8 @@ pub struct ApplyArgs {
     /// Delete the hosts the file no longer lists without asking.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 8)]
-    pub parallel: usize,
-    /// Attempts per host before it is reported failed.
-    #[arg(long, default_value_t = 3)]
-    pub attempts: u32,
-    /// Show per host what would be done; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub work: WorkArgs,
     /// When the install does not finish on every host, bring back the previous tree on the
     /// hosts that switched to this one.
     #[arg(long)]
