@@ -23,6 +23,7 @@ mod journal;
 mod launch;
 pub mod payload;
 mod plan;
+mod preflight;
 pub mod remote;
 mod report;
 mod scripts;
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::agent::protocol::{
     self, AgentCommand, HostState, StepKey, EXIT_DISK_FULL, EXIT_TIMED_OUT,
 };
-use crate::clusterfile::{shell_quote, Cluster, Host, Phase, Plugin};
+use crate::clusterfile::{Cluster, Host, Phase, Plugin};
 use crate::retry::RetryPolicy;
 use journal::Step;
 pub use launch::EXIT_AGENT_UNSAFE;
@@ -86,19 +87,6 @@ pub struct InstallOptions {
 
 /// Preflight's default clock skew limit: a few seconds, as k0sctl and KubeKey allow.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
-
-/// How far the host's clock (`date +%s.%N` as it printed it) is from this machine's, taking
-/// the middle of the time the answer took as this machine's reading.
-pub(super) fn clock_skew(
-    host: &str,
-    asked: std::time::SystemTime,
-    answered: std::time::SystemTime,
-) -> Option<Duration> {
-    let host: f64 = host.parse().ok()?;
-    let since = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).ok();
-    let mid = (since(asked)?.as_secs_f64() + since(answered)?.as_secs_f64()) / 2.0;
-    Some(Duration::from_secs_f64((host - mid).abs()))
-}
 
 impl InstallOptions {
     pub fn new(connect: Arc<Connector>) -> Self {
@@ -453,51 +441,15 @@ impl Engine<'_> {
     /// and whether the agent is there already.
     fn preflight(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let agent = self.agent_path(slot.connected()?);
-        let data_root = self.cluster.data_root.display().to_string();
-        let probe = format!(
-            "uname -m; d={}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; if [ -f {a} ] && [ \"$(sha256sum < {a})\" = \"{sha}  -\" ]; then echo agent-present; else echo agent-missing; fi; hostname; date +%s.%N",
-            shell_quote(&data_root),
-            a = shell_quote(&agent),
-            sha = self.payload.agent_sha256
-        );
+        let probe = self.preflight_command(&agent);
         let asked = std::time::SystemTime::now();
         let out = self.exec_ok(slot, "preflight", &probe, None)?;
-        let answered = std::time::SystemTime::now();
-        let text = out.stdout_text();
-        let mut lines = text.lines();
-        let arch = lines.next().unwrap_or("").trim().to_string();
-        let want = match self.payload.config.architecture.as_str() {
-            "amd64" => "x86_64",
-            "arm64" => "aarch64",
-            other => other,
-        };
-        if arch != want {
-            return Err(StepFailure::fatal(format!(
-                "the host is {arch}, the image is for {want}"
-            )));
+        let found = self.read_preflight(&out.stdout_text(), asked, std::time::SystemTime::now());
+        slot.hostname = found.hostname;
+        if let Some(problem) = found.problems.into_iter().next() {
+            return Err(StepFailure::fatal(problem));
         }
-        let free_kb: u64 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
-        let agent_present = lines
-            .next()
-            .map(|l| l.trim() == "agent-present")
-            .unwrap_or(false);
-        slot.hostname = lines.next().map(|l| l.trim().to_string());
-        if let Some(skew) = lines
-            .next()
-            .and_then(|l| clock_skew(l.trim(), asked, answered))
-        {
-            if skew > self.opts.max_clock_skew {
-                return Err(StepFailure::fatal(format!(
-                    "the host's clock is {:.3}s off this machine's (the limit is {:.3}s); synchronise the clocks (NTP) or raise --max-clock-skew",
-                    skew.as_secs_f64(),
-                    self.opts.max_clock_skew.as_secs_f64()
-                )));
-            }
-        }
+        let (free_kb, agent_present) = (found.free_kb, found.agent_present);
         slot.probed = Some(Probed {
             free_kb,
             agent_present,
@@ -945,16 +897,10 @@ fn refuse_duplicate_hostnames(slots: &[Mutex<HostSlot>]) {
         let Some(name) = slot.hostname.clone() else {
             continue;
         };
-        let others: Vec<String> = names
-            .iter()
-            .filter(|(ip, n)| *ip != slot.host.ip && n.as_deref() == Some(name.as_str()))
-            .map(|(ip, _)| ip.to_string())
-            .collect();
-        if !others.is_empty() && slot.failed.is_none() {
-            slot.failed = Some(format!(
-                "preflight: the hostname {name} is also the name of {}; give every host its own name (a HOSTNAME plugin can)",
-                others.join(", ")
-            ));
+        if slot.failed.is_none() {
+            if let Some(why) = preflight::twins(&names, slot.host.ip, &name) {
+                slot.failed = Some(format!("preflight: {why}"));
+            }
         }
     }
 }

@@ -79,20 +79,11 @@ impl Engine<'_> {
         let names: Vec<(IpAddr, Option<String>)> =
             plans.iter().map(|p| (p.ip, p.hostname.clone())).collect();
         for plan in &mut plans {
-            let Some(name) = plan.hostname.clone() else {
-                continue;
-            };
-            let others: Vec<String> = names
-                .iter()
-                .filter(|(ip, n)| *ip != plan.ip && n.as_deref() == Some(name.as_str()))
-                .map(|(ip, _)| ip.to_string())
-                .collect();
-            if !others.is_empty() {
-                plan.problems.push(format!(
-                    "the hostname {name} is also the name of {}",
-                    others.join(", ")
-                ));
-            }
+            let twin = plan
+                .hostname
+                .as_deref()
+                .and_then(|name| super::preflight::twins(&names, plan.ip, name));
+            plan.problems.extend(twin);
         }
         plans
     }
@@ -117,13 +108,11 @@ impl Engine<'_> {
         };
         let agent = self.agent_path(remote.as_ref());
         let work = self.work_dir().display().to_string();
+        // The install's own preflight probe, then the work directory's state.
         let probe = format!(
-            "uname -m; d={root}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; df -Pk \"$d\" | tail -n 1; \
-             test -f {agent} && echo agent-present || echo agent-missing; hostname; date +%s.%N; w={work}; \
-             echo {SECTION}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; \
+            "{}; w={work}; echo {SECTION}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; \
              echo {SECTION}; ls \"$w/spool\" 2>/dev/null; true",
-            root = shell_quote(&self.cluster.data_root.display().to_string()),
-            agent = shell_quote(&agent),
+            self.preflight_command(&agent),
             work = shell_quote(&work),
         );
         let asked = std::time::SystemTime::now();
@@ -145,37 +134,11 @@ impl Engine<'_> {
         let installed = sections.next().unwrap_or_default().trim().to_string();
         let journal: HashSet<&str> = sections.next().unwrap_or_default().lines().collect();
         let spool: HashSet<&str> = sections.next().unwrap_or_default().lines().collect();
-        let mut lines = head.lines();
-        let arch = lines.next().unwrap_or_default().trim();
-        let want = match self.payload.config.architecture.as_str() {
-            "amd64" => "x86_64",
-            "arm64" => "aarch64",
-            other => other,
-        };
-        if arch != want {
-            plan.problems
-                .push(format!("the host is {arch}, the image is for {want}"));
-        }
-        let free_kb: u64 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX);
-        let agent_present = lines.next().map(str::trim) == Some("agent-present");
-        plan.hostname = lines.next().map(|l| l.trim().to_string());
-        if let Some(skew) = lines
-            .next()
-            .and_then(|l| super::clock_skew(l.trim(), asked, std::time::SystemTime::now()))
-        {
-            if skew > self.opts.max_clock_skew {
-                plan.problems.push(format!(
-                    "the host's clock is {:.3}s off this machine's (the limit is {:.3}s)",
-                    skew.as_secs_f64(),
-                    self.opts.max_clock_skew.as_secs_f64()
-                ));
-            }
-        }
-        if !agent_present && !remote.is_local() {
+        let found = self.read_preflight(head, asked, std::time::SystemTime::now());
+        plan.hostname = found.hostname;
+        plan.problems.extend(found.problems);
+        let free_kb = found.free_kb;
+        if !found.agent_present && !remote.is_local() {
             plan.bytes_to_send += self.payload.agent.len() as u64;
         }
         // A journal kept for another payload describes a tree that would be replaced.
