@@ -22,7 +22,6 @@
 # fresh and removed on exit, also on failure or Ctrl-C (--keep leaves the logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-repo=$PWD
 
 corpus=real
 rate=25mbit
@@ -44,37 +43,12 @@ case "$corpus" in
     real|synthetic) ;;
     *) echo "bench-install: --corpus must be real or synthetic" >&2; exit 2 ;;
 esac
-[ "$(id -u)" -eq 0 ] || { echo "bench-install: must run as root (the testbed uses netns and tc)" >&2; exit 1; }
-[[ "$rate" =~ ^([0-9]+)mbit$ ]] || { echo "bench-install: --rate must be given in mbit (e.g. 25mbit)" >&2; exit 2; }
-rate_mbit=${BASH_REMATCH[1]}
-for tool in python3 scp /usr/bin/time bc tc; do
-    command -v "$tool" >/dev/null || { echo "bench-install: missing $tool" >&2; exit 1; }
-done
-
-testbed="$repo/tests/testbed/testbed.sh"
+bench=bench-install
 tb_name=bench-install
-log() { printf 'bench-install: %s\n' "$*" >&2; }
-now() { date +%s.%N; }
-
-work=$(mktemp -d /var/tmp/sealer-bench-install.XXXXXX)
-cleanup() {
-    local rc=$?
-    "$testbed" down --name "$tb_name" >/dev/null 2>&1 || true
-    if [ "$keep" = 1 ]; then
-        rm -rf "$work/store" "$work/app.run" "$work/app.frames"
-        log "logs kept in $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "building release binaries"
-cargo build --release --bins >/dev/null 2>"$work/cargo.log" || { cat "$work/cargo.log" >&2; exit 1; }
-bin="$repo/target/x86_64-unknown-linux-gnu/release/sealer"
-export SEALER_STUB="$repo/target/x86_64-unknown-linux-gnu/release/sealer-stub"
+bench_tools="python3 scp /usr/bin/time bc tc"
+keep_drop="store app.run app.frames"
+. scripts/bench-common.sh
+bench_release
 
 # --- The image: a root filesystem shaped like a cluster image --------------------------------
 cache=${BENCH_CACHE:-/var/tmp/sealer-bench-install-cache}
@@ -317,12 +291,8 @@ PY
 )
 
 # --- Testbed: N hosts, every link shaped to B ------------------------------------------------
-log "starting $hosts testbed hosts"
-"$testbed" up --name "$tb_name" --hosts "$hosts" >"$work/testbed.txt" 2>"$work/testbed.log" \
-    || { cat "$work/testbed.log" >&2; exit 1; }
-mapfile -t ips < <(awk '$1 == "host" {print $3}' "$work/testbed.txt")
-key=$(awk '$1 == "key" {print $2}' "$work/testbed.txt")
-known_hosts=$(awk '$1 == "known-hosts" {print $2}' "$work/testbed.txt")
+bench_testbed_up "$hosts"
+ips=("${all_ips[@]}")
 for ip in "${ips[@]}"; do "$testbed" shape "$tb_name" "$ip" "$rate"; done
 nodes=$(IFS=,; echo "${ips[*]:1}")
 

@@ -24,8 +24,8 @@ build_base=1
 # Wanted packages; any that this distribution does not carry is reported and skipped.
 wanted=(openssh-server openssh-client debootstrap skopeo docker-registry zstd iproute2 xz-utils
         tar file binutils time sudo etcd-client etcd-server sshpass util-linux procps
-        apache2-utils openssl bc minisign containerd python3-grpcio systemd
-        man-db groff-base zsh fish)
+        apache2-utils openssl bc minisign containerd python3-grpcio systemd busybox
+        man-db groff-base zsh fish python3-venv tmux)
 
 missing=()
 for pkg in "${wanted[@]}"; do
@@ -71,6 +71,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 else
     log "all packages present, no apt-get update needed"
+fi
+
+# The CycloneDX JSON schema validator tests/sbom.rs judges SBOMs with: cyclonedx-python-lib from
+# PyPI (it ships the CycloneDX 1.5 schema files, so validating needs no network) in a venv of its
+# own, away from the system Python.
+cyclonedx_venv=${SEALER_CYCLONEDX_VENV:-/opt/sealer-ci/cyclonedx}
+if "$cyclonedx_venv/bin/python" -c 'import cyclonedx.validation.json' 2>/dev/null; then
+    log "present: cyclonedx-python-lib in $cyclonedx_venv"
+else
+    log "pip install cyclonedx-python-lib[json-validation] into $cyclonedx_venv"
+    /usr/bin/python3 -m venv "$cyclonedx_venv"
+    "$cyclonedx_venv/bin/pip" install -q 'cyclonedx-python-lib[json-validation]>=7,<12'
 fi
 
 # Daemons the packages may have started on a systemd host: stop and disable them, tests run

@@ -73,6 +73,14 @@ pub fn cluster_dir(root: &Path, name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct ClusterLock {
     file: File,
+    holder: Holder,
+}
+
+impl ClusterLock {
+    /// Who holds it: this process.
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
 }
 
 impl Drop for ClusterLock {
@@ -132,7 +140,7 @@ pub fn lock(
         .and_then(|_| file.write_all(&text))
         .and_then(|()| file.sync_data())
         .map_err(io_error("writing", &path))?;
-    Ok((ClusterLock { file }, stale))
+    Ok((ClusterLock { file, holder: me }, stale))
 }
 
 /// Who holds the lock of cluster `name` now, if anyone (read without taking it).
@@ -166,6 +174,9 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The action of an [`InstallRecord`] that installed an application image beside the base image.
+pub const APP_INSTALL: &str = "install app";
+
 /// One install of an image onto the cluster, as the record keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InstallRecord {
@@ -187,6 +198,9 @@ pub struct InstallRecord {
 pub struct HostRecord {
     pub ip: String,
     pub roles: Vec<String>,
+    /// The host's OS and kernel, as preflight read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub result: String,
 }
 
@@ -276,9 +290,14 @@ impl ClusterRecord {
         Some((current, previous))
     }
 
-    /// The last install or join that finished everywhere; none after a `delete --all`.
+    /// The last install or join of the cluster's base image that finished everywhere; none
+    /// after a `delete --all`. Application images installed beside it are not it.
     pub fn current(&self) -> Option<&InstallRecord> {
-        let last = self.installs.iter().rev().find(|i| i.ok)?;
+        let last = self
+            .installs
+            .iter()
+            .rev()
+            .find(|i| i.ok && i.action != APP_INSTALL)?;
         (last.action != "delete --all").then_some(last)
     }
 }
@@ -380,7 +399,7 @@ pub fn with_members(text: &str, cluster: &crate::clusterfile::Cluster) -> String
 }
 
 /// The `hosts:` list of a `sealer.io/v2` Cluster for `cluster`'s hosts: address, roles, SSH
-/// user, port and key (never a password).
+/// user, port, key and jump host (never a password).
 fn hosts_value(cluster: &crate::clusterfile::Cluster) -> serde_yaml::Value {
     use serde_yaml::{Mapping, Value};
     let text = |s: &str| Value::String(s.to_string());
@@ -400,6 +419,17 @@ fn hosts_value(cluster: &crate::clusterfile::Cluster) -> serde_yaml::Value {
         ssh.insert(text("port"), text(&host.ssh.port.to_string()));
         if let Some(pk) = &host.ssh.private_key {
             ssh.insert(text("pk"), text(&pk.display().to_string()));
+        }
+        if let Some(bastion) = &host.ssh.bastion {
+            // The jump host too, so join, delete and status reach the hosts the same way;
+            // its password, like the hosts', is not kept.
+            let mut b = Mapping::new();
+            b.insert(text("address"), text(&bastion.address.endpoint()));
+            b.insert(text("user"), text(&bastion.user));
+            if let Some(pk) = &bastion.private_key {
+                b.insert(text("pk"), text(&pk.display().to_string()));
+            }
+            ssh.insert(text("bastion"), Value::Mapping(b));
         }
         h.insert(text("ssh"), Value::Mapping(ssh));
         if !host.env.is_empty() {

@@ -24,6 +24,7 @@ use crate::deploy::HostOutcome;
 use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
 use crate::deploy::{Change, HostPlan, HostStatus, InstallReport, Payload};
 use crate::store::{Store, StoreError};
+use crate::trust::{Trust, TrustError};
 
 /// Where the bytes to install come from.
 pub enum Source<'a> {
@@ -33,6 +34,8 @@ pub enum Source<'a> {
     Store {
         root: PathBuf,
         image: Option<String>,
+        /// Keys the image must be signed by (`--trust`); `None`: the site policy, if any.
+        trust: Option<Trust>,
     },
     /// A `.run` package: every frame's digest is checked first; a damaged package is refused whole.
     Package(&'a RunFile),
@@ -65,8 +68,8 @@ pub enum Membership {
     Keep,
     /// Add these hosts (with the SSH settings of master0) to the running cluster.
     Join {
-        masters: Vec<IpAddr>,
-        nodes: Vec<IpAddr>,
+        masters: Vec<crate::address::HostAddress>,
+        nodes: Vec<crate::address::HostAddress>,
     },
     /// Remove these hosts from the cluster.
     Delete { hosts: Vec<IpAddr> },
@@ -126,6 +129,9 @@ pub enum Error {
     NoImage,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The image is not signed as `--trust` or the site policy requires.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The package is damaged or unreadable.
     #[error(transparent)]
     Package(#[from] ReadError),
@@ -134,11 +140,16 @@ pub enum Error {
     Payload(#[from] PayloadError),
     #[error(transparent)]
     Install(#[from] InstallError),
+    /// The install's variables: an env file, a `--cmd-args` item, a required variable unset.
+    #[error(transparent)]
+    Variables(#[from] crate::variables::VariableError),
     /// Another command holds the cluster's lock, or its record is unreadable.
     #[error(transparent)]
     ClusterState(#[from] ClusterStateError),
     #[error("this machine has no record of cluster {0}; give its Clusterfile with -f (and the image with --image)")]
     NoRecord(String),
+    #[error("{0} is an application image (app-installer): it installs into a running cluster, and this machine has no install of a cluster image on cluster {1}; install the cluster image first (sealer run CLUSTER_IMAGE ...), then {0}")]
+    NoBaseImage(String, String),
     #[error("this machine's record of cluster {0} has no earlier image to roll back to")]
     NothingToRollBack(String),
     #[error("name the hosts to add: join -m MASTERS and/or -n NODES")]
@@ -152,6 +163,9 @@ pub enum Error {
     /// The engine ran, but some host or cluster stage failed; the report says which.
     #[error("the install did not finish on every host; fix the cause above and run the same command again: finished steps are not repeated")]
     Unfinished,
+    /// `sealer check` found a failed check or a host it could not ask.
+    #[error("preflight failed: {0}; the table says what to do")]
+    PreflightFailed(String),
 }
 
 /// Install as `request` says, reporting through `report`. The report comes back whether or not
@@ -160,9 +174,10 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     let mut target = resolve(&request.target)?;
     report_notes(&target, report);
     let change = membership_change(&mut target, &request.membership)?;
+    check_trust(request, &target)?;
     let name = target.cluster.name.clone();
-    let (_lock, stale) = clusters::lock(&request.state_root, &name, &request.command)?;
-    if let Some(gone) = stale {
+    let (lock, stale) = clusters::lock(&request.state_root, &name, &request.command)?;
+    if let Some(gone) = &stale {
         report(Event::Host(InstallEvent::Note {
             host: None,
             text: format!(
@@ -173,17 +188,34 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     let mut record = ClusterRecord::load(&request.state_root, &name)?;
     let started = clusters::timestamp();
     let payload = payload(request, &target, report)?;
+    // An application image goes onto a running cluster, beside its base image.
+    let app = crate::deploy::app_name(&payload)
+        .filter(|_| matches!(request.membership, Membership::Keep));
+    if app.is_some() && record.current().is_none() {
+        return Err(Error::NoBaseImage(payload.image.clone(), name));
+    }
+    settle_variables(request, &mut target, &payload)?;
     let mut opts = InstallOptions::new(target.connect.clone());
+    opts.holder = Some(lock.holder().to_string());
+    opts.dead_holder = stale.as_ref().map(|gone| gone.to_string());
     opts.parallel = request.parallel;
     opts.attempts = request.attempts.max(1);
     opts.change = change;
     if let Some(limit) = request.target.max_clock_skew {
         opts.max_clock_skew = limit;
     }
+    opts.ignore_preflight = request.target.ignore_preflight.clone();
     report(Event::Starting(Summary::of(&payload, &target)));
-    let outcome = install(&target.cluster, &payload, &opts, &|event| {
+    let mut outcome = install(&target.cluster, &payload, &opts, &|event| {
         report(Event::Host(event))
     })?;
+    if let Change::Join { hosts } = &opts.change {
+        if outcome.success() {
+            let apps = apps_onto_joined_masters(request, &target, &record, hosts, &opts, report)?;
+            apps.into_iter()
+                .for_each(|more| merge_reports(&mut outcome, more));
+        }
+    }
     if request.rollback_on_failure
         && !outcome.success()
         && matches!(request.membership, Membership::Keep)
@@ -193,6 +225,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
             text: "the install did not finish on every host; rolling back the hosts that switched (--rollback-on-failure)".into(),
         }));
         let mut back = InstallOptions::new(target.connect.clone());
+        back.holder = Some(lock.holder().to_string());
         back.parallel = request.parallel;
         back.attempts = request.attempts.max(1);
         back.change = Change::Rollback {
@@ -212,6 +245,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     }
     record.installs.push(InstallRecord {
         action: match &request.membership {
+            Membership::Keep if app.is_some() => clusters::APP_INSTALL,
             Membership::Keep => "install",
             Membership::Join { .. } => "join",
             Membership::Delete { .. } => "delete",
@@ -230,6 +264,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
             .map(|h| HostRecord {
                 ip: h.ip.to_string(),
                 roles: h.roles.clone(),
+                system: h.system.clone(),
                 result: match &h.outcome {
                     HostOutcome::Installed => "installed".into(),
                     HostOutcome::UpToDate => "up to date".into(),
@@ -258,6 +293,154 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     Ok(outcome)
 }
 
+/// After a join that added masters: every application image the record says is on the
+/// cluster (installed since its last `delete --all`, the latest of each repository) is
+/// joined too, from this machine's store: its tree goes onto the new masters; its CMDs and
+/// install hooks ran on master0 when it was installed and are not run again. An application this store no longer holds (or holds another
+/// build of) is named in a note with the command that puts it on the new masters.
+fn apps_onto_joined_masters(
+    request: &Request<'_>,
+    target: &Target,
+    record: &ClusterRecord,
+    joined: &[IpAddr],
+    opts: &InstallOptions,
+    report: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<InstallReport>, Error> {
+    let mut reports = Vec::new();
+    for payload in joined_apps(request, target, record, joined, report) {
+        report(Event::Host(InstallEvent::Note {
+            host: None,
+            text: format!(
+                "application {} onto the new masters (the others have it)",
+                payload.image
+            ),
+        }));
+        reports.push(install(
+            &target.cluster,
+            &payload,
+            &app_join_options(target, joined, opts),
+            &|event| report(Event::Host(event)),
+        )?);
+    }
+    Ok(reports)
+}
+
+/// How an application joins the new masters: as the join itself does (`opts`), on `joined`.
+fn app_join_options(target: &Target, joined: &[IpAddr], opts: &InstallOptions) -> InstallOptions {
+    let mut app_opts = InstallOptions::new(target.connect.clone());
+    app_opts.holder = opts.holder.clone();
+    app_opts.dead_holder = opts.dead_holder.clone();
+    app_opts.parallel = opts.parallel;
+    app_opts.attempts = opts.attempts;
+    app_opts.max_clock_skew = opts.max_clock_skew;
+    app_opts.ignore_preflight = opts.ignore_preflight.clone();
+    app_opts.change = Change::Join {
+        hosts: joined.to_vec(),
+    };
+    app_opts
+}
+
+/// The applications a join that adds masters puts on them (see [`apps_onto_joined_masters`]),
+/// loaded from this machine's store; one it cannot load is named in a note instead.
+fn joined_apps(
+    request: &Request<'_>,
+    target: &Target,
+    record: &ClusterRecord,
+    joined: &[IpAddr],
+    report: &(dyn Fn(Event) + Sync),
+) -> Vec<Payload> {
+    let new_master = target
+        .cluster
+        .hosts
+        .iter()
+        .any(|h| joined.contains(&h.ip) && h.roles.iter().any(|r| r == "master"));
+    if !new_master {
+        return Vec::new();
+    }
+    let since = record
+        .installs
+        .iter()
+        .rposition(|i| i.ok && i.action == "delete --all")
+        .map_or(0, |i| i + 1);
+    // The latest finished install of each application repository, in install order.
+    let mut apps: Vec<&InstallRecord> = Vec::new();
+    for install in &record.installs[since..] {
+        if !install.ok || install.action != clusters::APP_INSTALL {
+            continue;
+        }
+        let repository = |image: &str| {
+            crate::reference::Reference::parse(image)
+                .map(|r| r.repository)
+                .unwrap_or_else(|_| image.to_string())
+        };
+        apps.retain(|a| repository(&a.image) != repository(&install.image));
+        apps.push(install);
+    }
+    let mut payloads = Vec::new();
+    for app in apps {
+        let loaded = Store::open(&request.state_root)
+            .map_err(|e| e.to_string())
+            .and_then(|store| {
+                let image = store.image_by_name(&app.image).map_err(|e| e.to_string())?;
+                let stub = find_stub().map_err(|e| e.to_string())?;
+                Payload::from_store(&store, &image, &stub).map_err(|e| e.to_string())
+            })
+            .and_then(|payload| {
+                if payload.id == app.payload {
+                    Ok(payload)
+                } else {
+                    Err(format!(
+                        "{} in this machine's store is another build than the one installed",
+                        app.image
+                    ))
+                }
+            });
+        let payload = match loaded {
+            Ok(payload) => payload,
+            Err(why) => {
+                report(Event::Host(InstallEvent::Note {
+                    host: None,
+                    text: format!(
+                        "note: application {} is on the cluster's masters but the new masters do not get it ({why}); run `sealer run {} --cluster-name {}` with that image to put it there",
+                        app.image, app.image, target.cluster.name
+                    ),
+                }));
+                continue;
+            }
+        };
+        payloads.push(payload);
+    }
+    payloads
+}
+
+/// `more` (an application installed after a join) folded into the join's report `into`: a
+/// host that failed either stays failed, one that changed in either changed.
+fn merge_reports(into: &mut InstallReport, more: InstallReport) {
+    for extra in more.hosts {
+        let Some(host) = into.hosts.iter_mut().find(|h| h.ip == extra.ip) else {
+            continue;
+        };
+        host.outcome = match (&host.outcome, extra.outcome) {
+            (HostOutcome::Failed(why), _) => HostOutcome::Failed(why.clone()),
+            (_, HostOutcome::Failed(why)) => HostOutcome::Failed(why),
+            (HostOutcome::Installed, _) | (_, HostOutcome::Installed) => HostOutcome::Installed,
+            _ => HostOutcome::UpToDate,
+        };
+        host.bytes_sent += extra.bytes_sent;
+        if let Some(agent) = extra.agent_bytes_sent {
+            host.agent_bytes_sent = Some(host.agent_bytes_sent.unwrap_or(0) + agent);
+        }
+        host.steps_run += extra.steps_run;
+        host.steps_skipped += extra.steps_skipped;
+        host.waited.extend(extra.waited);
+        host.elapsed += extra.elapsed;
+    }
+    if into.cluster_stages_skipped.is_none() {
+        into.cluster_stages_skipped = more.cluster_stages_skipped;
+    }
+    into.elapsed += more.elapsed;
+}
+
 /// Where the payload of a join, delete or rollback comes from.
 pub enum ChangeSource<'a> {
     /// The local store: the image named by `--image`, or the last one this machine installed.
@@ -283,6 +466,7 @@ pub fn change_request<'a>(
     let source = match from {
         ChangeSource::Package(run) => Source::Package(run),
         ChangeSource::Store => Source::Store {
+            trust: None,
             root: root.clone(),
             image: match &args.image {
                 Some(image) => Some(image.clone()),
@@ -299,7 +483,9 @@ pub fn change_request<'a>(
             local: false,
             data_root: None,
             known_hosts: args.work.known_hosts.clone(),
+            bastion: args.work.bastion.bastion(),
             max_clock_skew: None,
+            ignore_preflight: Vec::new(),
         },
         source,
         parallel: args.work.parallel,
@@ -313,7 +499,7 @@ pub fn change_request<'a>(
 
 /// The membership change of `join -m/-n`.
 pub fn join_membership(args: &JoinArgs) -> Result<Membership, Error> {
-    let ips = |list: &Option<String>| -> Result<Vec<IpAddr>, Error> {
+    let ips = |list: &Option<String>| -> Result<Vec<crate::address::HostAddress>, Error> {
         Ok(match list {
             Some(list) => crate::clusterfile::parse_host_list(list)?,
             None => Vec::new(),
@@ -331,7 +517,10 @@ pub fn delete_membership(args: &DeleteArgs) -> Result<Membership, Error> {
     Ok(match &args.hosts {
         _ if args.all => Membership::DeleteAll,
         Some(list) => Membership::Delete {
-            hosts: crate::clusterfile::parse_host_list(list)?,
+            hosts: crate::clusterfile::parse_host_list(list)?
+                .into_iter()
+                .map(|a| a.ip)
+                .collect(),
         },
         None => Membership::Delete { hosts: Vec::new() },
     })
@@ -401,13 +590,17 @@ fn membership_change(target: &mut Target, membership: &Membership) -> Result<Cha
             let template = cluster.master0().clone();
             let mut joining = Vec::new();
             for (ips, role) in [(masters, "master"), (nodes, "node")] {
-                for ip in ips {
-                    joining.push(*ip);
-                    if cluster.hosts.iter().any(|h| h.ip == *ip) {
+                for address in ips {
+                    joining.push(address.ip);
+                    if cluster.hosts.iter().any(|h| h.ip == address.ip) {
                         continue;
                     }
                     let mut host = template.clone();
-                    host.ip = *ip;
+                    host.ip = address.ip;
+                    host.name = address.name.clone();
+                    if let Some(port) = address.port {
+                        host.ssh.port = port;
+                    }
                     host.roles = vec![role.to_string()];
                     host.env.clear();
                     host.labels.clear();
@@ -440,6 +633,53 @@ fn membership_change(target: &mut Target, membership: &Membership) -> Result<Cha
     })
 }
 
+/// The signature an install or join from the store needs: by `--trust` keys, else by the site
+/// policy, else none. Checked before the cluster is locked or anything is written. A delete or
+/// rollback installs nothing new, so it needs none.
+fn check_trust(request: &Request<'_>, target: &Target) -> Result<(), Error> {
+    let Source::Store { root, image, trust } = &request.source else {
+        return Ok(());
+    };
+    if !matches!(
+        request.membership,
+        Membership::Keep | Membership::Join { .. }
+    ) {
+        return Ok(());
+    }
+    let Some(name) = image.as_ref().or(target.cluster.image.as_ref()) else {
+        return Ok(());
+    };
+    let store = Store::open(root)?;
+    let image = store.image_by_name(name)?;
+    crate::trust::enforce_image_trust(&store, &image, trust.as_ref())?;
+    Ok(())
+}
+
+/// The image's ARG defaults and required variables with the user's `--env-file`, `-e`,
+/// `--cmd-args`, `--cmds` and `--apps`, folded into the cluster ([`crate::variables`]); a
+/// required variable without value is asked for on a terminal, else refused before any host
+/// is touched.
+fn settle_variables(
+    request: &Request<'_>,
+    target: &mut Target,
+    payload: &Payload,
+) -> Result<(), Error> {
+    crate::variables::settle_env(
+        &mut target.cluster,
+        &payload.config,
+        &crate::variables::VariableFlags::from(&request.target.flags),
+        request.target.clusterfile.is_some(),
+    )?;
+    if matches!(
+        request.membership,
+        Membership::Keep | Membership::Join { .. }
+    ) {
+        let ask = |name: &str| crate::variables::ask_on_terminal(name);
+        crate::variables::check_required(&mut target.cluster, &payload.config, Some(&ask))?;
+    }
+    Ok(())
+}
+
 /// The payload `request` names, checked whole before any host is touched.
 fn payload(
     request: &Request<'_>,
@@ -447,7 +687,7 @@ fn payload(
     report: &(dyn Fn(Event) + Sync),
 ) -> Result<Payload, Error> {
     Ok(match &request.source {
-        Source::Store { root, image } => {
+        Source::Store { root, image, .. } => {
             let name = image
                 .as_ref()
                 .or(target.cluster.image.as_ref())
@@ -477,16 +717,117 @@ pub fn dry_run(
     let mut target = resolve(&request.target)?;
     report_notes(&target, report);
     let change = membership_change(&mut target, &request.membership)?;
+    check_trust(request, &target)?;
     let payload = payload(request, &target, report)?;
+    settle_variables(request, &mut target, &payload)?;
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;
     opts.change = change;
     if let Some(limit) = request.target.max_clock_skew {
         opts.max_clock_skew = limit;
     }
+    opts.ignore_preflight = request.target.ignore_preflight.clone();
     let summary = Summary::of(&payload, &target);
-    let plans = crate::deploy::dry_run(&target.cluster, &payload, &opts)?;
+    let mut plans = crate::deploy::dry_run(&target.cluster, &payload, &opts)?;
+    // A join that adds masters gives them the applications too: their steps are the join's.
+    if let Change::Join { hosts } = &opts.change {
+        let record = ClusterRecord::load(&request.state_root, &target.cluster.name)?;
+        for app in joined_apps(request, &target, &record, hosts, report) {
+            let app_opts = app_join_options(&target, hosts, &opts);
+            let app_plans = crate::deploy::dry_run(&target.cluster, &app, &app_opts)?;
+            for (plan, more) in plans.iter_mut().zip(app_plans) {
+                plan.add_application(&app.image, more);
+            }
+        }
+    }
     Ok((summary, plans))
+}
+
+/// `sealer check`: every preflight check on every host, found without changing anything.
+#[derive(Debug, serde::Serialize)]
+pub struct PreflightReport {
+    pub image: String,
+    pub cluster: String,
+    /// No check failed and every host answered.
+    pub ok: bool,
+    pub hosts: Vec<HostChecks>,
+}
+
+/// One host in [`PreflightReport`].
+#[derive(Debug, serde::Serialize)]
+pub struct HostChecks {
+    pub ip: IpAddr,
+    /// The host name the address was resolved from, when the host was given by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The SSH port.
+    pub port: u16,
+    pub roles: Vec<String>,
+    pub hostname: Option<String>,
+    /// OS and kernel.
+    pub system: Option<String>,
+    /// Why the host could not be asked; then no check was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+    pub checks: Vec<crate::deploy::CheckResult>,
+}
+
+/// Runs every preflight check of an install as `request` on every host, through the dry run's
+/// probe: nothing is changed on the hosts or here.
+pub fn check(
+    request: &Request<'_>,
+    report: &(dyn Fn(Event) + Sync),
+) -> Result<PreflightReport, Error> {
+    let (summary, plans) = dry_run(request, report)?;
+    let hosts: Vec<HostChecks> = plans
+        .into_iter()
+        .map(|p| HostChecks {
+            ip: p.ip,
+            name: p.name,
+            port: p.port,
+            roles: p.roles,
+            hostname: p.hostname,
+            system: p.system,
+            unreachable: p.unreachable,
+            checks: p.checks,
+        })
+        .collect();
+    let ok = hosts.iter().all(|h| {
+        h.unreachable.is_none()
+            && h.checks
+                .iter()
+                .all(|c| c.state != crate::deploy::CheckState::Failed)
+    });
+    Ok(PreflightReport {
+        image: summary.image,
+        cluster: summary.cluster,
+        ok,
+        hosts,
+    })
+}
+
+/// `Ok` when no check failed and every host answered; else which hosts failed which checks.
+pub fn preflight_passed(report: &PreflightReport) -> Result<(), Error> {
+    if report.ok {
+        return Ok(());
+    }
+    let failed: Vec<String> = report
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            if h.unreachable.is_some() {
+                return Some(format!("{} unreachable", h.ip));
+            }
+            let checks: Vec<&str> = h
+                .checks
+                .iter()
+                .filter(|c| c.state == crate::deploy::CheckState::Failed)
+                .map(|c| c.check)
+                .collect();
+            (!checks.is_empty()).then(|| format!("{} ({})", h.ip, checks.join(", ")))
+        })
+        .collect();
+    Err(Error::PreflightFailed(failed.join(", ")))
 }
 
 /// What a cluster holds now: per host the image its rootfs holds (named from this machine's
@@ -510,6 +851,18 @@ pub struct HostState {
     pub image: Option<String>,
     /// How the last install from this machine ended on the host.
     pub last_result: Option<String>,
+    /// The application images installed beside the base image.
+    pub apps: Vec<AppState>,
+}
+
+/// One application image on a host, in [`HostState`].
+#[derive(Debug, serde::Serialize)]
+pub struct AppState {
+    /// Its directory under `<dataRoot>/<cluster>/apps/`.
+    pub app: String,
+    /// The image, when this machine's record names the payload.
+    pub image: Option<String>,
+    pub payload: String,
 }
 
 /// Asks every host of `target` what it holds; changes nothing.
@@ -528,6 +881,20 @@ pub fn status(target: &TargetSpec, state_root: &std::path::Path) -> Result<Clust
                     .find(|i| &i.payload == id)
                     .map(|i| i.image.clone())
             });
+            let apps = host
+                .apps
+                .iter()
+                .map(|(app, id)| AppState {
+                    app: app.clone(),
+                    image: record
+                        .installs
+                        .iter()
+                        .rev()
+                        .find(|i| &i.payload == id)
+                        .map(|i| i.image.clone()),
+                    payload: id.clone(),
+                })
+                .collect();
             let ip = host.ip.to_string();
             let last_result = record
                 .installs
@@ -538,6 +905,7 @@ pub fn status(target: &TargetSpec, state_root: &std::path::Path) -> Result<Clust
                 host,
                 image,
                 last_result,
+                apps,
             }
         })
         .collect();

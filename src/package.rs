@@ -15,7 +15,7 @@ use crate::reference::{Reference, ReferenceError};
 use crate::store::{
     check_image_layers, ImageConfig, Manifest, Store, StoreError, MEDIA_TYPE_LAYER_ZSTD,
 };
-use crate::trust::SigningKey;
+use crate::trust::{SigningKey, Trust, TrustError};
 
 /// Why packing an image or loading a package failed. The kinds of the store and the format
 /// (a corrupt blob, a split size too small, a damaged volume) pass through unchanged.
@@ -29,6 +29,9 @@ pub enum PackError {
     Read(#[from] packer::ReadError),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    /// The image is not signed as `--trust` or the site policy requires; nothing was written.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     /// The image in the store cannot be packed as it is.
     #[error("the {what} of {image} is not UTF-8")]
     NotUtf8 {
@@ -75,6 +78,8 @@ pub struct PackOptions {
     pub split_size: Option<u64>,
     /// The installer stub (`sealer-stub`).
     pub stub: PathBuf,
+    /// Keys the image must be signed by (`--trust`); `None`: the site policy, if there is one.
+    pub trust: Option<Trust>,
 }
 
 /// Pack an image of `store` into a `.run` file. `progress(done, total)` reports bytes written.
@@ -99,6 +104,7 @@ pub fn pack_signed(
         image: opts.image.clone(),
     };
     let image = store.image(&opts.image)?;
+    crate::trust::enforce_image_trust(store, &image, opts.trust.as_ref())?;
     let manifest_json =
         String::from_utf8(store.read_blob(&image.digest)?).map_err(|_| not_utf8("manifest"))?;
     let config_json = String::from_utf8(store.read_blob(&image.manifest.config.digest)?)
@@ -150,6 +156,19 @@ pub fn pack_signed(
 /// `.NAME.v001.partial-PID`, ...) and scratch directories (`.sealer-pack-PID-N`) whose process is
 /// no longer running. Best effort.
 pub fn remove_stale_pack_files(output: &Path) {
+    remove_pack_files(output, |pid| !crate::store::process_is_running(pid));
+}
+
+/// Remove this process's own partial volumes and scratch directories beside `output`: what an
+/// interrupted `sealer pack` does before it exits. Best effort.
+pub fn remove_own_pack_files(output: &Path) {
+    let own = std::process::id();
+    remove_pack_files(output, |pid| pid == own);
+}
+
+/// Remove the pack files beside `output` (partial volumes, scratch directories) of the
+/// processes `whose` selects.
+fn remove_pack_files(output: &Path, whose: impl Fn(u32) -> bool) {
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -182,9 +201,100 @@ pub fn remove_stale_pack_files(output: &Path) {
         let Some(Ok(pid)) = pid.map(str::parse::<u32>) else {
             continue;
         };
-        if !crate::store::process_is_running(pid) {
+        if whose(pid) {
             crate::store::remove_tree(&entry.path());
         }
+    }
+}
+
+/// The names a load moved: for every image name that named one digest in `before` and another
+/// in `after`, `name, old digest, new digest` (a load replaces a tag silently otherwise).
+pub fn moved_tags(
+    before: &[crate::store::ImageSummary],
+    after: &[crate::store::ImageSummary],
+) -> Vec<(String, String, String)> {
+    after
+        .iter()
+        .filter_map(|now| {
+            let old = before.iter().find(|b| b.name == now.name)?;
+            (old.digest != now.digest)
+                .then(|| (now.name.clone(), old.digest.clone(), now.digest.clone()))
+        })
+        .collect()
+}
+
+/// The warning for a tag a load moved to another image.
+pub fn moved_tag_warning(name: &str, old: &str, new: &str) -> String {
+    format!(
+        "warning: {name} named {old} before this load and now names {new}; the image it named \
+         is no longer tagged (sealer tag the old digest again, or rebuild it, if you need it)"
+    )
+}
+
+/// What `load` of a package gives its image, as the package can tell before it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadedDigest {
+    /// Every layer was packed as built: the image keeps the digest it had in the store.
+    Same(String),
+    /// zstd layers were packed at another `--level`: [`load_package`] stores them as packed, so
+    /// the image it names gets this digest (a manifest naming the recompressed layers).
+    Recompressed(String),
+    /// xz layers: `load` recompresses them to zstd frames, and the digest is known only then
+    /// (`load` prints it).
+    AfterXz,
+}
+
+impl LoadedDigest {
+    /// The digest `load` will store, when the package can tell.
+    pub fn digest(&self) -> Option<&str> {
+        match self {
+            LoadedDigest::Same(d) | LoadedDigest::Recompressed(d) => Some(d),
+            LoadedDigest::AfterXz => None,
+        }
+    }
+
+    /// One line for `sealer pack` and `./app.run inspect` when `load` gives the image another
+    /// digest than the one it was packed from (`None` when it keeps it).
+    pub fn note(&self, packed_from: &str) -> Option<String> {
+        match self {
+            LoadedDigest::Same(_) => None,
+            LoadedDigest::Recompressed(d) => Some(format!(
+                "load gives {d}: its layers were recompressed at another level, so the image a \
+                 load stores is not byte for byte {packed_from} (the files are the same)"
+            )),
+            LoadedDigest::AfterXz => Some(format!(
+                "load gives another digest than {packed_from}: it recompresses the xz layers to \
+                 zstd frames and prints the digest it stored (the files are the same)"
+            )),
+        }
+    }
+}
+
+/// The digest [`load_package`] will give the image of the package whose manifest is `m`: the
+/// same manifest edit it makes (each layer packed at another zstd level named by the digest and
+/// size of its frames as packed), hashed as [`Store::commit_image`] writes it.
+pub fn loaded_digest(m: &packer::format::RunManifest) -> LoadedDigest {
+    let same = || LoadedDigest::Same(m.image.manifest_digest.clone());
+    if m.layers.iter().any(|l| l.compression == Compression::Xz) {
+        return LoadedDigest::AfterXz;
+    }
+    let Ok(mut manifest) = serde_json::from_str::<Manifest>(&m.image.manifest_json) else {
+        // A package whose manifest does not parse is refused by load; nothing else to say.
+        return same();
+    };
+    let mut changed = false;
+    for (desc, layer) in manifest.layers.iter_mut().zip(&m.layers) {
+        if desc.digest != layer.digest {
+            desc.digest = layer.digest.clone();
+            desc.size = layer.compressed_len;
+            changed = true;
+        }
+    }
+    match serde_json::to_vec(&manifest) {
+        Ok(bytes) if changed => {
+            LoadedDigest::Recompressed(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))))
+        }
+        _ => same(),
     }
 }
 
@@ -391,6 +501,7 @@ mod tests {
             level: None,
             split_size: Some(4096),
             stub,
+            trust: None,
         };
         let err = pack(&store, &opts, None).err().unwrap();
         assert!(

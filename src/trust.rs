@@ -18,6 +18,8 @@ use base64::Engine;
 use packer::{ReadError, RunFile, SignatureRecord};
 use sha2::{Digest, Sha256};
 
+use crate::store::{Image, Store};
+
 /// Where the site's public keys live unless `$SEALER_TRUST_DIR` names another directory.
 pub const DEFAULT_TRUST_DIR: &str = "/etc/sealer/trust";
 
@@ -106,6 +108,37 @@ pub enum TrustError {
         path.display()
     )]
     BadSignature { path: PathBuf, signer: KeyId },
+    #[error(
+        "image {image} is unsigned, but {policy} requires a signature by {keys}; pull it with \
+         its signature (sealer pull, sealer load) or have it signed (sealer sign IMAGE --key KEY)"
+    )]
+    ImageUnsigned {
+        image: String,
+        policy: String,
+        keys: String,
+    },
+    #[error(
+        "image {image} is signed by key {signer}, which {policy} does not trust (trusted: {keys})"
+    )]
+    ImageUntrusted {
+        image: String,
+        signer: KeyId,
+        policy: String,
+        keys: String,
+    },
+    #[error(
+        "the signature of image {image} by key {signer} does not match its manifest {digest}: the \
+         signature or the image was changed after signing"
+    )]
+    ImageBadSignature {
+        image: String,
+        digest: String,
+        signer: KeyId,
+    },
+    #[error("the signature of image {image} cannot be read ({reason}); have it signed again")]
+    ImageSignatureUnreadable { image: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("the trust policy directory {} does not exist (named by SEALER_TRUST_DIR)", path.display())]
     PolicyDirMissing { path: PathBuf },
     #[error(
@@ -300,6 +333,22 @@ impl SigningKey {
     /// naming the image and the payload id. The text is what a `.minisig` file holds.
     pub fn sign_manifest(&self, manifest: &[u8], image: &str) -> Result<String, TrustError> {
         let payload_id = hex::encode(Sha256::digest(manifest));
+        self.sign_with_comment(manifest, image, &format!("payload:{payload_id}"))
+    }
+
+    /// A minisign signature of an image's manifest bytes (so of its manifest digest), its
+    /// trusted comment naming the image and the digest.
+    pub fn sign_image_manifest(&self, manifest: &[u8], image: &str) -> Result<String, TrustError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(manifest)));
+        self.sign_with_comment(manifest, image, &format!("digest:{digest}"))
+    }
+
+    fn sign_with_comment(
+        &self,
+        manifest: &[u8],
+        image: &str,
+        identity: &str,
+    ) -> Result<String, TrustError> {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -309,7 +358,7 @@ impl SigningKey {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let trusted = format!("timestamp:{timestamp}\timage:{image}\tpayload:{payload_id}");
+        let trusted = format!("timestamp:{timestamp}\timage:{image}\t{identity}");
         let untrusted = format!("signature from sealer key {}", self.key_id);
         let signature = minisign::sign(
             None,
@@ -584,6 +633,107 @@ pub fn sign_package(path: &Path, key: &SigningKey) -> Result<Signed, TrustError>
         payload_id: run.payload_id(),
         replaced,
     })
+}
+
+/// What [`sign_image`] did.
+#[derive(Debug, Clone)]
+pub struct SignedImage {
+    pub key_id: KeyId,
+    pub digest: String,
+    /// The signer the image had before, if any.
+    pub replaced: Option<KeyId>,
+}
+
+/// Who signed an image of the store, unchecked (`None`: unsigned or unreadable).
+pub fn image_claim(store: &Store, image: &Image) -> Result<Claim, TrustError> {
+    Ok(match store.signature(&image.digest)? {
+        None => Claim::Unsigned,
+        Some(text) => match minisign::SignatureBox::from_string(&text) {
+            Ok(sig) => Claim::SignedBy {
+                key_id: KeyId::from_slice(sig.keynum()),
+                trusted_comment: sig.trusted_comment().unwrap_or_default(),
+            },
+            Err(_) => Claim::Damaged,
+        },
+    })
+}
+
+/// `sealer sign IMAGE`: sign the image's manifest bytes (its digest) and record the signature
+/// in the store, where push and save find it. Every local name of the digest is then signed.
+pub fn sign_image(
+    store: &Store,
+    image: &Image,
+    key: &SigningKey,
+) -> Result<SignedImage, TrustError> {
+    let manifest = store.read_blob(&image.digest)?;
+    let replaced = match image_claim(store, image)? {
+        Claim::SignedBy { key_id, .. } => Some(key_id),
+        _ => None,
+    };
+    let text = key.sign_image_manifest(&manifest, &image.reference.store_key())?;
+    store.put_signature(&image.digest, &text)?;
+    Ok(SignedImage {
+        key_id: key.key_id,
+        digest: image.digest.clone(),
+        replaced,
+    })
+}
+
+/// Check that the store's image is signed by one of `trust`'s keys: its recorded signature over
+/// the manifest bytes (read back and checked against the digest) and its trusted comment.
+pub fn check_image(store: &Store, image: &Image, trust: &Trust) -> Result<Verified, TrustError> {
+    let name = image.reference.store_key();
+    let Some(text) = store.signature(&image.digest)? else {
+        return Err(TrustError::ImageUnsigned {
+            image: name,
+            policy: trust.policy.clone(),
+            keys: trust.key_list(),
+        });
+    };
+    let sig = minisign::SignatureBox::from_string(&text).map_err(|e| {
+        TrustError::ImageSignatureUnreadable {
+            image: name.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let signer = KeyId::from_slice(sig.keynum());
+    let Some(key) = trust.keys.iter().find(|k| k.key_id == signer) else {
+        return Err(TrustError::ImageUntrusted {
+            image: name,
+            signer,
+            policy: trust.policy.clone(),
+            keys: trust.key_list(),
+        });
+    };
+    let manifest = store.read_blob(&image.digest)?;
+    minisign::verify(&key.key, &sig, Cursor::new(&manifest), true, false, false).map_err(|_| {
+        TrustError::ImageBadSignature {
+            image: name,
+            digest: image.digest.clone(),
+            signer,
+        }
+    })?;
+    Ok(Verified {
+        key_id: signer,
+        key_origin: key.origin.clone(),
+        trusted_comment: sig.trusted_comment().unwrap_or_default(),
+    })
+}
+
+/// The signature `sealer run` and `sealer pack` require of a store image: by `trust` (`--trust`)
+/// when given, else by the site policy; `Ok(None)` when neither asks for one.
+pub fn enforce_image_trust(
+    store: &Store,
+    image: &Image,
+    trust: Option<&Trust>,
+) -> Result<Option<Verified>, TrustError> {
+    match trust {
+        Some(trust) => check_image(store, image, trust).map(Some),
+        None => match Trust::site_policy()? {
+            Some(policy) => check_image(store, image, &policy).map(Some),
+            None => Ok(None),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -286,3 +286,204 @@ fn docs_cli_md_explains_every_exit_status_the_agent_defines() {
         assert!(doc.contains(&format!("\n| {code} |")), "no row for {code}");
     }
 }
+
+#[test]
+fn quiet_says_only_results_and_quiet_with_verbose_is_a_usage_error() {
+    let store = Sealer::new();
+    let context = store.context(
+        "quiet",
+        &[("Kubefile", b"FROM scratch\nCOPY a a\n"), ("a", b"a\n")],
+    );
+    let out = store.run(&["-q", "build", "-t", "quiet:v1", context.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", both(&out));
+    let said = text(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(lines[0].starts_with("Built quiet:v1 ("), "{said}");
+    assert!(lines[1].starts_with("sha256:"), "{said}");
+    assert_eq!(text(&out.stderr), "", "{}", both(&out));
+
+    let run = store.path("quiet.run");
+    let out = store.run(&["-q", "pack", "quiet:v1", "-o", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(
+        text(&out.stdout).starts_with("Packed quiet:v1 into"),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "",
+        "no progress with -q:\n{}",
+        both(&out)
+    );
+    // Without -q the same pack says how it went on stderr.
+    let out = store.run(&["pack", "quiet:v1", "-o", run.to_str().unwrap()]);
+    assert!(
+        text(&out.stderr).contains("packing: done in "),
+        "{}",
+        both(&out)
+    );
+
+    // After the command as well as before it.
+    let out = store.run_in(&run, &["verify", "-q"], "store");
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(text(&out.stdout).contains("are intact"), "{}", both(&out));
+    assert_eq!(text(&out.stderr), "", "{}", both(&out));
+    let out = store.run_in(&run, &["verify"], "store");
+    assert!(
+        text(&out.stderr).contains("verifying: done in "),
+        "{}",
+        both(&out)
+    );
+
+    // `images -q` keeps its meaning (IDs only), before or after the command.
+    let ids = store.ok(&["images", "-q"]);
+    assert!(ids.trim().starts_with("sha256:"), "{ids}");
+    assert_eq!(store.ok(&["-q", "images"]), ids);
+
+    for (program, verb) in [(Path::new(SEALER), "images"), (run.as_path(), "inspect")] {
+        let out = store.run_in(program, &["-q", "-v", verb], "store");
+        assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+        assert!(
+            text(&out.stderr).contains("cannot be used with"),
+            "{}",
+            both(&out)
+        );
+    }
+}
+
+#[test]
+fn build_and_pack_print_their_result_as_json_on_stdout_alone() {
+    let store = Sealer::new();
+    let context = store.context(
+        "json",
+        &[
+            (
+                "Kubefile",
+                b"FROM scratch\nCOPY a a\nRUN echo said-by-run\n",
+            ),
+            ("a", b"a\n"),
+        ],
+    );
+    let out = store.run(&[
+        "build",
+        "--json",
+        "-t",
+        "json:v1",
+        context.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", both(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", both(&out)));
+    let digest = store.inspect("json:v1")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(built["image"], "json:v1");
+    assert_eq!(built["digest"], digest.as_str());
+    assert_eq!(built["steps"], 3);
+    assert_eq!(built["layers"], 2);
+    assert_eq!(built["cached_steps"], 0);
+    // The steps and what RUN printed are on stderr.
+    let steps = text(&out.stderr);
+    assert!(steps.contains("STEP 3/3: RUN echo said-by-run"), "{steps}");
+    assert!(steps.contains("said-by-run\n"), "{steps}");
+
+    let run = store.path("json.run");
+    let out = store.run(&[
+        "pack",
+        "json:v1",
+        "-o",
+        run.to_str().unwrap(),
+        "--level",
+        "19",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", both(&out));
+    let packed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", both(&out)));
+    assert_eq!(packed["image"], "json:v1");
+    assert_eq!(packed["image_digest"], digest.as_str());
+    assert_eq!(packed["files"][0], run.to_str().unwrap());
+    assert_eq!(packed["size"], std::fs::metadata(&run).unwrap().len());
+    assert_eq!(packed["layers"], 2);
+    assert_eq!(packed["copied_layers"], 0);
+    assert!(packed["signed_by"].is_null());
+    // The digest it announces is the one the package's own inspect names, and load stores.
+    let inspected: serde_json::Value =
+        serde_json::from_str(&store.ok_in(&run, &["inspect", "--json"], "store")).unwrap();
+    assert_eq!(packed["payload_id"], inspected["payload_id"]);
+    assert_eq!(packed["load_digest"], inspected["load_digest"]);
+    assert_ne!(packed["load_digest"], packed["image_digest"]);
+    let loaded = store.ok_in(&run, &["load"], "other-store");
+    let load_digest = packed["load_digest"].as_str().unwrap();
+    assert!(loaded.contains(&format!("({load_digest})")), "{loaded}");
+}
+
+#[test]
+fn an_install_with_q_prints_the_table_only_and_with_v_how_long_each_stage_took() {
+    // `-q` before the command, `-v` after it: both are global flags.
+    let store = Sealer::new();
+    let context = store.context(
+        "stages",
+        &[
+            (
+                "Kubefile",
+                b"FROM scratch\nCOPY a a\nCMD echo from-the-cmd\n",
+            ),
+            ("a", b"a\n"),
+        ],
+    );
+    store.build("stages:v1", &context);
+    let data = store.path("data");
+    let install = |args: &[&str]| {
+        let out = store.run(args);
+        assert!(out.status.success(), "{}", both(&out));
+        out
+    };
+    let out = install(&[
+        "-q",
+        "run",
+        "stages:v1",
+        "--local",
+        "--data-root",
+        data.join("q").to_str().unwrap(),
+    ]);
+    let said = text(&out.stdout);
+    assert!(!said.contains("[127.0.0.1] preflight"), "{said}");
+    assert!(!said.contains("from-the-cmd"), "{said}");
+    assert!(!said.starts_with("Installing"), "{said}");
+    assert!(
+        said.contains("HOST ") && said.contains("installed ("),
+        "{said}"
+    );
+    assert_eq!(text(&out.stderr), "", "{}", both(&out));
+    // The log keeps every line the quiet run did not print.
+    let log = said
+        .lines()
+        .find_map(|l| l.strip_prefix("log: "))
+        .unwrap_or_else(|| panic!("no log line:\n{said}"));
+    let logged = std::fs::read_to_string(log).unwrap();
+    assert!(logged.contains("[127.0.0.1] preflight"), "{logged}");
+    assert!(logged.contains("[127.0.0.1] from-the-cmd"), "{logged}");
+
+    let out = install(&[
+        "run",
+        "-v",
+        "stages:v1",
+        "--local",
+        "--data-root",
+        data.join("v").to_str().unwrap(),
+    ]);
+    let said = text(&out.stdout);
+    for stage in ["preflight", "distribute", "install"] {
+        let timed = said.lines().any(|l| {
+            l.strip_prefix(&format!("[127.0.0.1] {stage}: "))
+                .and_then(|t| t.strip_suffix(" s"))
+                .is_some_and(|t| t.parse::<f64>().is_ok())
+        });
+        assert!(timed, "no time for {stage}:\n{said}");
+    }
+    assert!(said.contains("[127.0.0.1] from-the-cmd"), "{said}");
+}

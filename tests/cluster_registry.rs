@@ -28,7 +28,7 @@ use serde_json::Value;
 use support::containerd::{self, HostContainerd, CONFIG};
 use support::oci::{self, TestImage};
 use support::registry::TestRegistry;
-use support::store::{both, sha256, text, tool, Run, Sealer};
+use support::store::{both, sha256, tool, Run, Sealer};
 use support::testbed::{TestHost, Testbed};
 
 const DATA_ROOT: &str = "/var/lib/sealer-e2e";
@@ -37,24 +37,6 @@ const CLUSTER: &str = "apps";
 const CERTS: &str = "/etc/containerd/certs.d";
 /// The registry port when the Clusterfile names none (sealer's default).
 const PORT: u16 = 5000;
-
-/// Runs `cmd` inside `host` and returns its stdout; panics when it fails.
-fn on_host(bed: &Testbed, host: &TestHost, cmd: &str) -> String {
-    let out = bed.exec(host, cmd).unwrap();
-    assert!(
-        out.status.success(),
-        "on {host}: `{cmd}` failed:\n{}",
-        both(&out)
-    );
-    text(&out.stdout)
-}
-
-fn exists_on(bed: &Testbed, host: &TestHost, path: &str) -> bool {
-    bed.exec(host, &format!("test -e '{path}'"))
-        .unwrap()
-        .status
-        .success()
-}
 
 /// The Clusterfile: `masters` then `nodes`, the testbed's key; `registry` is the
 /// `spec.registry` mapping's lines (indented two spaces) or empty for the defaults.
@@ -76,20 +58,28 @@ fn clusterfile(
     text
 }
 
-/// The bytes a table row says were sent (`..., 12.3 KiB sent)`), 0 when none.
+/// The bytes of frames a table row says were sent (`..., 12.3 KiB sent, agent 5.1 MiB)`: the
+/// bytes sent less the agent's upload), 0 when none.
 fn sent_bytes(row: &str) -> f64 {
     let words: Vec<&str> = row.split_whitespace().collect();
+    let size = |at: usize| {
+        let n: f64 = words[at].trim_end_matches(&[',', ')'][..]).parse().unwrap();
+        n * match words[at + 1].trim_end_matches(&[',', ')'][..]) {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            other => panic!("unit {other} in {row}"),
+        }
+    };
     let Some(at) = words.iter().position(|w| w.starts_with("sent")) else {
         return 0.0;
     };
-    let n: f64 = words[at - 2].parse().unwrap();
-    n * match words[at - 1] {
-        "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        other => panic!("unit {other} in {row}"),
-    }
+    let agent = words
+        .iter()
+        .position(|w| *w == "agent")
+        .map_or(0.0, |a| size(a + 1));
+    size(at - 2) - agent
 }
 
 /// `sealer <command> ARGS... --known-hosts BED`.
@@ -139,8 +129,7 @@ fn work_dir() -> String {
 
 /// The registry's pid file on `host` (the one `*.pid` under the work dir's `registry/`).
 fn registry_pid_file(bed: &Testbed, host: &TestHost) -> String {
-    let found = on_host(
-        bed,
+    let found = bed.stdout_of(
         host,
         &format!("find {} -path '*registry*' -name '*.pid'", work_dir()),
     );
@@ -150,7 +139,7 @@ fn registry_pid_file(bed: &Testbed, host: &TestHost) -> String {
         1,
         "{host}: one registry pid file under {}, found:\n{found}\nthe work dir holds:\n{}",
         work_dir(),
-        on_host(bed, host, &format!("find {} -maxdepth 2", work_dir()))
+        bed.stdout_of(host, &format!("find {} -maxdepth 2", work_dir()))
     );
     files[0].to_string()
 }
@@ -158,11 +147,12 @@ fn registry_pid_file(bed: &Testbed, host: &TestHost) -> String {
 /// The supervisor's pid on `host` (in the host's PID namespace), checked to be running.
 fn supervisor_pid(bed: &Testbed, host: &TestHost) -> u32 {
     let file = registry_pid_file(bed, host);
-    let pid: u32 = on_host(bed, host, &format!("cat {file}"))
+    let pid: u32 = bed
+        .stdout_of(host, &format!("cat {file}"))
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("{host}: {file} does not hold a pid"));
-    on_host(bed, host, &format!("kill -0 {pid}"));
+    bed.stdout_of(host, &format!("kill -0 {pid}"));
     pid
 }
 
@@ -183,7 +173,7 @@ fn mirror_endpoints(hosts_toml: &str) -> (Option<String>, Vec<String>) {
 
 /// Processes of the registry service running inside `host` (their command lines).
 fn registry_processes(bed: &Testbed, host: &TestHost) -> Vec<String> {
-    on_host(bed, host, "ps -e -o args=")
+    bed.stdout_of(host, "ps -e -o args=")
         .lines()
         .filter(|l| l.contains("registry serve") || l.contains("registry supervise"))
         .map(str::to_string)
@@ -397,19 +387,61 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
         row.contains("FAILED") && row.contains(CONFIG),
         "the node's failure does not name {CONFIG}: {row}"
     );
+    assert!(row.contains("(check: containerd)"), "{row}");
+    // Refused in preflight, before anything is sent: no host got the agent or a rootfs, and
+    // the masters, which passed their own checks, did not start.
     let cluster_dir = format!("{DATA_ROOT}/{CLUSTER}");
-    assert!(
-        !exists_on(&bed, node, &format!("{cluster_dir}/rootfs")),
-        "the refused node received the rootfs"
-    );
-    // The masters, which passed their preflight, went on (each host is installed on its own).
+    for host in [node, masters[0], masters[1]] {
+        for path in [
+            format!("{cluster_dir}/rootfs"),
+            format!("{DATA_ROOT}/.agent"),
+        ] {
+            assert!(
+                !bed.has_path(host, &path),
+                "{path} on {host} after the refusal"
+            );
+        }
+    }
     for master in masters {
         assert!(
-            refused.row(master).contains("installed"),
+            refused.row(master).contains("nothing was sent to any host"),
             "{}",
             refused.row(master)
         );
     }
+
+    step("sealer check names the containerd check; --ignore-preflight containerd lets it by");
+    let containerd_row = |run: &Run| {
+        let ip = node.ip.to_string();
+        run.text
+            .lines()
+            .find(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(ip.as_str()) && words.next() == Some("containerd")
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    let check = sealer_on(&store, &bed, "check", &["apps:v1", "-f", file]);
+    check.assert_failed("sealer check with a node without containerd's config");
+    let row = containerd_row(&check);
+    assert!(
+        row.contains("FAILED") && row.contains(CONFIG),
+        "{}",
+        check.text
+    );
+    let ignored = sealer_on(
+        &store,
+        &bed,
+        "check",
+        &["apps:v1", "-f", file, "--ignore-preflight", "containerd"],
+    );
+    ignored.assert_ok("sealer check --ignore-preflight containerd");
+    assert!(
+        containerd_row(&ignored).contains("ignored"),
+        "{}",
+        ignored.text
+    );
 
     step("install, the node's containerd config fixed");
     containerd::write_config(&bed, node, CERTS);
@@ -418,7 +450,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     first.assert_ok("install");
     for master in masters {
         assert!(
-            first.row(master).contains("up to date"),
+            first.row(master).contains("installed"),
             "{}",
             first.row(master)
         );
@@ -432,15 +464,11 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     );
     let rootfs = format!("{cluster_dir}/rootfs");
     for host in hosts {
-        assert!(exists_on(
-            &bed,
-            host,
-            &format!("{rootfs}/manifests/imageList")
-        ));
+        assert!(bed.has_path(host, &format!("{rootfs}/manifests/imageList")));
     }
     // The images layer went to the registry hosts only.
     for master in masters {
-        let index = on_host(&bed, master, &format!("cat {rootfs}/images/index.json"));
+        let index = bed.stdout_of(master, &format!("cat {rootfs}/images/index.json"));
         for image in [&foo, &bar, &baz] {
             assert!(
                 index.contains(&image.manifest),
@@ -450,7 +478,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
         }
     }
     assert!(
-        !exists_on(&bed, node, &format!("{rootfs}/images")),
+        !bed.has_path(node, &format!("{rootfs}/images")),
         "the node received the images layer"
     );
 
@@ -459,7 +487,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     for master in masters {
         assert!(serves(master.ip, PORT), "{master} does not serve /v2/");
         supervisors.push(supervisor_pid(&bed, master));
-        let listening = on_host(&bed, master, &format!("ss -ltnH 'sport = :{PORT}'"));
+        let listening = bed.stdout_of(master, &format!("ss -ltnH 'sport = :{PORT}'"));
         assert!(
             listening.contains(&format!("0.0.0.0:{PORT}")),
             "{master}: not listening on 0.0.0.0:{PORT}:\n{listening}"
@@ -476,13 +504,13 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
         .collect();
     let registries = [with_port.as_str(), PORTLESS];
     for host in hosts {
-        let dirs = on_host(&bed, host, &format!("ls {CERTS}"));
+        let dirs = bed.stdout_of(host, &format!("ls {CERTS}"));
         let mut want: Vec<&str> = registries.to_vec();
         want.sort();
         assert_eq!(dirs.lines().collect::<Vec<_>>(), want, "{host}: {CERTS}");
         for registry in registries {
             let hosts_toml = format!("{CERTS}/{registry}/hosts.toml");
-            let written = on_host(&bed, host, &format!("cat '{hosts_toml}'"));
+            let written = bed.stdout_of(host, &format!("cat '{hosts_toml}'"));
             assert_eq!(
                 mirror_endpoints(&written),
                 (Some(endpoints[0].clone()), endpoints.clone()),
@@ -541,8 +569,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
 
     step("the first master's registry killed (server and supervisor): pulls go to the second");
     let killed = supervisors[0];
-    on_host(
-        &bed,
+    bed.stdout_of(
         m0,
         &format!("kill -9 {killed} $(pgrep -P {killed}) 2>/dev/null; true"),
     );
@@ -584,19 +611,16 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
         );
         for registry in registries {
             assert!(
-                !exists_on(&bed, host, &format!("{CERTS}/{registry}")),
+                !bed.has_path(host, &format!("{CERTS}/{registry}")),
                 "{host}: {CERTS}/{registry}/hosts.toml is left behind"
             );
         }
         assert!(
-            !exists_on(&bed, host, DATA_ROOT),
+            !bed.has_path(host, DATA_ROOT),
             "{host}: the data root is left:\n{}",
-            on_host(&bed, host, &format!("find {DATA_ROOT} -maxdepth 3"))
+            bed.stdout_of(host, &format!("find {DATA_ROOT} -maxdepth 3"))
         );
-        assert!(
-            exists_on(&bed, host, CONFIG),
-            "{host}: {CONFIG} was removed"
-        );
+        assert!(bed.has_path(host, CONFIG), "{host}: {CONFIG} was removed");
     }
     for master in masters {
         assert!(refuses(master.ip, PORT), "{master} still serves");
@@ -621,10 +645,10 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     let run = store.run_on(&bed, "apps:v1", &["-f", single]);
     eprintln!("{}", run.text);
     run.assert_ok("install with ha: false");
-    assert!(exists_on(&bed, m0, &format!("{rootfs}/images/index.json")));
+    assert!(bed.has_path(m0, &format!("{rootfs}/images/index.json")));
     for host in [m1, node] {
         assert!(
-            !exists_on(&bed, host, &format!("{rootfs}/images")),
+            !bed.has_path(host, &format!("{rootfs}/images")),
             "{host} received the images layer with ha: false"
         );
         assert!(refuses(host.ip, single_port), "{host} serves a registry");
@@ -638,7 +662,7 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     for host in hosts {
         for registry in registries {
             let hosts_toml = format!("{CERTS}/{registry}/hosts.toml");
-            let written = on_host(&bed, host, &format!("cat '{hosts_toml}'"));
+            let written = bed.stdout_of(host, &format!("cat '{hosts_toml}'"));
             assert_eq!(
                 mirror_endpoints(&written),
                 (Some(only.clone()), vec![only.clone()]),
@@ -662,10 +686,10 @@ fn masters_serve_the_packaged_images_a_node_pulls_them_through_hosts_toml_with_f
     deleted.assert_ok("delete --all of the ha: false cluster");
     for host in hosts {
         assert!(registry_processes(&bed, host).is_empty(), "{host}");
-        assert!(!exists_on(&bed, host, DATA_ROOT), "{host}");
+        assert!(!bed.has_path(host, DATA_ROOT), "{host}");
         for registry in registries {
             assert!(
-                !exists_on(&bed, host, &format!("{CERTS}/{registry}")),
+                !bed.has_path(host, &format!("{CERTS}/{registry}")),
                 "{host}"
             );
         }

@@ -648,7 +648,7 @@ fn bad_declarations_and_unusable_images_are_refused_before_the_store_is_written(
     refused(
         &sealer,
         &["-t", "x:1", "--insecure", &ctx.display().to_string()],
-        &[layer, "Invalid digest", "manifests/imageList:1"],
+        &[layer, "hashes to", "manifests/imageList:1"],
     );
 
     // A manifest the registry serves damaged: refused too.
@@ -670,6 +670,22 @@ fn bad_declarations_and_unusable_images_are_refused_before_the_store_is_written(
         &sealer,
         &["-t", "x:1", "--insecure", &ctx.display().to_string()],
         &["digest", &format!("{host}/library/bar:2")],
+    );
+
+    // The same damaged manifest asked for by its digest: what the registry sends does not hash
+    // to the digest the reference pins; refused, naming the reference.
+    let pinned = format!("{host}/library/bar@{digest}");
+    let ctx = sealer.context(
+        "damaged-pinned",
+        &[
+            ("Kubefile", kubefile),
+            ("manifests/imageList", pinned.as_bytes()),
+        ],
+    );
+    refused(
+        &sealer,
+        &["-t", "x:1", "--insecure", &ctx.display().to_string()],
+        &["digest", &pinned, "manifests/imageList:1"],
     );
 }
 

@@ -24,22 +24,24 @@ const DATA_ROOT: &str = "/var/lib/sealer-e2e";
 /// The seed of the fault scenarios' payload.
 const NOISE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Runs `cmd` inside `host` (not over SSH) and returns its stdout; panics when it fails.
-fn on_host(bed: &Testbed, host: &TestHost, cmd: &str) -> String {
-    let out = bed.exec(host, cmd).unwrap();
-    assert!(
-        out.status.success(),
-        "on {host}: `{cmd}` failed:\n{}",
-        both(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn exists_on(bed: &Testbed, host: &TestHost, path: &str) -> bool {
-    bed.exec(host, &format!("test -e '{path}'"))
-        .unwrap()
-        .status
-        .success()
+/// The spool under `cluster_dir` holds exactly the frames the installed tree was unpacked from
+/// (its `frames` list): what an upgrade can reuse, nothing more.
+fn assert_spool_holds_the_installed_frames(bed: &Testbed, host: &TestHost, cluster_dir: &str) {
+    let work = bed
+        .host_root(host)
+        .join(format!("{cluster_dir}/.sealer").trim_start_matches('/'));
+    let listed: std::collections::BTreeSet<String> = std::fs::read_to_string(work.join("frames"))
+        .unwrap_or_else(|e| panic!("{host}: {cluster_dir}/.sealer/frames: {e}"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let spooled: std::collections::BTreeSet<String> = std::fs::read_dir(work.join("spool"))
+        .unwrap_or_else(|e| panic!("{host}: {cluster_dir}/.sealer/spool: {e}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!listed.is_empty(), "{host}: no frames listed");
+    assert_eq!(spooled, listed, "{host}: the spool holds other frames");
 }
 
 /// A sealer.io/v2 Clusterfile: `hosts` as `(address, role)`, `ssh` the spec.ssh flow mapping,
@@ -109,11 +111,11 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     for host in hosts {
         assert!(first.row(host).contains("installed"), "{}", first.row(host));
         assert!(
-            exists_on(&bed, host, &format!("{}/usr/bin/etcd", rootfs("etcd"))),
+            bed.has_path(host, &format!("{}/usr/bin/etcd", rootfs("etcd"))),
             "{host} has no rootfs at {}",
             rootfs("etcd")
         );
-        assert_eq!(on_host(&bed, host, "cat /var/tmp/count-runs"), "ran\n");
+        assert_eq!(bed.stdout_of(host, "cat /var/tmp/count-runs"), "ran\n");
     }
     // The plugin came from the image's plugins/etcd.yaml.
     assert!(first.text.contains("etcd member"), "{}", first.text);
@@ -125,7 +127,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         .collect::<Vec<_>>()
         .join(",");
     let etcdctl = format!("{}/usr/bin/etcdctl --endpoints {endpoints}", rootfs("etcd"));
-    let members = on_host(&bed, &hosts[3], &format!("{etcdctl} member list"));
+    let members = bed.stdout_of(&hosts[3], &format!("{etcdctl} member list"));
     assert_eq!(
         members
             .lines()
@@ -134,7 +136,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         3,
         "member list:\n{members}"
     );
-    let health = on_host(&bed, &hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
+    let health = bed.stdout_of(&hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
     for h in &hosts[..3] {
         assert!(
             health.contains(&format!("http://{}:2379 is healthy", h.ip)),
@@ -142,7 +144,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         );
     }
     let pid_file = format!("{DATA_ROOT}/etcd/etcd/etcd.pid");
-    let pid_before = on_host(&bed, &hosts[0], &format!("cat {pid_file}"));
+    let pid_before = bed.stdout_of(&hosts[0], &format!("cat {pid_file}"));
 
     // Double run: nothing sent, nothing run, everyone up to date.
     let second = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
@@ -158,18 +160,14 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
             "{}",
             second.row(host)
         );
-        assert_eq!(on_host(&bed, host, "cat /var/tmp/count-runs"), "ran\n");
-        assert!(!exists_on(
-            &bed,
-            host,
-            &format!("{DATA_ROOT}/etcd/.sealer/spool")
-        ));
+        assert_eq!(bed.stdout_of(host, "cat /var/tmp/count-runs"), "ran\n");
+        assert_spool_holds_the_installed_frames(&bed, host, &format!("{DATA_ROOT}/etcd"));
     }
     assert!(!second.text.contains(" sent "), "{}", second.text);
     assert!(!second.text.contains("etcd member"), "{}", second.text);
     assert!(!second.text.contains(", started, "), "{}", second.text);
     assert_eq!(
-        on_host(&bed, &hosts[0], &format!("cat {pid_file}")),
+        bed.stdout_of(&hosts[0], &format!("cat {pid_file}")),
         pid_before
     );
 
@@ -188,7 +186,7 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     let listing = format!(
         "find {DATA_ROOT} /var/tmp/count-runs -path {DATA_ROOT}/etcd/etcd -prune -o -printf '%p %s %T@ %m\\n' | sort"
     );
-    let before: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &listing)).collect();
+    let before: Vec<String> = hosts.iter().map(|h| bed.stdout_of(h, &listing)).collect();
     let dry = store.run_on(&bed, "etcd-cluster:v2", &["-f", file, "--dry-run"]);
     dry.assert_ok("dry run of v2");
     for host in hosts {
@@ -205,15 +203,15 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         "{}",
         dry.text
     );
-    let after: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &listing)).collect();
+    let after: Vec<String> = hosts.iter().map(|h| bed.stdout_of(h, &listing)).collect();
     assert_eq!(before, after, "the dry run changed something on a host");
     let v2 = store.run_on(&bed, "etcd-cluster:v2", &["-f", file]);
     v2.assert_ok("install of v2 over v1");
     for host in hosts {
         assert!(v2.row(host).contains("installed"), "{}", v2.row(host));
-        assert_eq!(on_host(&bed, host, &format!("cat {version}")), "v2\n");
-        assert_eq!(on_host(&bed, host, &format!("cat {conf}")), "members=3\n");
-        assert_eq!(on_host(&bed, host, "cat /var/tmp/count-runs"), "ran\nran\n");
+        assert_eq!(bed.stdout_of(host, &format!("cat {version}")), "v2\n");
+        assert_eq!(bed.stdout_of(host, &format!("cat {conf}")), "members=3\n");
+        assert_eq!(bed.stdout_of(host, "cat /var/tmp/count-runs"), "ran\nran\n");
     }
     let back = store.run_on(&bed, "etcd-cluster:v1", &["-f", file]);
     back.assert_ok("install of v1 over v2");
@@ -225,12 +223,12 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
     for host in hosts {
         assert!(back.row(host).contains("installed"), "{}", back.row(host));
         assert!(
-            !exists_on(&bed, host, &version),
+            !bed.has_path(host, &version),
             "{host} still has v2's {version} after v1 was installed again"
         );
-        assert_eq!(on_host(&bed, host, &format!("cat {conf}")), "members=3\n");
+        assert_eq!(bed.stdout_of(host, &format!("cat {conf}")), "members=3\n");
         assert_eq!(
-            on_host(&bed, host, "cat /var/tmp/count-runs"),
+            bed.stdout_of(host, "cat /var/tmp/count-runs"),
             "ran\nran\nran\n"
         );
     }
@@ -248,8 +246,288 @@ fn etcd_cluster_on_three_masters_and_two_nodes_is_healthy_and_a_second_run_chang
         "{}",
         again.text
     );
-    let health = on_host(&bed, &hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
+    let health = bed.stdout_of(&hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
+    upgrades_roll_back_on_failure_roll_back_on_request_and_survive_a_killed_installer(
+        &bed, &store, file, &etcdctl,
+    );
+    an_application_image_goes_onto_the_running_cluster_beside_its_base_image(
+        &bed, &store, file, &etcdctl,
+    );
+}
+
+/// An application image (`--type app-installer`) run on the etcd cluster: its tree lands on
+/// the masters in its own directory, its CMD (which writes a key through etcd) runs once on
+/// master0, the base image stays, status lists both, and a rerun does nothing.
+fn an_application_image_goes_onto_the_running_cluster_beside_its_base_image(
+    bed: &Testbed,
+    store: &Sealer,
+    file: &str,
+    etcdctl: &str,
+) {
+    let hosts = bed.hosts();
+    let ctx = tempfile::tempdir().unwrap();
+    write_file(ctx.path(), "page", "hello from web\n");
+    write_file(
+        ctx.path(),
+        "put.sh",
+        "etcdctl=\"$SEALER_ROOTFS/../../../rootfs/usr/bin/etcdctl\"\n\"$etcdctl\" --endpoints \"http://$SEALER_MASTER0:2379\" put /apps/web \"$(cat page)\"\n",
+    );
+    write_file(
+        ctx.path(),
+        "Kubefile",
+        "FROM scratch\nCOPY page page\nCOPY put.sh put.sh\nCMD bash put.sh\n",
+    );
+    store.ok(&[
+        "build",
+        "--type",
+        "app-installer",
+        "-t",
+        "web:v1",
+        ctx.path().to_str().unwrap(),
+    ]);
+    let run = store.run_on(bed, "web:v1", &["-f", file]);
+    run.assert_ok("application image onto the running cluster");
+    let app = format!("{DATA_ROOT}/etcd/apps/web/rootfs/page");
+    for (i, host) in hosts.iter().enumerate() {
+        assert_eq!(bed.has_path(host, &app), i < 3, "{host}: {app}");
+        // The base image is still the cluster's tree.
+        assert!(bed.has_path(host, &format!("{}/usr/bin/etcd", rootfs("etcd"))));
+    }
+    let value = bed.stdout_of(
+        &hosts[4],
+        &format!("{etcdctl} get /apps/web --print-value-only"),
+    );
+    assert_eq!(value.trim(), "hello from web");
+    let status = sealer_on(store, bed, "status", &["-f", file]);
+    assert!(status.ok, "{}", status.text);
+    assert!(
+        status.text.contains("application (apps/web)"),
+        "{}",
+        status.text
+    );
+    assert!(status.text.contains("web:v1"), "{}", status.text);
+    let again = store.run_on(bed, "web:v1", &["-f", file]);
+    again.assert_ok("rerun of the application");
+    assert!(
+        again.text.contains("Everything is up to date"),
+        "{}",
+        again.text
+    );
+}
+
+/// On the running etcd cluster of the test above (v1 installed): an image with upgrade hooks
+/// (`upgrade-host` restarts each member from the new tree; `upgrade` on master0 checks the
+/// cluster's health and then fails while /var/tmp/fail-upgrade exists).
+/// 1. the upgrade fails in its post-upgrade hook with --rollback-on-failure: every host is back
+///    on v1 and etcd is healthy; a rerun of v1 does nothing;
+/// 2. `sealer upgrade` to the same image succeeds: upgrade hooks ran, no install hook or CMD
+///    ran again; a rerun does nothing;
+/// 3. `sealer rollback`: every host back on v1; a rerun of v1 does nothing;
+/// 4. the installer killed (-9) mid-transfer of an upgrade: every host still holds one whole
+///    tree (v1), and the rerun converges every host to the new image; a rerun does nothing.
+fn upgrades_roll_back_on_failure_roll_back_on_request_and_survive_a_killed_installer(
+    bed: &Testbed,
+    store: &Sealer,
+    file: &str,
+    etcdctl: &str,
+) {
+    let hosts = bed.hosts();
+    let started = Instant::now();
+    let version_file = format!("{}/etc/version", rootfs("etcd"));
+    let version = |host: &TestHost| {
+        bed.stdout_of(host, &format!("cat {version_file} 2>/dev/null || echo v1"))
+            .trim()
+            .to_string()
+    };
+    let assert_everywhere = |expected: &str, when: &str| {
+        for host in hosts {
+            assert_eq!(version(host), expected, "{when}: {host}");
+        }
+        let health = bed.stdout_of(&hosts[4], &format!("{etcdctl} endpoint health 2>&1"));
+        assert_eq!(health.matches("is healthy").count(), 3, "{when}: {health}");
+    };
+    let assert_rerun_does_nothing = |image: &str, when: &str| {
+        let again = store.run_on(bed, image, &["-f", file]);
+        again.assert_ok(when);
+        assert!(
+            again.text.contains("Everything is up to date"),
+            "{when}: {}",
+            again.text
+        );
+    };
+    let counted = bed.stdout_of(&hosts[0], "cat /var/tmp/count-runs");
+    let home = format!("{DATA_ROOT}/etcd/etcd");
+    let upgrade_host = shell_plugin(
+        "restart-etcd",
+        "upgrade-host",
+        "  scope: master\n",
+        &format!(
+            "pid=$(cat {home}/etcd.pid)\nkill \"$pid\"\nfor _ in $(seq 100); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done\ncat \"$SEALER_ROOTFS/etc/version\" > {home}/upgraded-to\nbash \"$SEALER_ROOTFS/scripts/start-etcd.sh\""
+        ),
+    );
+    let upgrade = shell_plugin(
+        "check-upgrade",
+        "upgrade",
+        "",
+        "bash \"$SEALER_ROOTFS/scripts/check-health.sh\"\nif [ -e /var/tmp/fail-upgrade ]; then echo 'post-upgrade check refused the upgrade' >&2; exit 1; fi",
+    );
+    store.build_from(
+        "etcd-cluster:v3",
+        "FROM etcd-cluster:v1\nCOPY version etc/version\nCOPY upgrade-host.yaml plugins/\nCOPY upgrade.yaml plugins/\n",
+        &[
+            ("version", b"v3\n"),
+            ("upgrade-host.yaml", upgrade_host.as_bytes()),
+            ("upgrade.yaml", upgrade.as_bytes()),
+        ],
+    );
+
+    // 1. A failing post-upgrade hook, with --rollback-on-failure.
+    bed.stdout_of(&hosts[0], "touch /var/tmp/fail-upgrade");
+    let failed = store.run_on(
+        bed,
+        "etcd-cluster:v3",
+        &["-f", file, "--rollback-on-failure", "--attempts", "1"],
+    );
+    failed.assert_failed("upgrade with a failing upgrade hook");
+    assert!(failed.text.contains("upgrade on "), "{}", failed.text);
+    assert!(
+        failed.text.contains("post-upgrade check refused"),
+        "{}",
+        failed.text
+    );
+    assert!(
+        failed
+            .text
+            .contains("rolled back: every host that switched"),
+        "{}",
+        failed.text
+    );
+    assert_everywhere("v1", "after the failed upgrade rolled back");
+    // The upgrade-host hooks ran in the new tree before the failure.
+    for master in &hosts[..3] {
+        assert_eq!(
+            bed.stdout_of(master, &format!("cat {home}/upgraded-to")),
+            "v3\n"
+        );
+    }
+    assert_rerun_does_nothing("etcd-cluster:v1", "rerun of v1 after the rollback");
+    eprintln!(
+        "[{:>5.1}s] failed upgrade rolled back",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. The same upgrade, now allowed, through `sealer upgrade`.
+    bed.stdout_of(&hosts[0], "rm /var/tmp/fail-upgrade");
+    let up = sealer_on(
+        store,
+        bed,
+        "upgrade",
+        &["etcd-cluster:v3", "-f", file, "--attempts", "1"],
+    );
+    up.assert_ok("sealer upgrade to v3");
+    assert_everywhere("v3", "after the upgrade");
+    for host in hosts {
+        // The install route's hooks did not run again on the upgrade route.
+        assert_eq!(
+            bed.stdout_of(host, "cat /var/tmp/count-runs"),
+            counted,
+            "{host}"
+        );
+        assert!(bed.has_path(host, &format!("{DATA_ROOT}/etcd/rootfs.prev/usr/bin/etcd")));
+    }
+    assert!(!up.text.contains("CMD bash"), "{}", up.text);
+    assert_rerun_does_nothing("etcd-cluster:v3", "rerun of v3");
+    eprintln!(
+        "[{:>5.1}s] upgrade succeeded",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 3. sealer rollback over SSH.
+    let back = sealer_on(store, bed, "rollback", &["--cluster-name", "etcd"]);
+    back.assert_ok("sealer rollback");
+    assert_everywhere("v1", "after sealer rollback");
+    assert_rerun_does_nothing("etcd-cluster:v1", "rerun of v1 after sealer rollback");
+    eprintln!("[{:>5.1}s] rolled back", started.elapsed().as_secs_f64());
+
+    // 4. The installer killed mid-transfer of an upgrade to v5 (v3 and 24 MiB of noise).
+    let noise = noise::bytes(24 << 20, NOISE_SEED ^ 5);
+    store.build_from(
+        "etcd-cluster:v5",
+        "FROM etcd-cluster:v3\nCOPY version etc/version\nCOPY noise.bin data/\n",
+        &[("version", b"v5\n"), ("noise.bin", &noise)],
+    );
+    for host in hosts {
+        bed.shape(host, "16mbit").unwrap();
+    }
+    let spool = bed
+        .host_root(&hosts[4])
+        .join(format!("{DATA_ROOT}/etcd/.sealer/spool").trim_start_matches('/'));
+    // The host keeps the frames of the generation installed; a frame of v5 is a new name.
+    let frames = || -> std::collections::HashSet<std::ffi::OsString> {
+        std::fs::read_dir(&spool)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| n.len() == 64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let kept = frames();
+    let mut child = store
+        .run_command(bed, "etcd-cluster:v5", &["-f", file, "--attempts", "1"])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while frames().is_subset(&kept) {
+        assert!(
+            Instant::now() < deadline,
+            "no frame of v5 arrived within 90 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the upgrade ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let killed = child.wait_with_output().unwrap();
+    assert!(!killed.status.success());
+    for host in hosts {
+        bed.unshape(host).unwrap();
+    }
+    // Every host holds one whole tree, the one before the upgrade: never a mix.
+    for host in hosts {
+        assert_eq!(version(host), "v1", "{host} after the kill");
+        assert!(!bed.has_path(host, &format!("{}/data/noise.bin", rootfs("etcd"))));
+    }
+    let rerun = store.run_on(bed, "etcd-cluster:v5", &["-f", file, "--attempts", "2"]);
+    rerun.assert_ok("rerun of the killed upgrade");
+    assert_everywhere("v5", "after the rerun of the killed upgrade");
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&noise))
+    };
+    for host in hosts {
+        let sum = bed.stdout_of(
+            host,
+            &format!("sha256sum < {}/data/noise.bin", rootfs("etcd")),
+        );
+        assert!(sum.starts_with(&expected), "{host}: {sum}");
+    }
+    for master in &hosts[..3] {
+        assert_eq!(
+            bed.stdout_of(master, &format!("cat {home}/upgraded-to")),
+            "v5\n"
+        );
+    }
+    assert_rerun_does_nothing("etcd-cluster:v5", "rerun of v5");
+    eprintln!(
+        "[{:>5.1}s] killed upgrade converged",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -310,25 +588,18 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
 
     let cluster_dir = format!("{DATA_ROOT}/conf");
     for host in [master, node] {
-        let merged = on_host(&bed, host, &format!("cat {}/etc/app.yaml", rootfs("conf")));
+        let merged = bed.stdout_of(host, &format!("cat {}/etc/app.yaml", rootfs("conf")));
         let value: serde_yaml::Value = serde_yaml::from_str(&merged).unwrap();
         assert_eq!(value["a"], serde_yaml::Value::from(1), "{merged}");
         assert_eq!(value["b"]["c"], serde_yaml::Value::from(2), "{merged}");
         assert_eq!(value["b"]["d"], serde_yaml::Value::from(3), "{merged}");
         assert_eq!(
-            on_host(
-                &bed,
-                host,
-                &format!("cat {}/etc/plain.conf", rootfs("conf"))
-            ),
+            bed.stdout_of(host, &format!("cat {}/etc/plain.conf", rootfs("conf"))),
             "new\n"
         );
-        // The spool goes once the rootfs is in the journal; the installed tree stays.
-        assert!(
-            !exists_on(&bed, host, &format!("{cluster_dir}/.sealer/spool")),
-            "{host}: the spool was left behind"
-        );
-        let env = on_host(&bed, host, &format!("cat {cluster_dir}/sealer-env"));
+        // Once the rootfs is in the journal the spool keeps only the installed tree's frames.
+        assert_spool_holds_the_installed_frames(&bed, host, &cluster_dir);
+        let env = bed.stdout_of(host, &format!("cat {cluster_dir}/sealer-env"));
         for line in [
             "SEALER_CLUSTER=conf".to_string(),
             format!("SEALER_ROOTFS={}", rootfs("conf")),
@@ -346,11 +617,11 @@ fn a_non_root_sudo_user_with_a_password_gets_configs_exports_and_sealer_env() {
     // Exported on master0 by a pre-init-host hook, seen by a later hook on the node (run as
     // root through sudo) and by the CMD.
     assert_eq!(
-        on_host(&bed, node, &format!("cat {cluster_dir}/token")),
+        bed.stdout_of(node, &format!("cat {cluster_dir}/token")),
         format!("tok-{} 0\n", master.ip)
     );
     assert_eq!(
-        on_host(&bed, master, &format!("cat {cluster_dir}/cmd-token")),
+        bed.stdout_of(master, &format!("cat {cluster_dir}/cmd-token")),
         format!("cmd sees TOKEN=tok-{} as 0\n", master.ip)
     );
 
@@ -452,7 +723,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     assert!(run.text.contains("corrupt"), "{}", run.text);
     for host in hosts {
         assert!(
-            !exists_on(&bed, host, DATA_ROOT),
+            !bed.has_path(host, DATA_ROOT),
             "{host} was touched by a refused install"
         );
     }
@@ -489,7 +760,7 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     assert!(!run.text.contains(wrong), "password printed:\n{}", run.text);
     assert_eq!(run.text.matches("FAILED").count(), 1, "{}", run.text);
     assert!(run.row(n1).contains("password"), "{}", run.row(n1));
-    assert!(!exists_on(&bed, n1, &rootfs("pw")));
+    assert!(!bed.has_path(n1, &rootfs("pw")));
     let args = pw_args(bed.root_password());
     let run = store.run_on(
         &bed,
@@ -511,8 +782,8 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     let row = run.row(n2);
     assert!(row.contains("FAILED") && row.contains("host key"), "{row}");
     assert!(row.contains(&n2.ip.to_string()), "{row}");
-    assert!(!exists_on(&bed, n2, &rootfs("hostkey")));
-    assert!(exists_on(&bed, n1, &rootfs("hostkey")));
+    assert!(!bed.has_path(n2, &rootfs("hostkey")));
+    assert!(bed.has_path(n1, &rootfs("hostkey")));
     // The operator removes the stale key; the rerun completes only what is missing.
     let status = Command::new("ssh-keygen")
         .arg("-R")
@@ -539,13 +810,13 @@ fn faults_are_reported_per_host_and_each_rerun_completes() {
     run.assert_failed("link down");
     assert!(run.row(n2).contains("FAILED"), "{}", run.row(n2));
     assert!(run.row(n1).contains("installed"), "{}", run.row(n1));
-    assert!(exists_on(&bed, n1, &rootfs("link")));
-    assert!(!exists_on(&bed, n2, &rootfs("link")));
+    assert!(bed.has_path(n1, &rootfs("link")));
+    assert!(!bed.has_path(n2, &rootfs("link")));
     let run = store.run_on(&bed, "hello:v1", &["-f", &file]);
     run.assert_ok("rerun after link up");
     assert!(run.row(n1).contains("up to date"), "{}", run.row(n1));
     assert!(run.row(n2).contains("installed"), "{}", run.row(n2));
-    assert!(exists_on(&bed, n2, &rootfs("link")));
+    assert!(bed.has_path(n2, &rootfs("link")));
 
     eprintln!(
         "[{:>5.1}s] A failing hook is retried",
@@ -681,8 +952,7 @@ fn assert_resumed(bed: &Testbed, host: &TestHost, run: &Run, cluster: &str, expe
         "the rerun of {cluster} sent {resent} bytes of {total}:\n{}",
         run.text
     );
-    let installed = on_host(
-        bed,
+    let installed = bed.stdout_of(
         host,
         &format!("sha256sum < {}/data/noise.bin", rootfs(cluster)),
     );
@@ -779,7 +1049,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
     let footprint = format!(
         "ls -a {DATA_ROOT} 2>&1; ls -a /var/lib/sealer 2>&1; ps -e -o comm= | grep -v -e '^ps$' -e '^sh$' -e '^grep$' -e '^sshd' -e '^sort$' | sort"
     );
-    let pristine: Vec<String> = hosts.iter().map(|h| on_host(&bed, h, &footprint)).collect();
+    let pristine: Vec<String> = hosts.iter().map(|h| bed.stdout_of(h, &footprint)).collect();
 
     let store = Sealer::new();
     store.build_from(
@@ -832,7 +1102,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
             "{}",
             skewed.row(host)
         );
-        assert!(!exists_on(&bed, host, DATA_ROOT), "{host} got something");
+        assert!(!bed.has_path(host, DATA_ROOT), "{host} got something");
     }
     let dry = store.run_on(
         &bed,
@@ -858,11 +1128,11 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
         dry.text
     );
     // … and two hosts answering to one name.
-    let name0 = on_host(&bed, &hosts[0], "hostname").trim().to_string();
-    let name1 = on_host(&bed, &hosts[1], "hostname").trim().to_string();
-    on_host(&bed, &hosts[1], &format!("hostname {name0}"));
+    let name0 = bed.stdout_of(&hosts[0], "hostname").trim().to_string();
+    let name1 = bed.stdout_of(&hosts[1], "hostname").trim().to_string();
+    bed.stdout_of(&hosts[1], &format!("hostname {name0}"));
     let twins = store.run_on(&bed, "member:v1", &["-f", file.to_str().unwrap()]);
-    on_host(&bed, &hosts[1], &format!("hostname {name1}"));
+    bed.stdout_of(&hosts[1], &format!("hostname {name1}"));
     assert!(!twins.ok, "{}", twins.text);
     for (host, other) in [(&hosts[0], &hosts[1]), (&hosts[1], &hosts[0])] {
         let row = twins.row(host);
@@ -873,7 +1143,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
             )),
             "{row}"
         );
-        assert!(!exists_on(&bed, host, DATA_ROOT), "{host} got something");
+        assert!(!bed.has_path(host, DATA_ROOT), "{host} got something");
     }
 
     let first = store.run_on(&bed, "member:v1", &["-f", file.to_str().unwrap()]);
@@ -891,18 +1161,18 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
     join.assert_ok("join of two nodes");
     for new in &hosts[2..] {
         assert!(join.row(new).contains("joined"), "{}", join.row(new));
-        assert!(exists_on(&bed, new, &format!("{cluster_dir}/rootfs/etc/a")));
+        assert!(bed.has_path(new, &format!("{cluster_dir}/rootfs/etc/a")));
         assert_eq!(
-            on_host(&bed, new, "cat /var/tmp/joined"),
+            bed.stdout_of(new, "cat /var/tmp/joined"),
             "joined with token-from-master0\n"
         );
     }
     for old in &hosts[..2] {
         assert!(join.row(old).contains("up to date"), "{}", join.row(old));
-        assert!(!exists_on(&bed, old, "/var/tmp/joined"));
+        assert!(!bed.has_path(old, "/var/tmp/joined"));
     }
     assert_eq!(
-        on_host(&bed, &hosts[0], &format!("cat {cluster_dir}/cmd-runs")),
+        bed.stdout_of(&hosts[0], &format!("cat {cluster_dir}/cmd-runs")),
         "cmd ran\n",
         "a join must not run the cluster's CMDs again"
     );
@@ -921,10 +1191,14 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
 
     // Delete one node: its PreClean ran, nothing of ours is left there, the others untouched.
     let gone = &hosts[3];
-    let listing = format!("find {DATA_ROOT} -printf '%p %s %T@\\n' | sort");
+    // The cluster's lock on master0 is written by every change (it names the holder), so it is
+    // the one file a delete of another host may touch.
+    let listing = format!(
+        "find {DATA_ROOT} -not -path '{DATA_ROOT}/.agent/*.lock' -printf '%p %s %T@\\n' | sort"
+    );
     let others_before: Vec<String> = hosts[..3]
         .iter()
-        .map(|h| on_host(&bed, h, &listing))
+        .map(|h| bed.stdout_of(h, &listing))
         .collect();
     let ip = gone.ip.to_string();
     let delete = sealer_on(
@@ -935,17 +1209,17 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
     );
     delete.assert_ok("delete of one node");
     assert_eq!(
-        on_host(&bed, gone, "cat /var/tmp/cleaned"),
+        bed.stdout_of(gone, "cat /var/tmp/cleaned"),
         format!("cleaning {}\n", gone.ip)
     );
     assert!(
-        !exists_on(&bed, gone, DATA_ROOT),
+        !bed.has_path(gone, DATA_ROOT),
         "the data root is left on the deleted node:\n{}",
-        on_host(&bed, gone, &format!("find {DATA_ROOT}"))
+        bed.stdout_of(gone, &format!("find {DATA_ROOT}"))
     );
     let others_after: Vec<String> = hosts[..3]
         .iter()
-        .map(|h| on_host(&bed, h, &listing))
+        .map(|h| bed.stdout_of(h, &listing))
         .collect();
     assert_eq!(others_before, others_after, "delete touched another host");
     let status = sealer_on(
@@ -1003,11 +1277,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
         "{}",
         refused.text
     );
-    assert!(exists_on(
-        &bed,
-        &hosts[2],
-        &format!("{cluster_dir}/rootfs/etc/a")
-    ));
+    assert!(bed.has_path(&hosts[2], &format!("{cluster_dir}/rootfs/etc/a")));
     let applied = sealer_on(
         &store,
         &bed,
@@ -1015,13 +1285,9 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
         &["-f", smaller, "--image", "member:v1", "--yes"],
     );
     applied.assert_ok("apply of the smaller Clusterfile");
-    assert!(!exists_on(&bed, &hosts[2], DATA_ROOT));
+    assert!(!bed.has_path(&hosts[2], DATA_ROOT));
     for kept in &hosts[..2] {
-        assert!(exists_on(
-            &bed,
-            kept,
-            &format!("{cluster_dir}/rootfs/etc/a")
-        ));
+        assert!(bed.has_path(kept, &format!("{cluster_dir}/rootfs/etc/a")));
     }
 
     // Delete everything: every host is as it was before the first install.
@@ -1034,7 +1300,7 @@ fn join_adds_nodes_with_their_hooks_and_exports_delete_removes_one_and_delete_al
     all.assert_ok("delete --all");
     for (host, before) in hosts[..2].iter().zip(&pristine) {
         assert_eq!(
-            &on_host(&bed, host, &footprint),
+            &bed.stdout_of(host, &footprint),
             before,
             "{host} after delete --all"
         );

@@ -15,43 +15,19 @@ mod support;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
 use support::clusterfile::shell_plugin;
 use support::noise;
 use support::store::{both, Sealer, STUB};
-use support::testbed::{TestHost, Testbed};
+use support::testbed::{pids_where, wait_for, TestHost, Testbed};
 
 const DATA_ROOT: &str = "/var/lib/sealer-hs";
 
-static BED: OnceLock<Option<Testbed>> = OnceLock::new();
-static BED_NAME: OnceLock<String> = OnceLock::new();
-
 /// The file's one testbed, brought up by the first test that needs it.
 fn bed() -> Option<&'static Testbed> {
-    BED.get_or_init(|| {
-        let bed = Testbed::up_for_test(2)?;
-        let _ = BED_NAME.set(bed.name().to_string());
-        // SAFETY: registers a plain extern "C" function without captured state.
-        unsafe { libc::atexit(tear_down_bed) };
-        Some(bed)
-    })
-    .as_ref()
-}
-
-/// Statics are never dropped: the testbed goes when the test process exits.
-extern "C" fn tear_down_bed() {
-    if std::env::var_os("SEALER_TESTBED_KEEP").is_some() {
-        return;
-    }
-    if let Some(name) = BED_NAME.get() {
-        let _ = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/testbed.sh"))
-            .args(["down", "--name", name])
-            .output();
-    }
+    support::testbed::shared(2)
 }
 
 /// A Clusterfile for `host` as master of cluster `name`, with extra documents appended.
@@ -86,35 +62,9 @@ fn host_path(bed: &Testbed, host: &TestHost, path: &str) -> PathBuf {
     bed.host_root(host).join(path.trim_start_matches('/'))
 }
 
-/// Pids of processes (on any host: their pid namespaces are children of ours) whose command
-/// line starts with `argv`.
+/// Pids of processes (on any host) whose command line starts with `argv`.
 fn processes(argv: &[&str]) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.len() >= argv.len() && argv.iter().zip(&args).all(|(a, b)| a.as_bytes() == *b) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-/// Waits up to `limit` for `done`; true when it happened.
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
+    pids_where(|args| args.len() >= argv.len() && argv.iter().zip(args).all(|(a, b)| a == b))
 }
 
 fn stub_sha256() -> String {
@@ -453,6 +403,8 @@ fn a_remote_command_printing_64_mib_is_kept_bounded() {
     let target = sealer::ssh::SshTarget {
         ip: std::net::IpAddr::V4(host.ip),
         port: 22,
+        name: None,
+        jump: None,
         user: "root".into(),
         auth: sealer::ssh::Auth::Key {
             path: bed.key_path().to_path_buf(),

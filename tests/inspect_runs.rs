@@ -80,3 +80,149 @@ fn inspect_lists_the_cmd_and_image_hooks_and_masks_secret_env() {
         assert!(!out.contains(SECRET), "a secret env value leaked:\n{out}");
     }
 }
+
+/// The lines of `inspect` text that the one description prints (between the source's own
+/// header and its layers).
+fn described(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| {
+            [
+                "signer ",
+                "env ",
+                "cmd ",
+                "label ",
+                "container image ",
+                "sbom ",
+                "runs as root ",
+                "hook ",
+                "config ",
+                "    | ",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .collect()
+}
+
+#[test]
+fn sealer_inspect_of_the_store_image_shows_what_the_package_shows() {
+    let env = Sealer::new();
+    let run = packed(&env);
+    let stub = env.ok_in(&run, &["inspect", "--hooks"], "stub-store");
+    let store = env.ok(&["inspect", "--text", "--hooks", "hooks:v1"]);
+    assert!(store.contains("runs as root   echo hi"), "{store}");
+    assert!(!store.contains(SECRET), "{store}");
+    assert_eq!(described(&store), described(&stub));
+
+    let store_json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "--json", "hooks:v1"])).unwrap();
+    let stub_json: serde_json::Value =
+        serde_json::from_str(&env.ok_in(&run, &["inspect", "--json"], "stub-store")).unwrap();
+    for key in [
+        "commands",
+        "hooks",
+        "signer",
+        "env",
+        "labels",
+        "container_images",
+        "sbom",
+        "configs",
+        "config",
+    ] {
+        assert_eq!(store_json[key], stub_json[key], "{key}");
+    }
+    assert_eq!(store_json["signer"], serde_json::Value::Null);
+    assert!(store_json["hooks"][0].get("script").is_none());
+    // The store's own fields are still there (sealer's JSON inspect).
+    assert!(store_json["layers"].is_array());
+    assert!(!serde_json::to_string(&store_json).unwrap().contains(SECRET));
+}
+
+#[test]
+fn a_clusterfile_adds_its_hooks_its_cmd_and_the_files_its_configs_write() {
+    let env = Sealer::new();
+    let run = packed(&env);
+    let clusterfile = env.path("Clusterfile");
+    let text = format!(
+        "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: shop\nspec:\n  hosts:\n    - ips: [192.168.7.2]\n      roles: [master]\n  cmd: [\"echo from-clusterfile\"]\n---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: shop-conf\nspec:\n  path: etc/shop.yaml\n  strategy: merge\n  data: |\n    port: 8080\n{}",
+        shell_plugin("warm-cache", "pre-install", "", "echo warming\n")
+    );
+    std::fs::write(&clusterfile, text).unwrap();
+    let cf = clusterfile.to_str().unwrap();
+    for out in [
+        env.ok_in(&run, &["inspect", "-f", cf], "stub-store"),
+        env.ok(&["inspect", "--text", "-f", cf, "hooks:v1"]),
+    ] {
+        assert!(
+            out.contains("runs as root   echo from-clusterfile"),
+            "{out}"
+        );
+        assert!(!out.contains("runs as root   echo hi"), "{out}");
+        assert!(
+            out.contains(
+                "hook           warm-cache SHELL phase pre-install scope all (from the clusterfile)"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("config         shop-conf writes /var/lib/sealer/data/shop/rootfs/etc/shop.yaml on every host (merge, 11 bytes)"),
+            "{out}"
+        );
+        // The image's own hook is still there, listed first.
+        let hooks: Vec<&str> = out.lines().filter(|l| l.starts_with("hook ")).collect();
+        assert!(hooks[0].contains("mark-masters"), "{out}");
+        assert_eq!(hooks.len(), 2, "{out}");
+    }
+    // A Clusterfile that does not parse: one line, non-zero.
+    std::fs::write(&clusterfile, "kind: Cluster\nspec: [").unwrap();
+    let out = env.run(&["inspect", "--text", "-f", cf, "hooks:v1"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        support::store::text(&out.stderr).trim_end().lines().count(),
+        1
+    );
+}
+
+#[test]
+fn inspect_hooks_of_the_etcd_fixture_shows_its_one_hook_and_the_signer_once_signed() {
+    let env = Sealer::new();
+    env.build("etcd-cluster:v1", &support::store::fixture("etcd-cluster"));
+    let out = env.ok(&["inspect", "--text", "--hooks", "etcd-cluster:v1"]);
+    let hooks: Vec<&str> = out.lines().filter(|l| l.starts_with("hook ")).collect();
+    assert_eq!(
+        hooks,
+        ["hook           start-etcd SHELL phase post-init-host scope role:master"],
+        "{out}"
+    );
+    let script: Vec<&str> = out.lines().filter(|l| l.starts_with("    | ")).collect();
+    assert_eq!(
+        script,
+        ["    | bash \"$SEALER_ROOTFS/scripts/start-etcd.sh\""]
+    );
+    assert!(
+        out.contains("runs as root   bash scripts/check-health.sh"),
+        "{out}"
+    );
+    assert!(out.contains("signer         unsigned"), "{out}");
+
+    let key = env.path("vendor");
+    env.ok(&[
+        "key",
+        "generate",
+        "-o",
+        key.to_str().unwrap(),
+        "--unencrypted",
+    ]);
+    let signed = env.ok(&[
+        "sign",
+        "etcd-cluster:v1",
+        "--key",
+        env.path("vendor.key").to_str().unwrap(),
+    ]);
+    let id = signed.split("with key ").nth(1).unwrap().trim().to_string();
+    let out = env.ok(&["inspect", "--text", "etcd-cluster:v1"]);
+    assert!(out.contains(&format!("signer         {id}")), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["inspect", "etcd-cluster:v1"])).unwrap();
+    assert_eq!(json["signer"]["key_id"], id.as_str());
+}

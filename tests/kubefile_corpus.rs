@@ -322,3 +322,327 @@ fn corpus_examples_mean_what_their_authors_meant() {
         );
     }
 }
+
+/// Where the corpus build test judges a file's outcome: built and installed (with what was
+/// checked), or skipped with the reason (it needs the network).
+#[derive(Debug)]
+enum BuildOutcome {
+    Built(Vec<String>),
+    Skipped(&'static str),
+}
+
+/// The files a generated sealer-style base image holds (`FROM anything` in the corpus gets one
+/// under that name): sealer's rootfs layout and a hook in v0.5-v0.7's `plugin/` directory.
+const BASE_FILES: &[(&str, &str)] = &[
+    ("bin/kubeadm", "#!/bin/sh\necho kubeadm\n"),
+    ("etc/kubelet.service", "[Unit]\n"),
+    // sealer's base images render etc/kubeadm.yml from this at install.
+    ("etc/kubeadm.yml.tmpl", "cluster={{ .SEALER_CLUSTER }}\n"),
+    ("scripts/init.sh", "echo init\n"),
+    (
+        "plugin/legacy.yaml",
+        "apiVersion: sealer.io/v2\nkind: Plugin\nmetadata:\n  name: legacy\nspec:\n  type: SHELL\n  action: PreInstall\n  data: |\n    echo legacy > legacy-hook.txt\n",
+    ),
+];
+
+/// Every generated `.yaml`: a sealer plugin document that leaves a mark when it runs.
+const GENERATED_PLUGIN: &str = "apiVersion: sealer.io/v2\nkind: Plugin\nmetadata:\n  name: generated\nspec:\n  type: SHELL\n  action: PreInstall\n  data: |\n    echo generated > generated-hook.txt\n";
+
+/// What a generated context file holds, by its name: a template for `.tmpl` (its rendering is
+/// checked after the install), something that parses for the other kinds sealer images use.
+fn generated_content(name: &str) -> &'static str {
+    if name.ends_with(".tmpl") {
+        "cluster={{ .SEALER_CLUSTER }}\n"
+    } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+        // A hook, in case the Kubefile puts it in plugins/ or plugin/ (it then must run).
+        GENERATED_PLUGIN
+    } else if name.ends_with(".sh") {
+        "echo generated\n"
+    } else {
+        "generated\n"
+    }
+}
+
+/// `source "X" matches nothing in the build context`: X.
+fn missing_source(message: &str) -> Option<String> {
+    let at = message.find("source \"")? + "source \"".len();
+    let rest = &message[at..];
+    let end = rest.find('"')?;
+    rest[end..]
+        .contains("matches nothing in the build context")
+        .then(|| rest[..end].to_string())
+}
+
+/// Creates `source` (a build-context path, maybe a glob) in `ctx`: a file when its last part
+/// has an extension, else a directory holding one file. Returns the created file.
+fn create_source(ctx: &Path, source: &str) -> PathBuf {
+    let rel = source
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .replace(['*', '?'], "x")
+        .replace(['[', ']'], "");
+    let rel = if rel.is_empty() {
+        "root".to_string()
+    } else {
+        rel
+    };
+    let path = ctx.join(&rel);
+    let last = rel.rsplit('/').next().unwrap_or_default();
+    let file = if last.contains('.') && !rel.ends_with('/') {
+        path
+    } else {
+        path.join("generated.yaml")
+    };
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(&file, generated_content(&name)).unwrap();
+    file
+}
+
+fn sealer_cmd(root: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sealer"));
+    c.env("SEALER_ROOT", root)
+        .env("SEALER_STUB", env!("CARGO_BIN_EXE_sealer-stub"))
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Builds `kubefile` (named `name`) in a store under `work`: its base image generated under
+/// the FROM name, its context generated from what the build says is missing; installs it on
+/// this machine (`--local`, install commands replaced by `true`) and checks the tree against
+/// sealer's rules.
+fn build_and_check(name: &str, text: &str, work: &Path) -> Result<BuildOutcome, String> {
+    let kubefile = parse(text, name).map_err(|e| e.to_string())?;
+    let mut base: Option<String> = None;
+    let mut declared = Vec::new();
+    let mut named = Vec::new();
+    let mut single_file_copies = Vec::new();
+    for i in &kubefile.instructions {
+        match &i.kind {
+            InstructionKind::Run { .. } => {
+                return Ok(BuildOutcome::Skipped("RUN needs the network or tools"))
+            }
+            InstructionKind::From { image, .. } if !image.eq_ignore_ascii_case("scratch") => {
+                if image.contains('$') {
+                    return Ok(BuildOutcome::Skipped("FROM names a variable"));
+                }
+                base = Some(image.clone());
+            }
+            InstructionKind::App { name, sources }
+            | InstructionKind::Cni { name, sources }
+            | InstructionKind::Csi { name, sources } => {
+                if sources
+                    .iter()
+                    .any(|s| matches!(s, sealer::kubefile::AppSource::Remote(_)))
+                {
+                    return Ok(BuildOutcome::Skipped("an APP source is a URL"));
+                }
+                declared.push(name.clone());
+            }
+            InstructionKind::Launch(apps) => named.extend(apps.iter().cloned()),
+            InstructionKind::AppCmds { name, .. } | InstructionKind::AppEnv { name, .. } => {
+                named.push(name.clone())
+            }
+            InstructionKind::Copy { sources, dest, .. }
+            | InstructionKind::Add { sources, dest, .. } => {
+                if sources.iter().chain([dest]).any(|s| s.contains("://")) {
+                    return Ok(BuildOutcome::Skipped("a COPY/ADD source is a URL"));
+                }
+                if sources.len() == 1 && !sources[0].contains(['$', '*', '?']) {
+                    single_file_copies.push((sources[0].clone(), dest.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    let root = work.join("store");
+    let run = |args: &[&str], dir: &Path| -> Result<String, String> {
+        let out = sealer_cmd(&root)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(output_text(&out))
+        } else {
+            Err(output_text(&out))
+        }
+    };
+    if let Some(image) = &base {
+        let ctx = work.join("base");
+        for (file, content) in BASE_FILES {
+            let path = ctx.join("rootfs").join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let mut text = "FROM scratch\nCOPY rootfs .\n".to_string();
+        named.sort();
+        named.dedup();
+        for app in named.iter().filter(|a| !declared.contains(a)) {
+            let dir = ctx.join("apps").join(app);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{app}.yaml")), "kind: ConfigMap\n").unwrap();
+            text.push_str(&format!("APP {app} local://apps/{app}\n"));
+        }
+        std::fs::write(ctx.join("Kubefile"), text).unwrap();
+        run(&["build", "-t", image, "."], &ctx).map_err(|e| format!("base {image}: {e}"))?;
+    }
+    let ctx = work.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Kubefile"), text).unwrap();
+    let mut created = Vec::new();
+    loop {
+        match run(&["build", "-t", "corpus:built", "."], &ctx) {
+            Ok(_) => break,
+            Err(message) => match missing_source(&message) {
+                Some(source) if created.len() < 40 => created.push(create_source(&ctx, &source)),
+                _ => return Err(format!("build: {message}")),
+            },
+        }
+    }
+    let data = work.join("data");
+    run(
+        &[
+            "run",
+            "corpus:built",
+            "--local",
+            "--data-root",
+            data.to_str().unwrap(),
+            "--cmds",
+            "true",
+        ],
+        work,
+    )
+    .map_err(|e| format!("install: {e}"))?;
+    let rootfs = data.join("my-cluster/rootfs");
+    let mut checked = Vec::new();
+    if base.is_some() {
+        for (file, _) in BASE_FILES {
+            if !rootfs.join(file).exists() {
+                return Err(format!(
+                    "the base image's {file} is gone from the installed tree"
+                ));
+            }
+        }
+        if !rootfs.join("legacy-hook.txt").is_file() {
+            return Err("the base image's plugin/legacy.yaml hook did not run".into());
+        }
+        checked.push("base files kept, plugin/ hook ran".to_string());
+        // A single file copied onto a directory of the base lands inside it.
+        for (source, dest) in &single_file_copies {
+            let dest = dest
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .trim_end_matches('/');
+            let is_base_dir = BASE_FILES
+                .iter()
+                .any(|(f, _)| f.starts_with(&format!("{dest}/")));
+            let src = ctx.join(source.trim_start_matches("./"));
+            if is_base_dir && src.is_file() {
+                let name = src.file_name().unwrap();
+                if !rootfs.join(dest).join(name).is_file() {
+                    return Err(format!(
+                        "COPY {source} {dest}: {dest}/{} is missing",
+                        name.to_string_lossy()
+                    ));
+                }
+                checked.push(format!("COPY {source} {dest} went into {dest}/"));
+            }
+        }
+    }
+    // A generated hook copied into plugin/ or plugins/ ran.
+    for (source, dest) in &single_file_copies {
+        let dest = dest
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .trim_end_matches('/');
+        if (dest == "plugin" || dest == "plugins") && source.ends_with(".yaml") {
+            if !rootfs.join("generated-hook.txt").is_file() {
+                return Err(format!("COPY {source} {dest}: the hook did not run"));
+            }
+            checked.push(format!("hook copied into {dest}/ ran"));
+        }
+    }
+    // Every generated template was rendered beside itself.
+    let mut stack = vec![rootfs.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.is_symlink() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "tmpl")
+                && std::fs::read_to_string(&path).ok().as_deref()
+                    == Some(generated_content("x.tmpl"))
+            {
+                let rendered = path.with_extension("");
+                if std::fs::read_to_string(&rendered).ok().as_deref()
+                    != Some("cluster=my-cluster\n")
+                {
+                    return Err(format!("{} was not rendered", path.display()));
+                }
+                let shown = rendered.strip_prefix(&rootfs).unwrap_or(&rendered);
+                checked.push(format!("{} rendered", shown.display()));
+            }
+        }
+    }
+    Ok(BuildOutcome::Built(checked))
+}
+
+#[test]
+fn every_corpus_kubefile_that_needs_no_network_builds_and_installs_as_sealer_would() {
+    let dir = corpus_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!("skipped: corpus folder {} is absent", dir.display());
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "Kubefile"))
+        .collect();
+    files.sort();
+    let mut problems = Vec::new();
+    let mut built = 0;
+    let mut into_dirs = 0;
+    let mut rendered = 0;
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(path).unwrap();
+        if parse(&text, &name).is_err() {
+            continue; // judged by the parse test above
+        }
+        let work = tempfile::tempdir().unwrap();
+        match build_and_check(&name, &text, work.path()) {
+            Ok(BuildOutcome::Built(checked)) => {
+                built += 1;
+                into_dirs += checked.iter().filter(|c| c.contains("went into")).count();
+                rendered += checked.iter().filter(|c| c.ends_with("rendered")).count();
+                println!("{name:<72} built: {}", checked.join("; "));
+            }
+            Ok(BuildOutcome::Skipped(why)) => println!("{name:<72} skipped: {why}"),
+            Err(e) => {
+                println!("{name:<72} FAILED: {e}");
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "corpus builds failed:\n{}",
+        problems.join("\n")
+    );
+    assert!(built >= 10, "only {built} corpus Kubefiles were built");
+    assert!(
+        into_dirs >= 1,
+        "no corpus COPY of a file onto a base directory was checked"
+    );
+    assert!(rendered >= 1, "no template of a corpus image was rendered");
+}

@@ -77,6 +77,27 @@ fn a_second_install_of_a_cluster_being_changed_is_refused_naming_the_holder_and_
         "{}",
         both(&status)
     );
+    // Another installer, with its own $SEALER_ROOT (as on another machine: its own lock here),
+    // is kept out by the cluster's lock on master0, which names the holder.
+    let other = Sealer::new();
+    other.build_from(
+        "slow:v1",
+        &format!(
+            "FROM scratch\nCOPY a a\nCMD touch {} && sleep 600\n",
+            marker.display()
+        ),
+        &[("a", b"a\n")],
+    );
+    let elsewhere = local_run(&other, "slow:v1", &data).output().unwrap();
+    let text = both(&elsewhere);
+    assert!(!elsewhere.status.success(), "{text}");
+    assert!(
+        text.contains("is being changed by `sealer run slow:v1`")
+            && text.contains("lock on master0"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("pid {}", first.id())), "{text}");
+
     // A dry run reads and changes nothing, so it does not need the lock.
     let dry = local_run(&store, "slow:v1", &data)
         .arg("--dry-run")
@@ -100,6 +121,10 @@ fn a_second_install_of_a_cluster_being_changed_is_refused_naming_the_holder_and_
     let text = both(&out);
     assert!(
         text.contains("did not finish; taking over its lock"),
+        "{text}"
+    );
+    assert!(
+        text.contains("did not finish; taking over its lock on master0"),
         "{text}"
     );
     let _ = Command::new("pkill").args(["-f", "sleep 600"]).status();
@@ -153,7 +178,8 @@ fn every_install_is_recorded_and_the_rootfs_follows_the_image_asked_for() {
     assert!(status.status.success(), "{}", both(&status));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["hosts"][0]["image"], "app:v1", "{status}");
-    assert_eq!(status["hosts"][0]["steps_done"], 2, "{status}");
+    // rootfs, render (the *.tmpl pass), the CMD.
+    assert_eq!(status["hosts"][0]["steps_done"], 3, "{status}");
     assert!(status["changing"].is_null(), "{status}");
 
     let record: serde_json::Value = serde_json::from_slice(
@@ -196,7 +222,7 @@ fn every_hook_phase_runs_or_is_named_and_clusterfile_notes_are_printed_on_every_
             data.display(),
             plugin("guest", "PreGuest", "echo pre-guest >> \"$SEALER_ROOTFS/../order\""),
             plugin("post", "post-install", "echo post-install >> \"$SEALER_ROOTFS/../order\""),
-            plugin("later", "upgrade", "echo never"),
+            plugin("later", "upgrade", "echo upgrade >> \"$SEALER_ROOTFS/../order\""),
         ),
     )
     .unwrap();
@@ -214,10 +240,8 @@ fn every_hook_phase_runs_or_is_named_and_clusterfile_notes_are_printed_on_every_
             text.contains("note: ") && text.contains("spec.containerRuntime is ignored"),
             "{attempt}: {text}"
         );
-        assert!(
-            text.contains("note: hook later (upgrade) is not run"),
-            "{attempt}: {text}"
-        );
+        // An upgrade hook runs only when a host moves from another image to this one.
+        assert!(!text.contains("hook later"), "{attempt}: {text}");
     }
     assert_eq!(
         std::fs::read_to_string(data.join("phases/order")).unwrap(),
@@ -312,6 +336,201 @@ fn rollback_brings_back_the_previous_tree_and_journal_and_a_failed_upgrade_rolls
 }
 
 #[test]
+fn an_image_with_upgrade_hooks_upgrades_a_host_that_held_another_image_instead_of_installing_it() {
+    let store = Sealer::new();
+    let log = "\"$SEALER_ROOTFS/../order\"";
+    for version in ["v1", "v2"] {
+        store.build_from(
+            &format!("hooks:{version}"),
+            &format!("FROM scratch\nCOPY version version\nCMD echo cmd $(cat version) >> {log}\n"),
+            &[("version", version.as_bytes())],
+        );
+    }
+    let data = store.path("data");
+    let plugin = |name: &str, action: &str| {
+        format!(
+            "---\napiVersion: sealer.io/v1\nkind: Plugin\nmetadata:\n  name: {name}\nspec:\n  type: SHELL\n  action: {action}\n  data: |\n    echo {action} $(cat version) >> {log}\n"
+        )
+    };
+    let file = store.path("Clusterfile");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: hooks\nspec:\n  dataRoot: {}\n  hosts:\n    - {{ips: [127.0.0.1], roles: [master]}}\n{}{}{}",
+            data.display(),
+            plugin("init", "pre-init-host"),
+            plugin("each-host", "upgrade-host"),
+            plugin("cluster", "upgrade"),
+        ),
+    )
+    .unwrap();
+    let order = || std::fs::read_to_string(data.join("hooks/order")).unwrap();
+    let sealer = |args: &[&str]| {
+        let out = command(Path::new(SEALER), &store.root())
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), both(&out))
+    };
+    let run = |image: &str| sealer(&["run", image, "-f", file.to_str().unwrap()]);
+
+    let (ok, text) = run("hooks:v1");
+    assert!(ok, "{text}");
+    assert_eq!(
+        order(),
+        "pre-init-host v1\ncmd v1\n",
+        "a first install is no upgrade"
+    );
+
+    // The dry run of v2 names the upgrade route: upgrade hooks, no install hooks or CMD.
+    let (ok, dry) = sealer(&["run", "hooks:v2", "-f", file.to_str().unwrap(), "--dry-run"]);
+    assert!(ok, "{dry}");
+    assert!(dry.contains("run  upgrade-host hook each-host"), "{dry}");
+    assert!(dry.contains("run  upgrade hook cluster"), "{dry}");
+    assert!(!dry.contains("CMD"), "{dry}");
+    assert!(!dry.contains("pre-init-host"), "{dry}");
+
+    let (ok, text) = run("hooks:v2");
+    assert!(ok, "{text}");
+    assert!(text.contains("upgrade on 127.0.0.1"), "{text}");
+    assert_eq!(
+        order(),
+        "pre-init-host v1\ncmd v1\nupgrade-host v2\nupgrade v2\n",
+        "upgrade-host, then upgrade, in the new tree; no install hook or CMD again"
+    );
+    assert!(
+        data.join("hooks/rootfs.prev").is_dir(),
+        "the previous tree is kept"
+    );
+    let (ok, again) = run("hooks:v2");
+    assert!(ok && again.contains("Everything is up to date"), "{again}");
+
+    // Back to v1: its own journal returns, so it is up to date, not upgraded again.
+    let (ok, text) = sealer(&["rollback", "--cluster-name", "hooks"]);
+    assert!(ok, "{text}");
+    let (ok, again) = run("hooks:v1");
+    assert!(ok && again.contains("Everything is up to date"), "{again}");
+    // And v2 again is an upgrade from v1 again.
+    let (ok, text) = run("hooks:v2");
+    assert!(ok, "{text}");
+    assert!(
+        order().ends_with("upgrade-host v2\nupgrade v2\nupgrade-host v2\nupgrade v2\n"),
+        "{}",
+        order()
+    );
+}
+
+#[test]
+fn an_application_image_installs_beside_the_base_image_and_status_and_delete_cover_both() {
+    let store = Sealer::new();
+    let order = "\"$SEALER_ROOTFS/../../../order\"";
+    store.build_from(
+        "base:v1",
+        "FROM scratch\nCOPY a etc/a\nCMD echo base >> \"$SEALER_ROOTFS/../order\"\n",
+        &[("a", b"a\n")],
+    );
+    for version in ["v1", "v2"] {
+        let ctx = store.path(&format!("web-{version}"));
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("page"), format!("page {version}\n")).unwrap();
+        std::fs::write(
+            ctx.join("Kubefile"),
+            format!("FROM scratch\nCOPY page page\nCMD echo app $(cat page) >> {order}\n"),
+        )
+        .unwrap();
+        store.ok(&[
+            "build",
+            "--type",
+            "app-installer",
+            "-t",
+            &format!("web:{version}"),
+            ctx.to_str().unwrap(),
+        ]);
+    }
+    let config = store.inspect("web:v1");
+    assert_eq!(
+        config["config"]["io.sealer.image"]["type"], "app-installer",
+        "{config}"
+    );
+    let data = store.path("data");
+    let cluster = data.join("my-cluster");
+    let run = |image: &str| {
+        let out = local_run(&store, image, &data).output().unwrap();
+        (out.status.success(), both(&out))
+    };
+
+    // An application needs a running cluster.
+    let (ok, text) = run("web:v1");
+    assert!(!ok, "{text}");
+    assert!(text.contains("install the cluster image first"), "{text}");
+    assert!(!data.join("my-cluster/apps").exists());
+
+    let (ok, text) = run("base:v1");
+    assert!(ok, "{text}");
+    let (ok, text) = run("web:v1");
+    assert!(ok, "{text}");
+    // Its own tree, beside the base image's, which is untouched.
+    assert_eq!(
+        std::fs::read_to_string(cluster.join("apps/web/rootfs/page")).unwrap(),
+        "page v1\n"
+    );
+    assert!(cluster.join("rootfs/etc/a").is_file());
+    assert!(!cluster.join("rootfs/page").exists());
+    assert_eq!(
+        std::fs::read_to_string(cluster.join("order")).unwrap(),
+        "base\napp page v1\n"
+    );
+    // Its own journal: both reruns do nothing.
+    for image in ["web:v1", "base:v1"] {
+        let (ok, text) = run(image);
+        assert!(
+            ok && text.contains("Everything is up to date"),
+            "{image}: {text}"
+        );
+    }
+    let status = command(Path::new(SEALER), &store.root())
+        .args(["status", "--local", "--data-root", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = both(&status);
+    assert!(text.contains("base:v1"), "{text}");
+    assert!(
+        text.contains("web:v1") && text.contains("application (apps/web)"),
+        "{text}"
+    );
+    let json = command(Path::new(SEALER), &store.root())
+        .args([
+            "status",
+            "--local",
+            "--data-root",
+            data.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["hosts"][0]["image"], "base:v1", "{json}");
+    assert_eq!(json["hosts"][0]["apps"][0]["image"], "web:v1", "{json}");
+
+    // Another version of the application replaces its tree only.
+    let (ok, text) = run("web:v2");
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read_to_string(cluster.join("apps/web/rootfs/page")).unwrap(),
+        "page v2\n"
+    );
+    assert!(cluster.join("rootfs/etc/a").is_file());
+
+    // delete --all removes both.
+    let deleted = command(Path::new(SEALER), &store.root())
+        .args(["delete", "--all"])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{}", both(&deleted));
+    assert!(!data.exists(), "the data root is left");
+}
+
+#[test]
 fn host_flags_that_contradict_a_clusterfile_or_local_are_refused_as_usage_errors() {
     let store = Sealer::new();
     for args in [
@@ -337,6 +556,13 @@ fn host_flags_that_contradict_a_clusterfile_or_local_are_refused_as_usage_errors
             both(&out)
         );
     }
+    // status reads only: an env it would never pass anywhere is refused, not ignored.
+    let out = command(Path::new(SEALER), &store.root())
+        .args(["status", "--local", "-e", "A=B"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(both(&out).contains("-e/--env"), "{}", both(&out));
 }
 
 #[test]
@@ -365,6 +591,24 @@ fn the_packed_file_has_the_same_status_and_delete_verbs_as_sealer() {
     );
     assert!(status.contains("verbs:v1"), "{status}");
     assert!(status.contains("127.0.0.1"), "{status}");
+
+    // The package changes hosts only with the image it carries: --image is a usage error on
+    // each verb, and status refuses -e; nothing is changed.
+    for args in [
+        &["join", "-n", "127.0.0.2", "--image", "other:v1"][..],
+        &["delete", "--all", "--image", "other:v1"][..],
+        &["rollback", "--image", "other:v1"][..],
+        &["status", "--local", "-e", "A=B"][..],
+    ] {
+        let out = store.run_in(&run, args, "store");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", both(&out));
+        assert!(
+            both(&out).contains("--image other:v1") || both(&out).contains("-e/--env"),
+            "{args:?}: {}",
+            both(&out)
+        );
+    }
+    assert!(data.join("my-cluster/rootfs/etc/a").is_file());
 
     // delete --all from the package, with the cluster this machine recorded: nothing is left.
     let deleted = store.ok_in(&run, &["delete", "--all"], "store");

@@ -62,7 +62,7 @@ fn pack_example(dir: &Path, split: Option<u64>) -> (Vec<PathBuf>, Vec<LayerBlob>
         manifest_digest: "sha256:abc".into(),
         manifest_json: "{}".into(),
         config_digest: "sha256:def".into(),
-        config_json: r#"{"config":{"Env":["ETCD_VERSION=3.5"],"Cmd":["bin/install.sh"],"Labels":{"vendor":"example"}}}"#.into(),
+        config_json: r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"Env":["ETCD_VERSION=3.5"],"Cmd":["bin/install.sh"],"Labels":{"vendor":"example"}}}"#.into(),
         layers: blobs.clone(),
         compression: Compression::Zstd,
         level: None,

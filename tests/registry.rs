@@ -378,7 +378,12 @@ fn registry_killed_mid_push_gives_clear_error_and_no_manifest() {
         },
     );
     let err = result.expect_err("push succeeded although the registry was killed");
-    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    // The registry was talked to over plain HTTP, so the error is the plain-HTTP kind (which
+    // does not suggest adding --insecure).
+    assert!(
+        matches!(err, RegistryError::UnreachablePlainHttp { .. }),
+        "{err:?}"
+    );
     let text = err.to_string();
     eprintln!("push to the killed registry: {text}");
     assert!(

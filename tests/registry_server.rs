@@ -871,7 +871,7 @@ fn containerd_pulls_from_an_existing_registry_under_a_path_prefix() {
         "--endpoint",
         &endpoint,
         "--prefix",
-        "mirror",
+        "mirror/docker.io",
     ]));
     let out = containerd.ctr(&[
         "images",

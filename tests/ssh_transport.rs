@@ -18,6 +18,8 @@ fn target(tb: &Testbed, host: &TestHost, user: &str, auth: Auth) -> SshTarget {
     SshTarget {
         ip: IpAddr::V4(host.ip),
         port: 22,
+        name: None,
+        jump: None,
         user: user.to_string(),
         auth,
         host_key_policy: HostKeyPolicy::KnownHosts(tb.known_hosts_path().to_path_buf()),

@@ -11,6 +11,9 @@
 pub mod kubefile;
 
 // Small shared modules the Clusterfile model uses (src/lib.rs has them at the crate root too).
+#[path = "../../src/address.rs"]
+#[allow(dead_code, clippy::all)]
+pub mod address;
 #[path = "../../src/host_key.rs"]
 #[allow(dead_code, clippy::all)]
 pub mod host_key;

@@ -27,6 +27,9 @@ impl std::fmt::Display for Compression {
     }
 }
 
+/// The zstd level of every layer the builder writes unless `--level` says otherwise.
+pub const STORE_ZSTD_LEVEL: u32 = 2;
+
 impl Compression {
     /// The levels this codec accepts.
     pub const fn levels(self) -> RangeInclusive<u32> {
@@ -36,13 +39,14 @@ impl Compression {
         }
     }
 
-    /// The level used when none is asked for: zstd 3 (the store's own level, fast and within a
-    /// few percent of tar.gz -9), xz 6 (xz's own default).
+    /// The level used when none is asked for: zstd 2 (the store's own level: a third less CPU
+    /// than zstd -3 for about 4 % more bytes, which keeping hard links and framing more than
+    /// pays back; see docs/benchmarks.md), xz 6 (xz's own default).
     pub const fn default_level(self) -> Level {
         Level {
             compression: self,
             value: match self {
-                Compression::Zstd => 3,
+                Compression::Zstd => STORE_ZSTD_LEVEL,
                 Compression::Xz => 6,
             },
         }
@@ -114,6 +118,92 @@ pub fn encode_frame(level: Level, plain: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
+/// A zstd compression context that compresses whole frames at one level, reused frame after
+/// frame (a layer writer's worker keeps one). With `split_blocks` false, zstd's pre-splitter
+/// (`ZSTD_c_blockSplitterLevel`, which since zstd 1.5.6 cuts a 128 KiB block in smaller ones
+/// before compressing it at fast levels) is off: every block is compressed whole, as zstd 1.5.4
+/// and earlier do, which costs less CPU for a slightly larger output.
+pub struct FrameCompressor {
+    ctx: std::ptr::NonNull<zstd::zstd_safe::zstd_sys::ZSTD_CCtx>,
+}
+
+// The context is only ever used through `&mut self`, by one thread at a time.
+unsafe impl Send for FrameCompressor {}
+
+impl FrameCompressor {
+    pub fn new(level: i32, split_blocks: bool) -> io::Result<Self> {
+        use zstd::zstd_safe::zstd_sys::{self as sys, ZSTD_cParameter as P};
+        // SAFETY: plain constructor; a null result is handled.
+        let ctx = std::ptr::NonNull::new(unsafe { sys::ZSTD_createCCtx() })
+            .ok_or_else(|| io::Error::other("zstd could not allocate a compression context"))?;
+        let this = FrameCompressor { ctx };
+        this.set(P::ZSTD_c_compressionLevel, level)?;
+        if !split_blocks {
+            // ZSTD_c_blockSplitterLevel: 1 = no pre-splitting.
+            this.set(P::ZSTD_c_experimentalParam20, 1)?;
+        }
+        Ok(this)
+    }
+
+    fn set(&self, param: zstd::zstd_safe::zstd_sys::ZSTD_cParameter, value: i32) -> io::Result<()> {
+        // SAFETY: `ctx` is a live context owned by `self`.
+        let code = unsafe {
+            zstd::zstd_safe::zstd_sys::ZSTD_CCtx_setParameter(self.ctx.as_ptr(), param, value)
+        };
+        zstd_result(code).map(|_| ())
+    }
+
+    /// `plain` as one frame (content size in its header, no checksum) into `out`, replacing
+    /// what `out` held; `out`'s allocation is reused.
+    pub fn compress_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        use zstd::zstd_safe::zstd_sys as sys;
+        out.clear();
+        // SAFETY: pure function of its argument.
+        let bound = unsafe { sys::ZSTD_compressBound(plain.len()) };
+        out.reserve(bound);
+        // SAFETY: `out` has `out.capacity()` writable bytes; zstd writes at most that many and
+        // returns how many it wrote (or an error code), after which they are initialised.
+        let written = unsafe {
+            sys::ZSTD_compress2(
+                self.ctx.as_ptr(),
+                out.as_mut_ptr().cast(),
+                out.capacity(),
+                plain.as_ptr().cast(),
+                plain.len(),
+            )
+        };
+        let written = zstd_result(written)?;
+        // SAFETY: see above.
+        unsafe { out.set_len(written) };
+        Ok(())
+    }
+}
+
+impl Drop for FrameCompressor {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` came from ZSTD_createCCtx and is freed once.
+        unsafe {
+            zstd::zstd_safe::zstd_sys::ZSTD_freeCCtx(self.ctx.as_ptr());
+        }
+    }
+}
+
+/// A zstd return value as a size or an error.
+fn zstd_result(code: usize) -> io::Result<usize> {
+    use zstd::zstd_safe::zstd_sys as sys;
+    // SAFETY: both take any value; the error name is a static C string.
+    unsafe {
+        if sys::ZSTD_isError(code) != 0 {
+            let name = std::ffi::CStr::from_ptr(sys::ZSTD_getErrorName(code));
+            return Err(io::Error::other(format!(
+                "zstd: {}",
+                name.to_string_lossy()
+            )));
+        }
+    }
+    Ok(code)
+}
+
 /// The largest block a zstd frame may hold (`Block_Maximum_Size`, RFC 8878 §3.1.1.2.4).
 const ZSTD_MAX_BLOCK: usize = 128 << 10;
 
@@ -124,40 +214,60 @@ const ZSTD_MAX_BLOCK: usize = 128 << 10;
 /// the same content always gives the same frame. The header declares the content size (single
 /// segment, no checksum), as frames from [`encode_frame`] do, so the declared-size checks apply.
 pub fn encode_stored_frame(plain: &[u8]) -> Vec<u8> {
-    let blocks = plain.len().div_ceil(ZSTD_MAX_BLOCK).max(1);
-    let mut out = Vec::with_capacity(plain.len() + 3 * blocks + 14);
-    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    let mut out = Vec::with_capacity(stored_frame_len(plain.len()));
+    stored_frame_pieces(plain, |piece| out.extend_from_slice(piece));
+    out
+}
+
+/// The length of [`encode_stored_frame`]'s frame for `plain_len` bytes of content.
+pub fn stored_frame_len(plain_len: usize) -> usize {
+    let blocks = plain_len.div_ceil(ZSTD_MAX_BLOCK).max(1);
+    let size_field = match plain_len as u64 {
+        0..=255 => 1,
+        256..=65_791 => 2,
+        65_792..=0xFFFF_FFFF => 4,
+        _ => 8,
+    };
+    4 + 1 + size_field + 3 * blocks + plain_len
+}
+
+/// [`encode_stored_frame`]'s frame handed to `piece` in order, without copying `plain`: the
+/// frame header, then each block header followed by its slice of `plain`. Writing the pieces
+/// one after the other gives exactly the bytes [`encode_stored_frame`] returns.
+pub fn stored_frame_pieces(plain: &[u8], mut piece: impl FnMut(&[u8])) {
+    let mut header = Vec::with_capacity(13);
+    header.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
     let size = plain.len() as u64;
     // Frame_Header_Descriptor: Single_Segment (bit 5) and Frame_Content_Size_flag (bits 6-7),
     // whose field is 1, 2 (size - 256), 4 or 8 bytes.
     match size {
-        0..=255 => out.extend_from_slice(&[0x20, size as u8]),
+        0..=255 => header.extend_from_slice(&[0x20, size as u8]),
         256..=65_791 => {
-            out.push(0x60);
-            out.extend_from_slice(&((size - 256) as u16).to_le_bytes());
+            header.push(0x60);
+            header.extend_from_slice(&((size - 256) as u16).to_le_bytes());
         }
         65_792..=0xFFFF_FFFF => {
-            out.push(0xA0);
-            out.extend_from_slice(&(size as u32).to_le_bytes());
+            header.push(0xA0);
+            header.extend_from_slice(&(size as u32).to_le_bytes());
         }
         _ => {
-            out.push(0xE0);
-            out.extend_from_slice(&size.to_le_bytes());
+            header.push(0xE0);
+            header.extend_from_slice(&size.to_le_bytes());
         }
     }
     let mut chunks = plain.chunks(ZSTD_MAX_BLOCK).peekable();
     if chunks.peek().is_none() {
         // An empty frame still has one (empty, last) block.
-        out.extend_from_slice(&[1, 0, 0]);
+        header.extend_from_slice(&[1, 0, 0]);
     }
+    piece(&header);
     while let Some(chunk) = chunks.next() {
         let last = u32::from(chunks.peek().is_none());
         // Block_Header: Last_Block (bit 0), Block_Type 0 = Raw (bits 1-2), Block_Size (bits 3-23).
-        let header = last | ((chunk.len() as u32) << 3);
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
-        out.extend_from_slice(chunk);
+        let block = last | ((chunk.len() as u32) << 3);
+        piece(&block.to_le_bytes()[..3]);
+        piece(chunk);
     }
-    out
 }
 
 /// Why a frame could not be used.

@@ -9,12 +9,13 @@ pub mod codec;
 pub mod format;
 pub mod frames;
 pub mod read;
+pub mod shell_notice;
 pub mod signature;
 pub mod source;
 pub mod unpack;
 pub mod write;
 
-pub use codec::{Level, LevelError};
+pub use codec::{Level, LevelError, STORE_ZSTD_LEVEL};
 pub use format::{RunManifest, FORMAT_VERSION};
 pub use read::{ReadError, RunFile, Volumes};
 pub use signature::SignatureRecord;

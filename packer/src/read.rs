@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -24,7 +25,7 @@ use crate::format::{
 };
 use crate::frames::Frame;
 use crate::signature::{self, SignatureRecord};
-use crate::source::{ByteSource, MappedFile, PositionedFile};
+use crate::source::{ByteSource, CheckedFile, MappedFile, PositionedFile, Verdict};
 use crate::unpack::{
     self, FrameCheck, FrameProblem, LayerInput, UnpackError, UnpackOptions, UnpackReport,
 };
@@ -350,6 +351,7 @@ impl RunFile {
                     }
                 });
             }
+            let kept = file.try_clone().map_err(io_err("opening", &path))?;
             let source: Box<dyn ByteSource> = if prefers_pread(&file) {
                 Box::new(PositionedFile::new(file, &path).map_err(io_err("reading", &path))?)
             } else {
@@ -357,6 +359,7 @@ impl RunFile {
             };
             volumes.push(Volume {
                 path,
+                file: kept,
                 start,
                 header_offset,
                 len,
@@ -387,6 +390,7 @@ impl RunFile {
             volumes,
             layers,
             manifest: self.manifest.clone(),
+            verdict: OnceLock::new(),
         })
     }
 }
@@ -587,6 +591,8 @@ fn prefers_pread(file: &File) -> bool {
 
 struct Volume {
     path: PathBuf,
+    /// The open file, for [`CheckedFile`].
+    file: File,
     /// Offset of this volume in the virtual concatenation of all volumes.
     start: u64,
     header_offset: u64,
@@ -601,6 +607,9 @@ pub struct Volumes {
     /// Per layer, frames with offsets in the concatenation.
     layers: Vec<Vec<Frame>>,
     manifest: RunManifest,
+    /// Set by a passing [`verify_digests`](Volumes::verify_digests) or
+    /// [`verify`](Volumes::verify) whose files can vouch for themselves afterwards.
+    verdict: OnceLock<Verdict>,
 }
 
 impl Volumes {
@@ -704,11 +713,36 @@ impl Volumes {
     /// The check before an install: every frame's sha256 and the content size a zstd frame
     /// declares. Decoding is left to the extraction, which checks every length again before
     /// anything is renamed into place.
+    ///
+    /// When every volume can vouch that it still holds the bytes checked ([`CheckedFile`]),
+    /// the verdict is kept: an extraction from these volumes then uses each frame without
+    /// hashing it again ([`ByteSource::checked`]), and fails, before its tree is renamed into
+    /// place, if a volume changed in between ([`ByteSource::changed`]).
     pub fn verify_digests(&self, progress: Option<&(dyn Fn(u64) + Sync)>) -> Result<(), ReadError> {
         self.verify_with(FrameCheck::DeclaredSize, progress)
     }
 
     fn verify_with(
+        &self,
+        depth: FrameCheck,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<(), ReadError> {
+        // Stamped before the first byte is read, so a change during the check shows too.
+        let stamps: Option<Vec<CheckedFile>> = self
+            .volumes
+            .iter()
+            .map(|v| CheckedFile::before_check(&v.file))
+            .collect();
+        self.check_frames(depth, progress)?;
+        if let Some(verdict) =
+            stamps.and_then(|files| Verdict::after_check(files, self.layers.iter().flatten()))
+        {
+            let _ = self.verdict.set(verdict);
+        }
+        Ok(())
+    }
+
+    fn check_frames(
         &self,
         depth: FrameCheck,
         progress: Option<&(dyn Fn(u64) + Sync)>,
@@ -777,8 +811,12 @@ impl Volumes {
         })
     }
 
-    /// The first volume that changed under its mapping since it was opened.
+    /// The first volume that changed under its mapping since it was opened, or since a
+    /// verdict that readers rely on was given.
     fn changed_volume(&self) -> Option<PathBuf> {
+        if let Some(i) = self.verdict.get().and_then(Verdict::first_changed) {
+            return Some(self.volumes[i].path.clone());
+        }
         self.volumes
             .iter()
             .find(|v| v.source.changed())
@@ -820,6 +858,17 @@ impl ByteSource for Volumes {
 
     fn changed(&self) -> bool {
         self.volumes.iter().any(|v| v.source.changed())
+            || self
+                .verdict
+                .get()
+                .is_some_and(|v| v.first_changed().is_some())
+    }
+
+    fn checked(&self, offset: u64, len: u64, sha256: &str) -> bool {
+        self.verdict
+            .get()
+            .is_some_and(|verdict| verdict.covers(offset, len, sha256))
+            && !self.volumes.iter().any(|v| v.source.changed())
     }
 
     fn release(&self, offset: u64, len: u64) {

@@ -6,10 +6,14 @@
 //! bytes received over SSH). This module only moves bytes; it never interprets them.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use crate::frames::Frame;
 
 /// Random access to immutable bytes (a file, a mapping, a buffer).
 pub trait ByteSource: Sync {
@@ -29,9 +33,18 @@ pub trait ByteSource: Sync {
     fn release(&self, _offset: u64, _len: u64) {}
 
     /// True when the bytes under this source changed after it was opened in a way that may
-    /// have changed what earlier calls returned (a mapped file truncated under it). Readers
-    /// check it before trusting what they decoded.
+    /// have changed what earlier calls returned (a mapped file truncated under it, or a file
+    /// whose check is being reused modified since). Readers check it before trusting what they
+    /// decoded.
     fn changed(&self) -> bool {
+        false
+    }
+
+    /// True when the `len` bytes at `offset` were checked against `sha256` since this source
+    /// was opened and the file provably has not changed since (see [`CheckedFile`]): a reader
+    /// may use them without hashing them again. A reader that relies on it must still ask
+    /// [`changed`](ByteSource::changed) before it keeps what it made of them.
+    fn checked(&self, _offset: u64, _len: u64, _sha256: &str) -> bool {
         false
     }
 }
@@ -127,6 +140,182 @@ impl ByteSource for MappedFile {
             };
         }
     }
+}
+
+/// What `fstat` says of a file that a change to its bytes would also change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(file: &File) -> Option<FileStamp> {
+        let meta = file.metadata().ok()?;
+        Some(FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// A file whose bytes were checked, kept with what proves they are still the bytes checked, so
+/// the check's verdict can be reused instead of hashing every byte a second time.
+///
+/// Every way of changing a file's bytes through the file system sets its change time (`write`,
+/// `truncate`, the first write to a page of a shared mapping after it was written back), and
+/// nobody but the kernel can set it back. So a file whose `fstat` (device, inode, size, mtime,
+/// ctime) is the same after the check as before it, and again when its bytes are used, holds
+/// the bytes that were checked, provided that
+/// - its change time was at least [`SETTLED`] old before the check: a change within the same
+///   tick of the file system's clock would leave the change time as it was;
+/// - nobody had it open for writing when the check started (a read lease could be taken): a
+///   writer already holding a shared writable mapping with dirty pages could change them
+///   without touching the change time again.
+///
+/// When either cannot be established (a file changed a moment ago, a writer present, a user
+/// who may not take leases, a file system without them) there is no [`CheckedFile`] and
+/// readers hash again, as they would without the check.
+#[derive(Debug)]
+pub struct CheckedFile {
+    file: File,
+    stamp: FileStamp,
+}
+
+/// A check's verdict on frames of one or more files: which frames were checked, and what
+/// proves each file still holds the bytes checked.
+#[derive(Debug)]
+pub struct Verdict {
+    files: Vec<CheckedFile>,
+    /// Offset in the source → (compressed length, sha256) of each frame checked.
+    frames: HashMap<u64, (u64, String)>,
+}
+
+impl Verdict {
+    /// After a passing check of `frames` in `files` (each taken with
+    /// [`CheckedFile::before_check`]): `None` when a file changed during the check.
+    pub fn after_check<'f>(
+        files: Vec<CheckedFile>,
+        frames: impl IntoIterator<Item = &'f Frame>,
+    ) -> Option<Verdict> {
+        if !files.iter().all(CheckedFile::unchanged) {
+            return None;
+        }
+        let frames = frames
+            .into_iter()
+            .map(|f| (f.offset, (f.compressed_len, f.sha256.clone())))
+            .collect();
+        Some(Verdict { files, frames })
+    }
+
+    /// True when the frame at `offset` was checked as `len` bytes with `sha256` and every file
+    /// is unchanged.
+    pub fn covers(&self, offset: u64, len: u64, sha256: &str) -> bool {
+        self.frames
+            .get(&offset)
+            .is_some_and(|(l, sha)| *l == len && sha.eq_ignore_ascii_case(sha256))
+            && self.first_changed().is_none()
+    }
+
+    /// The index of the first file that changed since the check.
+    pub fn first_changed(&self) -> Option<usize> {
+        self.files.iter().position(|f| !f.unchanged())
+    }
+}
+
+/// A source with a check's verdict on its frames (see [`ByteSource::checked`]).
+pub struct Vouched<S> {
+    source: S,
+    verdict: Option<Verdict>,
+}
+
+impl<S: ByteSource> Vouched<S> {
+    pub fn new(source: S, verdict: Option<Verdict>) -> Self {
+        Vouched { source, verdict }
+    }
+}
+
+impl<S: ByteSource> ByteSource for Vouched<S> {
+    fn bytes(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
+        self.source.bytes(offset, len)
+    }
+    fn len(&self) -> u64 {
+        self.source.len()
+    }
+    fn release(&self, offset: u64, len: u64) {
+        self.source.release(offset, len)
+    }
+    fn changed(&self) -> bool {
+        self.source.changed()
+            || self
+                .verdict
+                .as_ref()
+                .is_some_and(|v| v.first_changed().is_some())
+    }
+    fn checked(&self, offset: u64, len: u64, sha256: &str) -> bool {
+        !self.source.changed()
+            && self
+                .verdict
+                .as_ref()
+                .is_some_and(|v| v.covers(offset, len, sha256))
+    }
+}
+
+/// How old a file's change time must be for its stamp to prove anything.
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl CheckedFile {
+    /// Taken just before `file`'s bytes are checked; `None` when the check's verdict could not
+    /// be trusted later.
+    pub fn before_check(file: &File) -> Option<CheckedFile> {
+        let stamp = FileStamp::of(file)?;
+        let changed_at = std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+            u64::try_from(stamp.ctime.0).ok()?,
+            u32::try_from(stamp.ctime.1).ok()?,
+        ))?;
+        let age = std::time::SystemTime::now()
+            .duration_since(changed_at)
+            .ok()?;
+        if age < SETTLED || !nobody_writes(file) {
+            return None;
+        }
+        Some(CheckedFile {
+            file: file.try_clone().ok()?,
+            stamp,
+        })
+    }
+
+    /// True while the file is as it was when [`before_check`](CheckedFile::before_check) was
+    /// taken.
+    pub fn unchanged(&self) -> bool {
+        FileStamp::of(&self.file) == Some(self.stamp)
+    }
+}
+
+/// True when nobody has `file` open for writing: a read lease can be taken (and is let go at
+/// once). A writer opening the file in between waits for the release; the lease-break signal
+/// is set to SIGURG, which is ignored unless a program asks for it.
+fn nobody_writes(file: &File) -> bool {
+    /// `F_SETSIG` of Linux's `fcntl.h` (not in the libc crate for every target).
+    const F_SETSIG: libc::c_int = 10;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function borrows; no memory is passed.
+    unsafe {
+        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
+            return false;
+        }
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
+            return false;
+        }
+        libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+    }
+    true
 }
 
 /// A file read with positioned reads (`pread`): a device error is an `io::Error`, never a signal.

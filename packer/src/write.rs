@@ -214,15 +214,20 @@ fn write_in(
     signer: Option<ManifestSigner<'_>>,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PackReport, WriteError> {
-    let stub_len = fs::metadata(&spec.stub)
-        .map_err(io_err("reading the stub", &spec.stub))?
-        .len();
+    let mut stub = fs::read(&spec.stub).map_err(io_err("reading the stub", &spec.stub))?;
+    let stub_len = stub.len() as u64;
+    // What `sh app.run` says instead of a syntax error; it sits in the padding after the stub.
+    let notice = crate::shell_notice::for_stub(&stub);
+    if let Some(notice) = &notice {
+        stub[6..16].copy_from_slice(&notice.ident_tail);
+        stub.extend_from_slice(&notice.script);
+    }
     let mut prepared = Vec::with_capacity(spec.layers.len());
     for (index, layer) in spec.layers.iter().enumerate() {
-        prepared.push(prepare_layer(spec, layer, index, scratch)?);
+        prepared.push(prepare_layer(spec, layer, index, scratch, progress)?);
     }
 
-    let header_at = format::header_offset_after(stub_len);
+    let header_at = format::header_offset_after(stub.len() as u64);
     let split = spec.split_size.unwrap_or(u64::MAX);
     if let Some(split) = spec.split_size {
         let largest = prepared
@@ -305,9 +310,8 @@ fn write_in(
         temp_files.0.push(temp.clone());
         final_files.push(out_dir.join(&name));
         let base = if volume == 0 {
-            let mut stub =
-                File::open(&spec.stub).map_err(io_err("opening the stub", &spec.stub))?;
-            io::copy(&mut stub, &mut out).map_err(io_err("copying the stub into", &temp))?;
+            out.write_all(&stub)
+                .map_err(io_err("copying the stub into", &temp))?;
             header_at
         } else {
             0
@@ -659,6 +663,7 @@ fn prepare_layer(
     blob: &LayerBlob,
     index: usize,
     scratch: &Path,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PreparedLayer, WriteError> {
     let (plan, map) = plan_layer(spec, blob)?;
     let bytes: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
@@ -666,9 +671,9 @@ fn prepare_layer(
         LayerPlan::CopyIndexed(frames) => copy_indexed(blob, frames),
         LayerPlan::CopyScanned(frames) => copy_scanned(blob, bytes, frames),
         LayerPlan::Recompress(frames) => {
-            recompress(spec, blob, index, scratch, bytes, frames, None)
+            recompress(spec, blob, index, scratch, bytes, frames, None, progress)
         }
-        LayerPlan::Reframe => reframe_layer(spec, blob, index, scratch, bytes),
+        LayerPlan::Reframe => reframe_layer(spec, blob, index, scratch, bytes, progress),
     }
 }
 
@@ -762,6 +767,7 @@ fn reframe_layer(
     index: usize,
     scratch: &Path,
     bytes: &[u8],
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PreparedLayer, WriteError> {
     let framed_path = scratch.join(format!("layer-{index}.zst"));
     let tar: Box<dyn Read + '_> = if is_zstd(&blob.media_type) {
@@ -826,12 +832,15 @@ fn reframe_layer(
         framed_bytes,
         layer.frames.clone(),
         Some(digest),
+        progress,
     )
 }
 
 /// [`LayerPlan::Recompress`] (and the xz step of a reframed layer): every frame recompressed
 /// on its own, in parallel, written in order. `zstd_digest` names the zstd blob an xz layer
-/// stands for when it is not the store's blob.
+/// stands for when it is not the store's blob. `progress` hears the layer's uncompressed bytes
+/// done and in all after every frame (the long part of a pack at a high level).
+#[allow(clippy::too_many_arguments)]
 fn recompress(
     spec: &PackSpec,
     blob: &LayerBlob,
@@ -840,7 +849,10 @@ fn recompress(
     zstd_bytes: &[u8],
     zstd_frames: Vec<Frame>,
     zstd_digest: Option<String>,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
 ) -> Result<PreparedLayer, WriteError> {
+    let layer_total: u64 = zstd_frames.iter().map(|f| f.uncompressed_len).sum();
+    let layer_done = std::sync::atomic::AtomicU64::new(0);
     let level = level(spec);
     let out_path = scratch.join(match spec.compression {
         Compression::Xz => format!("layer-{index}.xz"),
@@ -866,6 +878,12 @@ fn recompress(
                 )
                 .map_err(|e| e.to_string())?;
                 let bytes = codec::encode_frame(level, &plain).map_err(|e| e.to_string())?;
+                let done = layer_done
+                    .fetch_add(plain.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                    + plain.len() as u64;
+                if let Some(progress) = progress {
+                    progress(done, layer_total);
+                }
                 Ok(Recompressed {
                     sha256: hex::encode(Sha256::digest(&bytes)),
                     uncompressed_len: plain.len() as u64,

@@ -705,3 +705,139 @@ fn a_full_disk_during_pack_leaves_nothing_beside_the_output() {
     assert!(err.to_string().contains("No space left"), "{err}");
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A package whose change time is older than [`packer::source::SETTLED`], as any package is
+/// by the time someone installs it (one written a moment ago cannot vouch for itself).
+fn settled_package(work: &Path) -> PathBuf {
+    let run_path = packed(work);
+    std::thread::sleep(packer::source::SETTLED + std::time::Duration::from_millis(100));
+    run_path
+}
+
+fn total_frames(run: &RunFile) -> u64 {
+    run.manifest()
+        .layers
+        .iter()
+        .map(|l| l.frames.len() as u64)
+        .sum()
+}
+
+#[test]
+fn an_extraction_after_the_install_check_hashes_no_frame_a_second_time() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = settled_package(work.path());
+    let run = RunFile::open(&run_path).unwrap();
+    let frames = total_frames(&run);
+    assert!(frames > 2, "the package has several frames: {frames}");
+
+    // Without a check first, the extraction hashes every frame itself.
+    let alone = run
+        .payload()
+        .unwrap()
+        .extract(&work.path().join("alone"), &Default::default())
+        .unwrap();
+    assert_eq!(alone.frames_hashed, frames);
+
+    // After the check, its verdict is reused: the same tree, no frame hashed again.
+    let payload = run.payload().unwrap();
+    payload.verify_digests(None).unwrap();
+    let after = payload
+        .extract(&work.path().join("after"), &Default::default())
+        .unwrap();
+    assert_eq!(after.frames_hashed, 0);
+    assert_eq!(
+        fingerprint(&work.path().join("alone")),
+        fingerprint(&work.path().join("after"))
+    );
+
+    // A package written a moment ago cannot prove later that it did not change within the same
+    // tick of the file system's clock: its frames are hashed again.
+    let fresh_dir = work.path().join("fresh");
+    fs::create_dir(&fresh_dir).unwrap();
+    let fresh = RunFile::open(&packed(&fresh_dir)).unwrap();
+    let payload = fresh.payload().unwrap();
+    payload.verify_digests(None).unwrap();
+    let report = payload
+        .extract(&work.path().join("fresh-out"), &Default::default())
+        .unwrap();
+    assert_eq!(report.frames_hashed, total_frames(&fresh));
+}
+
+/// Flip one byte inside the first frame of the first layer, in place (same size, same inode).
+fn flip_in_place(file: &fs::File, run: &RunFile) {
+    use std::os::unix::fs::FileExt;
+    let at = run.header_offset() + run.manifest().layers[0].frames[0].offset + 100;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x55], at).unwrap();
+}
+
+#[test]
+fn a_package_rewritten_after_the_install_check_is_refused_before_its_tree_is_in_place() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = settled_package(work.path());
+    let run = RunFile::open(&run_path).unwrap();
+    let payload = run.payload().unwrap();
+    payload.verify_digests(None).unwrap();
+    // Rewritten in place between the check and the extraction, its mtime put back.
+    let mtime = fs::metadata(&run_path).unwrap().modified().unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&run_path)
+        .unwrap();
+    flip_in_place(&file, &run);
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    let dest = work.path().join("out");
+    let err = payload.extract(&dest, &Default::default()).unwrap_err();
+    assert!(matches!(err, ReadError::Changed { .. }), "{err}");
+    assert!(!dest.exists(), "a changed package's tree was put in place");
+}
+
+#[test]
+fn a_package_open_for_writing_during_the_install_check_is_hashed_again() {
+    let work = tempfile::tempdir().unwrap();
+    let run_path = settled_package(work.path());
+    let run = RunFile::open(&run_path).unwrap();
+    // A writer holds the file open across the check (it could change mapped pages without
+    // the change time moving), then changes a byte.
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&run_path)
+        .unwrap();
+    let payload = run.payload().unwrap();
+    payload.verify_digests(None).unwrap();
+    flip_in_place(&writer, &run);
+    let dest = work.path().join("out");
+    let err = payload.extract(&dest, &Default::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReadError::CorruptFrame {
+                layer: 1,
+                frame: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    // Unchanged, but with the writer still there: every frame is hashed by the extraction.
+    drop(writer);
+    let clean_dir = work.path().join("clean");
+    fs::create_dir(&clean_dir).unwrap();
+    let clean_path = settled_package(&clean_dir);
+    let clean = RunFile::open(&clean_path).unwrap();
+    let _writer = fs::OpenOptions::new()
+        .write(true)
+        .open(&clean_path)
+        .unwrap();
+    let payload = clean.payload().unwrap();
+    payload.verify_digests(None).unwrap();
+    let report = payload
+        .extract(&work.path().join("clean-out"), &Default::default())
+        .unwrap();
+    assert_eq!(report.frames_hashed, total_frames(&clean));
+}

@@ -4,7 +4,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::{fingerprint, framed, gnu_tar_extract, pseudo_random, LayerTar};
@@ -251,6 +251,38 @@ fn hard_links_share_one_inode() {
     assert_eq!(ino("bin/busybox"), ino("bin/sh"));
     assert_eq!(ino("bin/busybox"), ino("bin/ls"));
     assert_eq!(fs::metadata(dest.join("bin/sh")).unwrap().nlink(), 3);
+}
+
+#[test]
+fn hard_links_to_files_of_a_lower_layer_or_streamed_or_still_queued_share_one_inode() {
+    // Only a link whose target may still wait in the writer queue waits for it; the others
+    // (a lower layer's file, a large file written as it streams) are linked at once.
+    let work = tempfile::tempdir().unwrap();
+    let mut lower = LayerTar::new();
+    lower.file("usr/lib/base.so", 0o644, b"lower layer");
+    let mut upper = LayerTar::new();
+    upper
+        .file("usr/lib/big.so", 0o644, &pseudo_random(5 << 20, 9))
+        .file("usr/lib/small.so", 0o644, b"small")
+        .hard_link("usr/lib/base-link.so", "usr/lib/base.so")
+        .hard_link("usr/lib/big-link.so", "usr/lib/big.so")
+        .hard_link("usr/bin/small-link", "usr/lib/small.so")
+        .file("usr/lib/after", 0o644, b"after the links");
+    let dest = work.path().join("out");
+    extract(&[blob(&lower.finish()), blob(&upper.finish())], &dest).unwrap();
+    let ino = |p: &str| fs::metadata(dest.join(p)).unwrap().ino();
+    assert_eq!(ino("usr/lib/base.so"), ino("usr/lib/base-link.so"));
+    assert_eq!(ino("usr/lib/big.so"), ino("usr/lib/big-link.so"));
+    assert_eq!(ino("usr/lib/small.so"), ino("usr/bin/small-link"));
+    assert_eq!(fs::read(dest.join("usr/bin/small-link")).unwrap(), b"small");
+    assert_eq!(
+        fs::read(dest.join("usr/lib/base-link.so")).unwrap(),
+        b"lower layer"
+    );
+    assert_eq!(
+        fs::read(dest.join("usr/lib/after")).unwrap(),
+        b"after the links"
+    );
 }
 
 /// Extract one crafted layer and return the refusal; checks nothing was left behind.
@@ -578,5 +610,56 @@ fn whiteouts_naming_the_directory_or_its_parent_are_refused_and_remove_nothing()
         );
         let left: Vec<_> = fs::read_dir(work.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "{marker}: only the sentinel is left");
+    }
+}
+
+/// A file entry with its own owner.
+fn owned_file(tar: &mut tar::Builder<Vec<u8>>, name: &str, uid: u64, gid: u64, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    tar.append(&h, data).unwrap();
+}
+
+#[test]
+fn owners_from_the_headers_hold_also_under_a_set_group_id_directory() {
+    if !common::is_root() {
+        eprintln!("skipped: restoring owners needs root");
+        return;
+    }
+    // Files owned by root need no chown when root extracts, except where a set-group-ID
+    // directory would give them its group: there they are chowned back to the header's.
+    let mut tar = tar::Builder::new(Vec::new());
+    owned_file(&mut tar, "etc/root-owned", 0, 0, b"r");
+    owned_file(&mut tar, "etc/user-owned", 1000, 1000, b"u");
+    owned_file(&mut tar, "etc/group-only", 0, 1000, b"g");
+    owned_file(&mut tar, "etc/big", 0, 0, &pseudo_random(5 << 20, 3));
+    let layer = blob(&tar.into_inner().unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let setgid = work.path().join("setgid");
+    fs::create_dir(&setgid).unwrap();
+    std::os::unix::fs::chown(&setgid, None, Some(4321)).unwrap();
+    fs::set_permissions(&setgid, fs::Permissions::from_mode(0o2755)).unwrap();
+    for parent in [work.path(), setgid.as_path()] {
+        let dest = parent.join("out");
+        extract(std::slice::from_ref(&layer), &dest).unwrap();
+        let owner = |name: &str| {
+            let meta = fs::metadata(dest.join(name)).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(
+            owner("etc/root-owned"),
+            (0, 0),
+            "under {}",
+            parent.display()
+        );
+        assert_eq!(owner("etc/user-owned"), (1000, 1000));
+        assert_eq!(owner("etc/group-only"), (0, 1000));
+        assert_eq!(owner("etc/big"), (0, 0), "under {}", parent.display());
     }
 }

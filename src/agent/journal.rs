@@ -11,9 +11,14 @@ use std::path::Path;
 use super::input::Input;
 use super::io_context;
 use super::protocol::{export_file, HostState, PayloadId, StepKey};
+use super::spool::FRAMES;
 
 /// The file naming the payload the rootfs holds.
 const INSTALLED: &str = "installed";
+
+/// In `journal/`: the payload the installed generation replaced (written when a tree replaces
+/// another payload's, so it moves with the journal on a rollback). Not a step key, so no step.
+const UPGRADED_FROM: &str = "upgraded-from";
 
 /// `state`: prints the [`HostState`]. Files that are not named by a step key (a temporary
 /// file left by a killed `done`) are no steps.
@@ -24,6 +29,9 @@ pub(super) fn state(work: &Path) -> Result<(), String> {
     }
     if let Ok(text) = fs::read_to_string(work.join(format!("{INSTALLED}.prev"))) {
         out.previous = text.trim().parse().ok();
+    }
+    if let Ok(text) = fs::read_to_string(work.join("journal").join(UPGRADED_FROM)) {
+        out.upgraded_from = text.trim().parse().ok();
     }
     if let Ok(entries) = fs::read_dir(work.join("journal")) {
         for e in entries.flatten() {
@@ -55,19 +63,15 @@ pub(super) fn state(work: &Path) -> Result<(), String> {
 /// exported. With `installs`, the step put that payload's tree in place: a journal kept for
 /// another payload is cleared first, and `installed` names the new one.
 pub(super) fn done(work: &Path, key: &StepKey, installs: Option<&PayloadId>) -> Result<(), String> {
-    let dir = work.join("journal");
     if let Some(id) = installs {
         switch_payload(work, id)?;
+        super::spool::adopt_unpacked(work)?;
     }
-    fs::create_dir_all(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
     let mut what = String::new();
     Input::stdin()
         .read_to_string(&mut what)
         .map_err(io_context("reading stdin"))?;
-    let tmp = dir.join(format!(".{key}.tmp"));
-    fs::write(&tmp, what.as_bytes()).map_err(io_context(format!("writing {}", tmp.display())))?;
-    fs::rename(&tmp, dir.join(key.as_str()))
-        .map_err(io_context("recording the step in the journal"))?;
+    record(work, key, &what)?;
     // A step that exported nothing has no file.
     if let Ok(exported) = fs::read(export_file(work, key)) {
         use std::io::Write;
@@ -78,8 +82,40 @@ pub(super) fn done(work: &Path, key: &StepKey, installs: Option<&PayloadId>) -> 
     Ok(())
 }
 
+/// Records the step `key`, called `what`, in the journal.
+pub(super) fn record(work: &Path, key: &StepKey, what: &str) -> Result<(), String> {
+    let dir = work.join("journal");
+    fs::create_dir_all(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
+    let tmp = dir.join(format!(".{key}.tmp"));
+    fs::write(&tmp, what.as_bytes()).map_err(io_context(format!("writing {}", tmp.display())))?;
+    fs::rename(&tmp, dir.join(key.as_str()))
+        .map_err(io_context("recording the step in the journal"))
+}
+
+/// Whether the journal records `key`; with `or_previous`, the previous generation's counts too.
+pub(super) fn recorded(work: &Path, key: &StepKey, or_previous: bool) -> bool {
+    let dirs: &[&str] = if or_previous {
+        &["journal", "journal.prev"]
+    } else {
+        &["journal"]
+    };
+    dirs.iter()
+        .any(|d| fs::symlink_metadata(work.join(d).join(key.as_str())).is_ok_and(|m| m.is_file()))
+}
+
+/// Removes `key` from the journal (a step whose work was found undone since).
+pub(super) fn forget(work: &Path, key: &StepKey) -> Result<(), String> {
+    let path = work.join("journal").join(key.as_str());
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io_context(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Records that the rootfs holds `id`. When it held another payload, that payload's journal,
-/// exports and tree become the previous generation (`*.prev`, replacing an older one: one
+/// exports, frame list and tree become the previous generation (`*.prev`, replacing an older one: one
 /// generation is kept), which `rollback` brings back; otherwise the replaced tree goes.
 fn switch_payload(work: &Path, id: &PayloadId) -> Result<(), String> {
     let file = work.join(INSTALLED);
@@ -91,7 +127,7 @@ fn switch_payload(work: &Path, id: &PayloadId) -> Result<(), String> {
     }
     fs::create_dir_all(work).map_err(io_context(format!("creating {}", work.display())))?;
     let keep = current.is_some();
-    for name in ["journal", "exports", INSTALLED] {
+    for name in ["journal", "exports", INSTALLED, FRAMES] {
         let path = work.join(name);
         let prev = work.join(format!("{name}.prev"));
         remove_any(&prev)?;
@@ -102,6 +138,15 @@ fn switch_payload(work: &Path, id: &PayloadId) -> Result<(), String> {
         }
     }
     super::rootfs::settle_old_tree(&rootfs, keep)?;
+    if let Some(from) = current.filter(|_| keep) {
+        // Before `installed` names the new payload: the rename of `installed` commits the switch.
+        let journal = work.join("journal");
+        fs::create_dir_all(&journal)
+            .map_err(io_context(format!("creating {}", journal.display())))?;
+        let marker = journal.join(UPGRADED_FROM);
+        fs::write(&marker, format!("{from}\n"))
+            .map_err(io_context(format!("writing {}", marker.display())))?;
+    }
     let tmp = work.join(".installed.tmp");
     fs::write(&tmp, format!("{id}\n")).map_err(io_context(format!("writing {}", tmp.display())))?;
     fs::rename(&tmp, &file).map_err(io_context(format!("writing {}", file.display())))
@@ -142,7 +187,7 @@ pub(super) fn rollback(work: &Path) -> Result<(), String> {
         ));
     }
     super::rootfs::exchange(&rootfs, &prev_tree)?;
-    for name in ["journal", "exports", INSTALLED] {
+    for name in ["journal", "exports", INSTALLED, FRAMES] {
         let path = work.join(name);
         let prev = work.join(format!("{name}.prev"));
         let swap = work.join(format!(".{name}.swap"));

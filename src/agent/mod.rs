@@ -4,7 +4,8 @@
 //! Config strategy it is told.
 //!
 //! It keeps a per-cluster work directory (`<dataRoot>/<cluster>/.sealer`): `spool/` holds received
-//! compressed frames by sha256 (each verified, written to a temporary name and renamed), `journal/`
+//! compressed frames by sha256 (each verified, written to a temporary name and renamed; those of
+//! the installed and the previous generation are kept for the next upgrade), `journal/`
 //! holds one file per finished step, `exports/` the `KEY=VALUE` lines hooks wrote. `unpack` turns
 //! spooled frames into the rootfs through the project's one extraction routine, into a staging
 //! directory swapped into place; `receive --dest` does both at once, unpacking each frame as soon
@@ -15,7 +16,9 @@
 //! started it, and only a bounded head and tail of its output is kept.
 //!
 //! Every read of stdin gives up after [`DEFAULT_STALL`] without a byte (`--stall-timeout SECS`
-//! changes it): an installer whose link vanished leaves no agent waiting on the host.
+//! changes it; the engine passes a short one to the commands that read a stream, see
+//! `deploy::launch::stream_stall`): an installer whose link vanished leaves no agent waiting on
+//! the host.
 //!
 //! The jobs: [`protocol`] (what is said), `spool` (frames in, missing frames out), `rootfs`
 //! (unpacking into a swapped tree, Configs), `journal` (finished steps and exports), `hook`
@@ -24,8 +27,10 @@
 mod hook;
 mod input;
 mod journal;
+mod lock;
 pub mod protocol;
 pub mod registry;
+mod render;
 mod rootfs;
 mod spool;
 
@@ -81,12 +86,12 @@ fn run(command: AgentCommand) -> Result<i32, String> {
         AgentCommand::Done {
             work,
             key,
-            drop_spool,
+            prune_spool,
             installs,
         } => {
             journal::done(&work, &key, installs.as_ref())?;
-            if drop_spool {
-                spool::remove(&work)?;
+            if prune_spool {
+                spool::prune(&work)?;
             }
         }
         AgentCommand::Config {
@@ -95,7 +100,12 @@ fn run(command: AgentCommand) -> Result<i32, String> {
             strategy,
         } => rootfs::write_config(&rootfs, &path, strategy)?,
         AgentCommand::Run { work } => return hook::run_hook(&work),
-        AgentCommand::Rollback { work } => journal::rollback(&work)?,
+        AgentCommand::Render { rootfs } => render::render_tree(&rootfs)?,
+        AgentCommand::Rollback { work } => {
+            journal::rollback(&work)?;
+            spool::prune(&work)?;
+        }
+        AgentCommand::Lock { file, holder } => return lock::lock(&file, &holder),
         AgentCommand::Remove {
             data_root,
             cluster,

@@ -24,6 +24,9 @@ use crate::clusterfile::ConfigStrategy;
 pub const EXIT_DISK_FULL: i32 = 28;
 /// Exit status of `run` when the script outlived its timeout (as coreutils `timeout`).
 pub const EXIT_TIMED_OUT: i32 = 124;
+/// Exit status of `lock` when another installer holds the cluster's lock (its holder on
+/// stderr), as sysexits' EX_TEMPFAIL.
+pub const EXIT_LOCKED: i32 = 75;
 
 /// The largest layer plan a host accepts.
 pub const MAX_PLAN_LEN: u64 = 64 << 20;
@@ -79,16 +82,19 @@ pub enum AgentCommand {
         dest: PathBuf,
     },
     /// Reads the step's name and records the step as done in the journal; prints what the step
-    /// exported. With `drop_spool`, the spooled frames are removed afterwards. With `installs`,
-    /// the step put that payload's tree in place: the journal and exports of any other payload
-    /// are cleared first, and the work directory records which payload the rootfs holds.
+    /// exported. With `installs`, the step put that payload's tree in place: the journal and
+    /// exports of any other payload are cleared first (kept as the previous generation when the
+    /// tree replaced another payload's), and the work directory records which payload the rootfs
+    /// holds and which frames it was unpacked from. With `prune_spool`, the spool is pruned
+    /// afterwards to the frames of the installed and the previous generation: what a later
+    /// upgrade or rollback can reuse.
     Done {
         #[arg(long, allow_hyphen_values = true)]
         work: PathBuf,
         #[arg(long)]
         key: StepKey,
         #[arg(long)]
-        drop_spool: bool,
+        prune_spool: bool,
         #[arg(long)]
         installs: Option<PayloadId>,
     },
@@ -100,6 +106,12 @@ pub enum AgentCommand {
         path: PathBuf,
         #[arg(long, value_parser = parse_strategy)]
         strategy: ConfigStrategy,
+    },
+    /// Reads a [`RenderRequest`] (JSON) and renders every `*.tmpl` file below `rootfs` into the
+    /// file without the suffix; prints a [`RenderOutcome`] (JSON).
+    Render {
+        #[arg(long, allow_hyphen_values = true)]
+        rootfs: PathBuf,
     },
     /// Reads a [`HookRequest`] (JSON) and runs it; passes on a bounded part of its output and
     /// exits with its status (or [`EXIT_TIMED_OUT`]).
@@ -120,10 +132,19 @@ pub enum AgentCommand {
         all: bool,
     },
     /// Brings back the previous generation: the trees are exchanged atomically, journal,
-    /// exports and the installed payload follow. Prints the payload now installed.
+    /// exports, the installed payload and its frame list follow; the spool is pruned to the
+    /// frames of the two generations. Prints the payload now installed.
     Rollback {
         #[arg(long, allow_hyphen_values = true)]
         work: PathBuf,
+    },
+    /// Takes the cluster's lock on this host (`file`) for `holder` and keeps it while stdin is
+    /// open; refused at once with [`EXIT_LOCKED`] when another installer holds it.
+    Lock {
+        #[arg(long, allow_hyphen_values = true)]
+        file: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        holder: String,
     },
     /// The host's pull-only image registry and containerd's way to it: see [`RegistryCommand`].
     Registry {
@@ -182,7 +203,7 @@ impl AgentCommand {
             AgentCommand::Done {
                 work,
                 key,
-                drop_spool,
+                prune_spool,
                 installs,
             } => {
                 push("work", path(work));
@@ -190,8 +211,8 @@ impl AgentCommand {
                 if let Some(id) = installs {
                     push("installs", id.to_string());
                 }
-                if *drop_spool {
-                    words.push("--drop-spool".into());
+                if *prune_spool {
+                    words.push("--prune-spool".into());
                 }
                 "done"
             }
@@ -209,6 +230,10 @@ impl AgentCommand {
                 push("work", path(work));
                 "run"
             }
+            AgentCommand::Render { rootfs } => {
+                push("rootfs", path(rootfs));
+                "render"
+            }
             AgentCommand::Remove {
                 data_root,
                 cluster,
@@ -224,6 +249,11 @@ impl AgentCommand {
             AgentCommand::Rollback { work } => {
                 push("work", path(work));
                 "rollback"
+            }
+            AgentCommand::Lock { file, holder } => {
+                push("file", path(file));
+                push("holder", holder.clone());
+                "lock"
             }
             AgentCommand::Registry { command } => {
                 words.extend(command.to_args());
@@ -274,6 +304,27 @@ pub struct HookRequest {
     pub timeout_secs: u64,
 }
 
+/// What `render` reads on stdin (JSON): the host's env, and the extra env of each app's files
+/// (APPENV), by the app's directory relative to the rootfs.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RenderRequest {
+    /// Variables in order (a later one replaces an earlier of the same name).
+    pub env: Vec<(String, String)>,
+    /// `application/apps/NAME` → that app's APPENV pairs, which win inside its directory.
+    #[serde(default)]
+    pub apps: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// What `render` prints (JSON): the files it wrote and what their templates read, so that the
+/// engine knows whether the output depends on the cluster's members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RenderOutcome {
+    /// The rendered files, relative to the rootfs, sorted.
+    pub rendered: Vec<PathBuf>,
+    /// Every key any template reads (`.Key`, in any branch), whether or not it has a value.
+    pub reads: std::collections::BTreeSet<String>,
+}
+
 /// What `state` prints (JSON).
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostState {
@@ -284,6 +335,11 @@ pub struct HostState {
     /// The payload of the previous generation kept for a rollback, if any.
     #[serde(default)]
     pub previous: Option<PayloadId>,
+    /// The payload the installed generation replaced, when it was installed over another one
+    /// (an upgrade); `None` for a first install. It travels with the journal, so a rollback
+    /// brings back the answer of the generation it brings back.
+    #[serde(default)]
+    pub upgraded_from: Option<PayloadId>,
     /// Finished steps.
     pub done: Vec<StepKey>,
     /// Exported `KEY=VALUE` text by step.
@@ -539,7 +595,7 @@ pub enum RegistryCommand {
         unit: UnitName,
     },
     /// Writes `config_path/REGISTRY/hosts.toml` sending pulls of `registry` to `endpoints` in
-    /// order (with `prefix`: to `ENDPOINT/v2/PREFIX/REGISTRY`, `override_path`); prints
+    /// order (with `prefix`: to `ENDPOINT/v2/PREFIX`, `override_path`); prints
     /// whether the file changed.
     Mirror {
         #[arg(long, allow_hyphen_values = true)]
@@ -565,6 +621,60 @@ pub enum RegistryCommand {
         #[arg(long, allow_hyphen_values = true)]
         config: Option<PathBuf>,
     },
+    /// The container images' steps: reads [`ImageCheck`] lines (JSON) and checks that the
+    /// layout at `root` holds each image (`index.json` names it; its manifest, config and
+    /// layers are there at their size). An image the journal in `work` records (or the
+    /// previous generation's, which an upgrade carries over) is only looked at; another one has
+    /// every file hashed too, and is recorded in the journal when whole. Prints one
+    /// [`ImageChecked`] line (JSON) per image; an incomplete image is not an error.
+    Check {
+        #[arg(long, allow_hyphen_values = true)]
+        root: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+    },
+    /// Reads the layer plan of the images layer, its frames all spooled, and writes the files
+    /// `paths` (relative to `root`: `blobs/sha256/HEX`, `index.json`) back into the layout from
+    /// them, each checked against its digest; prints how many it wrote.
+    Repair {
+        #[arg(long, allow_hyphen_values = true)]
+        root: PathBuf,
+        #[arg(long, allow_hyphen_values = true)]
+        work: PathBuf,
+        #[arg(long = "path", required = true, allow_hyphen_values = true)]
+        paths: Vec<String>,
+    },
+}
+
+/// One container image `registry check` is asked about: its step's key, its manifest digest
+/// and its reference (for messages).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageCheck {
+    pub key: StepKey,
+    pub digest: String,
+    pub image: String,
+}
+
+/// What `registry check` found for one image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageChecked {
+    pub digest: String,
+    pub state: ImageState,
+    /// The files the layout lacks (or holds damaged) for the image, relative to its root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+}
+
+/// Whether an image's step had to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageState {
+    /// The journal had it (or the generation the upgrade replaced did) and its files are there.
+    Served,
+    /// Checked now, every file hashed, and recorded.
+    Checked,
+    /// Files are missing or damaged: see `missing`. Not recorded (and no longer recorded).
+    Incomplete,
 }
 
 impl RegistryCommand {
@@ -647,6 +757,19 @@ impl RegistryCommand {
                     push("config", path(config));
                 }
                 "config-path"
+            }
+            RegistryCommand::Check { root, work } => {
+                push("root", path(root));
+                push("work", path(work));
+                "check"
+            }
+            RegistryCommand::Repair { root, work, paths } => {
+                push("root", path(root));
+                push("work", path(work));
+                for p in paths {
+                    push("path", p.clone());
+                }
+                "repair"
             }
         };
         words.insert(0, sub.to_string());
@@ -769,13 +892,13 @@ mod tests {
             AgentCommand::Done {
                 work: odd.clone(),
                 key: key.clone(),
-                drop_spool: false,
+                prune_spool: false,
                 installs: None,
             },
             AgentCommand::Done {
                 work: odd.clone(),
                 key: key.clone(),
-                drop_spool: true,
+                prune_spool: true,
                 installs: Some(key.as_str().parse().unwrap()),
             },
             AgentCommand::Config {
@@ -827,6 +950,19 @@ mod tests {
                 command: RegistryCommand::Status {
                     work: odd.clone(),
                     unit: "r".parse().unwrap(),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Check {
+                    root: PathBuf::from("-images"),
+                    work: odd.clone(),
+                },
+            },
+            AgentCommand::Registry {
+                command: RegistryCommand::Repair {
+                    root: odd.join("images"),
+                    work: odd.clone(),
+                    paths: vec!["blobs/sha256/ab".into(), "--index.json".into()],
                 },
             },
             AgentCommand::Registry {

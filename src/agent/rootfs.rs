@@ -30,40 +30,74 @@ pub fn install_rootfs(inputs: &[LayerInput<'_>], dest: &Path) -> Result<(), Stri
     })
 }
 
-/// Build a new tree with `fill` beside `dest` and swap it into place; the old tree is removed.
+/// Build a new tree with `fill` beside `dest` and switch it into place. The switch is one
+/// `renameat2(RENAME_EXCHANGE)`: at every instant `dest` is a whole tree, the old one or the
+/// new one, never missing or half there. The replaced tree is kept in `.old` until the journal
+/// records the new one ([`settle_old_tree`]).
+///
+/// Before the exchange, `.switching` records the inode of the new tree, so that an agent
+/// stopped between the exchange and the rename after it (power loss) is recognised on the
+/// next run: the tree left in `.incoming` is then the replaced one, not a new one.
 fn install_tree(dest: &Path, fill: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), String> {
     let parent = dest
         .parent()
         .ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
     fs::create_dir_all(parent).map_err(io_context(format!("creating {}", parent.display())))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = file_name(dest);
     let incoming = parent.join(format!("{name}.incoming"));
-    let old = parent.join(format!("{name}.old"));
+    let switching = parent.join(format!("{name}.switching"));
+    finish_switch(dest, &incoming, &switching)?;
     if incoming.exists() {
         fs::remove_dir_all(&incoming)
             .map_err(io_context(format!("removing {}", incoming.display())))?;
     }
     fill(&incoming)?;
-    if old.exists() {
-        // A tree put in place by a run that stopped before the journal recorded it: the tree
-        // recorded before it stays in `.old`, this one is replaced.
-        if dest.exists() {
-            fs::remove_dir_all(dest).map_err(io_context(format!("removing {}", dest.display())))?;
-        }
-    } else if dest.exists() {
-        fs::rename(dest, &old).map_err(io_context(format!(
-            "moving the old {} aside",
+    if !dest.exists() {
+        return fs::rename(&incoming, dest).map_err(io_context(format!(
+            "moving the new tree to {}",
             dest.display()
-        )))?;
+        )));
     }
-    fs::rename(&incoming, dest).map_err(io_context(format!(
-        "moving the new tree to {}",
-        dest.display()
-    )))?;
-    Ok(())
+    let inode = inode_of(&incoming)?;
+    fs::write(&switching, format!("{inode}\n"))
+        .map_err(io_context(format!("writing {}", switching.display())))?;
+    exchange(&incoming, dest)?;
+    finish_switch(dest, &incoming, &switching)
+}
+
+/// After the exchange (or an agent stopped right after it): the tree now in `.incoming` is the
+/// one replaced. It becomes `.old` when no `.old` is kept already; otherwise it was put in
+/// place by a run that stopped before the journal recorded it, and it goes. Does nothing when
+/// no switch is under way, and forgets a switch that never exchanged.
+fn finish_switch(dest: &Path, incoming: &Path, switching: &Path) -> Result<(), String> {
+    let Ok(text) = fs::read_to_string(switching) else {
+        return Ok(());
+    };
+    let exchanged = incoming.exists()
+        && text
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|inode| inode_of(dest).is_ok_and(|now| now == inode));
+    if exchanged {
+        let old = old_tree(dest);
+        if old.exists() {
+            fs::remove_dir_all(incoming)
+                .map_err(io_context(format!("removing {}", incoming.display())))?;
+        } else {
+            fs::rename(incoming, &old).map_err(io_context(format!(
+                "keeping the old tree in {}",
+                old.display()
+            )))?;
+        }
+    }
+    fs::remove_file(switching).map_err(io_context(format!("removing {}", switching.display())))
+}
+
+fn inode_of(path: &Path) -> Result<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .map_err(io_context(format!("reading {}", path.display())))
 }
 
 /// The tree an install replaced, kept beside `rootfs` until the journal records the new one
@@ -266,6 +300,9 @@ pub(super) fn remove(data_root: &Path, cluster: &str, all: bool) -> Result<(), S
         let rootfs = dir.join("rootfs");
         remove_tree(&old_tree(&rootfs))?;
         remove_tree(&previous_tree(&rootfs))?;
+        for leftover in ["incoming", "switching"] {
+            remove_tree(&rootfs.with_file_name(format!("rootfs.{leftover}")))?;
+        }
         return remove_tree(&rootfs);
     }
     remove_tree(&dir)?;
@@ -295,6 +332,78 @@ fn remove_tree(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tree(dir: &Path, version: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("version"), version).unwrap();
+    }
+
+    fn version(dir: &Path) -> String {
+        fs::read_to_string(dir.join("version")).unwrap()
+    }
+
+    #[test]
+    fn a_new_tree_is_exchanged_into_place_and_the_old_one_kept_until_it_is_recorded() {
+        let base = tempfile::tempdir().unwrap();
+        let rootfs = base.path().join("rootfs");
+        install_tree(&rootfs, |dir| {
+            tree(dir, "v1");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(version(&rootfs), "v1");
+        let inode_before = inode_of(&rootfs).unwrap();
+        install_tree(&rootfs, |dir| {
+            tree(dir, "v2");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(version(&rootfs), "v2");
+        assert_eq!(version(&old_tree(&rootfs)), "v1");
+        assert_eq!(inode_of(&old_tree(&rootfs)).unwrap(), inode_before);
+        assert!(!base.path().join("rootfs.incoming").exists());
+        assert!(!base.path().join("rootfs.switching").exists());
+    }
+
+    #[test]
+    fn an_agent_stopped_right_after_the_exchange_keeps_the_replaced_tree_on_the_next_run() {
+        let base = tempfile::tempdir().unwrap();
+        let rootfs = base.path().join("rootfs");
+        let incoming = base.path().join("rootfs.incoming");
+        let switching = base.path().join("rootfs.switching");
+        tree(&rootfs, "v1");
+        // A switch cut off between the exchange and the rename after it.
+        tree(&incoming, "v2");
+        fs::write(&switching, format!("{}\n", inode_of(&incoming).unwrap())).unwrap();
+        exchange(&incoming, &rootfs).unwrap();
+        install_tree(&rootfs, |dir| {
+            tree(dir, "v2");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(version(&rootfs), "v2");
+        assert_eq!(
+            version(&old_tree(&rootfs)),
+            "v1",
+            "the replaced tree was lost"
+        );
+
+        // Cut off before the exchange: the recorded tree stays where it is.
+        let base = tempfile::tempdir().unwrap();
+        let rootfs = base.path().join("rootfs");
+        let incoming = base.path().join("rootfs.incoming");
+        let switching = base.path().join("rootfs.switching");
+        tree(&rootfs, "v1");
+        tree(&incoming, "v2");
+        fs::write(&switching, format!("{}\n", inode_of(&incoming).unwrap())).unwrap();
+        install_tree(&rootfs, |dir| {
+            tree(dir, "v3");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(version(&rootfs), "v3");
+        assert_eq!(version(&old_tree(&rootfs)), "v1");
+    }
 
     #[test]
     fn config_paths_resolve_symlinks_as_if_the_rootfs_were_the_root() {

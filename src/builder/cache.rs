@@ -23,6 +23,9 @@ pub struct StepCache {
 struct StepEntry {
     layer: Descriptor,
     diff_id: String,
+    /// See [`BuiltLayer::plugins`]; absent in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plugins: Option<Vec<crate::deploy::image_plugins::PluginChange>>,
 }
 
 impl StepCache {
@@ -52,6 +55,7 @@ impl StepCache {
             .then_some(BuiltLayer {
                 descriptor: entry.layer,
                 diff_id: entry.diff_id,
+                plugins: entry.plugins,
             })
     }
 
@@ -59,6 +63,7 @@ impl StepCache {
         let entry = StepEntry {
             layer: blob.descriptor.clone(),
             diff_id: blob.diff_id.clone(),
+            plugins: blob.plugins.clone(),
         };
         if let Ok(bytes) = serde_json::to_vec(&entry) {
             self.write(self.dir.join("steps").join(key), &bytes);

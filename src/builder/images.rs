@@ -1,13 +1,17 @@
 //! The container images of a build: declared references resolved and pinned for the build's
-//! platform and their blobs fetched, before any step writes to the store ([`collect`]); then,
-//! after the last step, the images layer written from them ([`Collection::layer`]) as
-//! `container_images` describes it.
+//! platform, their manifests and configs fetched, before any step writes to the store
+//! ([`collect`]); then, after the last step, the images layer written ([`Collection::layer`]) as
+//! `container_images` describes it, each image layer blob streamed from its registry straight
+//! into it.
 //!
-//! Fetched blobs stay staged (in the store's scratch space, checked against their digests) until
-//! the build names its image; they are then committed to the store's blobs as the cache of the
-//! next build, which fetches only blobs the store lacks (it still asks the registry what a tag
-//! names). The layer is cached by what it holds (platform, level, references and pinned digests),
-//! not by the steps before it, so a rebuild with the same images writes nothing.
+//! Manifests, indexes and configs (small: what resolving offline and checking a platform need)
+//! stay staged (in the store's scratch space, checked against their digests) until the build
+//! names its image, then enter the store's blobs. Image layer blobs are downloaded once, into
+//! their frames of the images layer, hashed on the way (no staged copy, no second pass over
+//! their bytes); a blob the store already holds (an older store, a pulled image) is copied from
+//! there. The layer is cached by what it holds (platform, level, references and pinned digests),
+//! not by the steps before it, so a rebuild with the same images fetches and writes nothing (it
+//! still asks the registry what a tag names).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,12 +25,22 @@ use crate::container_images::{
     LAYER_CONTENT_CONTAINER_IMAGES,
 };
 use crate::registry::{BlobKind, ImageSource, PlatformManifest, RegistryError};
+
+/// An image layer blob the store lacks: streamed from its registry into the images layer.
+struct RemoteBlob {
+    /// Index into [`Collection::sources`].
+    source: usize,
+    desc: Descriptor,
+    /// The first image that names it, for errors.
+    reference: String,
+    origin: String,
+}
 use crate::store::{
     Descriptor, Index, Platform, StagedBlob, Store, StoreError, ANNOTATION_REF_NAME,
 };
 
 use super::cache::StepCache;
-use super::layer::{BuiltLayer, LayerWriter};
+use super::layer::{BuiltLayer, LayerWriter, StagedLayer, StreamedError};
 use super::{BuildError, BuildEvent, BuildOptions};
 
 /// One container image resolved for the build's platform.
@@ -51,11 +65,27 @@ impl CollectedImage {
     }
 }
 
-/// The images of a build and the blobs fetched for them, not yet in the store.
+/// The images of a build, the blobs fetched for them (not yet in the store) and where the rest
+/// come from.
 #[derive(Default)]
 pub(super) struct Collection {
     pub images: Vec<CollectedImage>,
     staged: Vec<StagedBlob>,
+    /// One connection per declared image, kept for streaming its layers.
+    sources: Vec<ImageSource>,
+    /// Blobs to stream into the images layer, by digest.
+    remote: BTreeMap<String, RemoteBlob>,
+    /// The images layer of the declared images, written (or found in the cache) before the first
+    /// step, with the cache key it was written for.
+    prepared: Option<(String, Prepared)>,
+}
+
+/// The images layer as [`Collection::prepare`] left it.
+enum Prepared {
+    /// In the store already (the step cache had it).
+    Cached(BuiltLayer),
+    /// Written, not yet in the store.
+    Staged(StagedLayer),
 }
 
 impl Collection {
@@ -74,16 +104,33 @@ impl Collection {
         listed: &[ContainerImage],
     ) -> Result<(), BuildError> {
         let path = store.blob_path(&layer.digest)?;
+        let what = format!("the base image (layer {})", layer.digest);
         let bad = |reason: String| {
             BuildError::io(
-                format!(
-                    "reading the container images of the base image (layer {})",
-                    layer.digest
-                ),
+                format!("reading the container images of {what}"),
                 std::io::Error::other(reason),
             )
         };
-        let file = std::fs::File::open(&path)
+        let index = self.stage_blobs_of(store, &path, &what)?;
+        let index = index.ok_or_else(|| bad(format!("it has no {IMAGES_DIR}/index.json")))?;
+        self.join(store, index, listed, &bad)
+    }
+
+    /// Stage the blobs of the images layer at `path` that the store and this collection lack;
+    /// returns its `index.json`, if it has one. `what` names the layer in errors.
+    fn stage_blobs_of(
+        &mut self,
+        store: &Store,
+        path: &std::path::Path,
+        what: &str,
+    ) -> Result<Option<Index>, BuildError> {
+        let bad = |reason: String| {
+            BuildError::io(
+                format!("reading the container images of {what}"),
+                std::io::Error::other(reason),
+            )
+        };
+        let file = std::fs::File::open(path)
             .map_err(|e| BuildError::io(format!("opening {}", path.display()), e))?;
         let decoder = zstd::stream::read::Decoder::new(std::io::BufReader::new(file))
             .map_err(|e| bad(e.to_string()))?;
@@ -117,7 +164,18 @@ impl Collection {
                     Some(serde_json::from_slice(&bytes).map_err(|e| bad(format!("{name}: {e}")))?);
             }
         }
-        let index = index.ok_or_else(|| bad(format!("it has no {IMAGES_DIR}/index.json")))?;
+        Ok(index)
+    }
+
+    /// The images of a base image's `index.json` join this build's, unless a declaration of the
+    /// same reference was resolved already.
+    fn join(
+        &mut self,
+        store: &Store,
+        index: Index,
+        listed: &[ContainerImage],
+        bad: &dyn Fn(String) -> BuildError,
+    ) -> Result<(), BuildError> {
         for entry in index.manifests {
             let ref_name = entry
                 .annotations
@@ -192,15 +250,8 @@ impl Collection {
         format!("CONTAINER-IMAGES {}", names.join(" "))
     }
 
-    /// The images layer: from the step cache when the same images were written before, else
-    /// written now. The fetched blobs are committed to the store (the next build's cache).
-    pub fn layer(
-        self,
-        store: &Store,
-        opts: &BuildOptions,
-        cache: &StepCache,
-        progress: &mut dyn FnMut(BuildEvent),
-    ) -> Result<(BuiltLayer, bool), BuildError> {
+    /// The step-cache key of the images layer: what it holds.
+    fn key(&self, opts: &BuildOptions) -> String {
         let mut key_parts = vec![
             "container-images".to_string(),
             opts.level.to_string(),
@@ -217,22 +268,116 @@ impl Collection {
             ));
         }
         let parts: Vec<&str> = key_parts.iter().map(String::as_str).collect();
-        let key = super::steps::chain("", &parts);
-        let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for blob in &self.staged {
-            paths.insert(blob.digest().to_string(), blob.path().to_path_buf());
+        super::steps::chain("", &parts)
+    }
+
+    /// Write the images layer of the declared images now, before the first step, each image
+    /// layer the store lacks streamed from its registry into it (or find it in the step cache):
+    /// a blob that cannot be fetched fails the build before any step writes to the store. The
+    /// layer stays staged until [`Collection::layer`].
+    fn prepare(
+        &mut self,
+        store: &Store,
+        opts: &BuildOptions,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<(), BuildError> {
+        if self.images.is_empty() {
+            return Ok(());
         }
-        let cached = (!opts.no_cache).then(|| cache.step(&key)).flatten();
-        let (mut built, from_cache) = match cached {
-            Some(built) => (built, true),
-            None => {
-                let built = write_layer(store, opts, &self.images, &paths)?;
+        let key = self.key(opts);
+        let cache = StepCache::new(store);
+        if let Some(built) = (!opts.no_cache).then(|| cache.step(&key)).flatten() {
+            self.prepared = Some((key, Prepared::Cached(built)));
+            return Ok(());
+        }
+        let paths = self.staged_paths();
+        let mut sources = Sources {
+            staged: &paths,
+            connections: &mut self.sources,
+            remote: &self.remote,
+            progress,
+            done: 0,
+            total: self.remote.values().map(|b| b.desc.size).sum(),
+        };
+        let staged = write_layer(store, opts, &self.images, &mut sources)?;
+        let fetched = sources.done;
+        if fetched > 0 {
+            progress(BuildEvent::ImagesFetched { bytes: fetched });
+        }
+        self.prepared = Some((key, Prepared::Staged(staged)));
+        Ok(())
+    }
+
+    fn staged_paths(&self) -> BTreeMap<String, PathBuf> {
+        self.staged
+            .iter()
+            .map(|blob| (blob.digest().to_string(), blob.path().to_path_buf()))
+            .collect()
+    }
+
+    /// The images layer: the one [`Collection::prepare`] wrote or found in the step cache; when
+    /// a base image brought more images, one holding them all (from the step cache, else
+    /// written now from the prepared layer's blobs and the base's). Manifests, indexes and
+    /// configs are committed to the store (what the next build resolves from).
+    pub fn layer(
+        mut self,
+        store: &Store,
+        opts: &BuildOptions,
+        cache: &StepCache,
+        progress: &mut dyn FnMut(BuildEvent),
+    ) -> Result<(BuiltLayer, bool), BuildError> {
+        let key = self.key(opts);
+        let prepared = match self.prepared.take() {
+            Some((prepared_key, prepared)) if prepared_key == key => Some(prepared),
+            Some((_, Prepared::Staged(staged))) => {
+                let path = staged.path().to_path_buf();
+                self.stage_blobs_of(store, &path, "the images layer being built")?;
+                None
+            }
+            Some((_, Prepared::Cached(built))) => {
+                let path = store.blob_path(&built.descriptor.digest)?;
+                self.stage_blobs_of(store, &path, "the cached images layer")?;
+                None
+            }
+            None => None,
+        };
+        let prepared = match prepared {
+            Some(prepared) => prepared,
+            None => match (!opts.no_cache).then(|| cache.step(&key)).flatten() {
+                Some(built) => Prepared::Cached(built),
+                None => {
+                    let paths = self.staged_paths();
+                    let mut sources = Sources {
+                        staged: &paths,
+                        connections: &mut self.sources,
+                        remote: &self.remote,
+                        progress,
+                        done: 0,
+                        total: self.remote.values().map(|b| b.desc.size).sum(),
+                    };
+                    Prepared::Staged(write_layer(store, opts, &self.images, &mut sources)?)
+                }
+            },
+        };
+        let (mut built, from_cache) = match prepared {
+            Prepared::Cached(built) => (built, true),
+            Prepared::Staged(staged) => {
+                let built = staged.commit()?;
                 cache.record_step(&key, &built);
                 (built, false)
             }
         };
+        // Manifests, indexes and configs enter the store (the next build resolves and checks
+        // platforms from them); image layers live in the images layer only.
+        let layers: std::collections::BTreeSet<&str> = self
+            .images
+            .iter()
+            .flat_map(|i| i.blobs.iter().skip(1).map(|d| d.digest.as_str()))
+            .collect();
         for blob in self.staged {
-            blob.commit()?;
+            if !layers.contains(blob.digest()) {
+                blob.commit()?;
+            }
         }
         built.descriptor.annotations.insert(
             ANNOTATION_LAYER_CONTENT.to_string(),
@@ -301,45 +446,42 @@ pub(super) fn collect(
         };
         let mut blobs = vec![resolved.manifest.config.clone()];
         blobs.extend(resolved.manifest.layers.iter().cloned());
-        let count = resolved.manifest.layers.len();
-        let missing = |desc: &Descriptor| {
+        let missing = |collection: &Collection, desc: &Descriptor| {
             !store.has_blob(&desc.digest)
                 && !collection.staged.iter().any(|s| s.digest() == desc.digest)
         };
+        // The config now (its platform is checked before any step runs); the layers when the
+        // images layer is written, straight into it, unless that layer is cached.
         let mut wanted: Vec<(BlobKind, Descriptor)> = Vec::new();
-        for (i, desc) in blobs.iter().enumerate() {
-            if missing(desc) && !wanted.iter().any(|(_, d)| d.digest == desc.digest) {
-                let kind = match i {
-                    0 => BlobKind::Config,
-                    _ => BlobKind::Layer {
-                        index: i - 1,
-                        count,
+        let config = &resolved.manifest.config;
+        if missing(&collection, config) {
+            wanted.push((BlobKind::Config, config.clone()));
+        }
+        let mut pending = 0;
+        for desc in &resolved.manifest.layers {
+            if missing(&collection, desc) && !collection.remote.contains_key(&desc.digest) {
+                pending += desc.size;
+                collection.remote.insert(
+                    desc.digest.clone(),
+                    RemoteBlob {
+                        source: collection.sources.len(),
+                        desc: Descriptor {
+                            annotations: Default::default(),
+                            ..desc.clone()
+                        },
+                        reference: image.reference.to_string(),
+                        origin: image
+                            .origins
+                            .first()
+                            .map(|o| o.to_string())
+                            .unwrap_or_default(),
                     },
-                };
-                wanted.push((kind, desc.clone()));
+                );
             }
         }
-        let total: u64 = wanted.iter().map(|(_, d)| d.size).sum();
-        // Byte progress across the image's blobs, downloaded side by side.
-        let done_by_blob = std::cell::RefCell::new(BTreeMap::<String, u64>::new());
-        let progress_cell = std::cell::RefCell::new(&mut *progress);
-        let report = |p: crate::registry::Progress| {
-            let done: u64 = {
-                let mut by_blob = done_by_blob.borrow_mut();
-                by_blob.insert(p.digest.clone(), p.done);
-                by_blob.values().sum()
-            };
-            if let Ok(mut progress) = progress_cell.try_borrow_mut() {
-                progress(BuildEvent::ContainerImage {
-                    reference: &shown,
-                    event: ImageEvent::Fetching { done, total },
-                });
-            }
-        };
         let staged = source
-            .fetch_blobs(store, &wanted, &report)
+            .fetch_blobs(store, &wanted, &|_| {})
             .map_err(|e| failed(image, e))?;
-        let fetched: u64 = staged.iter().map(|s| s.size()).sum();
         collection.staged.extend(staged);
         let config_digest = &resolved.manifest.config.digest;
         let config_path = match collection
@@ -374,11 +516,12 @@ pub(super) fn collect(
         };
         collection.staged.extend(manifest_blob);
         collection.staged.extend(index_blob);
+        collection.sources.push(source);
         progress(BuildEvent::ContainerImage {
             reference: &shown,
             event: ImageEvent::Pinned {
                 digest: &resolved.digest,
-                fetched,
+                pending,
             },
         });
         let index = resolved.index.as_ref().and(name.digest.clone());
@@ -397,6 +540,10 @@ pub(super) fn collect(
                 .collect(),
         });
     }
+    collection.prepare(store, opts, progress)?;
+    // Every remote blob is in the prepared layer now; the connections are done.
+    collection.sources.clear();
+    collection.remote.clear();
     Ok(collection)
 }
 
@@ -446,10 +593,9 @@ fn pinned_index(name: &ImageName, manifest: &str, have: impl Fn(&str) -> bool) -
 pub enum ImageEvent<'a> {
     /// Asking its registry what the reference names.
     Resolving,
-    /// `done` of the `total` bytes of its blobs the store lacks have arrived.
-    Fetching { done: u64, total: u64 },
-    /// Pinned to `digest`; `fetched` bytes were downloaded (0: every blob was in the store).
-    Pinned { digest: &'a str, fetched: u64 },
+    /// Pinned to `digest` (its manifest and config at hand); `pending` bytes of its layers are
+    /// not in the store, fetched into the images layer unless that layer is cached (0: none).
+    Pinned { digest: &'a str, pending: u64 },
 }
 
 fn unsupported(name: &ImageName, what: &str, reason: String) -> RegistryError {
@@ -506,14 +652,76 @@ fn already_compressed(media_type: &str) -> bool {
     media_type.contains("gzip") || media_type.contains("zstd")
 }
 
+/// Where the blobs of the images layer come from while it is written.
+struct Sources<'a> {
+    /// Staged blobs (configs, manifests, a base image's blobs), by digest.
+    staged: &'a BTreeMap<String, PathBuf>,
+    connections: &'a mut [ImageSource],
+    remote: &'a BTreeMap<String, RemoteBlob>,
+    progress: &'a mut dyn FnMut(BuildEvent),
+    /// Bytes of remote blobs fetched so far, of `total`.
+    done: u64,
+    total: u64,
+}
+
+impl Sources<'_> {
+    /// Stream the remote blob `digest` from its registry into `layer` as the entry `path`.
+    fn stream(
+        &mut self,
+        layer: &mut LayerWriter,
+        path: &str,
+        digest: &str,
+    ) -> Result<(), BuildError> {
+        let Some(blob) = self.remote.get(digest) else {
+            return Err(BuildError::io(
+                format!("writing {path} to the images layer"),
+                std::io::Error::other("no registry was resolved for this blob"),
+            ));
+        };
+        let Some(connection) = self.connections.get_mut(blob.source) else {
+            return Err(BuildError::io(
+                format!("writing {path} to the images layer"),
+                std::io::Error::other("its registry connection is gone"),
+            ));
+        };
+        let before = self.done;
+        let total = self.total;
+        let progress = std::cell::RefCell::new(&mut *self.progress);
+        let report = |done: u64| {
+            if let Ok(mut progress) = progress.try_borrow_mut() {
+                progress(BuildEvent::ImagesFetching {
+                    done: before + done,
+                    total,
+                });
+            }
+        };
+        layer
+            .add_file_streamed(path, 0o644, blob.desc.size, |sink| {
+                connection.stream_blob(&blob.desc, sink, &report)
+            })
+            .map_err(|e| match e {
+                StreamedError::Io(e) => {
+                    BuildError::io(format!("writing {path} to the images layer"), e)
+                }
+                StreamedError::Fill(source) => BuildError::ContainerImage {
+                    reference: blob.reference.clone(),
+                    origin: blob.origin.clone(),
+                    source: Box::new(source),
+                },
+            })?;
+        self.done += blob.desc.size;
+        Ok(())
+    }
+}
+
 /// Write the images layer: directories, every blob (digest order) in a frame of its own, then
 /// `index.json` and `oci-layout`.
 fn write_layer(
     store: &Store,
     opts: &BuildOptions,
     images: &[CollectedImage],
-    staged: &BTreeMap<String, PathBuf>,
-) -> Result<BuiltLayer, BuildError> {
+    sources: &mut Sources<'_>,
+) -> Result<StagedLayer, BuildError> {
     let mut blobs: BTreeMap<&str, FrameMode> = BTreeMap::new();
     let mut index = Index::default();
     for image in images {
@@ -553,14 +761,18 @@ fn write_layer(
     for (digest, mode) in blobs {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         let path = format!("{IMAGES_DIR}/blobs/sha256/{hex}");
-        let source = match staged.get(digest) {
-            Some(path) => path.clone(),
-            None => store.blob_path(digest)?,
-        };
         layer.start_frame(mode).map_err(|e| io(&path, e))?;
-        layer
-            .add_file_from(&path, 0o644, &source)
-            .map_err(|e| io(&path, e))?;
+        if let Some(staged) = sources.staged.get(digest) {
+            layer
+                .add_file_from(&path, 0o644, staged)
+                .map_err(|e| io(&path, e))?;
+        } else if store.has_blob(digest) || !sources.remote.contains_key(digest) {
+            layer
+                .add_file_from(&path, 0o644, &store.blob_path(digest)?)
+                .map_err(|e| io(&path, e))?;
+        } else {
+            sources.stream(&mut layer, &path, digest)?;
+        }
     }
     let index_json = serde_json::to_vec(&index)
         .map_err(|e| BuildError::io("encoding images/index.json", std::io::Error::other(e)))?;
@@ -576,5 +788,5 @@ fn write_layer(
             .add_file(&path, 0o644, bytes.len() as u64, bytes)
             .map_err(|e| io(&path, e))?;
     }
-    layer.finish()
+    layer.finish_staged()
 }

@@ -19,6 +19,8 @@ mod cache;
 mod context;
 mod images;
 mod layer;
+mod lower;
+mod plugins;
 mod run;
 mod steps;
 
@@ -59,6 +61,16 @@ pub struct BuildOptions {
     pub image_lists: Vec<PathBuf>,
     /// `--ignored-image-list FILE`s: container images not to collect.
     pub ignored_image_lists: Vec<PathBuf>,
+    /// Write the image's bill of materials (the build's last step); true unless `--no-sbom` or
+    /// `SEALER_BUILD_SBOM=0`.
+    pub sbom: bool,
+    /// `--type`: the image's kind; `None` keeps the `FROM` image's (a cluster image from
+    /// scratch).
+    pub image_type: Option<crate::store::ImageType>,
+    /// `--label K=V`: config labels set after the last instruction.
+    pub labels: Vec<(String, String)>,
+    /// `--annotation K=V`: annotations of the image manifest.
+    pub annotations: Vec<(String, String)>,
 }
 
 impl BuildOptions {
@@ -78,6 +90,10 @@ impl BuildOptions {
             registry: RegistryOptions::from_env(),
             image_lists: Vec::new(),
             ignored_image_lists: Vec::new(),
+            sbom: std::env::var("SEALER_BUILD_SBOM").map_or(true, |v| v.trim() != "0"),
+            image_type: None,
+            labels: Vec::new(),
+            annotations: Vec::new(),
         }
     }
 }
@@ -100,6 +116,18 @@ pub enum BuildEvent<'a> {
     /// After the last step: the images layer of `images` container images is written (then
     /// `Layer`) or found in the cache (then `Cached`).
     ImagesLayer { images: usize },
+    /// `done` of the `total` bytes of image layers the store lacks have been fetched into the
+    /// images layer being written.
+    ImagesFetching { done: u64, total: u64 },
+    /// The images layer is written; `bytes` of it were fetched from registries.
+    ImagesFetched { bytes: u64 },
+    /// After the last layer: the bill of materials lists this many Debian packages, files and
+    /// container images.
+    Sbom {
+        packages: usize,
+        files: usize,
+        images: usize,
+    },
     /// A container image being collected (before the first step).
     ContainerImage {
         reference: &'a str,
@@ -129,14 +157,20 @@ pub enum BuildError {
         message: String,
     },
     #[error(
-        "{file}:{line}: RUN failed with {status}; the store is unchanged. Last output:\n{output}"
+        "{file}:{line}: {command} failed with {status}; the store is unchanged. {}",
+        run_output(output)
     )]
     RunFailed {
         file: String,
         line: usize,
+        /// The step as written (`RUN make install`).
+        command: String,
         status: String,
         output: String,
     },
+    /// A build option with a value the build refuses (`--label`).
+    #[error("{flag} {message}; nothing was written to the store")]
+    Flag { flag: &'static str, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A container-image declaration that cannot be read; nothing was written.
@@ -157,6 +191,18 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a failed RUN printed, for its error: the last lines, or what to do when it printed
+/// nothing.
+fn run_output(output: &str) -> String {
+    if output.trim().is_empty() {
+        "It printed nothing, so it says nothing about why: make the command report its failure \
+         (cmd || { echo \"cmd failed: ...\" >&2; exit 1; }) or run it by hand to see"
+            .to_string()
+    } else {
+        format!("Last output:\n{output}")
+    }
 }
 
 impl BuildError {

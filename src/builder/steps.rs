@@ -13,15 +13,19 @@ use crate::kubefile::{
     self, AppSource, Command, Instruction, InstructionKind, Kubefile, KubefileError,
 };
 use crate::reference::Reference;
+use crate::sbom;
 use crate::store::{
     Descriptor, History, Image, ImageConfig, Manifest, RootFs, SealerConfig, Store, StoreError,
     MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST,
 };
+use crate::template::Template;
 
 use super::cache::StepCache;
-use super::context::{self, app_kind, Plan};
+use super::context::{self, app_kind, Plan, PlanEntry};
 use super::images::Collection;
 use super::layer::{BuiltLayer, LayerWriter};
+use super::lower;
+use super::plugins::PluginRecord;
 use super::run::WorkTree;
 use super::{oci_arch, rfc3339, BuildError, BuildEvent, BuildOptions, BuildReport};
 
@@ -53,6 +57,10 @@ pub(super) struct Builder<'a> {
     cached_steps: usize,
     /// The container images collected before the first step: the last layer.
     images: Collection,
+    /// The `FROM` image: its reference and manifest digest (for the bill of materials).
+    base: Option<(String, String)>,
+    /// What each layer does to `plugins/`, recorded in the config at the end.
+    plugins: PluginRecord,
 }
 
 impl<'a> Builder<'a> {
@@ -98,6 +106,8 @@ impl<'a> Builder<'a> {
             own_cmds: None,
             cached_steps: 0,
             images,
+            base: None,
+            plugins: PluginRecord::default(),
         }
     }
 
@@ -164,7 +174,15 @@ impl<'a> Builder<'a> {
                 )));
             }
         }
-        let mut annotations = std::collections::BTreeMap::new();
+        for (k, v) in &self.opts.labels {
+            crate::host_requirements::check_label(k, v).map_err(|message| BuildError::Flag {
+                flag: "--label",
+                message,
+            })?;
+            self.config.config.labels.insert(k.clone(), v.clone());
+        }
+        let mut annotations: std::collections::BTreeMap<String, String> =
+            self.opts.annotations.iter().cloned().collect();
         let images = std::mem::take(&mut self.images);
         if !images.is_empty() {
             let label = images.label();
@@ -183,7 +201,18 @@ impl<'a> Builder<'a> {
         }
         self.config.rootfs.diff_ids = self.diff_ids.clone();
         self.config.history = self.history.clone();
+        self.sealer.plugins = Some(self.plugins.files(
+            self.store,
+            &self.layers,
+            &self.opts.tag.to_string(),
+        )?);
+        if let Some(image_type) = self.opts.image_type {
+            self.sealer.image_type = image_type;
+        }
         self.config.sealer = (!self.sealer.is_empty()).then(|| self.sealer.clone());
+        if self.opts.sbom {
+            self.write_sbom()?;
+        }
         let config_bytes = serde_json::to_vec(&self.config)
             .map_err(|e| BuildError::io("encoding the image config", std::io::Error::other(e)))?;
         let (config_digest, config_size) = self.store.put_blob(&config_bytes)?;
@@ -210,6 +239,35 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// The last step: the bill of materials of the finished layers, into the config.
+    fn write_sbom(&mut self) -> Result<(), BuildError> {
+        let layers: Vec<(Descriptor, String)> = self
+            .layers
+            .iter()
+            .cloned()
+            .zip(self.diff_ids.iter().cloned())
+            .collect();
+        let images = container_images::listed_images(&self.config);
+        let bom = sbom::generate(
+            self.store,
+            &sbom::SbomInput {
+                image: &self.opts.tag.store_key(),
+                layers: &layers,
+                container_images: &images,
+                base: self.base.as_ref().map(|(r, d)| (r.as_str(), d.as_str())),
+                created: Some(&self.created),
+            },
+        )
+        .map_err(|e| BuildError::io("writing the bill of materials", std::io::Error::other(e)))?;
+        (self.progress)(BuildEvent::Sbom {
+            packages: bom.components_of("library").count(),
+            files: bom.components_of("file").count(),
+            images: images.len(),
+        });
+        self.config.sbom = Some(Box::new(bom));
+        Ok(())
+    }
+
     /// FROM: an empty root, or the layers, config and apps of a base image (pulled when it names
     /// a registry and is not in the store).
     fn from(&mut self, image: &str) -> Result<(), BuildError> {
@@ -224,7 +282,14 @@ impl<'a> Builder<'a> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            // An image sealer built says what it installs in its manifest's extension.
+            let base = Image {
+                config: crate::sealer_image::with_extension(&base.manifest, base.config.clone())
+                    .map_err(|e| self.fail(format!("base image {image}: {e}")))?,
+                ..base
+            };
             self.key = chain("", &["from", &base.digest]);
+            self.base = Some((reference.to_string(), base.digest.clone()));
             self.layers = base.manifest.layers.clone();
             self.diff_ids = base.config.rootfs.diff_ids.clone();
             self.config.config = base.config.config.clone();
@@ -251,6 +316,7 @@ impl<'a> Builder<'a> {
                 let listed = container_images::listed_images(&base.config);
                 self.images.inherit(self.store, &layer, &listed)?;
             }
+            self.plugins = PluginRecord::from_base(&base.config, self.layers.len());
             let inherited = &self.sealer.apps;
             self.kubefile
                 .check_apps(&|app| inherited.contains_key(app))?;
@@ -278,6 +344,11 @@ impl<'a> Builder<'a> {
         };
         if let Some(v) = value {
             check_env_text(name, &v, "ARG").map_err(|e| self.fail(e))?;
+            // sealer v0.8: an ARG's value is the default of an install-time variable of CMD and
+            // LAUNCH. ARGs before FROM only choose the base (`key` is empty until FROM).
+            if !self.key.is_empty() {
+                self.sealer.args.insert(name.to_string(), v.clone());
+            }
             self.args.insert(name.to_string(), v);
         }
         Ok(())
@@ -303,6 +374,7 @@ impl<'a> Builder<'a> {
     /// LABEL: the history records the line as written (`text`, without its keyword).
     fn label(&mut self, pairs: &[(String, String)], text: &str) -> Result<(), BuildError> {
         for (k, v) in pairs {
+            crate::host_requirements::check_label(k, v).map_err(|e| self.fail(e))?;
             self.config.config.labels.insert(k.clone(), v.clone());
         }
         self.push_empty(format!(
@@ -346,12 +418,14 @@ impl<'a> Builder<'a> {
                 format!("MAINTAINER {who}")
             }
             InstructionKind::Cmd(cmds) => {
+                let cmds = self.sealos_references(cmds);
                 self.own_cmds
                     .get_or_insert_with(Vec::new)
                     .extend(cmds.iter().cloned());
                 format!("CMD {}", cmds.join(" && "))
             }
             InstructionKind::Cmds(cmds) => {
+                let cmds = self.sealos_references(cmds);
                 self.own_cmds = Some(cmds.clone());
                 self.sealer.cmds.clear();
                 format!("CMDS {}", cmds.join(" && "))
@@ -370,6 +444,30 @@ impl<'a> Builder<'a> {
         self.push_empty(created_by);
     }
 
+    /// sealos writes variables in CMD as `$(NAME)`; a shell would run NAME as a command. A
+    /// `$(NAME)` whose NAME is declared (ARG, ENV) or written in capitals becomes `${NAME}`, the
+    /// variable, and the build says so; `$(lowercase)` stays a command substitution.
+    fn sealos_references(&mut self, cmds: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for cmd in cmds {
+            let (line, names) = sealos_to_shell(cmd, &|name| self.lookup(name).is_some());
+            if !names.is_empty() {
+                (self.progress)(BuildEvent::Output(&format!(
+                    "note: {} in CMD read as variable{} (sealos' $(NAME)), not run as command{}",
+                    names
+                        .iter()
+                        .map(|n| format!("$({n})"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if names.len() == 1 { "" } else { "s" },
+                    if names.len() == 1 { "" } else { "s" },
+                )));
+            }
+            out.push(line);
+        }
+        out
+    }
+
     /// COPY and ADD (`keyword`): build-context files into one layer.
     fn copy(
         &mut self,
@@ -386,15 +484,77 @@ impl<'a> Builder<'a> {
             .transpose()?;
         let mut plan = context::plan(&self.opts.context, sources, dest, keyword == "ADD")
             .map_err(|e| self.fail(e))?;
+        // One file onto a directory the image already has goes into it (sealer's collector and
+        // buildah do the same); it does not replace the directory.
+        let into = format!("{}/", dest.trim_end_matches('/'));
+        let dest = if self.lands_on_directory(&plan, dest)? {
+            plan = context::plan(&self.opts.context, sources, &into, keyword == "ADD")
+                .map_err(|e| self.fail(e))?;
+            into.as_str()
+        } else {
+            dest
+        };
         if let Some(mode) = mode {
             plan.set_mode(mode);
         }
+        self.check_templates(&plan)?;
         let text = format!(
             "{keyword} {} {dest}{}",
             sources.join(" "),
             mode.map(|m| format!(" --chmod={m:o}")).unwrap_or_default()
         );
         self.layer(&plan, &text).map_err(|e| self.fail(e))
+    }
+
+    /// Every `.tmpl` file the plan copies parses as the template subset install renders; the
+    /// error names the template's own line after the instruction's.
+    fn check_templates(&self, plan: &Plan) -> Result<(), BuildError> {
+        for entry in &plan.entries {
+            let PlanEntry::File { dest, source, .. } = entry else {
+                continue;
+            };
+            if !dest.ends_with(".tmpl") {
+                continue;
+            }
+            let context = self.opts.context.canonicalize().unwrap_or_default();
+            let shown = source.strip_prefix(&context).unwrap_or(source);
+            let text = std::fs::read(source)
+                .map_err(|e| self.fail(format!("reading template {}: {e}", shown.display())))?;
+            let text = String::from_utf8(text).map_err(|_| {
+                self.fail(format!(
+                    "template {} is not UTF-8 text; rename it if it is not a template",
+                    shown.display()
+                ))
+            })?;
+            if let Err(e) = Template::parse(&text) {
+                return Err(self.fail(format!(
+                    "template {}:{}: {}; install renders `.tmpl` files, so fix it or rename the file",
+                    shown.display(),
+                    e.line,
+                    e.message
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `plan` puts one file (or symlink) at `dest` itself where the image so far has a
+    /// directory.
+    fn lands_on_directory(&self, plan: &Plan, dest: &str) -> Result<bool, BuildError> {
+        if dest.ends_with('/') {
+            return Ok(false);
+        }
+        let [PlanEntry::File { dest: at, .. } | PlanEntry::Symlink { dest: at, .. }] =
+            plan.entries.as_slice()
+        else {
+            return Ok(false);
+        };
+        if at.is_empty() || self.layers.is_empty() {
+            return Ok(false);
+        }
+        let kind = lower::path_kind(self.store, &self.layers, at)
+            .map_err(|e| self.fail(format!("reading the image so far to find {at}: {e}")))?;
+        Ok(kind == lower::PathKind::Dir)
     }
 
     /// APP, CNI and CSI (`keyword`): the app's files into one layer under
@@ -414,6 +574,7 @@ impl<'a> Builder<'a> {
         let dest = format!("application/apps/{name}/");
         let plan =
             context::plan(&self.opts.context, &local, &dest, false).map_err(|e| self.fail(e))?;
+        self.check_templates(&plan)?;
         let text = format!("{keyword} {name} {}", local.join(" "));
         self.layer(&plan, &text).map_err(|e| self.fail(e))?;
         let app = self.sealer.apps.entry(name.to_string()).or_default();
@@ -473,11 +634,26 @@ impl<'a> Builder<'a> {
         };
         tree.catch_up(self.store, &self.layers)?;
         let progress = &mut *self.progress;
-        let outcome = tree.run(&argv, &env, &mut |line| progress(BuildEvent::Output(line)))?;
+        let outcome = tree
+            .run(&argv, &env, &mut |line| progress(BuildEvent::Output(line)))
+            .map_err(|e| match (e, command) {
+                (BuildError::Io { context, source }, Command::Exec(_)) => BuildError::Step {
+                    file: self.kubefile.file.clone(),
+                    line: self.line,
+                    message: format!(
+                        "{text}: {context}: {source}; the exec form runs the program as written, \
+                         without a shell (found in this machine's PATH, run in the build root): \
+                         give its full path, or write the shell form RUN {}",
+                        argv.join(" ")
+                    ),
+                },
+                (e, _) => e,
+            })?;
         if !outcome.success {
             return Err(BuildError::RunFailed {
                 file: self.kubefile.file.clone(),
                 line: self.line,
+                command: text,
                 status: outcome.status,
                 output: outcome.tail,
             });
@@ -567,6 +743,7 @@ impl<'a> Builder<'a> {
         self.key = key;
         self.layers.push(blob.descriptor.clone());
         self.diff_ids.push(blob.diff_id.clone());
+        self.plugins.push(blob.plugins.clone());
         self.history.push(History {
             created: Some(self.created.clone()),
             created_by: Some(created_by),
@@ -581,6 +758,35 @@ impl<'a> Builder<'a> {
             empty_layer: true,
         });
     }
+}
+
+/// `line` with every sealos-style `$(NAME)` reference turned into `${NAME}`, and the names
+/// turned: NAME is a shell name that `declared` knows or that has no lowercase letter.
+fn sealos_to_shell(line: &str, declared: &dyn Fn(&str) -> bool) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(line.len());
+    let mut names = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("$(") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..name_len];
+        let is_ref = after[name_len..].starts_with(')')
+            && crate::clusterfile::is_env_name(name)
+            && (declared(name) || !name.chars().any(|c| c.is_ascii_lowercase()));
+        if is_ref {
+            out.push_str(&format!("${{{name}}}"));
+            names.push(name.to_string());
+            rest = &after[name_len + 1..];
+        } else {
+            out.push_str("$(");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    (out, names)
 }
 
 /// A step's cache key: the previous key and the step's parts, hashed.
@@ -621,6 +827,20 @@ fn check_env_text(key: &str, value: &str, keyword: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealos_variable_references_become_shell_variables_and_commands_stay() {
+        let declared = |n: &str| n == "port";
+        let (line, names) = sealos_to_shell(
+            "helm install x --set p=$(port) --set v=$(VERSION) --set h=$(hostname) $((1+2)) $(A B)",
+            &declared,
+        );
+        assert_eq!(
+            line,
+            "helm install x --set p=${port} --set v=${VERSION} --set h=$(hostname) $((1+2)) $(A B)"
+        );
+        assert_eq!(names, vec!["port", "VERSION"]);
+    }
 
     #[test]
     fn long_instructions_are_echoed_shortened_with_their_length() {

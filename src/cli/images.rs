@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use sealer::reference::Reference;
@@ -11,9 +11,13 @@ use sealer::ui::{human_bytes, short_digest};
 
 #[derive(Args)]
 pub struct ImagesArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// Print JSON instead of a table (with `-q`, sealer's global flag: only the image IDs,
+    /// short manifest digests, each once, as sealer's `images -q`).
+    #[arg(long, conflicts_with = "quiet")]
     json: bool,
+    /// Show the full manifest digest (sealer's `--digests`).
+    #[arg(long)]
+    digests: bool,
 }
 
 pub fn images(args: ImagesArgs) -> Result<()> {
@@ -23,15 +27,39 @@ pub fn images(args: ImagesArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());
     }
+    let shown = |digest: &str| {
+        if args.digests {
+            digest.to_string()
+        } else {
+            short_digest(digest).to_string()
+        }
+    };
+    if sealer::ui::verbosity() == sealer::ui::Verbosity::Quiet {
+        let mut seen = std::collections::BTreeSet::new();
+        for image in &images {
+            if seen.insert(image.digest.clone()) {
+                println!("{}", shown(&image.digest));
+            }
+        }
+        return Ok(());
+    }
+    let width = if args.digests { 71 } else { 19 };
+    // The name column fits the longest name, so long registry paths do not push rows apart.
+    let names = images
+        .iter()
+        .map(|i| i.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     println!(
-        "{:<40} {:<19} {:>6} {:>10}",
+        "{:<names$} {:<width$} {:>6} {:>10}",
         "IMAGE", "DIGEST", "LAYERS", "SIZE"
     );
     for image in images {
         println!(
-            "{:<40} {:<19} {:>6} {:>10}",
+            "{:<names$} {:<width$} {:>6} {:>10}",
             image.name,
-            short_digest(&image.digest),
+            shown(&image.digest),
             image.layers,
             human_bytes(image.size)
         );
@@ -43,13 +71,72 @@ pub fn images(args: ImagesArgs) -> Result<()> {
 pub struct InspectArgs {
     /// Image name (NAME[:TAG]).
     image: String,
+    /// Print the image's bill of materials (CycloneDX 1.5 JSON) instead.
+    #[arg(long, conflicts_with_all = ["json", "text", "hooks", "clusterfile"])]
+    sbom: bool,
+    /// JSON (the default): layers, config and annotations, and what `./app.run inspect --json`
+    /// shows (signer, env masked, container images, commands, hooks, Configs).
+    #[arg(long, conflicts_with = "text")]
+    json: bool,
+    /// Text, as `./app.run inspect` prints it.
+    #[arg(long)]
+    text: bool,
+    /// Also show the script text of every hook the install runs.
+    #[arg(long)]
+    hooks: bool,
+    /// Also show what this Clusterfile adds: its hooks, its spec.cmd, the files its Configs
+    /// write.
+    #[arg(short = 'f', long = "clusterfile", value_name = "FILE")]
+    clusterfile: Option<PathBuf>,
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let store = Store::open_default()?;
     let image = store.image_by_name(&args.image)?;
-    let view = sealer::store::inspect(&image);
-    println!("{}", serde_json::to_string_pretty(&view)?);
+    if args.sbom {
+        let bom = image
+            .config
+            .sbom
+            .as_deref()
+            .ok_or_else(|| sealer::sbom::SbomError::Missing {
+                image: image.reference.store_key(),
+            })?;
+        println!("{}", serde_json::to_string_pretty(bom)?);
+        return Ok(());
+    }
+    let cluster = args
+        .clusterfile
+        .as_deref()
+        .map(sealer::clusterfile::load_cluster)
+        .transpose()?;
+    let description =
+        sealer::inspect::describe_store_image(&store, &image, cluster.as_ref(), args.hooks)?;
+    if args.text {
+        println!("image          {}", description.image);
+        println!("image digest   {}", description.image_digest);
+        println!("config digest  {}", description.config_digest);
+        for line in description.text_lines(&image.config.config.cmd) {
+            println!("{line}");
+        }
+        let view = sealer::store::inspect(&image);
+        for (i, layer) in view.layers.iter().enumerate() {
+            println!(
+                "layer {:<8} {} {} {}",
+                i + 1,
+                layer.digest,
+                human_bytes(layer.size),
+                layer.media_type
+            );
+        }
+        return Ok(());
+    }
+    let mut doc = serde_json::to_value(sealer::store::inspect(&image))?;
+    if let (Some(map), serde_json::Value::Object(more)) =
+        (doc.as_object_mut(), serde_json::to_value(&description)?)
+    {
+        map.extend(more);
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
 
@@ -73,17 +160,42 @@ pub fn tag(args: TagArgs) -> Result<()> {
 #[derive(Args)]
 pub struct RmiArgs {
     /// Images to remove.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "prune")]
     images: Vec<String>,
+    /// A named image that is not in the store is skipped, not an error (sealer's `-f`).
+    #[arg(short, long)]
+    force: bool,
+    /// Also delete every blob no image references (a build or pull that was interrupted leaves
+    /// some); alone, only that (sealer's `--prune`).
+    #[arg(long)]
+    prune: bool,
 }
 
 pub fn rmi(args: RmiArgs) -> Result<()> {
     let store = Store::open_default()?;
-    let refs = args
+    let mut refs = args
         .images
         .iter()
         .map(|i| Reference::parse(i))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.force {
+        refs.retain(|r| match store.image(r) {
+            Ok(_) => true,
+            Err(_) => {
+                println!("Not in the store: {r}");
+                false
+            }
+        });
+    }
+    if refs.is_empty() {
+        if args.prune || args.force {
+            match store.gc()? {
+                Some(freed) => println!("Freed {}", human_bytes(freed)),
+                None => println!("Blobs are kept for now: another sealer process is writing to the store; run rmi --prune again"),
+            }
+        }
+        return Ok(());
+    }
     match store.remove(&refs)? {
         Some(freed) => {
             for r in &refs {
@@ -136,11 +248,41 @@ pub struct LoadArgs {
 }
 
 pub fn load(args: LoadArgs) -> Result<()> {
+    refuse_run_package(&args.input)?;
     let store = Store::open_default()?;
+    let before = store.images().unwrap_or_default();
     let loaded = archive::load(&store, &args.input)
         .with_context(|| format!("loading {}", args.input.display()))?;
+    let after = store.images().unwrap_or_default();
+    for (name, old, new) in sealer::package::moved_tags(&before, &after) {
+        eprintln!("{}", sealer::package::moved_tag_warning(&name, &old, &new));
+    }
     for r in loaded {
         println!("Loaded image: {r}");
+    }
+    Ok(())
+}
+
+/// `sealer load -i app.run`: a `.run` package is an executable, not an OCI archive; say how
+/// its image gets into the store instead of failing on its first tar header.
+fn refuse_run_package(input: &std::path::Path) -> Result<()> {
+    let mut head = [0u8; 4];
+    let is_elf = std::fs::File::open(input)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && &head == b"\x7fELF";
+    if is_elf {
+        let shown = input.display();
+        let run = if input.components().count() > 1 {
+            shown.to_string()
+        } else {
+            format!("./{shown}")
+        };
+        bail!(
+            "{shown} is a .run package (an installer), not an OCI archive: import its image with \
+             `{run} load` (it verifies itself, then fills $SEALER_ROOT), or install from it with \
+             `{run} install`; `sealer load -i` takes archives written by `sealer save`"
+        );
     }
     Ok(())
 }

@@ -35,7 +35,8 @@ pub struct PackArgs {
     /// Split into volumes no larger than SIZE (e.g. 4G, 3900M; FAT32 holds 4G minus 1 byte per file).
     #[arg(long, value_name = "SIZE")]
     split_size: Option<String>,
-    /// The installer stub (default: `sealer-stub` beside sealer, or $SEALER_STUB).
+    /// The installer stub (default: $SEALER_STUB, else `sealer-stub` beside sealer, else this
+    /// static sealer itself, which runs as the package when a payload follows it).
     #[arg(long)]
     stub: Option<PathBuf>,
     /// Sign the package with this secret key (NAME.key from `sealer key generate`).
@@ -43,6 +44,16 @@ pub struct PackArgs {
     sign: Option<PathBuf>,
     #[command(flatten)]
     password: super::trust::PasswordArgs,
+    /// A public key the image must be signed by (`sealer sign IMAGE`): a minisign .pub file or
+    /// its key line (repeatable). Without it the site policy ($SEALER_TRUST_DIR or
+    /// /etc/sealer/trust) applies, if there is one.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
+    /// Print the result as JSON on stdout: output, files (the executable, then the volumes),
+    /// size, payload_id, image, image_digest, load_digest (null when load recompresses xz
+    /// layers), layers, copied_layers, signed_by.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `4G`, `3900M`, `512k` or plain bytes.
@@ -68,6 +79,7 @@ fn parse_size(text: &str) -> Result<u64> {
 }
 
 pub fn run(args: PackArgs) -> Result<()> {
+    remove_partial_files_on_signal(args.output.clone());
     let store = Store::open_default()?;
     // The key first: a wrong password must not cost a pack.
     let key = args
@@ -95,6 +107,7 @@ pub fn run(args: PackArgs) -> Result<()> {
         level,
         split_size: args.split_size.as_deref().map(parse_size).transpose()?,
         stub,
+        trust: sealer::trust::Trust::from_args(&args.trust)?,
     };
     let progress = ByteProgress::new("packing", 0);
     let update = |done: u64, total: u64| {
@@ -111,6 +124,23 @@ pub fn run(args: PackArgs) -> Result<()> {
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
+    if args.json {
+        let loaded = sealer::package::loaded_digest(&report.manifest);
+        let doc = serde_json::json!({
+            "output": args.output,
+            "files": report.files,
+            "size": total,
+            "payload_id": report.payload_id,
+            "image": opts.image.to_string(),
+            "image_digest": report.manifest.image.manifest_digest,
+            "load_digest": loaded.digest(),
+            "layers": report.manifest.layers.len(),
+            "copied_layers": report.copied_layers,
+            "signed_by": key.as_ref().map(|k| k.key_id().to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!(
         "Packed {} into {} ({}, payload {})",
         opts.image,
@@ -127,13 +157,48 @@ pub fn run(args: PackArgs) -> Result<()> {
             args.output.display()
         );
     }
+    let packed_from = &report.manifest.image.manifest_digest;
+    if let Some(note) = sealer::package::loaded_digest(&report.manifest).note(packed_from) {
+        println!("Image {packed_from}; {note}");
+    }
     if let Some(key) = &key {
         println!("Signed with key {}", key.key_id());
     }
     println!(
-        "{} of {} layers copied without recompression",
+        "{} of {} copied without recompression",
         report.copied_layers,
-        report.manifest.layers.len()
+        sealer::ui::format::count(report.manifest.layers.len(), "layer")
     );
     Ok(())
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP during a pack: remove this pack's partial volumes and scratch
+/// directory beside the output, say so, and exit 130 (143, 129), so nothing of it is left. The
+/// signals are blocked in this thread before any worker thread starts (they inherit the mask),
+/// and one thread waits for them.
+fn remove_partial_files_on_signal(output: std::path::PathBuf) {
+    // SAFETY: sigset_t is plain data filled by sigemptyset/sigaddset; pthread_sigmask and
+    // sigwait only read it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        std::thread::spawn(move || {
+            let mut signal: libc::c_int = 0;
+            if libc::sigwait(&set, &mut signal) != 0 {
+                return;
+            }
+            sealer::package::remove_own_pack_files(&output);
+            eprintln!(
+                "\ninterrupted: the pack stopped and its partial files beside {} were removed",
+                output.display()
+            );
+            std::process::exit(128 + signal);
+        });
+    }
 }

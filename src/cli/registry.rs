@@ -43,7 +43,8 @@ pub struct LoginArgs {
     registry: String,
     #[arg(short, long)]
     username: String,
-    /// Password (visible in the process list; prefer --password-stdin).
+    /// Password (visible in the process list; prefer --password-stdin, or leave it out on a
+    /// terminal to be asked).
     #[arg(short, long, conflicts_with = "password_stdin")]
     password: Option<String>,
     /// Read the password from standard input.
@@ -66,7 +67,17 @@ pub fn login(args: LoginArgs) -> Result<()> {
                 .context("reading the password from standard input")?;
             text.trim_end_matches(['\r', '\n']).to_string()
         }
-        _ => bail!("give the password with -p PASSWORD or --password-stdin"),
+        _ if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password(format!("Password for {} at {}: ", args.username, args.registry))
+                .context("reading the password from the terminal")?
+        }
+        _ => bail!(
+            "no password for {} at {}: pipe it in with --password-stdin (echo \"$PASSWORD\" | sealer login {} -u {} --password-stdin), or run on a terminal to be asked",
+            args.username,
+            args.registry,
+            args.registry,
+            args.username
+        ),
     };
     if password.is_empty() {
         bail!("the password is empty");
@@ -92,7 +103,18 @@ pub struct LogoutArgs {
 
 pub fn logout(args: LogoutArgs) -> Result<()> {
     let opts = RegistryOptions::from_env();
-    registry::logout(&args.registry, &opts)?;
+    match registry::logout(&args.registry, &opts) {
+        Ok(()) => {}
+        // As docker: logging out when not logged in is not a failure.
+        Err(registry::RegistryError::NotLoggedIn { registry, path }) => {
+            println!(
+                "Not logged in to {registry}: {} holds no credentials for it",
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     println!(
         "Removed the credentials for {} from {}",
         args.registry,
@@ -125,6 +147,12 @@ pub fn push(args: PushArgs) -> Result<()> {
         report.already_present.len(),
         report.mounted.len()
     );
+    if let Some(tag) = &report.signature {
+        println!(
+            "Pushed its signature as {}:{tag}",
+            report.reference.repository
+        );
+    }
     Ok(())
 }
 
@@ -150,6 +178,10 @@ pub fn pull(args: PullArgs) -> Result<()> {
         image.manifest.layers.len(),
         human_bytes(image.layers_size())
     );
+    match store.signature(&image.digest)? {
+        Some(_) => println!("Signature: present (sealer run/pack --trust check it)"),
+        None => println!("Signature: none"),
+    }
     Ok(())
 }
 

@@ -3,17 +3,24 @@
 use anyhow::Result;
 use clap::Args;
 
-use sealer::deploy::target::TargetArgs;
-pub use sealer::deploy::target::{ApplyArgs, DeleteArgs, JoinArgs, RollbackArgs, StatusArgs};
+pub use sealer::deploy::target::{
+    ApplyArgs, DeleteArgs, JoinArgs, RollbackArgs, StatusArgs, UpgradeArgs,
+};
+use sealer::deploy::target::{CheckArgs, TargetArgs};
 use sealer::install::{self, ChangeSource, Membership, Request, Source};
 use sealer::store::Store;
-use sealer::ui::install::{print_plan, print_status, InstallView};
+use sealer::ui::install::{print_checks, print_plan, print_status, InstallView};
 use sealer::ui::log::RunLog;
 
 #[derive(Args)]
 pub struct RunArgs {
     /// Image to install (NAME:TAG); a Clusterfile's spec.image when omitted.
     image: Option<String>,
+    /// A public key the image must be signed by (`sealer sign IMAGE`): a minisign .pub file or
+    /// its key line (repeatable). Without it the site policy ($SEALER_TRUST_DIR or
+    /// /etc/sealer/trust) applies, if there is one.
+    #[arg(long, value_name = "PUBKEY")]
+    trust: Vec<String>,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -28,6 +35,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         source: Source::Store {
             root: Store::default_root(),
             image: args.image,
+            trust: sealer::trust::Trust::from_args(&args.trust)?,
         },
         parallel: args.target.work.parallel,
         attempts: args.target.work.attempts,
@@ -39,8 +47,55 @@ pub fn run(args: RunArgs) -> Result<()> {
     change(request, args.target.work.dry_run, "run", args.target.json)
 }
 
+#[derive(Args)]
+pub struct CheckCmd {
+    /// Image whose needs are checked (NAME:TAG); a Clusterfile's spec.image when omitted.
+    image: Option<String>,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
+/// `sealer check`: every preflight check on every host, as a table or JSON; changes nothing
+/// and fails when a check fails.
+pub fn check(args: CheckCmd) -> Result<()> {
+    let request = Request {
+        target: args.check.spec(),
+        source: Source::Store {
+            root: Store::default_root(),
+            image: args.image,
+            trust: None,
+        },
+        parallel: 8,
+        attempts: 1,
+        state_root: Store::default_root(),
+        command: "sealer check".into(),
+        membership: Membership::Keep,
+        rollback_on_failure: false,
+    };
+    let view = InstallView::new();
+    let report = install::check(&request, &|event| view.show(event))?;
+    if args.check.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_checks(&report);
+    }
+    Ok(install::preflight_passed(&report)?)
+}
+
 /// `sealer status`: what every host holds now; changes nothing.
 pub fn status(args: StatusArgs) -> Result<()> {
+    if !args.flags.env.is_empty() {
+        super::usage_error(
+            "status",
+            "-e/--env sets the env of install steps; status runs none and only reads: leave it out",
+        );
+    }
+    if let Some(flag) = args.flags.install_only_given().first() {
+        super::usage_error(
+            "status",
+            &format!("{flag} sets what an install runs; status runs nothing and only reads: leave it out"),
+        );
+    }
     let status = install::status(&args.spec(), &Store::default_root())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -75,7 +130,7 @@ pub fn join(args: JoinArgs) -> Result<()> {
         "sealer join".into(),
         membership,
     )?;
-    change(request, args.cluster.work.dry_run, "join", false)
+    change(request, args.cluster.work.dry_run, "join", args.json)
 }
 
 /// `sealer delete`: remove hosts, or the whole cluster, from the hosts.
@@ -97,6 +152,34 @@ pub fn rollback(mut args: RollbackArgs) -> Result<()> {
     let command = format!("sealer rollback to {previous}");
     let request = install::change_request(&args.cluster, ChangeSource::Store, command, membership)?;
     change(request, args.cluster.work.dry_run, "rollback", false)
+}
+
+/// `sealer upgrade IMAGE`: the image installed on the cluster this machine recorded (or `-f`),
+/// through the same recipe as `sealer run`: upgraded hosts run the upgrade hooks.
+pub fn upgrade(mut args: UpgradeArgs) -> Result<()> {
+    if let (Some(to), Some(image)) = (&args.to, &args.cluster.image) {
+        if to != image {
+            super::usage_error(
+                "upgrade",
+                &format!("two images named: {to} and --image {image}; name one"),
+            );
+        }
+    }
+    let Some(to) = args.to.take().or(args.cluster.image.take()) else {
+        super::usage_error(
+            "upgrade",
+            "name the image to upgrade to: sealer upgrade IMAGE",
+        );
+    };
+    args.cluster.image = Some(to.clone());
+    let mut request = install::change_request(
+        &args.cluster,
+        ChangeSource::Store,
+        format!("sealer upgrade {to}"),
+        Membership::Keep,
+    )?;
+    request.rollback_on_failure = args.rollback_on_failure;
+    change(request, args.cluster.work.dry_run, "upgrade", false)
 }
 
 /// `sealer apply -f Clusterfile`: hosts the file no longer lists are deleted (with --yes, or
@@ -144,12 +227,15 @@ pub fn apply(args: ApplyArgs) -> Result<()> {
             clusterfile: Some(args.clusterfile),
             local: false,
             data_root: None,
+            bastion: args.work.bastion.bastion(),
             known_hosts: args.work.known_hosts,
             max_clock_skew: None,
+            ignore_preflight: Vec::new(),
         },
         source: Source::Store {
             root: Store::default_root(),
             image: args.image,
+            trust: None,
         },
         parallel: args.work.parallel,
         attempts: args.work.attempts,

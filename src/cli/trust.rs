@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use packer::RunFile;
+use sealer::store::{Store, StoreError};
 use sealer::trust::{self, KeyProtection, SigningKey, Trust};
 use sealer::ui::progress::ByteProgress;
 
@@ -20,6 +21,9 @@ pub struct KeyArgs {
 #[derive(Subcommand)]
 enum KeyCommand {
     /// Make an Ed25519 key pair in minisign's format: NAME.key (secret) and NAME.pub.
+    #[command(
+        after_help = "Examples:\n  sealer key generate -o vendor\n  SEALER_KEY_PASSWORD=secret sealer key generate -o vendor"
+    )]
     Generate {
         /// Name of the pair: writes NAME.key and NAME.pub (never overwrites).
         #[arg(short, long, value_name = "NAME")]
@@ -44,7 +48,9 @@ pub struct PasswordArgs {
 
 #[derive(Args)]
 pub struct SignArgs {
-    /// The package to sign (its first file when split); only its signature record changes.
+    /// The package to sign (its first file when split; only its signature record changes), or
+    /// an image of the local store (NAME:TAG; its signature is kept beside it and travels with
+    /// push, pull, save and load).
     package: PathBuf,
     /// The secret key (NAME.key from `sealer key generate`).
     #[arg(long, value_name = "KEY")]
@@ -134,6 +140,9 @@ pub fn key(args: KeyArgs) -> Result<()> {
 }
 
 pub fn sign(args: SignArgs) -> Result<()> {
+    if !args.package.exists() {
+        return sign_image(args);
+    }
     let key = open_signing_key(&args.key, &args.password)?;
     let signed = trust::sign_package(&args.package, &key)?;
     match signed.replaced {
@@ -148,6 +157,32 @@ pub fn sign(args: SignArgs) -> Result<()> {
             args.package.display(),
             signed.key_id,
             signed.payload_id
+        ),
+    }
+    Ok(())
+}
+
+/// `sealer sign IMAGE`: what is not a file is an image of the local store.
+fn sign_image(args: SignArgs) -> Result<()> {
+    let name = args.package.to_string_lossy().into_owned();
+    let store = Store::open_default()?;
+    let image = match store.image_by_name(&name) {
+        Ok(image) => image,
+        Err(StoreError::ImageNotFound(_)) | Err(StoreError::Reference(_)) => bail!(
+            "{name} is neither a .run file nor an image in the local store (see `sealer images`)"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let key = open_signing_key(&args.key, &args.password)?;
+    let signed = trust::sign_image(&store, &image, &key)?;
+    match signed.replaced {
+        Some(old) if old != signed.key_id => println!(
+            "Signed image {name} ({}) with key {} (replacing the signature by key {old})",
+            signed.digest, signed.key_id
+        ),
+        _ => println!(
+            "Signed image {name} ({}) with key {}",
+            signed.digest, signed.key_id
         ),
     }
     Ok(())

@@ -114,6 +114,22 @@ pub struct SshSpec {
     pub port: Option<Scalar>,
     /// sealer's `encrypted: true`: `passwd` AES-encrypted with a key built into sealer.
     pub encrypted: Option<bool>,
+    /// Ours (k0sctl's `bastion`): the jump host the hosts are reached through.
+    pub bastion: Option<BastionSpec>,
+}
+
+/// `ssh.bastion`: a jump host, with its own credentials (none: the ssh-agent).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BastionSpec {
+    /// `host`, `host:port`, `[v6]:port` or `user@host[:port]`.
+    pub address: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub user: Option<Scalar>,
+    pub passwd: Option<Scalar>,
+    pub pk: Option<Scalar>,
+    #[serde(rename = "pkPasswd")]
+    pub pk_passwd: Option<Scalar>,
 }
 
 /// `spec` of a `Cluster` in the hosts form (`sealer.io/v2`, `sealer.cloud/v2`,
@@ -144,7 +160,21 @@ pub struct ClusterSpecV2 {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegistrySpec {
     pub local_registry: Option<LocalRegistrySpec>,
-    pub external_registry: Option<IgnoredAny>,
+    pub external_registry: Option<ExternalRegistrySpec>,
+}
+
+/// `spec.registry.externalRegistry`: sealer's `domain`, `port`, `username`, `password`, and
+/// ours: `prefix` (the repository path the images go under, e.g. a Harbor project) and
+/// `insecure` (plain HTTP).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalRegistrySpec {
+    pub domain: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub prefix: Option<Scalar>,
+    pub username: Option<Scalar>,
+    pub password: Option<Scalar>,
+    pub insecure: Option<bool>,
 }
 
 /// `spec.registry.localRegistry` (sealer's fields; `port` and `ha` are used).

@@ -12,28 +12,38 @@ use super::ClusterfileError;
 /// Host flags (sealer's spelling).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClusterFlags {
-    /// Master addresses: comma list and ranges (192.168.0.2-192.168.0.4); the first is master0
+    /// Master addresses: comma list and ranges (192.168.0.2-192.168.0.4), ADDRESS:PORT,
+    /// [IPv6]:PORT and host names (resolved once); the first is master0
     #[arg(short = 'm', long = "masters", value_name = "IPS")]
     pub masters: Option<String>,
-    /// Node addresses: comma list and ranges
+    /// Node addresses: as for --masters
     #[arg(short = 'n', long = "nodes", value_name = "IPS")]
     pub nodes: Option<String>,
     /// SSH user (default root; other users need passwordless sudo)
     #[arg(short = 'u', long = "user", value_name = "USER")]
     pub user: Option<String>,
-    /// SSH password
+    /// SSH password (better: $SEALER_SSH_PASSWORD, or the prompt on a terminal; a password on
+    /// the command line is visible to other users)
     #[arg(
         short = 'p',
         long = "passwd",
         visible_alias = "password",
-        value_name = "PASSWORD"
+        value_name = "PASSWORD",
+        env = "SEALER_SSH_PASSWORD",
+        hide_env_values = true
     )]
     pub password: Option<Secret>,
     /// SSH private key file
     #[arg(long = "pk", value_name = "FILE")]
     pub pk: Option<PathBuf>,
-    /// Passphrase of the private key
-    #[arg(long = "pk-passwd", value_name = "PASSPHRASE")]
+    /// Passphrase of the private key (better: $SEALER_SSH_KEY_PASSPHRASE, or the prompt on a
+    /// terminal)
+    #[arg(
+        long = "pk-passwd",
+        value_name = "PASSPHRASE",
+        env = "SEALER_SSH_KEY_PASSPHRASE",
+        hide_env_values = true
+    )]
     pub pk_passwd: Option<Secret>,
     /// SSH port
     #[arg(long = "port", value_name = "PORT")]
@@ -44,6 +54,38 @@ pub struct ClusterFlags {
     /// Cluster name (part of the data path on every host)
     #[arg(long = "cluster-name", value_name = "NAME")]
     pub cluster_name: Option<String>,
+    /// File of KEY=VALUE lines (# comments, `export` allowed) added to the cluster env, under -e; repeatable
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Override an ARG default of the image for its install commands (sealer's spec.cmd_args); comma list, repeatable
+    #[arg(long = "cmd-args", value_name = "KEY=VALUE", value_delimiter = ',')]
+    pub cmd_args: Vec<String>,
+    /// Install commands to run instead of the image's CMDs (sealer's spec.cmd); comma list, repeatable
+    #[arg(long = "cmds", value_name = "CMD", value_delimiter = ',')]
+    pub cmds: Vec<String>,
+    /// Apps to launch instead of the image's LAUNCH list (sealer's spec.appNames); comma list
+    #[arg(long = "apps", value_name = "APP", value_delimiter = ',')]
+    pub apps: Vec<String>,
+}
+
+impl ClusterFlags {
+    /// The install-only flags given (for commands that install nothing, which refuse them).
+    pub fn install_only_given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if !self.env_file.is_empty() {
+            given.push("--env-file");
+        }
+        if !self.cmd_args.is_empty() {
+            given.push("--cmd-args");
+        }
+        if !self.cmds.is_empty() {
+            given.push("--cmds");
+        }
+        if !self.apps.is_empty() {
+            given.push("--apps");
+        }
+        given
+    }
 }
 
 fn flag_err(flag: &str, message: impl Into<String>) -> ClusterfileError {
@@ -95,6 +137,7 @@ pub fn from_flags(flags: &ClusterFlags) -> Result<Cluster, ClusterfileError> {
         private_key: flags.pk.clone().filter(|p| p != Path::new("")),
         key_passphrase: flags.pk_passwd.clone().filter(|p| !p.expose().is_empty()),
         port: flags.port.unwrap_or(DEFAULT_SSH_PORT),
+        bastion: None,
     };
     let env =
         parse_env(&flags.env, "--env").map_err(|(field, message)| ClusterfileError::Flag {
@@ -104,16 +147,16 @@ pub fn from_flags(flags: &ClusterFlags) -> Result<Cluster, ClusterfileError> {
     let drafts: Vec<HostDraft> = masters
         .iter()
         .enumerate()
-        .map(|(i, ip)| (format!("--masters item {}", i + 1), *ip, "master"))
+        .map(|(i, address)| (format!("--masters item {}", i + 1), address, "master"))
         .chain(
             nodes
                 .iter()
                 .enumerate()
-                .map(|(i, ip)| (format!("--nodes item {}", i + 1), *ip, "node")),
+                .map(|(i, address)| (format!("--nodes item {}", i + 1), address, "node")),
         )
-        .map(|(field, ip, role)| HostDraft {
+        .map(|(field, address, role)| HostDraft {
             field,
-            host: Host::with_role(ip, role, ssh.clone()),
+            host: Host::at(address, role, ssh.clone()),
         })
         .collect();
     check_hosts(&drafts, "--masters")

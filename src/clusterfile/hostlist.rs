@@ -1,8 +1,12 @@
 //! The one host-list parser: `-m/--masters`, `-n/--nodes`, `ipList` items, `ips` items and plugin
 //! `on:` selectors all go through [`parse_host_list`]. It turns comma lists and inclusive ranges
-//! (`192.168.0.2-192.168.0.9`) into addresses; it knows nothing about roles or SSH.
+//! (`192.168.0.2-192.168.0.9`) into [`HostAddress`]es; single items (`10.0.0.2:2222`,
+//! `[fd00::2]:2222`, host names) are read by [`crate::address::parse_address`]. It knows
+//! nothing about roles or SSH.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::address::{parse_address, split_port, HostAddress};
 
 /// The most addresses one range may expand to; a typo such as `10.0.0.1-10.9.0.1` should be an
 /// error, not a million hosts.
@@ -17,10 +21,11 @@ pub const MAX_HOSTS: usize = 4096;
 #[error("{0}")]
 pub struct HostListError(pub String);
 
-/// Parses `a,b,c` where each item is an address or an inclusive range `first-last` of the same
-/// family. Whitespace around items is ignored, empty items (a trailing comma) are skipped.
-/// The order is kept; duplicates are left for the caller, which knows which field to blame.
-pub fn parse_host_list(list: &str) -> Result<Vec<IpAddr>, HostListError> {
+/// Parses `a,b,c` where each item is an address (with an optional `:PORT`), a host name
+/// (resolved now) or an inclusive range `first-last` of the same family. Whitespace around
+/// items is ignored, empty items (a trailing comma) are skipped. The order is kept; duplicates
+/// are left for the caller, which knows which field to blame.
+pub fn parse_host_list(list: &str) -> Result<Vec<HostAddress>, HostListError> {
     let mut ips = Vec::new();
     for item in list
         .split(',')
@@ -43,16 +48,20 @@ pub fn check_host_count(count: usize) -> Result<(), HostListError> {
     Ok(())
 }
 
-/// Parses one item: an address or a range `first-last`.
-pub fn parse_host_item(item: &str) -> Result<Vec<IpAddr>, HostListError> {
+/// Parses one item: an address or name with an optional `:PORT`, or a range `first-last`
+/// (`10.0.0.2-10.0.0.4:2222` gives every address of the range that port).
+pub fn parse_host_item(item: &str) -> Result<Vec<HostAddress>, HostListError> {
     let item = item.trim();
-    if let Ok(ip) = item.parse::<IpAddr>() {
-        return Ok(vec![ip]);
-    }
-    let Some((first, last)) = item.split_once('-') else {
-        return Err(HostListError(format!(
-            "`{item}` is not an IP address or a range like 192.168.0.2-192.168.0.9"
-        )));
+    let range = split_port(item)
+        .ok()
+        .and_then(|(host, port)| host.split_once('-').map(|(a, b)| (a, b, port)))
+        .filter(|(a, b, _)| {
+            a.trim().parse::<IpAddr>().is_ok() || b.trim().parse::<IpAddr>().is_ok()
+        });
+    let Some((first, last, port)) = range else {
+        return parse_address(item)
+            .map(|address| vec![address])
+            .map_err(|e| HostListError(e.0));
     };
     let parse = |s: &str| {
         s.trim().parse::<IpAddr>().map_err(|_| {
@@ -89,6 +98,11 @@ pub fn parse_host_item(item: &str) -> Result<Vec<IpAddr>, HostListError> {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
         })
+        .map(|ip| HostAddress {
+            ip,
+            name: None,
+            port,
+        })
         .collect())
 }
 
@@ -96,8 +110,23 @@ pub fn parse_host_item(item: &str) -> Result<Vec<IpAddr>, HostListError> {
 mod tests {
     use super::*;
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    fn ips(list: &[&str]) -> Vec<HostAddress> {
+        list.iter()
+            .map(|s| HostAddress::ip(s.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn ports_names_and_ranges_with_a_port_mix_in_one_list() {
+        let got =
+            parse_host_list("10.0.0.2:2222,[fd00::2]:22,10.0.1.1-10.0.1.2:2200,localhost").unwrap();
+        let shown: Vec<String> = got.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            shown[..4],
+            ["10.0.0.2:2222", "fd00::2", "10.0.1.1:2200", "10.0.1.2:2200"]
+        );
+        assert_eq!(got[4].name.as_deref(), Some("localhost"));
+        assert!(got[4].ip.is_loopback());
     }
 
     #[test]
@@ -140,8 +169,8 @@ mod tests {
         assert!(err.0.contains("mix IPv4 and IPv6"), "{err}");
         let err = parse_host_list("10.0.0.1-10.9.0.1").unwrap_err();
         assert!(err.0.contains("more than"), "{err}");
-        let err = parse_host_list("x.x.x.x").unwrap_err();
-        assert!(err.0.contains("`x.x.x.x` is not an IP address"), "{err}");
+        let err = parse_host_list("x_x").unwrap_err();
+        assert!(err.0.contains("`x_x` is not an IP address"), "{err}");
         let err = parse_host_list("10.0.0.1-10.0.0").unwrap_err();
         assert!(err.0.contains("`10.0.0` is not an IP address"), "{err}");
     }

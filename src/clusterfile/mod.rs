@@ -28,8 +28,8 @@ pub use flags::{from_flags, ClusterFlags};
 pub use hostlist::{parse_host_item, parse_host_list, HostListError, MAX_RANGE_LEN};
 pub use merge::{merge_value, merge_yaml_documents, MergeError};
 pub use model::{
-    Cluster, ClusterRegistry, Config, ConfigMergeError, ConfigStrategy, Host, HostKeyPin,
-    HostSelector, OpaqueDocument, Phase, Plugin, PluginKind, Secret, SshConfig,
+    Bastion, Cluster, ClusterRegistry, Config, ConfigMergeError, ConfigStrategy, ExternalRegistry,
+    Host, HostKeyPin, HostSelector, OpaqueDocument, Phase, Plugin, PluginKind, Secret, SshConfig,
     DEFAULT_CLUSTER_NAME, DEFAULT_DATA_ROOT, DEFAULT_REGISTRY_PORT, DEFAULT_SSH_PORT,
     DEFAULT_SSH_USER,
 };

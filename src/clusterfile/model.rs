@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::address::HostAddress;
 pub use crate::host_key::HostKeyPin;
 pub use crate::secret::Secret;
 
@@ -29,6 +30,8 @@ pub struct SshConfig {
     pub private_key: Option<PathBuf>,
     pub key_passphrase: Option<Secret>,
     pub port: u16,
+    /// The jump host the host is reached through, if any.
+    pub bastion: Option<Bastion>,
 }
 
 impl Default for SshConfig {
@@ -39,7 +42,56 @@ impl Default for SshConfig {
             private_key: None,
             key_passphrase: None,
             port: DEFAULT_SSH_PORT,
+            bastion: None,
         }
+    }
+}
+
+/// A jump host (`--bastion user@host[:port]`, `spec.ssh.bastion`, a host's `ssh.bastion`):
+/// every SSH connection to the hosts behind it is tunnelled through a session to it, which has
+/// its own user and authentication (a key, else a password, else the ssh-agent) and its host
+/// key checked against the same `known_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bastion {
+    /// Its address; the port is always set (22 unless written).
+    pub address: HostAddress,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// Private key file on the installing machine (`~` not yet expanded).
+    pub private_key: Option<PathBuf>,
+    pub key_passphrase: Option<Secret>,
+}
+
+impl Bastion {
+    /// Reads `[user@]host[:port]` (host an address, `[v6]` or a name, resolved now); auth is
+    /// filled in by the caller.
+    pub fn parse(text: &str) -> Result<Bastion, String> {
+        let text = text.trim();
+        let (user, host) = match text.rsplit_once('@') {
+            Some((user, host)) if !user.is_empty() => (user.to_string(), host),
+            Some(_) => return Err(format!("`{text}`: the user before `@` is empty")),
+            None => (DEFAULT_SSH_USER.to_string(), text),
+        };
+        let mut address = crate::address::parse_address(host).map_err(|e| e.0)?;
+        address.port = Some(address.port.unwrap_or(DEFAULT_SSH_PORT));
+        Ok(Bastion {
+            address,
+            user,
+            password: None,
+            private_key: None,
+            key_passphrase: None,
+        })
+    }
+
+    /// The port (22 unless written).
+    pub fn port(&self) -> u16 {
+        self.address.port.unwrap_or(DEFAULT_SSH_PORT)
+    }
+}
+
+impl fmt::Display for Bastion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.user, self.address)
     }
 }
 
@@ -47,6 +99,8 @@ impl Default for SshConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub ip: IpAddr,
+    /// The host name `ip` was resolved from, when the host was given by name.
+    pub name: Option<String>,
     /// `master`, `node` or custom roles, in the order written.
     pub roles: Vec<String>,
     pub ssh: SshConfig,
@@ -63,12 +117,32 @@ impl Host {
     pub fn with_role(ip: IpAddr, role: &str, ssh: SshConfig) -> Host {
         Host {
             ip,
+            name: None,
             roles: vec![role.to_string()],
             ssh,
             env: Vec::new(),
             labels: BTreeMap::new(),
             taints: Vec::new(),
             host_key: None,
+        }
+    }
+
+    /// A host at `address` (its name kept, its port replacing the one in `ssh`).
+    pub fn at(address: &HostAddress, role: &str, mut ssh: SshConfig) -> Host {
+        if let Some(port) = address.port {
+            ssh.port = port;
+        }
+        let mut host = Host::with_role(address.ip, role, ssh);
+        host.name = address.name.clone();
+        host
+    }
+
+    /// How the host is addressed: `10.0.0.2`, `10.0.0.2:2222`, `node1 (10.0.0.2)`.
+    pub fn address(&self) -> HostAddress {
+        HostAddress {
+            ip: self.ip,
+            name: self.name.clone(),
+            port: Some(self.ssh.port),
         }
     }
 
@@ -103,12 +177,69 @@ pub struct Cluster {
     pub registry: ClusterRegistry,
 }
 
-/// The cluster's own pull-only registry (`spec.registry.localRegistry`): served by the agent
-/// on every master (`ha`, the default) or on master0 only, on `port`.
+/// Where the cluster's container images are served from: the cluster's own pull-only registry
+/// (`spec.registry.localRegistry`), served by the agent on every master (`ha`, the default) or
+/// on master0 only, on `port`; or, with `external`, an existing registry the install pushes
+/// the images to (`spec.registry.externalRegistry`), and then no host serves anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterRegistry {
     pub port: u16,
     pub ha: bool,
+    pub external: Option<ExternalRegistry>,
+}
+
+/// An existing registry that holds the cluster's container images
+/// (`spec.registry.externalRegistry`). Images of `docker.io/library/foo:1` go to
+/// `ADDRESS/[PREFIX/]docker.io/library/foo:1` ([`ExternalRegistry::repository`]), so images
+/// of two registries never meet, and containerd reaches them with `override_path`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExternalRegistry {
+    /// `domain[:port]`, as registry clients and containerd name it.
+    pub address: String,
+    /// Repository path the images go under (a Harbor project, `team/mirror`), if any.
+    pub prefix: Option<String>,
+    /// From the Clusterfile (both or neither); without them, `sealer login`'s credentials for
+    /// `address` are used.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Plain HTTP instead of HTTPS.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for ExternalRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalRegistry")
+            .field("address", &self.address)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
+impl ExternalRegistry {
+    /// `http://ADDRESS` or `https://ADDRESS`.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// The repository path under which the images of `registry` (`docker.io`,
+    /// `127.0.0.1:5000`) live: `[PREFIX/]REGISTRY`, with a port's `:` written `_` (a
+    /// repository path allows no `:`) and letters in lower case.
+    pub fn path_for(&self, registry: &str) -> String {
+        let component = registry.to_ascii_lowercase().replace(':', "_");
+        match &self.prefix {
+            Some(prefix) => format!("{prefix}/{component}"),
+            None => component,
+        }
+    }
+
+    /// The repository `registry`/`repository` is pushed to.
+    pub fn repository(&self, registry: &str, repository: &str) -> String {
+        format!("{}/{repository}", self.path_for(registry))
+    }
 }
 
 /// sealer's default registry port.
@@ -119,14 +250,18 @@ impl Default for ClusterRegistry {
         ClusterRegistry {
             port: DEFAULT_REGISTRY_PORT,
             ha: true,
+            external: None,
         }
     }
 }
 
 impl Cluster {
     /// The hosts that serve the cluster's container images, in host order.
+    /// None with an external registry.
     pub fn registry_hosts(&self) -> Vec<&Host> {
-        if self.registry.ha {
+        if self.registry.external.is_some() {
+            Vec::new()
+        } else if self.registry.ha {
             self.hosts.iter().filter(|h| h.is_master()).collect()
         } else {
             vec![self.master0()]

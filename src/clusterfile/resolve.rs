@@ -9,8 +9,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::de::IgnoredAny;
 
 use super::documents::{
-    ClusterSpecV1, ClusterSpecV2, ConfigSpec, Document, EnvList, HostSpecV2, MachinesV1,
-    PluginSpec, Scalar, SshSpec,
+    BastionSpec, ClusterSpecV1, ClusterSpecV2, ConfigSpec, Document, EnvList, HostSpecV2,
+    MachinesV1, PluginSpec, Scalar, SshSpec,
 };
 use super::hostlist::{check_host_count, parse_host_item, parse_host_list};
 use super::model::*;
@@ -127,6 +127,15 @@ fn merge_ssh(
         }
         None => DEFAULT_SSH_PORT,
     };
+    // A host's own bastion replaces the cluster's as a whole.
+    let bastion = match (
+        over.and_then(|o| o.bastion.as_ref()),
+        base.and_then(|b| b.bastion.as_ref()),
+    ) {
+        (Some(spec), _) => Some(bastion_of(spec, &format!("{over_field}.bastion"))?),
+        (None, Some(spec)) => Some(bastion_of(spec, &format!("{base_field}.bastion"))?),
+        (None, None) => None,
+    };
     Ok(SshConfig {
         user: pick(|s| &s.user)
             .map(|(u, _)| u)
@@ -135,7 +144,30 @@ fn merge_ssh(
         private_key: pick(|s| &s.pk).map(|(p, _)| PathBuf::from(p)),
         key_passphrase: pick(|s| &s.pk_passwd).map(|(p, _)| Secret::new(p)),
         port,
+        bastion,
     })
+}
+
+/// `ssh.bastion: {address, port, user, passwd, pk, pkPasswd}`: the jump host and its own auth.
+fn bastion_of(spec: &BastionSpec, field: &str) -> FieldResult<Bastion> {
+    let address = given(&spec.address).ok_or_else(|| {
+        (
+            format!("{field}.address"),
+            "missing; give the jump host's address or name".to_string(),
+        )
+    })?;
+    let mut bastion =
+        Bastion::parse(address).map_err(|message| (format!("{field}.address"), message))?;
+    if let Some(user) = given(&spec.user) {
+        bastion.user = user.to_string();
+    }
+    if let Some(port) = given(&spec.port) {
+        bastion.address.port = Some(parse_port(port, &format!("{field}.port"))?);
+    }
+    bastion.password = given(&spec.passwd).map(Secret::new);
+    bastion.private_key = given(&spec.pk).map(PathBuf::from);
+    bastion.key_passphrase = given(&spec.pk_passwd).map(Secret::new);
+    Ok(bastion)
 }
 
 fn check_cluster_name(name: &str, field: &str) -> FieldResult<()> {
@@ -238,7 +270,7 @@ fn attach_pins(
     Ok(())
 }
 
-fn ips_of(items: &[Scalar], field: &str) -> FieldResult<Vec<(IpAddr, String)>> {
+fn ips_of(items: &[Scalar], field: &str) -> FieldResult<Vec<(HostAddress, String)>> {
     let mut out = Vec::new();
     for (i, Scalar(item)) in items.iter().enumerate() {
         let item_field = format!("{field}[{i}]");
@@ -281,6 +313,104 @@ fn check_taint(taint: &str, field: &str) -> FieldResult<()> {
             format!("`{taint}` is not a taint; write key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute), a trailing - removes it"),
         )),
     }
+}
+
+/// `spec.registry.externalRegistry`: a domain (a host name or address, no scheme or path), an
+/// optional port, repository prefix and credentials (a user name without its password, as a
+/// recorded Clusterfile has it, counts as none).
+fn external_registry(
+    doc: &DocumentRef,
+    spec: &super::documents::ExternalRegistrySpec,
+) -> Result<super::ExternalRegistry, ClusterfileError> {
+    let field = |name: &str, message: String| {
+        field_err(
+            doc,
+            (format!("spec.registry.externalRegistry.{name}"), message),
+        )
+    };
+    let domain = spec
+        .domain
+        .as_ref()
+        .map(|d| d.0.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| {
+            field(
+                "domain",
+                "missing; name the registry's host (harbor.example.com or an address)".into(),
+            )
+        })?;
+    let host_ok = domain
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+        && !domain.contains("://");
+    if !host_ok || (domain.contains(':') && !domain.starts_with('[')) {
+        return Err(field(
+            "domain",
+            format!("{domain:?} is not a host name or address (no scheme, port or path: put the port in `port` and the path in `prefix`)"),
+        ));
+    }
+    let address = match &spec.port {
+        Some(port) => {
+            let port: u16 =
+                port.0.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    field("port", format!("{:?} is not a port (1-65535)", port.0))
+                })?;
+            format!("{domain}:{port}")
+        }
+        None => domain,
+    };
+    let prefix = match spec
+        .prefix
+        .as_ref()
+        .map(|p| p.0.trim_matches('/').to_string())
+    {
+        None => None,
+        Some(p) if p.is_empty() => None,
+        Some(p) => {
+            let valid = p.split('/').all(|c| {
+                c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+                    && c.chars().all(|ch| {
+                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)
+                    })
+            });
+            if !valid {
+                return Err(field(
+                    "prefix",
+                    format!("{p:?} is not a repository path (lower-case components separated by '/', e.g. a Harbor project)"),
+                ));
+            }
+            Some(p)
+        }
+    };
+    let username = spec
+        .username
+        .as_ref()
+        .map(|u| u.0.clone())
+        .filter(|u| !u.is_empty());
+    let password = spec
+        .password
+        .as_ref()
+        .map(|p| p.0.clone())
+        .filter(|p| !p.is_empty());
+    // A recorded Clusterfile keeps no password: a user name alone means `sealer login`'s
+    // credentials, as does neither.
+    let (username, password) = match (username, password) {
+        (Some(u), Some(p)) => (Some(u), Some(p)),
+        (None, Some(_)) => {
+            return Err(field(
+                "username",
+                "missing; a password needs its user name (or leave both out to use `sealer login`'s credentials for the registry)".into(),
+            ))
+        }
+        _ => (None, None),
+    };
+    Ok(super::ExternalRegistry {
+        address,
+        prefix,
+        username,
+        password,
+        insecure: spec.insecure.unwrap_or(false),
+    })
 }
 
 fn ignored_note(doc: &DocumentRef, field: &str, what: &str) -> String {
@@ -382,7 +512,7 @@ impl Collected {
 
     /// `spec.registry`: the local registry's port and `ha` act; its other fields are noted as
     /// not used (the agent serves pull-only plain HTTP, reached through containerd's
-    /// hosts.toml); an external registry is refused.
+    /// hosts.toml). An external registry replaces it (as in sealer, it wins when both are set).
     fn registry_of(
         &mut self,
         doc: &DocumentRef,
@@ -392,14 +522,16 @@ impl Collected {
         let Some(spec) = spec else {
             return Ok(registry);
         };
-        if spec.external_registry.is_some() {
-            return Err(field_err(
-                doc,
-                (
-                    "spec.registry.externalRegistry".into(),
-                    "an external registry is not supported yet; leave it out and the masters serve the image's container images themselves".into(),
-                ),
-            ));
+        if let Some(external) = &spec.external_registry {
+            if spec.local_registry.is_some() {
+                self.notes.push(ignored_note(
+                    doc,
+                    "spec.registry.localRegistry",
+                    "spec.registry.externalRegistry is set, so the images are pushed there and no host serves them",
+                ));
+            }
+            registry.external = Some(external_registry(doc, external)?);
+            return Ok(registry);
         }
         if let Some(local) = &spec.local_registry {
             if let Some(port) = &local.port {
@@ -891,13 +1023,18 @@ fn host_v2(
         ),
         None => None,
     };
-    for (ip, ip_field) in ips {
+    for (address, ip_field) in ips {
+        let mut ssh = ssh.clone();
+        if let Some(port) = address.port {
+            ssh.port = port;
+        }
         drafts.push(HostDraft {
             field: ip_field,
             host: Host {
-                ip,
+                ip: address.ip,
+                name: address.name,
                 roles: roles.clone(),
-                ssh: ssh.clone(),
+                ssh,
                 env: env.clone(),
                 labels: labels.clone(),
                 taints: taints.clone(),
@@ -929,10 +1066,10 @@ fn machines_v1(
     let ips = ips_of(list, &format!("{field}.ipList")).map_err(|e| field_err(doc, e))?;
     check_host_count(drafts.len() + ips.len())
         .map_err(|e| field_err(doc, (format!("{field}.ipList"), e.0)))?;
-    for (ip, ip_field) in ips {
+    for (address, ip_field) in ips {
         drafts.push(HostDraft {
             field: ip_field,
-            host: Host::with_role(ip, role, ssh.clone()),
+            host: Host::at(&address, role, ssh.clone()),
         });
     }
     Ok(())
@@ -974,7 +1111,9 @@ fn on_selector(on: &str) -> Result<HostSelector, String> {
         return Ok(HostSelector::Labels(labels));
     }
     if on.starts_with(|c: char| c.is_ascii_digit()) || on.contains(':') {
-        return parse_host_list(on).map(HostSelector::Ips).map_err(|e| e.0);
+        return parse_host_list(on)
+            .map(|addresses| HostSelector::Ips(addresses.into_iter().map(|a| a.ip).collect()))
+            .map_err(|e| e.0);
     }
     Ok(scope_selector(on))
 }

@@ -552,8 +552,75 @@ spec:
         "localRegistry: {domain: sea.hub, port: 5001, ha: false}",
         "externalRegistry: {domain: harbor.example}",
     );
-    let err = parse(&external).unwrap_err().to_string();
-    assert!(err.contains("spec.registry.externalRegistry"), "{err}");
+    let cluster = parse_ok(&external).into_cluster().unwrap();
+    let ext = cluster.registry.external.clone().unwrap();
+    assert_eq!(ext.address, "harbor.example");
+    assert_eq!(ext.endpoint(), "https://harbor.example");
+    assert_eq!(ext.path_for("docker.io"), "docker.io");
+    assert!(cluster.registry_hosts().is_empty(), "no host serves images");
+
+    let full = text.replace(
+        "localRegistry: {domain: sea.hub, port: 5001, ha: false}",
+        "externalRegistry: {domain: 10.1.0.9, port: 8443, prefix: /team/mirror/, username: u, password: p, insecure: true}",
+    );
+    let ext = parse_ok(&full)
+        .into_cluster()
+        .unwrap()
+        .registry
+        .external
+        .unwrap();
+    assert_eq!(ext.endpoint(), "http://10.1.0.9:8443");
+    assert_eq!(
+        ext.repository("127.0.0.1:5000", "library/foo"),
+        "team/mirror/127.0.0.1_5000/library/foo"
+    );
+    assert_eq!(
+        (ext.username.as_deref(), ext.password.as_deref()),
+        (Some("u"), Some("p"))
+    );
+    assert!(
+        !format!("{ext:?}").contains("\"p\""),
+        "the password is not printed"
+    );
+    // A recorded Clusterfile has no password: the user name alone means `sealer login`'s.
+    let recorded = text.replace(
+        "localRegistry: {domain: sea.hub, port: 5001, ha: false}",
+        "externalRegistry: {domain: h.example, username: u}",
+    );
+    let ext = parse_ok(&recorded)
+        .into_cluster()
+        .unwrap()
+        .registry
+        .external
+        .unwrap();
+    assert_eq!((ext.username, ext.password), (None, None));
+
+    for (bad, field) in [
+        ("externalRegistry: {port: 5000}", "externalRegistry.domain"),
+        (
+            "externalRegistry: {domain: 'https://h.example'}",
+            "externalRegistry.domain",
+        ),
+        (
+            "externalRegistry: {domain: h.example, port: 0}",
+            "externalRegistry.port",
+        ),
+        (
+            "externalRegistry: {domain: h.example, prefix: Team}",
+            "externalRegistry.prefix",
+        ),
+        (
+            "externalRegistry: {domain: h.example, password: p}",
+            "externalRegistry.username",
+        ),
+    ] {
+        let text = text.replace(
+            "localRegistry: {domain: sea.hub, port: 5001, ha: false}",
+            bad,
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(field), "{bad}: {err}");
+    }
     let bad_port = text.replace("port: 5001", "port: 70000");
     let err = parse(&bad_port).unwrap_err().to_string();
     assert!(err.contains("is not a port"), "{err}");

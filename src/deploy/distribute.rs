@@ -1,18 +1,21 @@
 //! Distribution: the rootfs onto a host. The engine asks the agent which frames it lacks, sends
 //! the layer plan and only those frames as one stream, and the agent unpacks while they arrive;
-//! when every frame is spooled already (a run cut off before unpacking) only the unpack runs.
-//! On this machine the payload is unpacked directly, without a spool.
+//! when every frame is spooled already (a run cut off before unpacking, or an upgrade to an
+//! image whose frames the host keeps) only the unpack runs. The host keeps the frames of its
+//! installed and previous generation (see `agent::spool`), so an upgrade sends only the frames
+//! that changed, and says how much it reused. On this machine the payload is unpacked
+//! directly, without a spool.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{command_failure, Engine, HostSlot, InstallEvent, Payload, StepFailure};
 use crate::agent::protocol::{self, AgentCommand, PlanLayer};
 
 /// The layer plan the host unpacks from: the layers `chosen` (indices into the payload's
 /// layers) with all their frames.
-fn plan_of(payload: &Payload, chosen: &[usize]) -> Vec<PlanLayer> {
+pub(super) fn plan_of(payload: &Payload, chosen: &[usize]) -> Vec<PlanLayer> {
     chosen
         .iter()
         .map(|&i| &payload.layers[i])
@@ -28,28 +31,14 @@ impl Engine<'_> {
     /// The rootfs step: only the frames the host lacks travel; the host unpacks while they arrive.
     pub(super) fn distribute(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
-        let rootfs = self.cluster.rootfs();
+        let rootfs = self.rootfs();
         if local {
             return self.unpack_here(&rootfs).map_err(StepFailure::fatal);
         }
         let chosen = self.layers_for(&slot.host);
-        let remote = slot.connected()?;
         let work = self.work_dir();
         // Which frames does the host lack?
-        let mut list = Vec::new();
-        let shas = chosen.iter().flat_map(|&i| &self.payload.layers[i].frames);
-        protocol::write_frame_list(&mut list, shas.map(|f| f.sha256.as_str()))
-            .map_err(|e| StepFailure::fatal(e.to_string()))?;
-        let have_cmd = self.agent_cmd(remote, &AgentCommand::Have { work: work.clone() });
-        let out = self.exec_ok(
-            slot,
-            "checking received frames",
-            &have_cmd,
-            Some(&mut &list[..]),
-        )?;
-        let missing: HashSet<String> = protocol::read_frame_list(&out.stdout[..])
-            .collect::<Result<_, _>>()
-            .map_err(|e| StepFailure::fatal(format!("the agent's list of missing frames: {e}")))?;
+        let missing = self.frames_missing(slot, &chosen)?;
         let wanted: Vec<(usize, usize)> = self
             .payload
             .layers
@@ -64,6 +53,34 @@ impl Engine<'_> {
                     .map(move |(fi, _)| (li, fi))
             })
             .collect();
+        let needed: u64 = chosen
+            .iter()
+            .flat_map(|&i| &self.payload.layers[i].frames)
+            .map(|f| f.compressed_len)
+            .sum();
+        let to_send: u64 = wanted
+            .iter()
+            .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
+            .sum();
+        slot.bytes_needed = needed;
+        slot.bytes_reused = needed - to_send;
+        let frames = chosen
+            .iter()
+            .map(|&i| self.payload.layers[i].frames.len())
+            .sum::<usize>();
+        if wanted.len() < frames {
+            (self.events)(InstallEvent::Note {
+                host: Some(slot.host.ip),
+                text: format!(
+                    "frames: sending {} of {frames} ({} of {}), reusing {} the host keeps ({})",
+                    wanted.len(),
+                    crate::ui::human_bytes(to_send),
+                    crate::ui::human_bytes(needed),
+                    frames - wanted.len(),
+                    crate::ui::human_bytes(needed - to_send),
+                ),
+            });
+        }
         let mut plan = Vec::new();
         protocol::write_plan(&mut plan, &plan_of(self.payload, &chosen))
             .map_err(|e| StepFailure::fatal(e.to_string()))?;
@@ -76,20 +93,39 @@ impl Engine<'_> {
             return Ok(());
         }
         // Send the plan, then the missing frames; the host unpacks while they arrive.
-        let prefix = plan;
+        // The spool is pruned only once the step is in the journal (see `run_step`): a run cut
+        // off between the two finds every frame still there and sends nothing again.
+        self.send_frames(
+            slot,
+            wanted,
+            plan,
+            Some(rootfs),
+            "receiving and unpacking frames",
+        )
+    }
+
+    /// Streams `prefix`, then the frames `wanted` (layer, frame), to the agent's `receive`,
+    /// which spools them and, given `dest`, unpacks the plan at the head of `prefix` there as
+    /// they arrive; counted in the bytes sent to the host and shown as its progress.
+    fn send_frames(
+        &self,
+        slot: &mut HostSlot,
+        wanted: Vec<(usize, usize)>,
+        prefix: Vec<u8>,
+        dest: Option<PathBuf>,
+        doing: &str,
+    ) -> Result<(), StepFailure> {
         let total: u64 = prefix.len() as u64
             + wanted
                 .iter()
                 .map(|&(l, f)| self.payload.layers[l].frames[f].compressed_len)
                 .sum::<u64>();
         let remote = slot.connected()?;
-        // The spool is removed only once the step is in the journal (see `run_step`): a run cut
-        // off between the two finds every frame still there and sends nothing again.
         let cmd = self.agent_cmd(
             remote,
             &AgentCommand::Receive {
-                work,
-                dest: Some(rootfs),
+                work: self.work_dir(),
+                dest,
             },
         );
         let ip = slot.host.ip;
@@ -107,9 +143,59 @@ impl Engine<'_> {
             return Err(StepFailure::fatal(format!("reading the payload: {err}")));
         }
         if !out.success() {
-            return Err(command_failure("receiving and unpacking frames", &out));
+            return Err(command_failure(doing, &out));
         }
         Ok(())
+    }
+
+    /// The frames of the layers `chosen` that the host's spool lacks (or holds damaged), as the
+    /// agent's `have` says.
+    pub(super) fn frames_missing(
+        &self,
+        slot: &mut HostSlot,
+        chosen: &[usize],
+    ) -> Result<HashSet<String>, StepFailure> {
+        let mut list = Vec::new();
+        let shas = chosen.iter().flat_map(|&i| &self.payload.layers[i].frames);
+        protocol::write_frame_list(&mut list, shas.map(|f| f.sha256.as_str()))
+            .map_err(|e| StepFailure::fatal(e.to_string()))?;
+        let remote = slot.connected()?;
+        let have_cmd = self.agent_cmd(
+            remote,
+            &AgentCommand::Have {
+                work: self.work_dir(),
+            },
+        );
+        let out = self.exec_ok(
+            slot,
+            "checking received frames",
+            &have_cmd,
+            Some(&mut &list[..]),
+        )?;
+        protocol::read_frame_list(&out.stdout[..])
+            .collect::<Result<_, _>>()
+            .map_err(|e| StepFailure::fatal(format!("the agent's list of missing frames: {e}")))
+    }
+
+    /// Sends the frames of layer `layer` named in `missing` into the host's spool, without
+    /// unpacking anything; counted in the bytes sent to the host.
+    pub(super) fn spool_frames(
+        &self,
+        slot: &mut HostSlot,
+        layer: usize,
+        missing: &HashSet<String>,
+    ) -> Result<(), StepFailure> {
+        let wanted: Vec<(usize, usize)> = self.payload.layers[layer]
+            .frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| missing.contains(&f.sha256))
+            .map(|(fi, _)| (layer, fi))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        self.send_frames(slot, wanted, Vec::new(), None, "receiving frames")
     }
 
     /// The layers `host` gets: all of them on a registry host, all but the images layer

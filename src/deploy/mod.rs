@@ -17,6 +17,7 @@
 //! through [`Remote`] and to the agent only through [`crate::agent::protocol`].
 
 mod distribute;
+mod host_lock;
 pub mod image_plugins;
 mod images;
 mod journal;
@@ -26,6 +27,7 @@ mod plan;
 mod preflight;
 pub mod remote;
 mod report;
+mod schedule;
 mod scripts;
 pub mod target;
 
@@ -40,13 +42,15 @@ use crate::agent::protocol::{
     self, AgentCommand, HostState, StepKey, EXIT_DISK_FULL, EXIT_TIMED_OUT,
 };
 use crate::clusterfile::{Cluster, Host, Phase, Plugin};
-use crate::retry::RetryPolicy;
 use journal::Step;
 pub use launch::EXIT_AGENT_UNSAFE;
 pub use payload::{find_stub, Payload, PayloadLayer};
 pub use plan::{status, HostPlan, HostStatus, PlannedStep};
+pub use preflight::{
+    CheckResult, CheckState, LABEL_COMMANDS, LABEL_KERNEL, LABEL_OS, LABEL_PORTS, PREFLIGHT_CHECKS,
+};
 pub use remote::{ExecOutput, LocalHost, Remote, RemoteError};
-pub use report::{HostOutcome, HostReport, InstallEvent, InstallReport};
+pub use report::{HostOutcome, HostReport, HostWait, InstallEvent, InstallReport};
 pub use scripts::{image_install_commands, DEFAULT_SCRIPT_TIMEOUT};
 
 /// Opens a connection to a host.
@@ -83,6 +87,15 @@ pub struct InstallOptions {
     pub change: Change,
     /// Preflight refuses a host whose clock is further off this machine's.
     pub max_clock_skew: Duration,
+    /// Who this run is, as the cluster's lock on master0 names it; `None` takes no lock there
+    /// (the engine's own tests).
+    pub holder: Option<String>,
+    /// Who held this cluster's lock on this machine and died there (its words as `holder`
+    /// gives them): master0's lock still held by it is waited for, not refused.
+    pub dead_holder: Option<String>,
+    /// Preflight checks whose failure is reported and let through (`all` for every one but
+    /// `sudo`), by their [`PREFLIGHT_CHECKS`] names.
+    pub ignore_preflight: Vec<String>,
 }
 
 /// Preflight's default clock skew limit: a few seconds, as k0sctl and KubeKey allow.
@@ -97,6 +110,9 @@ impl InstallOptions {
             connect,
             change: Change::Install,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            ignore_preflight: Vec::new(),
+            holder: None,
+            dead_holder: None,
         }
     }
 }
@@ -109,6 +125,61 @@ struct Stage {
     hosts: Vec<IpAddr>,
     /// Runs only when every host is ready.
     cluster_level: bool,
+    /// Which of its hosts run it: those installed afresh, those upgraded, or both.
+    route: Route,
+}
+
+/// The two ways a host comes to hold the payload, when the image declares upgrade hooks
+/// (sealer's `upgrade-host` and `upgrade`): a host whose tree held no image is installed
+/// (init-host hooks, install hooks, CMDs); a host whose tree held another image is upgraded
+/// (`upgrade-host` hooks, then `upgrade` hooks on master0), as `sealer upgrade` does. Without
+/// upgrade hooks every host takes the install route, whatever it held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Every,
+    Install,
+    Upgrade,
+}
+
+impl Route {
+    fn takes(self, upgrading: bool) -> bool {
+        match self {
+            Route::Every => true,
+            Route::Install => !upgrading,
+            Route::Upgrade => upgrading,
+        }
+    }
+}
+
+/// Under `<dataRoot>/<cluster>/`: one directory per application image installed beside the
+/// base image, named by [`app_name`].
+pub const APPS_DIR: &str = "apps";
+
+/// The name an application image's directory has on the hosts: the last component of its
+/// repository (`apps/nginx` for `registry.local/web/nginx:1.25`), so that another version of
+/// the same application replaces it; `None` for a cluster image.
+pub fn app_name(payload: &Payload) -> Option<String> {
+    let app = payload
+        .config
+        .sealer
+        .as_ref()
+        .is_some_and(|s| s.image_type == crate::store::ImageType::AppInstaller);
+    if !app {
+        return None;
+    }
+    let repository = crate::reference::Reference::parse(&payload.image)
+        .map(|r| r.repository)
+        .unwrap_or_else(|_| payload.image.clone());
+    let last = repository.rsplit('/').next().unwrap_or(&repository);
+    let name: String = last
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect();
+    let name = name.trim_start_matches('.').to_string();
+    Some(if name.is_empty() { "app".into() } else { name })
 }
 
 /// Errors that stop an install before any host is touched.
@@ -119,6 +190,9 @@ pub enum InstallError {
     /// The image's `plugins/*.yaml` could not be read or parsed.
     #[error(transparent)]
     Plugins(#[from] image_plugins::ImagePluginError),
+    /// The container images could not be pushed to the external registry.
+    #[error("{0}")]
+    ExternalRegistry(String),
 }
 
 struct HostSlot {
@@ -126,7 +200,21 @@ struct HostSlot {
     remote: Option<Box<dyn Remote>>,
     state: HostState,
     failed: Option<String>,
+    /// Every byte sent to the host: the agent's upload and the frames.
     bytes_sent: u64,
+    /// Of those, the agent's upload (0 when the host had the agent); `None` until the agent
+    /// was checked, and on this machine.
+    agent_bytes_sent: Option<u64>,
+    /// Compressed bytes of the frames the host's tree is unpacked from, when it got a tree.
+    bytes_needed: u64,
+    /// Of those, bytes of frames the host kept from an earlier generation or run.
+    bytes_reused: u64,
+    /// On a registry host: container images whose step was done and whose files are there.
+    images_served: usize,
+    /// On a registry host: container images checked (or repaired) by this run.
+    images_checked: usize,
+    /// Bytes earlier connections carried through the host's jump host.
+    bastion_bytes: u64,
     steps_run: usize,
     steps_skipped: usize,
     started: Instant,
@@ -136,13 +224,28 @@ struct HostSlot {
     hostname: Option<String>,
     /// What preflight found, for the stage after it.
     probed: Option<Probed>,
+    /// The host's OS and kernel, as preflight read them.
+    system: Option<String>,
+    /// A preflight check failed on the host: the install does not start anywhere.
+    refused: bool,
+    /// The payload the host's tree held before this one, when it is being (or was) upgraded
+    /// to it rather than installed afresh.
+    upgrading_from: Option<String>,
+    /// When its first preflight attempt failed in a way a retry may help: it is retried on
+    /// its own, without holding the other hosts.
+    late: Option<Instant>,
+    /// What the host's steps waited for (other hosts' hooks, the cluster's lock).
+    waits: Vec<HostWait>,
+    /// When the host's last step ended (its walk, or master0's cluster stages).
+    ended: Option<Instant>,
 }
 
 /// What a host's preflight found that the next stage uses.
 #[derive(Clone, Copy)]
 struct Probed {
-    free_kb: u64,
     agent_present: bool,
+    /// The host has `gzip`: the agent travels compressed.
+    gzip: bool,
 }
 
 impl HostSlot {
@@ -162,8 +265,16 @@ struct Engine<'a> {
     /// Exports by step, in the order steps finished.
     exports: Mutex<Vec<(StepKey, String)>>,
     cmds: Vec<String>,
-    /// The image's `plugins/*.yaml`, then the Clusterfile's plugins.
+    /// The image's `plugins/*.yaml`, then the Clusterfile's plugins (an application image's
+    /// own plugins only).
     plugins: Vec<Plugin>,
+    /// Where the payload's tree and journal live on each host: `<dataRoot>/<cluster>` for the
+    /// cluster's base image, `<dataRoot>/<cluster>/apps/<app>` for an application image.
+    home: PathBuf,
+    /// The application's name, when the payload is an application image.
+    app: Option<String>,
+    /// At most `parallel` hosts work at once.
+    permits: schedule::Permits,
 }
 
 /// Install `payload` onto `cluster`.
@@ -194,35 +305,53 @@ pub fn install(
                 state: HostState::default(),
                 failed: None,
                 bytes_sent: 0,
+                agent_bytes_sent: None,
+                bytes_needed: 0,
+                bytes_reused: 0,
+                images_served: 0,
+                images_checked: 0,
+                bastion_bytes: 0,
                 steps_run: 0,
                 steps_skipped: 0,
                 started: Instant::now(),
                 containerd_certs: None,
                 hostname: None,
                 probed: None,
+                system: None,
+                refused: false,
+                upgrading_from: None,
+                late: None,
+                waits: Vec::new(),
+                ended: None,
             })
         })
         .collect();
 
-    // Host stages on every host in parallel; cluster stages only when every host is ready.
-    engine.for_hosts(&slots, &|_| true, "preflight", &|engine, slot| {
-        engine.preflight(slot)
-    });
-    refuse_duplicate_hostnames(&slots);
-    engine.for_hosts(&slots, &|_| true, "prepare", &|engine, slot| {
-        engine.prepare(slot)
-    });
+    if let (Some(app), true) = (&engine.app, engine.has_images_layer()) {
+        events(InstallEvent::Note {
+            host: None,
+            text: format!(
+                "note: the container images of application {app} are not served by this install (only a cluster image's are); push them to the cluster's registry"
+            ),
+        });
+    }
     let (host_stages, cluster_stages): (Vec<Stage>, Vec<Stage>) =
         engine.stages().into_iter().partition(|s| !s.cluster_level);
+    // Each host walks preflight and the host stages on its own, holding no other host while
+    // it retries; the start waits for every host's first answer, the cluster stages for every
+    // host.
+    let _cluster_lock = engine.walk(&slots, &host_stages)?;
     let run_stage = |stage: &Stage| {
         engine.for_hosts(
             &slots,
-            &|h| stage.hosts.contains(&h.ip),
+            &|slot| {
+                stage.hosts.contains(&slot.host.ip)
+                    && stage.route.takes(slot.upgrading_from.is_some())
+            },
             &stage.label,
             &|engine, slot| engine.run_step(slot, &stage.step),
         )
     };
-    host_stages.iter().for_each(run_stage);
     let failed: Vec<String> = slots
         .iter()
         .filter_map(|s| {
@@ -233,6 +362,7 @@ pub fn install(
         .collect();
     let mut cluster_stages_skipped = None;
     if failed.is_empty() {
+        engine.note_cluster_wait(&slots, &cluster_stages);
         cluster_stages.iter().for_each(run_stage);
     } else {
         cluster_stages_skipped = Some(format!(
@@ -252,12 +382,26 @@ pub fn install(
             };
             HostReport {
                 ip: slot.host.ip,
+                name: slot.host.name.clone(),
+                port: slot.host.ssh.port,
+                bastion: slot.host.ssh.bastion.as_ref().map(|b| b.to_string()),
+                bastion_bytes: slot.bastion_bytes
+                    + slot.remote.as_ref().map_or(0, |r| r.relayed_bytes()),
                 roles: slot.host.roles.clone(),
                 outcome,
+                system: slot.system.clone(),
                 bytes_sent: slot.bytes_sent,
+                agent_bytes_sent: slot.agent_bytes_sent,
+                bytes_needed: slot.bytes_needed,
+                bytes_reused: slot.bytes_reused,
+                images_served: slot.images_served,
+                images_checked: slot.images_checked,
                 steps_run: slot.steps_run,
                 steps_skipped: slot.steps_skipped,
-                elapsed: slot.started.elapsed(),
+                waited: slot.waits,
+                elapsed: slot
+                    .ended
+                    .map_or_else(|| slot.started.elapsed(), |e| e - slot.started),
             }
         })
         .collect();
@@ -295,25 +439,43 @@ impl<'a> Engine<'a> {
         events: &'a (dyn Fn(InstallEvent) + Sync),
     ) -> Result<Self, InstallError> {
         let mut plugins = image_plugins::image_plugins(payload)?;
-        plugins.extend(cluster.plugins.iter().cloned());
+        let app = app_name(payload);
+        let mut home = cluster.data_root.join(&cluster.name);
+        let cmds = match &app {
+            // An application brings its own steps: the Clusterfile's hooks, Configs and
+            // commands belong to the base image.
+            Some(name) => {
+                home = home.join(APPS_DIR).join(name);
+                scripts::image_install_commands(&payload.config, &[])
+            }
+            None => {
+                plugins.extend(cluster.plugins.iter().cloned());
+                scripts::install_commands(cluster, payload)
+            }
+        };
         Ok(Engine {
             cluster,
             payload,
             opts,
             events,
             exports: Mutex::new(Vec::new()),
-            cmds: scripts::install_commands(cluster, payload),
+            cmds,
             plugins,
+            home,
+            app,
+            permits: schedule::Permits::new(opts.parallel),
         })
     }
 }
 
 impl Engine<'_> {
     fn work_dir(&self) -> PathBuf {
-        self.cluster
-            .data_root
-            .join(&self.cluster.name)
-            .join(".sealer")
+        self.home.join(".sealer")
+    }
+
+    /// The payload's tree on every host.
+    fn rootfs(&self) -> PathBuf {
+        self.home.join("rootfs")
     }
 
     /// Run `work` for every host matching `select` that has not failed, `parallel` at a time,
@@ -321,7 +483,7 @@ impl Engine<'_> {
     fn for_hosts(
         &self,
         slots: &[Mutex<HostSlot>],
-        select: &(dyn Fn(&Host) -> bool + Sync),
+        select: &(dyn Fn(&HostSlot) -> bool + Sync),
         stage: &str,
         work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync),
     ) {
@@ -330,7 +492,7 @@ impl Engine<'_> {
             .enumerate()
             .filter(|(_, s)| {
                 s.lock()
-                    .map(|s| s.failed.is_none() && select(&s.host))
+                    .map(|s| s.failed.is_none() && select(&s))
                     .unwrap_or(false)
             })
             .map(|(i, _)| i)
@@ -355,49 +517,14 @@ impl Engine<'_> {
         });
     }
 
+    /// `work` on a host until it succeeds or its attempts run out ([`Engine::retry_from`]).
     fn with_retries(
         &self,
         slot: &mut HostSlot,
         stage: &str,
         work: &(dyn Fn(&Self, &mut HostSlot) -> Result<(), StepFailure> + Sync),
     ) {
-        let policy = RetryPolicy::new(self.opts.attempts, self.opts.backoff);
-        let mut attempt = 1;
-        loop {
-            let result = if slot.remote.is_none() {
-                self.connect(slot).and_then(|_| work(self, slot))
-            } else {
-                work(self, slot)
-            };
-            match result {
-                Ok(()) => return,
-                Err(failure) => {
-                    if failure.drop_connection {
-                        slot.remote = None;
-                    }
-                    if !policy.retries(failure.retry, attempt) {
-                        let attempts = if attempt > 1 {
-                            format!(" (after {attempt} attempts)")
-                        } else {
-                            String::new()
-                        };
-                        slot.failed = Some(format!("{stage}: {}{attempts}", failure.message));
-                        return;
-                    }
-                    let delay = policy.delay(attempt);
-                    (self.events)(InstallEvent::Note {
-                        host: Some(slot.host.ip),
-                        text: format!(
-                            "{stage} failed ({}); retrying in {:.1}s",
-                            failure.message,
-                            delay.as_secs_f64()
-                        ),
-                    });
-                    std::thread::sleep(delay);
-                    attempt += 1;
-                }
-            }
-        }
+        self.retry_from(slot, stage, work, 1)
     }
 
     fn connect(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
@@ -436,33 +563,61 @@ impl Engine<'_> {
         }
     }
 
-    /// Preflight (arch, disk), agent upload, journal read.
-    /// Preflight of one host, changing nothing there: architecture, free space, clock, name,
-    /// and whether the agent is there already.
+    /// Preflight of one host, changing nothing there: every check of [`preflight`] through
+    /// one probe. A failed check refuses the host (and so the install); an ignored one is
+    /// reported as a warning.
     fn preflight(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let agent = self.agent_path(slot.connected()?);
         let probe = self.preflight_command(&agent);
         let asked = std::time::SystemTime::now();
-        let out = self.exec_ok(slot, "preflight", &probe, None)?;
-        let found = self.read_preflight(&out.stdout_text(), asked, std::time::SystemTime::now());
-        slot.hostname = found.hostname;
-        if let Some(problem) = found.problems.into_iter().next() {
-            return Err(StepFailure::fatal(problem));
+        let out = self.exec(slot, &probe, None)?;
+        if let Some(sudo) = preflight::sudo_refusal(&slot.host, &out) {
+            slot.refused = true;
+            return Err(StepFailure::fatal(sudo.message()));
         }
-        let (free_kb, agent_present) = (found.free_kb, found.agent_present);
+        if !out.success() {
+            return Err(command_failure("preflight", &out));
+        }
+        let found = self.read_preflight(
+            &slot.host,
+            &out.stdout_text(),
+            asked,
+            std::time::SystemTime::now(),
+        );
+        slot.hostname = found.hostname.clone();
+        slot.system = found.system.clone();
+        slot.containerd_certs = found.containerd_certs.clone();
+        for ignored in found
+            .checks
+            .iter()
+            .filter(|c| c.state == CheckState::Ignored)
+        {
+            (self.events)(InstallEvent::Note {
+                host: Some(slot.host.ip),
+                text: format!(
+                    "warning: preflight check {} failed and is ignored (--ignore-preflight): {}",
+                    ignored.check,
+                    ignored.message()
+                ),
+            });
+        }
+        let refusals: Vec<String> = found.refusals().map(|c| c.message()).collect();
+        if !refusals.is_empty() {
+            slot.refused = true;
+            return Err(StepFailure::fatal(refusals.join("; ")));
+        }
         slot.probed = Some(Probed {
-            free_kb,
-            agent_present,
+            agent_present: found.agent_present,
+            gzip: found.gzip,
         });
         Ok(())
     }
 
-    /// After every host's preflight: the agent (uploaded when missing), its journal, and the
-    /// checks that need it (containerd, free space for what is still to come).
+    /// After every host's preflight: the agent (uploaded when missing) and its journal.
     fn prepare(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
         let Some(Probed {
-            free_kb,
             agent_present,
+            gzip,
         }) = slot.probed
         else {
             self.preflight(slot)?;
@@ -470,9 +625,15 @@ impl Engine<'_> {
         };
         let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
         let agent = self.agent_path(slot.connected()?);
-        let data_root = self.cluster.data_root.display().to_string();
         if !agent_present && !local {
-            self.upload_agent(slot, &agent)?;
+            self.upload_agent(slot, &agent, gzip)?;
+            // Uploaded: a retry of this stage after a later failure does not send it again.
+            slot.probed = Some(Probed {
+                agent_present: true,
+                gzip,
+            });
+        } else if !local {
+            slot.agent_bytes_sent.get_or_insert(0);
         }
         let remote = slot.connected()?;
         let cmd = self.agent_cmd(
@@ -484,6 +645,10 @@ impl Engine<'_> {
         let out = self.exec_ok(slot, "reading the journal", &cmd, None)?;
         slot.state = serde_json::from_slice(&out.stdout)
             .map_err(|e| StepFailure::fatal(format!("the agent's state is unreadable: {e}")))?;
+        slot.upgrading_from = self.upgrading_from(
+            slot.state.installed.as_ref().map(|id| id.as_str()),
+            slot.state.upgraded_from.as_ref().map(|id| id.as_str()),
+        );
         if slot
             .state
             .installed
@@ -494,24 +659,6 @@ impl Engine<'_> {
             // even a step this payload ran before that other one replaced it.
             slot.state.done.clear();
             slot.state.exports.clear();
-        }
-        slot.containerd_certs = self.containerd_config_path(slot)?;
-        let needed_kb = (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
-        let rootfs_done = slot
-            .state
-            .done
-            .contains(&self.step_key(&slot.host, &Step::Distribute));
-        let sends_nothing = matches!(
-            self.opts.change,
-            Change::Delete { .. } | Change::Rollback { .. }
-        );
-        if !rootfs_done && !sends_nothing && free_kb < needed_kb {
-            return Err(StepFailure::fatal(format!(
-                "{} has {} MiB free, the image needs {} MiB; free space or choose another dataRoot",
-                data_root,
-                free_kb / 1024,
-                needed_kb / 1024
-            )));
         }
         // Exports recorded by earlier runs are visible to every later step.
         let mut exports = self.exports.lock().unwrap_or_else(|p| p.into_inner());
@@ -562,9 +709,6 @@ impl Engine<'_> {
         for plugin in &self.plugins {
             for phase in &plugin.phases {
                 let why = match phase {
-                    Phase::Upgrade | Phase::UpgradeHost => {
-                        "an install over another image replaces each host's tree without upgrade phases; rollback hooks run in `sealer rollback`"
-                    }
                     Phase::Originally => {
                         "it would run before the rootfs exists; use pre-init-host, which runs right after"
                     }
@@ -586,7 +730,9 @@ impl Engine<'_> {
     /// run walk this one list.
     fn stages(&self) -> Vec<Stage> {
         match &self.opts.change {
+            Change::Install if self.app.is_some() => self.app_stages(),
             Change::Install => self.install_stages(),
+            Change::Join { hosts } if self.app.is_some() => self.app_join_stages(hosts),
             Change::Join { hosts } => self.join_stages(hosts),
             Change::Delete { hosts, all } => self.delete_stages(hosts, *all),
             Change::Rollback { .. } => {
@@ -596,6 +742,7 @@ impl Engine<'_> {
                     step: Step::Rollback,
                     hosts: all,
                     cluster_level: false,
+                    route: Route::Every,
                 }];
                 let master0 = [self.cluster.master0().ip];
                 stages.extend(self.hook_stages(Phase::Rollback, &master0, true));
@@ -625,18 +772,21 @@ impl Engine<'_> {
                 step: Step::Hook { plugin, phase },
                 hosts,
                 cluster_level,
+                route: Route::Every,
             });
         }
         stages
     }
 
-    /// Join: the host stages of an install on the new hosts only, with their join hooks.
+    /// Join: the host stages of an install on the new hosts only, with their join hooks; the
+    /// render on every member (see [`journal::MEMBER_VARIABLES`]).
     fn join_stages(&self, new: &[IpAddr]) -> Vec<Stage> {
         let mut stages = vec![Stage {
             label: "distribute".into(),
             step: Step::Distribute,
             hosts: new.to_vec(),
             cluster_level: false,
+            route: Route::Every,
         }];
         stages.extend(self.image_stages(new));
         for index in 0..self.cluster.configs.len() {
@@ -645,8 +795,18 @@ impl Engine<'_> {
                 step: Step::Config { index },
                 hosts: new.to_vec(),
                 cluster_level: false,
+                route: Route::Every,
             });
         }
+        // Every member renders: the new hosts their templates, the others again only when a
+        // template reads the member variables, which the join changes (their journal says).
+        stages.push(Stage {
+            label: "render".into(),
+            step: Step::Render,
+            hosts: self.cluster.hosts.iter().map(|h| h.ip).collect(),
+            cluster_level: false,
+            route: Route::Every,
+        });
         let master0 = [self.cluster.master0().ip];
         // sealer's scale-up phases run on master0 around the join.
         let mut stages_before = self.hook_stages(Phase::PreScaleUp, &master0, false);
@@ -678,6 +838,7 @@ impl Engine<'_> {
                 step: Step::Unregister,
                 hosts: gone.to_vec(),
                 cluster_level: false,
+                route: Route::Every,
             });
         }
         stages.push(Stage {
@@ -685,6 +846,7 @@ impl Engine<'_> {
             step: Step::RemoveRootfs,
             hosts: gone.to_vec(),
             cluster_level: false,
+            route: Route::Every,
         });
         stages.extend(self.hook_stages(Phase::PostCleanHost, gone, false));
         if all {
@@ -695,6 +857,7 @@ impl Engine<'_> {
             step: Step::Forget,
             hosts: gone.to_vec(),
             cluster_level: false,
+            route: Route::Every,
         });
         stages
     }
@@ -716,8 +879,17 @@ impl Engine<'_> {
             stages.push(Stage {
                 label: "registry".into(),
                 step: Step::Registry,
+                hosts: serving.clone(),
+                cluster_level: false,
+                route: Route::Every,
+            });
+            // One journal step per container image, once the registry serves the tree.
+            stages.push(Stage {
+                label: "images".into(),
+                step: Step::Images,
                 hosts: serving,
                 cluster_level: false,
+                route: Route::Every,
             });
         }
         stages.push(Stage {
@@ -725,6 +897,7 @@ impl Engine<'_> {
             step: Step::Mirror,
             hosts: within.to_vec(),
             cluster_level: false,
+            route: Route::Every,
         });
         stages
     }
@@ -736,6 +909,7 @@ impl Engine<'_> {
             step: Step::Distribute,
             hosts: all.clone(),
             cluster_level: false,
+            route: Route::Every,
         }];
         stages.extend(self.image_stages(&all));
         for index in 0..self.cluster.configs.len() {
@@ -744,28 +918,165 @@ impl Engine<'_> {
                 step: Step::Config { index },
                 hosts: all.clone(),
                 cluster_level: false,
+                route: Route::Every,
             });
         }
-        stages.extend(self.hook_stages(Phase::PreInitHost, &all, false));
-        stages.extend(self.hook_stages(Phase::PostInitHost, &all, false));
-        stages.extend(self.hook_stages(Phase::PreInstall, &all, true));
+        stages.push(Stage {
+            label: "render".into(),
+            step: Step::Render,
+            hosts: all.clone(),
+            cluster_level: false,
+            route: Route::Every,
+        });
+        // With upgrade hooks, a host that held another image takes the upgrade route instead
+        // of the install hooks and CMDs.
+        let install = if self.has_upgrade_hooks() {
+            Route::Install
+        } else {
+            Route::Every
+        };
+        let on = |route: Route, mut stages: Vec<Stage>| {
+            stages.iter_mut().for_each(|s| s.route = route);
+            stages
+        };
+        stages.extend(on(
+            install,
+            self.hook_stages(Phase::PreInitHost, &all, false),
+        ));
+        stages.extend(on(
+            install,
+            self.hook_stages(Phase::PostInitHost, &all, false),
+        ));
+        stages.extend(on(
+            Route::Upgrade,
+            self.hook_stages(Phase::UpgradeHost, &all, false),
+        ));
+        stages.extend(on(install, self.hook_stages(Phase::PreInstall, &all, true)));
         let master0 = self.cluster.master0().ip;
         // sealer's old PreGuest: right before the image's CMDs.
-        stages.extend(self.hook_stages(Phase::PreGuest, &all, true));
+        stages.extend(on(install, self.hook_stages(Phase::PreGuest, &all, true)));
         for index in 0..self.cmds.len() {
             stages.push(Stage {
                 label: "install".into(),
                 step: Step::Cmd { index },
                 hosts: vec![master0],
                 cluster_level: true,
+                route: install,
             });
         }
-        stages.extend(self.hook_stages(Phase::PostInstall, &all, true));
+        stages.extend(on(
+            install,
+            self.hook_stages(Phase::PostInstall, &all, true),
+        ));
+        // sealer's `upgrade`: on master0 once every host holds the new tree.
+        stages.extend(on(
+            Route::Upgrade,
+            self.hook_stages(Phase::Upgrade, &all, true),
+        ));
         stages
     }
 
+    /// An application image onto a running cluster, as sealer's app installer does it: its
+    /// tree on the masters (in its own directory, beside the base image's), then its
+    /// `pre-install` hooks, install commands and `post-install` hooks on master0.
+    fn app_stages(&self) -> Vec<Stage> {
+        let masters: Vec<IpAddr> = self
+            .cluster
+            .hosts
+            .iter()
+            .filter(|h| h.roles.iter().any(|r| r == "master"))
+            .map(|h| h.ip)
+            .collect();
+        let mut stages = vec![Stage {
+            label: "distribute".into(),
+            step: Step::Distribute,
+            hosts: masters.clone(),
+            cluster_level: false,
+            route: Route::Every,
+        }];
+        stages.extend(self.hook_stages(Phase::PreInstall, &masters, true));
+        let master0 = self.cluster.master0().ip;
+        for index in 0..self.cmds.len() {
+            stages.push(Stage {
+                label: "install".into(),
+                step: Step::Cmd { index },
+                hosts: vec![master0],
+                cluster_level: true,
+                route: Route::Every,
+            });
+        }
+        stages.extend(self.hook_stages(Phase::PostInstall, &masters, true));
+        stages
+    }
+
+    /// An application image onto masters joined later: its tree on the new masters among
+    /// `new`, and nothing else (its CMDs and install hooks ran on master0 when it was
+    /// installed; the cluster's env changed with the join, so their keys would not match).
+    fn app_join_stages(&self, new: &[IpAddr]) -> Vec<Stage> {
+        let masters: Vec<IpAddr> = self
+            .cluster
+            .hosts
+            .iter()
+            .filter(|h| new.contains(&h.ip) && h.roles.iter().any(|r| r == "master"))
+            .map(|h| h.ip)
+            .collect();
+        vec![Stage {
+            label: "distribute".into(),
+            step: Step::Distribute,
+            hosts: masters,
+            cluster_level: false,
+            route: Route::Every,
+        }]
+    }
+
+    /// Whether the image or the Clusterfile declares `upgrade` or `upgrade-host` hooks.
+    fn has_upgrade_hooks(&self) -> bool {
+        self.plugins.iter().any(|p| {
+            p.phases
+                .iter()
+                .any(|ph| matches!(ph, Phase::Upgrade | Phase::UpgradeHost))
+        })
+    }
+
+    /// Whether a host whose tree holds `installed` (and whose installed generation replaced
+    /// `upgraded_from`) comes to hold this payload by an upgrade: its tree holds another
+    /// payload now, or the payload it holds was installed over another one.
+    fn upgrading_from(
+        &self,
+        installed: Option<&str>,
+        upgraded_from: Option<&str>,
+    ) -> Option<String> {
+        match installed {
+            Some(id) if id != self.payload.id => Some(id.to_string()),
+            Some(_) => upgraded_from.map(str::to_string),
+            None => None,
+        }
+    }
+
+    /// What an install says when a host takes the upgrade route, before that host's stages:
+    /// the whole sentence for the first such host (`noted` is still false), a short one after.
+    fn upgrade_note(
+        &self,
+        slot: &HostSlot,
+        noted: &std::sync::atomic::AtomicBool,
+    ) -> Option<String> {
+        if self.opts.change != Change::Install
+            || !self.has_upgrade_hooks()
+            || slot.upgrading_from.is_none()
+        {
+            return None;
+        }
+        let ip = slot.host.ip;
+        if noted.swap(true, Ordering::SeqCst) {
+            return Some(format!("upgrade on {ip} too"));
+        }
+        Some(format!(
+            "upgrade on {ip}: rootfs and Configs, then upgrade-host hooks, then upgrade hooks on master0 once every host holds the new tree (install hooks and CMDs are not run again); the previous tree is kept for `sealer rollback`"
+        ))
+    }
+
     fn run_step(&self, slot: &mut HostSlot, step: &Step) -> Result<(), StepFailure> {
-        let key = self.step_key(&slot.host, step);
+        let mut key = self.step_key(&slot.host, step);
         let name = self.step_name(step);
         // A host leaving the cluster that holds nothing of it has nothing to clean.
         let holds_nothing = slot.state.installed.is_none() && slot.state.done.is_empty();
@@ -776,6 +1087,9 @@ impl Engine<'_> {
                 slot.steps_skipped += 1;
             }
             return Ok(());
+        }
+        if let Step::Images = step {
+            return self.check_images(slot);
         }
         if let Step::Rollback = step {
             return self.roll_back(slot);
@@ -807,7 +1121,11 @@ impl Engine<'_> {
         // Rollback hooks run on every rollback and are not recorded: the journal now in place
         // is the previous generation's.
         let journaled = !matches!(self.opts.change, Change::Rollback { .. });
-        if journaled && slot.state.done.contains(&key) || (deleting && holds_nothing) {
+        let done = self
+            .done_keys(&slot.host, step)
+            .iter()
+            .any(|k| slot.state.done.contains(k));
+        if journaled && done || (deleting && holds_nothing) {
             slot.steps_skipped += 1;
             (self.events)(InstallEvent::Skipped {
                 host: slot.host.ip,
@@ -816,7 +1134,7 @@ impl Engine<'_> {
             return Ok(());
         }
         let remote = slot.connected()?;
-        let rootfs = self.cluster.rootfs().display().to_string();
+        let rootfs = self.rootfs().display().to_string();
         let export_file = protocol::export_file(&self.work_dir(), &key)
             .display()
             .to_string();
@@ -827,7 +1145,7 @@ impl Engine<'_> {
                 let cmd = self.agent_cmd(
                     remote,
                     &AgentCommand::Config {
-                        rootfs: self.cluster.rootfs(),
+                        rootfs: self.rootfs(),
                         path: c.path.clone(),
                         strategy: c.strategy,
                     },
@@ -845,9 +1163,15 @@ impl Engine<'_> {
                 self.run_script(slot, &name, &script, timeout, &rootfs, &export_file)?;
             }
             Step::Mirror => self.write_mirrors(slot)?,
+            Step::Render => {
+                if !self.render(slot, &name)? {
+                    key = self.render_key_without_members(&slot.host);
+                }
+            }
             // Done and counted above: never journaled (removals take the journal with them;
             // the registry is checked on every run).
             Step::Registry
+            | Step::Images
             | Step::Unregister
             | Step::Rollback
             | Step::RemoveRootfs
@@ -858,13 +1182,14 @@ impl Engine<'_> {
             return Ok(());
         }
         let remote = slot.connected()?;
-        // The agent prints what the step exported; the spool goes once the rootfs is recorded.
+        // The agent prints what the step exported; once the rootfs is recorded the spool is
+        // pruned to the frames of the generations the host keeps.
         let record = self.agent_cmd(
             remote,
             &AgentCommand::Done {
                 work: self.work_dir(),
                 key: key.clone(),
-                drop_spool: matches!(step, Step::Distribute),
+                prune_spool: matches!(step, Step::Distribute),
                 installs: match step {
                     Step::Distribute => self.payload.id.parse().ok(),
                     _ => None,
@@ -882,26 +1207,6 @@ impl Engine<'_> {
         slot.state.done.push(key);
         slot.steps_run += 1;
         Ok(())
-    }
-}
-
-/// Preflight across hosts: two hosts that answer to the same name are both refused, naming
-/// each other (cluster software tells its members apart by name).
-fn refuse_duplicate_hostnames(slots: &[Mutex<HostSlot>]) {
-    let names: Vec<(IpAddr, Option<String>)> = slots
-        .iter()
-        .filter_map(|s| s.lock().ok().map(|s| (s.host.ip, s.hostname.clone())))
-        .collect();
-    for slot in slots {
-        let Ok(mut slot) = slot.lock() else { continue };
-        let Some(name) = slot.hostname.clone() else {
-            continue;
-        };
-        if slot.failed.is_none() {
-            if let Some(why) = preflight::twins(&names, slot.host.ip, &name) {
-                slot.failed = Some(format!("preflight: {why}"));
-            }
-        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! binary that unpacks them on each host.
 //!
 //! A payload comes from the local store (`sealer run IMAGE`) or from a `.run` package
-//! (`app.run install`); the engine does not care which. This module reads; it never writes.
+//! (`app.run install`); the engine does not care which. This module reads; the one thing it
+//! writes is the zstd copy of a gzip or plain-tar layer (an image sealer or another tool pushed),
+//! kept in the store beside the original and found again by the original's digest.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 
 use packer::format::elf_size;
 use packer::frames::{scan_frames, Frame};
-use packer::source::{ByteSource, MappedFile};
+use packer::source::{ByteSource, CheckedFile, MappedFile, Verdict, Vouched};
 use packer::unpack::{Compression, LayerInput};
 use packer::RunFile;
 use sha2::{Digest, Sha256};
@@ -30,6 +32,16 @@ pub enum PayloadError {
         layer: usize,
         image: String,
         media_type: String,
+    },
+    /// The image is sealer's, and its extension annotation is unreadable.
+    #[error(transparent)]
+    Extension(#[from] crate::sealer_image::ExtensionError),
+    /// A gzip or plain-tar layer could not be turned into zstd frames.
+    #[error("layer {layer} of {image}: {reason}")]
+    Transcode {
+        layer: usize,
+        image: String,
+        reason: String,
     },
     /// A store blob fails a frame of the index the store kept for it.
     #[error("blob {digest} is corrupt (frame {frame}: {detail}); remove the image and pull or build it again")]
@@ -53,8 +65,9 @@ pub enum PayloadError {
     StubEnvNotAFile(PathBuf),
     #[error("locating this executable: {0}")]
     CurrentExe(std::io::Error),
-    #[error("the installer stub `sealer-stub` is not beside {}; build it (`cargo build --release`) or set SEALER_STUB", .0.display())]
-    StubNotFound(PathBuf),
+    /// No `sealer-stub` beside this executable, and this executable cannot stand in for it.
+    #[error("{} is dynamically linked, so it cannot be the installer a package starts with or the agent uploaded to bare hosts, and no static `sealer-stub` is beside it; use the static release binary, build from the checkout (its .cargo/config.toml links statically), or set SEALER_STUB", .0.display())]
+    StubDynamic(PathBuf),
 }
 
 fn io_err<'p>(
@@ -140,13 +153,25 @@ impl Payload {
         let mut layers = Vec::new();
         let mut sources: Vec<Box<dyn ByteSource>> = Vec::new();
         for (i, desc) in image.manifest.layers.iter().enumerate() {
-            if desc.media_type != MEDIA_TYPE_LAYER_ZSTD {
+            let transcoded;
+            let desc = if desc.media_type == MEDIA_TYPE_LAYER_ZSTD {
+                desc
+            } else if is_transcodable(&desc.media_type) {
+                let diff_id = image.config.rootfs.diff_ids.get(i).map(String::as_str);
+                transcoded =
+                    zstd_copy(store, desc, diff_id).map_err(|reason| PayloadError::Transcode {
+                        layer: i + 1,
+                        image: image.reference.to_string(),
+                        reason,
+                    })?;
+                &transcoded
+            } else {
                 return Err(PayloadError::NotZstd {
                     layer: i + 1,
                     image: image.reference.to_string(),
                     media_type: desc.media_type.clone(),
                 });
-            }
+            };
             let path = store.blob_path(&desc.digest)?;
             let file = File::open(&path).map_err(io_err("opening layer", &path))?;
             let len = file.metadata().map_err(io_err("reading", &path))?.len();
@@ -157,7 +182,9 @@ impl Payload {
                 // A damaged blob is refused here, before any host is touched: against the
                 // frame index the store kept (every frame hashed once, in parallel, its pages
                 // dropped from this process once hashed), or, for a blob without one, by
-                // indexing it and checking its digest.
+                // indexing it and checking its digest. The check's verdict is kept when the
+                // blob can vouch for itself later, so unpacking it here hashes nothing again.
+                let stamp = CheckedFile::before_check(&file);
                 let frames = match store.frame_index(&desc.digest) {
                     Some(frames) => {
                         let release = |frame: &Frame, _: &[u8]| {
@@ -188,7 +215,8 @@ impl Payload {
                         frames
                     }
                 };
-                (Box::new(map), frames)
+                let verdict = stamp.and_then(|s| Verdict::after_check(vec![s], &frames));
+                (Box::new(Vouched::new(map, verdict)), frames)
             };
             layers.push(PayloadLayer {
                 label: format!("layer {}", i + 1),
@@ -202,17 +230,84 @@ impl Payload {
         }
         let agent_bytes = std::fs::read(agent).map_err(io_err("reading the agent", agent))?;
         let agent_sha256 = hex::encode(Sha256::digest(&agent_bytes));
+        let config = crate::sealer_image::with_extension(&image.manifest, image.config.clone())?;
         Ok(Payload {
             id: image.digest.trim_start_matches("sha256:").to_string(),
             image: image.reference.to_string(),
             container_images: crate::container_images::listed_images(&image.config),
-            config: image.config.clone(),
+            config,
             layers,
             sources,
             agent: Arc::new(agent_bytes),
             agent_sha256,
         })
     }
+}
+
+/// Layer media types installed through a zstd copy: gzip (what sealer, docker and buildah push)
+/// and plain tar.
+fn is_transcodable(media_type: &str) -> bool {
+    media_type.ends_with("+gzip") || media_type.ends_with(".gzip") || media_type.ends_with(".tar")
+}
+
+/// The zstd copy of the gzip or tar layer `desc`: found by the original's digest in the store's
+/// cache (`cache/zstd-of/<hex>` names the copy, whose blob and frame index must still be
+/// there), else written now as independent zstd frames. The uncompressed stream must match the
+/// image's `diff_id` for that layer.
+fn zstd_copy(
+    store: &Store,
+    desc: &crate::store::Descriptor,
+    diff_id: Option<&str>,
+) -> Result<crate::store::Descriptor, String> {
+    let hex = desc.digest.trim_start_matches("sha256:");
+    let memo = store.cache_dir().join("zstd-of").join(hex);
+    let copy = |digest: String, size: u64| crate::store::Descriptor {
+        media_type: MEDIA_TYPE_LAYER_ZSTD.to_string(),
+        digest,
+        size,
+        annotations: desc.annotations.clone(),
+        platform: None,
+    };
+    if let Ok(known) = std::fs::read_to_string(&memo) {
+        let known = known.trim().to_string();
+        if store.has_blob(&known) && store.frame_index(&known).is_some() {
+            let size = store
+                .blob_path(&known)
+                .ok()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len());
+            return Ok(copy(known, size));
+        }
+    }
+    let source = store.blob_path(&desc.digest).map_err(|e| e.to_string())?;
+    let mut reader = crate::store::layer_reader(&source, &desc.media_type)
+        .map_err(|e| format!("reading {}: {e}", desc.digest))?;
+    let blob = store.unhashed_blob_writer().map_err(|e| e.to_string())?;
+    let mut framed = packer::frames::FramedWriter::new(blob, 3);
+    std::io::copy(&mut reader, &mut framed)
+        .map_err(|e| format!("decompressing {} ({}): {e}", desc.digest, desc.media_type))?;
+    let (blob, info) = framed
+        .finish()
+        .map_err(|e| format!("writing the zstd copy of {}: {e}", desc.digest))?;
+    let unpacked = format!("sha256:{}", info.diff_id);
+    if let Some(expected) = diff_id {
+        if expected != unpacked {
+            return Err(format!(
+                "{} unpacks to {unpacked}, but the image config says {expected}; pull the image again",
+                desc.digest
+            ));
+        }
+    }
+    let digest = format!("sha256:{}", info.digest);
+    let (digest, size) = blob
+        .commit(Some(&digest))
+        .map_err(|e| format!("storing the zstd copy of {}: {e}", desc.digest))?;
+    store.put_frame_index(&digest, &info.frames);
+    if let Some(dir) = memo.parent() {
+        // Only a shortcut: without it the next run writes the copy again.
+        let _ = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&memo, &digest));
+    }
+    Ok(copy(digest, size))
 }
 
 impl Payload {
@@ -222,6 +317,11 @@ impl Payload {
         let manifest = run.manifest().clone();
         let config: ImageConfig =
             serde_json::from_str(&manifest.image.config_json).map_err(PayloadError::Config)?;
+        let config =
+            match serde_json::from_str::<crate::store::Manifest>(&manifest.image.manifest_json) {
+                Ok(oci) => crate::sealer_image::with_extension(&oci, config)?,
+                Err(_) => config,
+            };
         // The package keeps the image's OCI manifest; its layers are in the same order.
         let images_layer =
             serde_json::from_str::<crate::store::Manifest>(&manifest.image.manifest_json)
@@ -294,7 +394,9 @@ fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, PayloadError> {
     Ok(head)
 }
 
-/// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this executable.
+/// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this
+/// executable, else this executable itself (`sealer` carries the installer and the agent, so
+/// one static `sealer` is all an operator needs).
 pub fn find_stub() -> Result<PathBuf, PayloadError> {
     if let Some(path) = std::env::var_os("SEALER_STUB").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -311,7 +413,76 @@ pub fn find_stub() -> Result<PathBuf, PayloadError> {
             return Ok(candidate);
         }
     }
-    Err(PayloadError::StubNotFound(exe))
+    match ExecutableHead::read(&exe) {
+        Ok(head) if head.dynamic => Err(PayloadError::StubDynamic(exe)),
+        Ok(_) => Ok(exe),
+        Err(source) => Err(PayloadError::Io {
+            what: "reading",
+            path: exe,
+            source,
+        }),
+    }
+}
+
+/// What the start of an executable file says about it: whether bytes follow its ELF image (a
+/// payload: the file is a package) and whether it names a program interpreter (it is
+/// dynamically linked, so it needs libraries a bare host may lack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutableHead {
+    pub carries_payload: bool,
+    pub dynamic: bool,
+}
+
+impl ExecutableHead {
+    /// Reads the ELF header and program headers of `path` (its first 64 KiB). A file that is
+    /// not ELF64 carries no payload and is not dynamic.
+    pub fn read(path: &Path) -> std::io::Result<ExecutableHead> {
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut head = Vec::with_capacity(64 << 10);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 64 << 10), &mut head)?;
+        Ok(Self::from_bytes(&head, len))
+    }
+
+    /// The same from the first bytes of a file of `len` bytes. The ELF image's end comes from
+    /// its section header table, which a linker puts last.
+    pub fn from_bytes(head: &[u8], len: u64) -> ExecutableHead {
+        let Some(end) = elf_size(head) else {
+            return ExecutableHead {
+                carries_payload: false,
+                dynamic: false,
+            };
+        };
+        let u64_at = |at: usize| -> u64 {
+            head.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0)
+        };
+        let u16_at = |at: usize| -> u64 {
+            head.get(at..at + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
+                .unwrap_or(0)
+        };
+        const PT_INTERP: u32 = 3;
+        let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+        let dynamic = (0..phnum).any(|i| {
+            let at = phoff.saturating_add(i.saturating_mul(phentsize));
+            usize::try_from(at)
+                .ok()
+                .and_then(|at| head.get(at..at.checked_add(4)?))
+                .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == PT_INTERP)
+        });
+        ExecutableHead {
+            carries_payload: len > end,
+            dynamic,
+        }
+    }
+
+    /// The head of the running executable (`/proc/self/exe`); `None` when it cannot be read.
+    pub fn of_self() -> Option<ExecutableHead> {
+        Self::read(Path::new("/proc/self/exe")).ok()
+    }
 }
 
 #[cfg(test)]
@@ -328,6 +499,77 @@ mod tests {
             annotations: Default::default(),
             platform: None,
         }
+    }
+
+    /// An image of one layer of `tar` bytes, stored as framed zstd with its frame index.
+    fn stored_image(store: &Store, tar: &[u8]) -> Image {
+        let mut framed = packer::frames::FramedWriter::new(Vec::new(), 3);
+        std::io::Write::write_all(&mut framed, tar).unwrap();
+        let (blob, info) = framed.finish().unwrap();
+        let (layer_digest, layer_size) = store.put_blob(&blob).unwrap();
+        store.put_frame_index(&layer_digest, &info.frames);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+            info.diff_id
+        );
+        let (config_digest, config_size) = store.put_blob(config.as_bytes()).unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: descriptor(MEDIA_TYPE_CONFIG, config_digest, config_size),
+            layers: vec![descriptor(MEDIA_TYPE_LAYER_ZSTD, layer_digest, layer_size)],
+            annotations: Default::default(),
+        };
+        let reference = Reference::parse("checked:v1").unwrap();
+        store.commit_image(&reference, &manifest).unwrap();
+        store.image(&reference).unwrap()
+    }
+
+    #[test]
+    fn a_store_payload_checked_before_the_install_is_not_hashed_again_by_the_unpack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        for i in 0..40u32 {
+            let data: Vec<u8> = (0..(1u32 << 20)).map(|b| (b * 7 + i) as u8).collect();
+            let mut h = tar::Header::new_gnu();
+            h.set_path(format!("data/{i}")).unwrap();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            tar.append(&h, &data[..]).unwrap();
+        }
+        let image = stored_image(&store, &tar.into_inner().unwrap());
+        // Blobs are old by the time anyone installs them; a blob written a moment ago cannot
+        // vouch for itself (see packer::source::CheckedFile).
+        std::thread::sleep(packer::source::SETTLED + std::time::Duration::from_millis(100));
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"agent").unwrap();
+        let payload = Payload::from_store(&store, &image, &agent).unwrap();
+        assert!(payload.frame_count() > 1, "{}", payload.frame_count());
+        let report = packer::unpack::unpack(
+            &payload.layer_inputs(),
+            &dir.path().join("rootfs"),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(report.files, 40);
+        assert_eq!(report.frames_hashed, 0);
+
+        // The blob rewritten in place after the check (same size): the unpack refuses it.
+        let payload = Payload::from_store(&store, &image, &agent).unwrap();
+        let blob = store.blob_path(&image.manifest.layers[0].digest).unwrap();
+        let mut bytes = std::fs::read(&blob).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x55;
+        let file = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &bytes[at..at + 1], at as u64).unwrap();
+        drop(file);
+        let dest = dir.path().join("rootfs2");
+        let err = packer::unpack::unpack(&payload.layer_inputs(), &dest, &Default::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("changed"), "{err}");
+        assert!(!dest.exists());
     }
 
     #[test]

@@ -15,17 +15,30 @@ use crate::clusterfile::{shell_quote, Cluster, Host};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostPlan {
     pub ip: IpAddr,
+    /// The host name the address was resolved from, when the host was given by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The SSH port.
+    pub port: u16,
     pub roles: Vec<String>,
     /// Why the host could not be asked (unreachable, refused key…); nothing else is known then.
     pub unreachable: Option<String>,
-    /// What preflight would refuse (wrong architecture, too little space).
+    /// What preflight would refuse (wrong architecture, too little space): the message of
+    /// every failed check.
     pub problems: Vec<String>,
     /// The payload the host's rootfs holds now.
     pub installed: Option<String>,
     /// The host's name.
     pub hostname: Option<String>,
+    /// The host's OS and kernel.
+    pub system: Option<String>,
+    /// Every preflight check's result on the host, in [`super::PREFLIGHT_CHECKS`] order.
+    pub checks: Vec<super::CheckResult>,
     /// Bytes the install would send: the agent when it is missing, and the frames not spooled.
     pub bytes_to_send: u64,
+    /// Of `bytes_to_send`, the agent's.
+    #[serde(skip)]
+    pub agent_bytes: u64,
     pub steps: Vec<PlannedStep>,
 }
 
@@ -39,6 +52,21 @@ pub struct PlannedStep {
 impl HostPlan {
     pub fn would_run(&self) -> usize {
         self.steps.iter().filter(|s| s.run).count()
+    }
+
+    /// The plan `app` of the same host for the application `image` (a join's second part,
+    /// after this one): its steps, named for the application, and its frames; the agent is
+    /// counted once.
+    pub fn add_application(&mut self, image: &str, app: HostPlan) {
+        if self.unreachable.is_some() || app.unreachable.is_some() {
+            return;
+        }
+        self.bytes_to_send += app.bytes_to_send - app.agent_bytes;
+        self.steps
+            .extend(app.steps.into_iter().map(|step| PlannedStep {
+                name: format!("{} (application {image})", step.name),
+                run: step.run,
+            }));
     }
 }
 
@@ -64,12 +92,17 @@ impl Engine<'_> {
                 .map(|(h, host)| {
                     h.join().unwrap_or_else(|_| HostPlan {
                         ip: host.ip,
+                        name: host.name.clone(),
+                        port: host.ssh.port,
                         roles: host.roles.clone(),
                         unreachable: Some("the planner failed".into()),
                         problems: Vec::new(),
                         installed: None,
                         hostname: None,
+                        system: None,
+                        checks: Vec::new(),
                         bytes_to_send: 0,
+                        agent_bytes: 0,
                         steps: Vec::new(),
                     })
                 })
@@ -79,11 +112,34 @@ impl Engine<'_> {
         let names: Vec<(IpAddr, Option<String>)> =
             plans.iter().map(|p| (p.ip, p.hostname.clone())).collect();
         for plan in &mut plans {
-            let twin = plan
-                .hostname
-                .as_deref()
-                .and_then(|name| super::preflight::twins(&names, plan.ip, name));
-            plan.problems.extend(twin);
+            let Some(name) = plan.hostname.as_deref() else {
+                continue;
+            };
+            let twin = super::preflight::twins(&names, plan.ip, name, &self.opts.ignore_preflight);
+            if twin.state == super::CheckState::Failed {
+                plan.problems.push(twin.message());
+            }
+            // In PREFLIGHT_CHECKS order: after the clock.
+            let at = plan
+                .checks
+                .iter()
+                .position(|c| c.check == "ports")
+                .unwrap_or(plan.checks.len());
+            plan.checks.insert(at, twin);
+        }
+        // The push to an external registry runs here, before any host changes: shown as the
+        // first step of master0.
+        if let Some(push) = self.external_push_plan() {
+            let master0 = self.cluster.master0().ip;
+            if let Some(plan) = plans.iter_mut().find(|p| p.ip == master0) {
+                plan.steps.insert(
+                    0,
+                    PlannedStep {
+                        name: push,
+                        run: true,
+                    },
+                );
+            }
         }
         plans
     }
@@ -91,12 +147,17 @@ impl Engine<'_> {
     fn plan_host(&self, host: &crate::clusterfile::Host, stages: &[super::Stage]) -> HostPlan {
         let mut plan = HostPlan {
             ip: host.ip,
+            name: host.name.clone(),
+            port: host.ssh.port,
             roles: host.roles.clone(),
             unreachable: None,
             problems: Vec::new(),
             installed: None,
             hostname: None,
+            system: None,
+            checks: Vec::new(),
             bytes_to_send: 0,
+            agent_bytes: 0,
             steps: Vec::new(),
         };
         let mut remote = match (self.opts.connect)(host) {
@@ -107,19 +168,19 @@ impl Engine<'_> {
             }
         };
         let agent = self.agent_path(remote.as_ref());
-        let work = self.work_dir().display().to_string();
-        // The install's own preflight probe, then the work directory's state.
-        let probe = format!(
-            "{}; w={work}; echo {SECTION}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; \
-             echo {SECTION}; ls \"$w/spool\" 2>/dev/null; true",
-            self.preflight_command(&agent),
-            work = shell_quote(&work),
-        );
+        // The install's own preflight probe: its checks and the work directory's state.
+        let probe = self.preflight_command(&agent);
         let asked = std::time::SystemTime::now();
         let out = match remote.exec(&probe, None) {
             Ok(out) if out.success() => out,
             Ok(out) => {
-                plan.unreachable = Some(format!("the probe failed: {}", out.tail()));
+                match super::preflight::sudo_refusal(host, &out) {
+                    Some(sudo) => {
+                        plan.problems.push(sudo.message());
+                        plan.checks.push(sudo);
+                    }
+                    None => plan.unreachable = Some(format!("the probe failed: {}", out.tail())),
+                }
                 return plan;
             }
             Err(e) => {
@@ -127,25 +188,54 @@ impl Engine<'_> {
                 return plan;
             }
         };
-        let text = out.stdout_text();
-        let separator = format!("{SECTION}\n");
-        let mut sections = text.split(separator.as_str());
-        let head = sections.next().unwrap_or_default();
-        let installed = sections.next().unwrap_or_default().trim().to_string();
-        let journal: HashSet<&str> = sections.next().unwrap_or_default().lines().collect();
-        let spool: HashSet<&str> = sections.next().unwrap_or_default().lines().collect();
-        let found = self.read_preflight(head, asked, std::time::SystemTime::now());
-        plan.hostname = found.hostname;
-        plan.problems.extend(found.problems);
-        let free_kb = found.free_kb;
+        let found = self.read_preflight(
+            host,
+            &out.stdout_text(),
+            asked,
+            std::time::SystemTime::now(),
+        );
+        plan.hostname = found.hostname.clone();
+        plan.system = found.system.clone();
+        plan.problems.extend(found.refusals().map(|c| c.message()));
+        plan.checks = found.checks;
+        let installed = found.installed.unwrap_or_default();
+        let journal: HashSet<&str> = found.journal.iter().map(String::as_str).collect();
+        let spool: HashSet<&str> = found.spool.iter().map(String::as_str).collect();
         if !found.agent_present && !remote.is_local() {
-            plan.bytes_to_send += self.payload.agent.len() as u64;
+            plan.agent_bytes = self
+                .agent_upload_len(found.gzip)
+                .unwrap_or(self.payload.agent.len() as u64);
+            plan.bytes_to_send += plan.agent_bytes;
         }
         // A journal kept for another payload describes a tree that would be replaced.
         let same_payload = installed.is_empty() || installed == self.payload.id;
+        let upgrading = self
+            .upgrading_from(
+                (!installed.is_empty()).then_some(installed.as_str()),
+                journal
+                    .contains("upgraded-from")
+                    .then_some("another payload"),
+            )
+            .is_some();
         plan.installed = (!installed.is_empty()).then_some(installed);
-        for stage in stages.iter().filter(|s| s.hosts.contains(&host.ip)) {
-            let key = self.step_key(host, &stage.step);
+        let on_route = |s: &&super::Stage| s.hosts.contains(&host.ip) && s.route.takes(upgrading);
+        for stage in stages.iter().filter(on_route) {
+            if let Step::Images = stage.step {
+                // One step per container image: done when the journal has it, whichever
+                // payload's journal it is (an upgrade carries the images both payloads hold).
+                for image in self.image_steps() {
+                    let key = self.image_key(&image.digest);
+                    plan.steps.push(PlannedStep {
+                        name: self.image_step_name(image),
+                        run: !journal.contains(key.as_str()),
+                    });
+                }
+                continue;
+            }
+            let done = self
+                .done_keys(host, &stage.step)
+                .iter()
+                .any(|k| journal.contains(k.as_str()));
             let run = match stage.step {
                 // Checked on every run; it starts only with a new tree (or when it is down,
                 // which only the run itself finds out).
@@ -153,29 +243,17 @@ impl Engine<'_> {
                     let rootfs = self.step_key(host, &Step::Distribute);
                     !(same_payload && journal.contains(rootfs.as_str()))
                 }
-                _ => !(same_payload && journal.contains(key.as_str())),
+                _ => !(same_payload && done),
             };
-            if run && matches!(stage.step, Step::Distribute) {
-                let needed_kb =
-                    (self.payload.compressed_len() + self.payload.uncompressed_len()) / 1024;
-                if free_kb < needed_kb {
-                    plan.problems.push(format!(
-                        "{} has {} MiB free, the image needs {} MiB",
-                        self.cluster.data_root.display(),
-                        free_kb / 1024,
-                        needed_kb / 1024
-                    ));
-                }
-                if !remote.is_local() {
-                    plan.bytes_to_send += self
-                        .payload
-                        .layers
-                        .iter()
-                        .flat_map(|l| &l.frames)
-                        .filter(|f| !spool.contains(f.sha256.as_str()))
-                        .map(|f| f.compressed_len)
-                        .sum::<u64>();
-                }
+            if run && matches!(stage.step, Step::Distribute) && !remote.is_local() {
+                plan.bytes_to_send += self
+                    .payload
+                    .layers
+                    .iter()
+                    .flat_map(|l| &l.frames)
+                    .filter(|f| !spool.contains(f.sha256.as_str()))
+                    .map(|f| f.compressed_len)
+                    .sum::<u64>();
             }
             plan.steps.push(PlannedStep {
                 name: self.step_name(&stage.step),
@@ -190,6 +268,11 @@ impl Engine<'_> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostStatus {
     pub ip: IpAddr,
+    /// The host name the address was resolved from, when the host was given by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The SSH port.
+    pub port: u16,
     pub roles: Vec<String>,
     /// Why the host could not be asked.
     pub unreachable: Option<String>,
@@ -197,8 +280,11 @@ pub struct HostStatus {
     pub installed: Option<String>,
     /// Steps recorded in its journal for that payload.
     pub steps_done: usize,
-    /// Frames spooled and not yet unpacked (an install cut off while sending).
+    /// Frames spooled and not yet unpacked (an install cut off while sending); the frames the
+    /// host keeps of its installed and previous tree are not counted.
     pub frames_spooled: usize,
+    /// Application images beside the base image: `(directory under apps/, payload)`.
+    pub apps: Vec<(String, String)>,
 }
 
 /// What every host of `cluster` holds now, asked in parallel through a read-only probe.
@@ -220,11 +306,14 @@ pub fn status(cluster: &Cluster, connect: &Connector) -> Vec<HostStatus> {
             .map(|(h, host)| {
                 h.join().unwrap_or_else(|_| HostStatus {
                     ip: host.ip,
+                    name: host.name.clone(),
+                    port: host.ssh.port,
                     roles: host.roles.clone(),
                     unreachable: Some("the probe failed".into()),
                     installed: None,
                     steps_done: 0,
                     frames_spooled: 0,
+                    apps: Vec::new(),
                 })
             })
             .collect()
@@ -234,15 +323,21 @@ pub fn status(cluster: &Cluster, connect: &Connector) -> Vec<HostStatus> {
 fn host_status(host: &Host, connect: &Connector, work: &str) -> HostStatus {
     let mut status = HostStatus {
         ip: host.ip,
+        name: host.name.clone(),
+        port: host.ssh.port,
         roles: host.roles.clone(),
         unreachable: None,
         installed: None,
         steps_done: 0,
         frames_spooled: 0,
+        apps: Vec::new(),
     };
     let probe = format!(
-        "w={}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; echo {SECTION}; ls \"$w/spool\" 2>/dev/null; true",
-        shell_quote(work)
+        "w={}; cat \"$w/installed\" 2>/dev/null; echo {SECTION}; ls \"$w/journal\" 2>/dev/null; echo {SECTION}; ls \"$w/spool\" 2>/dev/null; \
+         echo {SECTION}; cat \"$w/frames\" \"$w/frames.prev\" 2>/dev/null; \
+         echo {SECTION}; for a in \"$w\"/../{}/*/.sealer/installed; do [ -f \"$a\" ] && echo \"$a $(cat \"$a\")\"; done; true",
+        shell_quote(work),
+        super::APPS_DIR,
     );
     let out = connect(host).and_then(|mut remote| remote.exec(&probe, None));
     match out {
@@ -259,12 +354,28 @@ fn host_status(host: &Host, connect: &Connector, work: &str) -> HostStatus {
                 .lines()
                 .filter(is_key)
                 .count();
-            status.frames_spooled = sections
+            let spooled = sections.next().unwrap_or_default();
+            let kept: std::collections::HashSet<&str> =
+                sections.next().unwrap_or_default().lines().collect();
+            status.frames_spooled = spooled
+                .lines()
+                .filter(is_key)
+                .filter(|f| !kept.contains(f))
+                .count();
+            // `PATH/apps/NAME/.sealer/installed ID`, one an application.
+            status.apps = sections
                 .next()
                 .unwrap_or_default()
                 .lines()
-                .filter(is_key)
-                .count();
+                .filter_map(|line| {
+                    let (path, id) = line.rsplit_once(' ')?;
+                    let app = path
+                        .strip_suffix("/.sealer/installed")?
+                        .rsplit('/')
+                        .next()?;
+                    Some((app.to_string(), id.trim().to_string()))
+                })
+                .collect();
         }
         Ok(out) => status.unreachable = Some(format!("the probe failed: {}", out.tail())),
         Err(e) => status.unreachable = Some(e.to_string()),

@@ -28,6 +28,11 @@ pub trait Remote: Send {
     fn is_local(&self) -> bool {
         false
     }
+
+    /// Bytes this connection carried through a jump host, both ways (0 when direct).
+    fn relayed_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// This machine, through `sh -c`.
@@ -111,30 +116,56 @@ impl Remote for SshHost {
     ) -> Result<ExecOutput, RemoteError> {
         self.session.exec(command, &[], stdin)
     }
+
+    fn relayed_bytes(&self) -> u64 {
+        self.session.relayed_bytes()
+    }
 }
 
 /// How to reach a Clusterfile host over SSH: its pinned key if it has one, else `known_hosts`;
-/// key auth when a key is given, else password, else the agent.
+/// key auth when a key is given, else password, else the agent. Through its bastion, when it
+/// has one: the bastion's own auth, its key checked against the same `known_hosts`.
 pub fn ssh_target(host: &Host, known_hosts: &Path) -> SshTarget {
     let ssh = &host.ssh;
-    let auth = match (&ssh.private_key, &ssh.password) {
-        (Some(path), _) => Auth::Key {
-            path: path.clone(),
-            passphrase: ssh.key_passphrase.clone(),
-        },
-        (None, Some(password)) => Auth::Password(password.clone()),
-        (None, None) => Auth::Agent { socket: None },
-    };
     let host_key_policy = match &host.host_key {
         Some(pin) => HostKeyPolicy::Pinned(pin.clone()),
         None => HostKeyPolicy::KnownHosts(known_hosts.to_path_buf()),
     };
+    let jump = ssh.bastion.as_ref().map(|b| {
+        Box::new(SshTarget {
+            ip: b.address.ip,
+            port: b.port(),
+            name: b.address.name.clone(),
+            user: b.user.clone(),
+            auth: auth_of(&b.private_key, &b.password, &b.key_passphrase),
+            host_key_policy: HostKeyPolicy::KnownHosts(known_hosts.to_path_buf()),
+            jump: None,
+        })
+    });
     SshTarget {
         ip: host.ip,
         port: ssh.port,
+        name: host.name.clone(),
         user: ssh.user.clone(),
-        auth,
+        auth: auth_of(&ssh.private_key, &ssh.password, &ssh.key_passphrase),
         host_key_policy,
+        jump,
+    }
+}
+
+/// A key when one is given, else the password, else the agent.
+fn auth_of(
+    key: &Option<PathBuf>,
+    password: &Option<crate::secret::Secret>,
+    passphrase: &Option<crate::secret::Secret>,
+) -> Auth {
+    match (key, password) {
+        (Some(path), _) => Auth::Key {
+            path: path.clone(),
+            passphrase: passphrase.clone(),
+        },
+        (None, Some(password)) => Auth::Password(password.clone()),
+        (None, None) => Auth::Agent { socket: None },
     }
 }
 
@@ -191,6 +222,53 @@ spec:
         let mut bare = cluster.hosts[1].clone();
         bare.ssh.password = None;
         assert_eq!(ssh_target(&bare, kh).auth, Auth::Agent { socket: None });
+    }
+
+    #[test]
+    fn bastions_per_cluster_and_per_host_ports_and_names_reach_the_ssh_target() {
+        let text = r#"
+apiVersion: sealer.io/v2
+kind: Cluster
+spec:
+  ssh: {passwd: pw, bastion: {address: "jump@10.0.0.1", passwd: jpw}}
+  hosts:
+    - {ips: ["10.0.0.2:2222", "[fd00::9]:22"], roles: [master]}
+    - {ips: [localhost], roles: [node], ssh: {port: 2200, bastion: {address: "[fd00::1]", port: 2022, user: ops, pk: /jk}}}
+    - {ips: [10.0.0.4], roles: [node], ssh: {port: 2201}}
+"#;
+        let err = Clusterfile::parse(text)
+            .and_then(|c| c.into_cluster())
+            .unwrap_err();
+        assert!(err.to_string().contains("same address family"), "{err}");
+        let text = text.replace(", \"[fd00::9]:22\"", "");
+        let cluster = Clusterfile::parse(&text).unwrap().into_cluster().unwrap();
+        let kh = Path::new("/kh");
+        let first = ssh_target(&cluster.hosts[0], kh);
+        assert_eq!(first.display_name(), "root@10.0.0.2:2222");
+        let jump = first.jump.expect("spec.ssh.bastion applies to every host");
+        assert_eq!(jump.display_name(), "jump@10.0.0.1");
+        assert_eq!(jump.auth, Auth::Password(Secret::new("jpw")));
+        assert_eq!(jump.host_key_policy, HostKeyPolicy::KnownHosts(kh.into()));
+        let named = ssh_target(&cluster.hosts[1], kh);
+        assert_eq!(named.name.as_deref(), Some("localhost"));
+        assert!(
+            named.display_name().starts_with("root@localhost ("),
+            "{}",
+            named.display_name()
+        );
+        let own = named.jump.expect("the host's own bastion");
+        assert_eq!(own.display_name(), "ops@[fd00::1]:2022");
+        assert!(matches!(own.auth, Auth::Key { .. }));
+        assert_eq!(ssh_target(&cluster.hosts[2], kh).port, 2201);
+        let bad = text.replace("jump@10.0.0.1", "jump@10.0.0.1:0");
+        let err = Clusterfile::parse(&bad)
+            .and_then(|c| c.into_cluster())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.ssh.bastion.address") && err.contains("not a port"),
+            "{err}"
+        );
     }
 
     #[test]

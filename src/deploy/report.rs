@@ -14,6 +14,9 @@ pub enum InstallEvent {
     Stage { host: IpAddr, stage: String },
     /// Bytes of frames sent to a host so far, of `total` it needs.
     Sent { host: IpAddr, sent: u64, total: u64 },
+    /// Bytes of the agent's upload sent to a host so far, of `total` (compressed when the
+    /// host can undo it).
+    AgentSent { host: IpAddr, sent: u64, total: u64 },
     /// A step was skipped because the host's journal has it.
     Skipped { host: IpAddr, step: String },
     /// Something worth a line (a retry, a finished hook).
@@ -36,14 +39,71 @@ pub enum HostOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct HostReport {
     pub ip: IpAddr,
+    /// The host name the address was resolved from, when the host was given by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The SSH port.
+    pub port: u16,
+    /// The jump host the host was reached through (`user@address`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bastion: Option<String>,
+    /// Bytes carried through the jump host, both ways (SSH traffic, so more than `bytes_sent`).
+    pub bastion_bytes: u64,
     pub roles: Vec<String>,
     #[serde(flatten)]
     pub outcome: HostOutcome,
+    /// The host's OS and kernel as preflight read them (`Debian GNU/Linux 12 (bookworm),
+    /// kernel 6.1.0-18-amd64`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Every byte sent to the host: the agent's upload and the frames.
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, the agent's upload: 0 when the host had this very agent, absent on
+    /// this machine (where the agent is the installer itself) and for a host never reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_bytes_sent: Option<u64>,
+    /// Compressed bytes of the frames the host's new tree is unpacked from (0 when it got none).
+    pub bytes_needed: u64,
+    /// Of `bytes_needed`, the bytes of frames the host already kept (from the generation an
+    /// upgrade replaces, or a run cut off earlier) and that were not sent.
+    pub bytes_reused: u64,
+    /// On a registry host, the container images whose journal step was done before this run
+    /// (their files found there); 0 elsewhere.
+    pub images_served: usize,
+    /// On a registry host, the container images this run checked (every file hashed) or
+    /// repaired, each then recorded as its own step; 0 elsewhere.
+    pub images_checked: usize,
     pub steps_run: usize,
     pub steps_skipped: usize,
+    /// What the host's steps waited for: another host's hooks, the cluster's lock on master0,
+    /// or (on master0, before the cluster steps) every host to be ready. Waits under 1 s are
+    /// left out.
+    pub waited: Vec<HostWait>,
+    /// From the start of the run to the end of the host's last step (a healthy host that
+    /// finished early is not charged for another host's retries).
     #[serde(rename = "elapsed_seconds", serialize_with = "seconds")]
     pub elapsed: Duration,
+}
+
+/// One wait of a host's step on something outside the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostWait {
+    /// What waited (`post-init-host hook b`, `its changes`, `the cluster steps (…)`).
+    pub step: String,
+    /// What it waited for (`pre-init-host hook a on 10.0.0.5 (…)`).
+    pub waited_for: String,
+    pub seconds: f64,
+}
+
+impl HostReport {
+    /// How reports name the host: `10.0.0.2`, `10.0.0.2:2222`, `node1 (10.0.0.2)`.
+    pub fn address(&self) -> crate::address::HostAddress {
+        crate::address::HostAddress {
+            ip: self.ip,
+            name: self.name.clone(),
+            port: Some(self.port),
+        }
+    }
 }
 
 /// `sealer run --json` prints this.
@@ -104,11 +164,22 @@ mod tests {
             done: "installed",
             hosts: vec![HostReport {
                 ip: "10.0.0.1".parse().unwrap(),
+                name: None,
+                port: 22,
+                bastion: None,
+                bastion_bytes: 0,
                 roles: vec!["master".into()],
                 outcome: HostOutcome::Failed("disk full".into()),
+                system: None,
                 bytes_sent: 7,
+                agent_bytes_sent: None,
+                bytes_needed: 7,
+                bytes_reused: 0,
+                images_served: 0,
+                images_checked: 0,
                 steps_run: 1,
                 steps_skipped: 2,
+                waited: Vec::new(),
                 elapsed: Duration::from_millis(1500),
             }],
             cluster_stages_skipped: Some("a host failed".into()),

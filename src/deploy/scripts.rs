@@ -2,11 +2,14 @@
 //! starts from and gets from earlier exports, and running one script through the agent (the
 //! script and its env on stdin, under a timeout).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::report::human_duration;
 use super::{command_failure, Engine, HostSlot, InstallEvent, Payload, StepFailure};
-use crate::agent::protocol::{AgentCommand, HookRequest, EXIT_TIMED_OUT};
+use crate::agent::protocol::{
+    AgentCommand, HookRequest, RenderOutcome, RenderRequest, EXIT_TIMED_OUT,
+};
 use crate::clusterfile::{host_env, shell_quote, Cluster, Host, PluginKind};
 use crate::store::ImageConfig;
 
@@ -112,7 +115,7 @@ impl Engine<'_> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
-        for (k, v) in host_env(self.cluster, host, &self.cluster.rootfs()) {
+        for (k, v) in host_env(self.cluster, host, &self.rootfs()) {
             set_env(&mut env, &k, &v);
         }
         env
@@ -133,6 +136,76 @@ impl Engine<'_> {
             }
         }
         env
+    }
+
+    /// The APPENV of every app, by its directory: what [`Engine::render`] sends.
+    pub(super) fn app_envs(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let Some(sealer) = &self.payload.config.sealer else {
+            return BTreeMap::new();
+        };
+        sealer
+            .apps
+            .values()
+            .filter(|app| !app.env.is_empty() && !app.path.is_empty())
+            .map(|app| {
+                let env = app
+                    .env
+                    .iter()
+                    .filter_map(|e| e.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (app.path.trim_end_matches('/').to_string(), env)
+            })
+            .collect()
+    }
+
+    /// [`Engine::app_envs`] as text for the render step's key.
+    pub(super) fn app_env_text(&self) -> String {
+        format!("{:?}", self.app_envs())
+    }
+
+    /// Renders the rootfs's `*.tmpl` files on the host with its env (what hooks and CMDs get,
+    /// exports included) and APPENV; notes what was rendered. True when a template reads a
+    /// variable naming the cluster's members ([`super::journal::MEMBER_VARIABLES`]).
+    pub(super) fn render(&self, slot: &mut HostSlot, name: &str) -> Result<bool, StepFailure> {
+        let request = RenderRequest {
+            env: self.env(&slot.host),
+            apps: self.app_envs(),
+        };
+        let request =
+            serde_json::to_vec(&request).map_err(|e| StepFailure::fatal(e.to_string()))?;
+        let remote = slot.connected()?;
+        let cmd = self.agent_cmd(
+            remote,
+            &AgentCommand::Render {
+                rootfs: self.rootfs(),
+            },
+        );
+        let mut stdin: &[u8] = &request;
+        let out = self.exec(slot, &cmd, Some(&mut stdin))?;
+        if !out.success() {
+            let mut failure = command_failure(name, &out);
+            // The same templates and env fail the same way on a retry.
+            failure.retry = false;
+            return Err(failure);
+        }
+        let outcome: RenderOutcome = serde_json::from_slice(&out.stdout).map_err(|e| {
+            StepFailure::fatal(format!("{name}: the agent's answer is unreadable: {e}"))
+        })?;
+        if !outcome.rendered.is_empty() {
+            let rendered: Vec<String> = outcome
+                .rendered
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            (self.events)(InstallEvent::Note {
+                host: Some(slot.host.ip),
+                text: format!("rendered {}", rendered.join(", ")),
+            });
+        }
+        Ok(super::journal::MEMBER_VARIABLES
+            .iter()
+            .any(|v| outcome.reads.contains(*v)))
     }
 
     pub(super) fn run_script(
@@ -169,6 +242,11 @@ impl Engine<'_> {
                 work: self.work_dir(),
             },
         );
+        // The stage line says the phase; this one says which hook or CMD of it runs.
+        (self.events)(InstallEvent::Note {
+            host: Some(slot.host.ip),
+            text: format!("running {name}"),
+        });
         let mut stdin: &[u8] = &request;
         let out = self.exec(slot, &cmd, Some(&mut stdin))?;
         if !out.success() {
@@ -187,6 +265,15 @@ impl Engine<'_> {
             (self.events)(InstallEvent::Note {
                 host: Some(slot.host.ip),
                 text: line.to_string(),
+            });
+        }
+        // What it said on stderr (warnings, mostly) is shown too, marked, even when it
+        // succeeded: a warning hidden until a failure helps nobody.
+        let warned = out.stderr_text();
+        for line in warned.lines().filter(|l| !l.trim().is_empty()).take(50) {
+            (self.events)(InstallEvent::Note {
+                host: Some(slot.host.ip),
+                text: format!("(stderr) {line}"),
             });
         }
         Ok(())

@@ -16,6 +16,9 @@ use crate::retry::RetryPolicy;
 /// A blocking façade over an async client for one registry.
 pub(crate) struct Connection {
     pub registry: String,
+    /// Talked to over plain HTTP (`--insecure`): unreachable then says so instead of
+    /// suggesting the flag.
+    pub plain_http: bool,
     pub client: oci_client::Client,
     pub auth: RegistryAuth,
     pub username: Option<String>,
@@ -160,6 +163,7 @@ impl Connection {
         };
         Ok(Connection {
             registry: registry.to_string(),
+            plain_http: opts.is_insecure(registry),
             client,
             auth,
             username,
@@ -190,11 +194,17 @@ impl Connection {
                     n += 1;
                 }
                 Err(Failure { error, transient }) => {
-                    return Err(if transient && self.retry.attempts > 1 {
+                    let error = if transient && self.retry.attempts > 1 {
                         gave_up(error, self.retry.attempts)
                     } else {
                         error
-                    })
+                    };
+                    return Err(match error {
+                        RegistryError::Unreachable { registry, detail } if self.plain_http => {
+                            RegistryError::UnreachablePlainHttp { registry, detail }
+                        }
+                        other => other,
+                    });
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use oci_client::RegistryOperation;
 
-use super::client::{Connection, Op};
+use super::client::{Connection, Failure, Op};
 use super::pull::{download_blob, is_index, ACCEPTED};
 use super::{sha256_digest, BlobKind, Progress, ProgressEvent, RegistryError, RegistryOptions};
 use crate::store::{Descriptor, Index, Manifest, Platform, StagedBlob, Store, MEDIA_TYPE_MANIFEST};
@@ -261,6 +261,125 @@ impl ImageSource {
                 .buffer_unordered(PARALLEL_BLOBS)
                 .try_collect(),
         )
+    }
+}
+
+impl ImageSource {
+    /// Stream the blob `desc` names into `sink` as it arrives, hashed on the way and checked
+    /// against its size and digest: the one pass over its bytes (the builder hands the images
+    /// layer's framed writer here, so a blob is written once, where it stays). A transfer that
+    /// breaks off is resumed where it stopped (a `Range` request; retried as the connection's
+    /// policy says), so no byte reaches `sink` twice; a registry that answers the resumed
+    /// request with the whole blob is read past what arrived. A blob that ends up not hashing
+    /// to its digest is an error: its bytes are already in `sink`, which the caller drops.
+    pub fn stream_blob(
+        &mut self,
+        desc: &Descriptor,
+        sink: &mut dyn std::io::Write,
+        progress: &dyn Fn(u64),
+    ) -> Result<(), RegistryError> {
+        use futures_util::StreamExt;
+        use sha2::Digest;
+        use std::cell::RefCell;
+        let target = self.target(&desc.digest);
+        self.authenticate(&target)?;
+        let conn = &self.conn;
+        let digest = desc.digest.as_str();
+        let size = desc.size;
+        let op = Op {
+            what: "downloading a blob",
+            repository: &self.repository,
+            action: "pull",
+            reference: digest,
+        };
+        let transfer = |detail: String| RegistryError::Transfer {
+            registry: conn.registry.clone(),
+            what: format!("downloading blob {digest}"),
+            attempts: 1,
+            detail,
+        };
+        // The blob's digest is computed on a thread of its own, fed the received chunks (shared,
+        // not copied), so the receiving thread only copies them into the layer.
+        let (chunks, to_hash) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
+        let hashing = std::thread::spawn(move || {
+            let mut hasher = sha2::Sha256::new();
+            for chunk in to_hash {
+                hasher.update(&chunk);
+            }
+            hasher.finalize()
+        });
+        // What arrived so far, across attempts.
+        let state = RefCell::new((0u64, chunks, sink));
+        let attempt = || async {
+            let offset = state.borrow().0;
+            // Always a range request, even from byte 0: the client checks the digest of a whole
+            // (200) response itself, a second hash of every byte; a range (206) response it
+            // leaves to the caller, who hashes it here anyway.
+            let (mut stream, mut skip) = match conn
+                .client
+                .pull_blob_stream_partial(&target, digest, offset, None)
+                .await
+                .map_err(|e| conn.classify(op, e))?
+            {
+                oci_client::client::BlobResponse::Partial(stream) => (stream, 0),
+                oci_client::client::BlobResponse::Full(stream) => (stream, offset),
+            };
+            let mut last_report = std::time::Instant::now();
+            while let Some(chunk) = stream.stream.next().await {
+                let chunk = chunk.map_err(|e| Failure {
+                    transient: true,
+                    error: transfer(super::client::error_chain(&e)),
+                })?;
+                let mut chunk = chunk;
+                if skip > 0 {
+                    let n = (skip as usize).min(chunk.len());
+                    chunk = chunk.slice(n..);
+                    skip -= n as u64;
+                }
+                let mut st = state.borrow_mut();
+                let (done, hasher, sink) = &mut *st;
+                if *done + chunk.len() as u64 > size {
+                    return Err(Failure::from(transfer(format!(
+                        "the registry sent more than the {size} bytes the manifest gives"
+                    ))));
+                }
+                sink.write_all(&chunk).map_err(|e| {
+                    Failure::from(transfer(format!("writing it into the images layer: {e}")))
+                })?;
+                *done += chunk.len() as u64;
+                hasher.send(chunk).map_err(|_| {
+                    Failure::from(transfer("the thread hashing it stopped".to_string()))
+                })?;
+                if last_report.elapsed() >= std::time::Duration::from_millis(250) {
+                    progress(*done);
+                    last_report = std::time::Instant::now();
+                }
+            }
+            let done = state.borrow().0;
+            if done != size {
+                return Err(Failure {
+                    transient: true,
+                    error: transfer(format!("the download ended after {done} of {size} bytes")),
+                });
+            }
+            Ok(())
+        };
+        let quiet = |_: u32, _: Duration, _: &RegistryError| {};
+        conn.runtime.block_on(conn.retry(attempt, &quiet))?;
+        let (done, chunks, _) = state.into_inner();
+        drop(chunks);
+        let hash = hashing
+            .join()
+            .map_err(|_| transfer("the thread hashing it panicked".to_string()))?;
+        let actual = format!("sha256:{}", hex::encode(hash));
+        if actual != digest {
+            return Err(self.unsupported(
+                &format!("blob {digest}"),
+                format!("its content hashes to {actual}, not to the digest the manifest names"),
+            ));
+        }
+        progress(done);
+        Ok(())
     }
 }
 

@@ -21,6 +21,8 @@
 //! `pull(&store, &reference, &build_options.registry, &|_| {})`; the container images a build
 //! collects are resolved for the build's platform and fetched blob by blob through
 //! [`ImageSource`] (same connection, credentials and retries), staged until the build commits.
+//! For an install with an external registry, [`push_layout`] pushes the images layer's OCI
+//! layout there, under the repositories the install names.
 
 pub mod auth;
 mod client;
@@ -28,6 +30,8 @@ mod collect;
 mod login;
 mod pull;
 mod push;
+mod push_layout;
+mod signature;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +41,9 @@ pub use collect::{ImageSource, PlatformManifest};
 pub use login::{login, logout, verify_credentials};
 pub use pull::pull;
 pub use push::{push, PushReport};
+pub use push_layout::{
+    plan_layout_push, push_layout, LayoutImage, LayoutPushPlan, LayoutPushReport,
+};
 
 use crate::reference::Reference;
 use crate::store::StoreError;
@@ -187,6 +194,10 @@ pub enum RegistryError {
     WrongCredentials { registry: String, username: String },
     #[error("cannot reach registry {registry}: {detail}; check the address and that it is running (add --insecure for a plain-HTTP registry, --ca-file for a private CA)")]
     Unreachable { registry: String, detail: String },
+    /// As [`RegistryError::Unreachable`], for a registry already talked to over plain HTTP
+    /// (`--insecure`, `SEALER_INSECURE_REGISTRIES`): the hint is not to add what was given.
+    #[error("cannot reach registry {registry} over plain HTTP (--insecure): {detail}; check the address and port, that it is running, and whether it wants HTTPS (then leave --insecure out)")]
+    UnreachablePlainHttp { registry: String, detail: String },
     #[error("TLS with registry {registry} failed: {detail}; for a private CA pass --ca-file PEM (or set SEALER_REGISTRY_CA), for a plain-HTTP registry use --insecure")]
     Tls { registry: String, detail: String },
     #[error("registry {registry} has no image {reference}; check the name and tag")]

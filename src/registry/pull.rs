@@ -205,6 +205,7 @@ pub fn pull(
             event: ProgressEvent::Done,
         });
         store.set_name(&name, &digest, size)?;
+        super::signature::pull_signature(&conn, store, &reference.repository, &digest).await?;
         Ok::<String, RegistryError>(digest)
     })?;
     let mut image = store.image(&Reference {

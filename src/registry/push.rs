@@ -41,9 +41,12 @@ pub struct PushReport {
     pub mounted: Vec<String>,
     /// Bytes of blob content sent.
     pub bytes_uploaded: u64,
+    /// The tag of the image's signature, pushed beside it (`sha256-<hex>.sig`) when the store
+    /// holds one.
+    pub signature: Option<String>,
 }
 
-enum BlobOutcome {
+pub(super) enum BlobOutcome {
     Uploaded,
     AlreadyPresent,
     Mounted,
@@ -100,6 +103,7 @@ pub fn push(
             already_present: Vec::new(),
             mounted: Vec::new(),
             bytes_uploaded: 0,
+            signature: None,
         };
         let count = image.manifest.layers.len();
         let blobs = image
@@ -117,7 +121,7 @@ pub fn push(
             let blob = BlobPush {
                 conn: &conn,
                 target: &target,
-                store,
+                source: BlobSource::Store(store),
                 desc,
                 kind,
                 opts,
@@ -164,11 +168,29 @@ pub fn push(
         )
         .await?;
         manifest_progress(manifest_bytes.len() as u64, ProgressEvent::Done);
+        let subject = Descriptor {
+            media_type: media_type.clone(),
+            digest: image.digest.clone(),
+            size: manifest_bytes.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        };
+        if let Some(artifact) = store.signature_artifact(&subject)? {
+            report.signature = Some(
+                super::signature::push_signature(
+                    &conn,
+                    &reference.repository,
+                    &image.digest,
+                    &artifact,
+                )
+                .await?,
+            );
+        }
         Ok(report)
     })
 }
 
-fn retry_event(
+pub(super) fn retry_event(
     attempt: u32,
     attempts: u32,
     wait: Duration,
@@ -209,15 +231,50 @@ fn mount_sources(store: &Store, registry: &str, repository: &str) -> BTreeMap<St
     sources
 }
 
-struct BlobPush<'a> {
-    conn: &'a Connection,
-    target: &'a oci_client::Reference,
-    store: &'a Store,
-    desc: &'a Descriptor,
-    kind: BlobKind,
-    opts: &'a RegistryOptions,
-    progress: &'a dyn Fn(Progress),
-    op: Op<'a>,
+/// Where the bytes of the blobs being pushed are: the store, or an OCI image layout directory
+/// (`blobs/sha256/HEX`).
+#[derive(Clone, Copy)]
+pub(super) enum BlobSource<'a> {
+    Store(&'a Store),
+    Layout(&'a std::path::Path),
+}
+
+impl BlobSource<'_> {
+    pub(super) fn path(&self, digest: &str) -> Result<std::path::PathBuf, RegistryError> {
+        match self {
+            BlobSource::Store(store) => Ok(store.blob_path(digest)?),
+            BlobSource::Layout(root) => {
+                let hex = crate::store::digest_hex(digest).map_err(|e| StoreError::Malformed {
+                    what: "a digest".into(),
+                    reason: e.to_string(),
+                })?;
+                Ok(root.join("blobs").join("sha256").join(hex))
+            }
+        }
+    }
+
+    pub(super) fn read(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        match self {
+            BlobSource::Store(store) => Ok(store.read_blob(digest)?),
+            BlobSource::Layout(_) => {
+                let path = self.path(digest)?;
+                std::fs::read(&path).map_err(|e| {
+                    RegistryError::from(StoreError::io(format!("reading {}", path.display()), e))
+                })
+            }
+        }
+    }
+}
+
+pub(super) struct BlobPush<'a> {
+    pub conn: &'a Connection,
+    pub target: &'a oci_client::Reference,
+    pub source: BlobSource<'a>,
+    pub desc: &'a Descriptor,
+    pub kind: BlobKind,
+    pub opts: &'a RegistryOptions,
+    pub progress: &'a dyn Fn(Progress),
+    pub op: Op<'a>,
 }
 
 impl BlobPush<'_> {
@@ -240,7 +297,7 @@ impl BlobPush<'_> {
         }
     }
 
-    async fn run(&self, mount_from: &[String]) -> Result<BlobOutcome, RegistryError> {
+    pub(super) async fn run(&self, mount_from: &[String]) -> Result<BlobOutcome, RegistryError> {
         let conn = self.conn;
         let digest = &self.desc.digest;
         let exists = conn
@@ -288,14 +345,14 @@ impl BlobPush<'_> {
         let conn = self.conn;
         let digest = &self.desc.digest;
         if self.desc.size <= self.opts.stream_threshold {
-            let bytes = self.store.read_blob(digest).map_err(RegistryError::from)?;
+            let bytes = self.source.read(digest)?;
             conn.client
                 .push_blob(self.target, bytes, digest)
                 .await
                 .map_err(|e| conn.classify(self.op, e))?;
             return Ok(());
         }
-        let path = self.store.blob_path(digest).map_err(RegistryError::from)?;
+        let path = self.source.path(digest)?;
         let file = File::open(&path).map_err(|e| {
             RegistryError::from(StoreError::io(format!("opening {}", path.display()), e))
         })?;

@@ -22,15 +22,6 @@ pub(super) enum Verdict {
     ChangedHashed,
 }
 
-/// The host field as OpenSSH writes it: `ip` for port 22, `[ip]:port` otherwise.
-pub(super) fn host_pattern(ip: &str, port: u16) -> String {
-    if port == 22 {
-        ip.to_string()
-    } else {
-        format!("[{ip}]:{port}")
-    }
-}
-
 /// The algorithm name inside an SSH public key blob (`string` = u32 length + bytes).
 pub(super) fn blob_algorithm(blob: &[u8]) -> Option<String> {
     let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;

@@ -7,10 +7,14 @@
 //! in `sudo -n`, streaming large stdin (how frames travel; SFTP is not used), and uploading a file
 //! with a remote sha256 check. Nothing may hang forever: blocking calls run under a watchdog that
 //! shuts the socket down, and streaming loops watch keepalive replies. It never prints, logs or
-//! stores a password. It does not know what an image or a journal is.
+//! stores a password. It does not know what an image or a journal is. A host behind a jump
+//! host is reached through a `direct-tcpip` channel of a session to the jump host (`tunnel`),
+//! both sessions checked and authenticated the same way.
 
 mod kept;
+pub mod key_file;
 mod known_hosts;
+mod tunnel;
 mod watchdog;
 
 pub use kept::KeptOutput;
@@ -20,6 +24,8 @@ use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -83,20 +89,26 @@ pub enum HostKeyPolicy {
 pub struct SshTarget {
     pub ip: IpAddr,
     pub port: u16,
+    /// The host name `ip` was resolved from, shown beside it in messages.
+    pub name: Option<String>,
     pub user: String,
     pub auth: Auth,
     pub host_key_policy: HostKeyPolicy,
+    /// The jump host the connection goes through (its own address, user, auth and host key
+    /// check), or `None` to connect directly.
+    pub jump: Option<Box<SshTarget>>,
 }
 
 impl SshTarget {
-    /// `user@ip` or `user@ip:port`, the name used in every message.
+    /// `user@ip`, `user@ip:port`, `user@[v6]:port` or `user@name (ip)`, the name used in every
+    /// message.
     pub fn display_name(&self) -> String {
-        let addr = match (self.ip, self.port) {
-            (ip, 22) => ip.to_string(),
-            (IpAddr::V6(ip), port) => format!("[{ip}]:{port}"),
-            (ip, port) => format!("{ip}:{port}"),
+        let address = crate::address::HostAddress {
+            ip: self.ip,
+            name: self.name.clone(),
+            port: Some(self.port),
         };
-        format!("{}@{addr}", self.user)
+        format!("{}@{address}", self.user)
     }
 }
 
@@ -243,6 +255,8 @@ pub struct Session {
     // Declared after `sess` so that the session is freed while the watchdog can still cut it.
     watchdog: Watchdog,
     name: String,
+    /// Bytes carried through the jump host, both ways (`None` for a direct connection).
+    relayed: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -274,8 +288,40 @@ impl Session {
     /// (`.cargo/openssl-configure`).
     pub fn connect(target: &SshTarget, timeouts: Timeouts) -> Result<Session, SshError> {
         let name = target.display_name();
+        let (socket, relayed) = match &target.jump {
+            None => (Self::connect_tcp(target, &name, timeouts)?, None),
+            Some(jump) => {
+                let jump_name = jump.display_name();
+                let through = |e: SshError| through_jump(e, &jump_name, &name);
+                if jump.jump.is_some() {
+                    return Err(through(SshError::Unreachable {
+                        host: jump_name.clone(),
+                        reason: "a jump host behind another jump host is not supported".into(),
+                    }));
+                }
+                let session = {
+                    let _slot = tunnel::handshake_slot(jump.ip, jump.port);
+                    Session::connect(jump, timeouts).map_err(through)?
+                };
+                let relayed = Arc::new(AtomicU64::new(0));
+                let socket = tunnel::open(session, target.ip, target.port, relayed.clone())
+                    .map_err(through)?;
+                (socket, Some(relayed))
+            }
+        };
+        let mut session = Self::over(target, name, socket, timeouts)?;
+        session.relayed = relayed;
+        session.establish()?;
+        Ok(session)
+    }
+
+    fn connect_tcp(
+        target: &SshTarget,
+        name: &str,
+        timeouts: Timeouts,
+    ) -> Result<TcpStream, SshError> {
         let addr = SocketAddr::new(target.ip, target.port);
-        let socket = TcpStream::connect_timeout(&addr, timeouts.connect).map_err(|e| {
+        TcpStream::connect_timeout(&addr, timeouts.connect).map_err(|e| {
             let reason = match e.kind() {
                 io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => format!(
                     "no answer within {}s (host down, wrong address or a firewall)",
@@ -290,10 +336,19 @@ impl Session {
                 _ => e.to_string(),
             };
             SshError::Unreachable {
-                host: name.clone(),
+                host: name.to_string(),
                 reason,
             }
-        })?;
+        })
+    }
+
+    /// A session over a connected socket, not yet handshaken.
+    fn over(
+        target: &SshTarget,
+        name: String,
+        socket: TcpStream,
+        timeouts: Timeouts,
+    ) -> Result<Session, SshError> {
         let _ = socket.set_nodelay(true);
         let local = |what: &str, source: io::Error| SshError::Local {
             host: name.clone(),
@@ -316,16 +371,22 @@ impl Session {
                 .map_err(|e| local("duplicating the socket", e))?,
         );
         sess.set_timeout(timeouts.handshake.as_millis().min(u32::MAX as u128) as u32);
-        let mut session = Session {
+        Ok(Session {
             target: target.clone(),
             timeouts,
             sess: ManuallyDrop::new(sess),
             socket,
             watchdog,
             name,
-        };
-        session.establish()?;
-        Ok(session)
+            relayed: None,
+        })
+    }
+
+    /// Bytes carried through the jump host so far (0 for a direct connection).
+    pub fn relayed_bytes(&self) -> u64 {
+        self.relayed
+            .as_ref()
+            .map_or(0, |r| r.load(Ordering::Relaxed))
     }
 
     fn establish(&mut self) -> Result<(), SshError> {
@@ -387,7 +448,7 @@ impl Session {
     }
 
     fn host_pattern(&self) -> String {
-        known_hosts::host_pattern(&self.target.ip.to_string(), self.target.port)
+        crate::address::known_hosts_pattern(self.target.ip, self.target.port)
     }
 
     fn check_host_key(&self) -> Result<(), SshError> {
@@ -432,13 +493,20 @@ impl Session {
                 let remove = format!("ssh-keygen -R '{pattern}' -f {}", path.display());
                 match verdict {
                     Verdict::Known => Ok(()),
-                    Verdict::Unknown => known_hosts::append(path, &pattern, &blob).map_err(|e| {
-                        SshError::Local {
+                    Verdict::Unknown => {
+                        known_hosts::append(path, &pattern, &blob).map_err(|e| SshError::Local {
                             host: self.name.clone(),
                             what: format!("recording the host key in {}", path.display()),
                             source: e,
-                        }
-                    }),
+                        })?;
+                        // Trust on first use is only as good as someone looking: say it.
+                        eprintln!(
+                            "[{}] new host key {fingerprint} recorded in {} (compare it with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on the host; pin it with hostKey in a Clusterfile)",
+                            self.name,
+                            path.display()
+                        );
+                        Ok(())
+                    }
                     Verdict::Changed { line, algorithm } => Err(SshError::HostKeyChanged {
                         host: self.name.clone(),
                         detail: format!(
@@ -934,6 +1002,47 @@ impl Session {
         mode: u32,
     ) -> Result<String, SshError> {
         self.upload(&mut io::Cursor::new(bytes), remote_path, mode)
+    }
+}
+
+/// `error` of the jump host, told as what kept `target` from being reached: the host becomes
+/// `jump host J (for T)`, the rest (and so whether it is worth retrying) is unchanged.
+fn through_jump(error: SshError, jump: &str, target: &str) -> SshError {
+    let host = format!("jump host {jump} (for {target})");
+    match error {
+        SshError::Unreachable { reason, .. } => SshError::Unreachable { host, reason },
+        SshError::Timeout {
+            operation, after, ..
+        } => SshError::Timeout {
+            host,
+            operation,
+            after,
+        },
+        SshError::AuthFailed { method, reason, .. } => SshError::AuthFailed {
+            host,
+            method,
+            reason,
+        },
+        SshError::HostKeyChanged { detail, .. } => SshError::HostKeyChanged { host, detail },
+        SshError::Remote {
+            command,
+            status,
+            stderr,
+            ..
+        } => SshError::Remote {
+            host,
+            command,
+            status,
+            stderr,
+        },
+        SshError::Protocol {
+            operation, message, ..
+        } => SshError::Protocol {
+            host,
+            operation,
+            message,
+        },
+        SshError::Local { what, source, .. } => SshError::Local { host, what, source },
     }
 }
 

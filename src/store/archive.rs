@@ -10,6 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
+use super::signatures;
 use super::{
     Descriptor, Image, ImageConfig, Index, Manifest, StagedBlob, Store, StoreError,
     ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST,
@@ -40,6 +41,8 @@ pub fn save(store: &Store, images: &[Image], out: &Path) -> Result<()> {
     let mut builder = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, tmp));
     let mut index = Index::default();
     let mut blobs = std::collections::BTreeSet::new();
+    // Signature artifacts of signed images (tag `sha256-<hex>.sig` beside each), held in memory.
+    let mut signature_blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for image in images {
         let size = fs::metadata(store.blob_path(&image.digest)?)
             .map_err(|e| StoreError::io("reading a manifest blob", e))?
@@ -53,6 +56,25 @@ pub fn save(store: &Store, images: &[Image], out: &Path) -> Result<()> {
         };
         desc.annotations
             .insert(ANNOTATION_REF_NAME.to_string(), image.reference.store_key());
+        if let Some(artifact) = store.signature_artifact(&desc)? {
+            let name = Reference {
+                tag: signatures::signature_tag(&image.digest)?,
+                digest: None,
+                ..image.reference.clone()
+            };
+            let mut sig = Descriptor {
+                media_type: MEDIA_TYPE_MANIFEST.to_string(),
+                digest: artifact.manifest_digest.clone(),
+                size: artifact.manifest.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+            };
+            sig.annotations
+                .insert(ANNOTATION_REF_NAME.to_string(), name.store_key());
+            index.manifests.push(sig);
+            signature_blobs.insert(artifact.manifest_digest, artifact.manifest);
+            signature_blobs.extend(artifact.blobs);
+        }
         index.manifests.push(desc);
         blobs.insert(image.digest.clone());
         blobs.insert(image.manifest.config.digest.clone());
@@ -79,6 +101,16 @@ pub fn save(store: &Store, images: &[Image], out: &Path) -> Result<()> {
         builder
             .append_data(&mut header, dir_name, io::empty())
             .map_err(|e| StoreError::io(format!("writing {}", out.display()), e))?;
+    }
+    for (digest, bytes) in &signature_blobs {
+        if blobs.contains(digest) {
+            continue;
+        }
+        let name = format!(
+            "blobs/sha256/{}",
+            super::digest_hex(digest).unwrap_or_default()
+        );
+        add_bytes(&mut builder, &name, bytes)?;
     }
     for digest in &blobs {
         let path = store.blob_path(digest)?;
@@ -224,6 +256,7 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
     };
     let mut names = Vec::new();
     let mut used = BTreeSet::new();
+    let mut signatures = Vec::new();
     for desc in &index.manifests {
         let name = desc.annotations.get(ANNOTATION_REF_NAME).ok_or_else(|| {
             archive_err(
@@ -235,6 +268,13 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
             )
         })?;
         let reference = Reference::parse(name).map_err(|e| archive_err(path, e.to_string()))?;
+        if let Some(subject) = signatures::signed_digest(&reference.tag) {
+            let text = checked
+                .signature(desc, &subject, name)
+                .map_err(|reason| archive_err(path, reason))?;
+            signatures.push((subject, text));
+            continue;
+        }
         let size = checked
             .check(desc, name)
             .map_err(|reason| archive_err(path, reason))?;
@@ -247,9 +287,16 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Reference>> {
         }
     }
     let mut loaded = Vec::new();
+    let mut digests = BTreeSet::new();
     for (reference, digest, size) in names {
         store.set_name(&reference, &digest, size)?;
         loaded.push(reference);
+        digests.insert(digest);
+    }
+    for (subject, text) in signatures {
+        if digests.contains(&subject) {
+            store.put_signature(&subject, &text)?;
+        }
     }
     Ok(loaded)
 }
@@ -329,6 +376,21 @@ impl ImageCheck<'_> {
         super::check_image_layers(&manifest, &config, Some(&found))
             .map_err(|e| format!("{name}: {e}"))?;
         Ok(bytes.len() as u64)
+    }
+
+    /// The text of the signature artifact `desc` (named `name`) for the image `subject`.
+    fn signature(
+        &self,
+        desc: &Descriptor,
+        subject: &str,
+        name: &str,
+    ) -> std::result::Result<String, String> {
+        let what = format!("the signature {name}");
+        let bytes = self.read(desc, &what)?;
+        let layer =
+            signatures::signature_layer(&bytes, subject).map_err(|e| format!("{what}: {e}"))?;
+        let text = self.read(&layer, &what)?;
+        signatures::signature_text(&layer, &text).map_err(|e| format!("{what}: {e}"))
     }
 
     /// The digests of the manifest `desc`, its config and its layers (after a successful check).

@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod oci;
+pub mod signatures;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -231,6 +232,15 @@ impl Store {
 
     /// Start writing a blob; its digest is computed while writing.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let mut writer = self.unhashed_blob_writer()?;
+        writer.hasher = Some(Sha256::new());
+        Ok(writer)
+    }
+
+    /// Start writing a blob whose writer computes its digest itself (the layer writer hashes the
+    /// compressed stream as it goes): the store does not hash it a second time, and
+    /// [`BlobWriter::commit`] takes the writer's word for it, so it must be given.
+    pub fn unhashed_blob_writer(&self) -> Result<BlobWriter> {
         let file = tempfile::Builder::new()
             .prefix(&Store::tmp_prefix("blob"))
             .tempfile_in(self.tmp_dir())
@@ -242,7 +252,7 @@ impl Store {
             })?;
         Ok(BlobWriter {
             file: io::BufWriter::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
+            hasher: None,
             size: 0,
             store: self.clone(),
         })
@@ -526,6 +536,7 @@ impl Store {
                 .join(format!("{}.json", entry.file_name().to_string_lossy()));
             let _ = fs::remove_file(index);
         }
+        self.prune_signatures(&keep);
         Ok(Some(freed))
     }
 
@@ -611,7 +622,8 @@ enum LockMode {
 /// A blob being written to the store's scratch space; [`BlobWriter::commit`] moves it into place.
 pub struct BlobWriter {
     file: io::BufWriter<tempfile::NamedTempFile>,
-    hasher: Sha256,
+    /// `None` for [`Store::unhashed_blob_writer`].
+    hasher: Option<Sha256>,
     size: u64,
     store: Store,
 }
@@ -619,7 +631,9 @@ pub struct BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.size += n as u64;
         Ok(n)
     }
@@ -638,15 +652,33 @@ impl BlobWriter {
     /// Finish writing and check the content, but keep the blob out of the store until
     /// [`StagedBlob::commit`]: for imports that must check a whole image before storing any of it.
     pub fn finish(self, expected: Option<&str>) -> Result<StagedBlob> {
-        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        if let Some(expected) = expected {
-            if expected != digest {
-                return Err(StoreError::BlobCorrupt {
-                    digest: expected.to_string(),
-                    actual: digest,
-                });
+        let digest = match (self.hasher, expected) {
+            (Some(hasher), expected) => {
+                let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+                if let Some(expected) = expected {
+                    if expected != digest {
+                        return Err(StoreError::BlobCorrupt {
+                            digest: expected.to_string(),
+                            actual: digest,
+                        });
+                    }
+                }
+                digest
             }
-        }
+            (None, Some(expected)) => {
+                digest_hex(expected).map_err(|e| StoreError::Malformed {
+                    what: "a digest".into(),
+                    reason: e.to_string(),
+                })?;
+                expected.to_string()
+            }
+            (None, None) => {
+                return Err(StoreError::io(
+                    "storing a blob",
+                    io::Error::other("a blob written unhashed was committed without its digest"),
+                ))
+            }
+        };
         let file = self
             .file
             .into_inner()
@@ -699,15 +731,18 @@ impl StagedBlob {
     }
 }
 
-/// The sha256 of a layer's uncompressed tar (its diff_id, `sha256:<hex>`), reading the blob at
-/// `path` as its media type says (zstd, gzip or plain tar).
-pub fn layer_diff_id(path: &Path, media_type: &str) -> std::result::Result<String, LayerError> {
+/// A layer blob's uncompressed tar stream, reading the blob at `path` as its media type says
+/// (zstd, gzip or plain tar).
+pub fn layer_reader(
+    path: &Path,
+    media_type: &str,
+) -> std::result::Result<Box<dyn Read>, LayerError> {
     let file = File::open(path).map_err(|source| LayerError::Open {
         path: path.to_path_buf(),
         source,
     })?;
     let file = io::BufReader::with_capacity(1 << 20, file);
-    let mut reader: Box<dyn Read> =
+    Ok(
         if media_type.ends_with("+zstd") || media_type.ends_with(".zstd") {
             Box::new(zstd::stream::read::Decoder::new(file).map_err(LayerError::Decoder)?)
         } else if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
@@ -716,7 +751,14 @@ pub fn layer_diff_id(path: &Path, media_type: &str) -> std::result::Result<Strin
             Box::new(file)
         } else {
             return Err(LayerError::MediaType(media_type.to_string()));
-        };
+        },
+    )
+}
+
+/// The sha256 of a layer's uncompressed tar (its diff_id, `sha256:<hex>`), reading the blob at
+/// `path` as its media type says (zstd, gzip or plain tar).
+pub fn layer_diff_id(path: &Path, media_type: &str) -> std::result::Result<String, LayerError> {
+    let mut reader = layer_reader(path, media_type)?;
     let mut hasher = Sha256::new();
     io::copy(&mut reader, &mut hasher).map_err(|source| LayerError::Decompress {
         media_type: media_type.to_string(),

@@ -118,6 +118,13 @@ pub struct ImageConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub sealer: Option<SealerConfig>,
+    /// The image's bill of materials (CycloneDX 1.5), written by the build's last step.
+    #[serde(
+        rename = "io.sealer.sbom",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sbom: Option<Box<crate::sbom::Bom>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,22 +160,127 @@ pub struct History {
     pub empty_layer: bool,
 }
 
+/// sealer's two kinds of image: a cluster image (`kube-installer`, the default) installs a
+/// cluster and is its base image; an application image (`app-installer`) installs into a
+/// running cluster beside its base image. Spelled as sealer spells them in `sealer build
+/// --type` and in the `type` of its `sealer.image.extension` manifest annotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageType {
+    #[default]
+    KubeInstaller,
+    AppInstaller,
+}
+
+impl ImageType {
+    pub fn is_default(&self) -> bool {
+        *self == ImageType::KubeInstaller
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageType::KubeInstaller => "kube-installer",
+            ImageType::AppInstaller => "app-installer",
+        }
+    }
+}
+
+impl std::str::FromStr for ImageType {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "kube-installer" => Ok(ImageType::KubeInstaller),
+            "app-installer" => Ok(ImageType::AppInstaller),
+            other => Err(format!(
+                "{other:?} is not an image type: kube-installer (a cluster image) or app-installer (an application installed into a running cluster)"
+            )),
+        }
+    }
+}
+
+/// The manifest annotation in which sealer (v0.9+) records an image's install-time meaning.
+pub const ANNOTATION_SEALER_EXTENSION: &str = "sealer.image.extension";
+
+/// sealer's `sealer.image.extension` annotation (JSON; `pkg/define/image/v1/sealer_image.go`):
+/// the fields that mean something at install. [`crate::sealer_image`] reads it into a
+/// [`SealerConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SealerExtension {
+    #[serde(rename = "type", default)]
+    pub image_type: ImageType,
+    #[serde(default)]
+    pub applications: Vec<ExtensionApp>,
+    #[serde(default)]
+    pub launch: ExtensionLaunch,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One of `applications` in [`SealerExtension`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ExtensionApp {
+    pub name: String,
+    /// `kube`, `helm`, `shell`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, alias = "launchfiles", alias = "launchFiles")]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub cmds: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `launch` in [`SealerExtension`]: commands (`CMDS`) or apps (`LAUNCH`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ExtensionLaunch {
+    #[serde(default)]
+    pub cmds: Vec<String>,
+    #[serde(default, alias = "appNames")]
+    pub app_names: Vec<String>,
+}
+
+impl SealerExtension {
+    /// Reads the annotation's JSON; `None` when it is not a document sealer would write.
+    pub fn parse(json: &str) -> Option<SealerExtension> {
+        serde_json::from_str(json).ok()
+    }
+}
+
 /// What a cluster image means at install time, recorded by the builder.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SealerConfig {
+    /// Cluster image or application image (`sealer build --type`).
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "ImageType::is_default"
+    )]
+    pub image_type: ImageType,
     /// Install commands run on master0 in the rootfs, in order (`CMD` lines accumulate; `CMDS`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmds: Vec<String>,
     /// Apps to launch (`LAUNCH`), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub launch: Vec<String>,
+    /// ARG values at build (the default, or `--build-arg`), by name: defaults of install-time
+    /// variables, overridden by `spec.cmd_args` / `--cmd-args` and by any env.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
     /// Apps defined by `APP`/`CNI`/`CSI`, keyed by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub apps: BTreeMap<String, App>,
     /// `KUBEVERSION` constraint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_version: Option<String>,
+    /// The image's `plugins/*.yaml` after all its layers (file name to text), recorded by the
+    /// build so that a run does not decode every layer to find them; `None` for an image built
+    /// before the record existed (its layers are read instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

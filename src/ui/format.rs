@@ -17,6 +17,15 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `1 layer`, `2 layers`: a count and its noun, plural unless it is one.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// A digest cut to its algorithm and 12 hex digits (`sha256:0123456789ab`), as messages show it.
 pub fn short_digest(digest: &str) -> String {
     match digest.split_once(':') {

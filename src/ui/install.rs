@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::time::Instant;
 
-use crate::deploy::{HostOutcome, HostPlan, HostReport, InstallEvent, InstallReport};
-use crate::install::{ClusterStatus, Event, Summary};
+use crate::deploy::{
+    CheckResult, CheckState, HostOutcome, HostPlan, HostReport, InstallEvent, InstallReport,
+};
+use crate::install::{ClusterStatus, Event, PreflightReport, Summary};
 
 use super::format::{human_bytes, short_digest};
 use super::log::RunLog;
@@ -22,6 +25,8 @@ pub struct InstallView {
     log: Option<RunLog>,
     /// The report is printed as JSON on stdout; the lines go to stderr.
     json: bool,
+    /// The stage each host is in and when it started (`-v` prints how long each took).
+    stages: Mutex<HashMap<IpAddr, (String, Instant)>>,
 }
 
 impl Default for InstallView {
@@ -38,6 +43,7 @@ impl InstallView {
             hosts: Mutex::new(HashMap::new()),
             log: None,
             json: false,
+            stages: Mutex::new(HashMap::new()),
         }
     }
 
@@ -63,6 +69,40 @@ impl InstallView {
         }
     }
 
+    /// A line of detail (a stage, a step already done, what a host said): logged always,
+    /// printed unless `-q`.
+    fn detail(&self, text: String) {
+        if super::verbosity() == super::Verbosity::Quiet {
+            if let Some(log) = &self.log {
+                log.write(&text);
+            }
+            return;
+        }
+        self.line(text);
+    }
+
+    /// With `-v`: `[HOST] STAGE: 1.2 s` for the stage `host` was in, when it ends (another
+    /// starts, or the run ends: `next` is `None`).
+    fn stage_ended(&self, host: IpAddr, next: Option<&str>) {
+        let Ok(mut stages) = self.stages.lock() else {
+            return;
+        };
+        let ended = match next {
+            Some(stage) => stages.insert(host, (stage.to_string(), Instant::now())),
+            None => stages.remove(&host),
+        };
+        drop(stages);
+        if super::verbosity() != super::Verbosity::Verbose {
+            return;
+        }
+        if let Some((stage, started)) = ended {
+            self.line(format!(
+                "[{host}] {stage}: {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
     pub fn show(&self, event: Event) {
         match event {
             Event::Checking { done, total } => {
@@ -84,7 +124,7 @@ impl InstallView {
                 if let Some(log) = &self.log {
                     log.open(&summary.cluster);
                 }
-                self.line(starting_line(&summary))
+                self.detail(starting_line(&summary))
             }
             Event::Host(event) => self.host(event),
         }
@@ -92,32 +132,41 @@ impl InstallView {
 
     fn host(&self, event: InstallEvent) {
         match event {
-            InstallEvent::Stage { host, stage } => self.line(format!("[{host}] {stage}")),
+            InstallEvent::Stage { host, stage } => {
+                self.stage_ended(host, Some(&stage));
+                self.detail(format!("[{host}] {stage}"))
+            }
             InstallEvent::Skipped { host, step } => {
-                self.line(format!("[{host}] {step}: already done"))
+                self.detail(format!("[{host}] {step}: already done"))
             }
             InstallEvent::Note {
                 host: Some(host),
                 text,
-            } => self.line(format!("[{host}] {text}")),
+            } => self.detail(format!("[{host}] {text}")),
             InstallEvent::Note { host: None, text } => self.line(text),
-            InstallEvent::Sent { host, sent, total } => {
-                let Ok(mut hosts) = self.hosts.lock() else {
-                    return;
-                };
-                // A retry sends again, perhaps fewer frames: a new counter.
-                let fresh = hosts
-                    .get(&host)
-                    .is_none_or(|p| p.is_finished() || p.total() != total);
-                if fresh {
-                    hosts.insert(host, self.board.bar(format!("[{host}] sending"), total));
-                }
-                if let Some(progress) = hosts.get(&host) {
-                    progress.update(sent);
-                    if sent >= total {
-                        progress.finish();
-                    }
-                }
+            InstallEvent::Sent { host, sent, total } => self.sent(host, "sending", sent, total),
+            InstallEvent::AgentSent { host, sent, total } => self.sent(host, "agent", sent, total),
+        }
+    }
+
+    /// A host's counter of what is being sent (`agent`, then `sending` for the frames): bytes,
+    /// rate and ETA, one at a time per host.
+    fn sent(&self, host: IpAddr, what: &str, sent: u64, total: u64) {
+        let Ok(mut hosts) = self.hosts.lock() else {
+            return;
+        };
+        let label = format!("[{host}] {what}");
+        // A retry sends again, perhaps fewer frames: a new counter.
+        let fresh = hosts
+            .get(&host)
+            .is_none_or(|p| p.is_finished() || p.total() != total || p.label() != label);
+        if fresh {
+            hosts.insert(host, self.board.bar(label, total));
+        }
+        if let Some(progress) = hosts.get(&host) {
+            progress.update(sent);
+            if sent >= total {
+                progress.finish();
             }
         }
     }
@@ -127,6 +176,15 @@ impl InstallView {
     pub fn finish(&self, report: &InstallReport) {
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.clear();
+        }
+        let mut last: Vec<IpAddr> = self
+            .stages
+            .lock()
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        last.sort();
+        for host in last {
+            self.stage_ended(host, None);
         }
         let text = if self.json {
             serde_json::to_string_pretty(report).unwrap_or_else(|e| {
@@ -172,14 +230,36 @@ pub fn print_report(report: &InstallReport) {
 
 /// The per-host table and the closing sentence, as printed (after an empty line).
 fn report_text(report: &InstallReport) -> String {
-    let mut out = format!("\n{:<18} {:<14} STATUS", "HOST", "ROLES");
-    for host in &report.hosts {
+    let names: Vec<String> = report
+        .hosts
+        .iter()
+        .map(|h| h.address().to_string())
+        .collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0).max(18);
+    let mut out = format!("\n{:<width$} {:<14} STATUS", "HOST", "ROLES");
+    for (host, name) in report.hosts.iter().zip(&names) {
         out.push_str(&format!(
-            "\n{:<18} {:<14} {}",
-            host.ip,
+            "\n{name:<width$} {:<14} {}",
             host.roles.join(","),
             status(host, report.done)
         ));
+    }
+    let waits: Vec<String> = report
+        .hosts
+        .iter()
+        .zip(&names)
+        .flat_map(|(host, name)| {
+            host.waited.iter().map(move |w| {
+                format!(
+                    "\n  {name}: {} waited {:.1}s for {}",
+                    w.step, w.seconds, w.waited_for
+                )
+            })
+        })
+        .collect();
+    if !waits.is_empty() {
+        out.push_str("\n\nWaited on other hosts:");
+        waits.iter().for_each(|w| out.push_str(w));
     }
     if let Some(why) = &report.cluster_stages_skipped {
         out.push_str(&format!("\n\n{why}"));
@@ -202,19 +282,73 @@ fn report_text(report: &InstallReport) -> String {
     out
 }
 
-/// A host's STATUS column: `installed (N steps, N already done, SIZE sent)` (or `joined`,
-/// `removed`, `rolled back`), `up to date`, or `FAILED: why`.
+/// A host's STATUS column: `installed (N steps, N already done, SIZE sent, agent SIZE)` (or
+/// `joined`, `removed`, `rolled back`), with `SIZE sent of SIZE, SIZE reused` when the host
+/// kept some of the frames its tree needed; `up to date`, or `FAILED: why`. The agent's upload
+/// is part of the bytes sent; `agent 0 B` when the host had it. A registry host says how many
+/// container images were already served (`N already done, 2 container images already served,
+/// …`; `up to date (3 container images already served)`).
 fn status(host: &HostReport, done: &str) -> String {
+    let served = match host.images_served {
+        0 => None,
+        1 => Some("1 container image already served".to_string()),
+        n => Some(format!("{n} container images already served")),
+    };
+    let reused = if host.bytes_reused > 0 {
+        format!(
+            " of {}, {} reused",
+            human_bytes(host.bytes_needed),
+            human_bytes(host.bytes_reused)
+        )
+    } else {
+        String::new()
+    };
     match &host.outcome {
         HostOutcome::Installed => format!(
-            "{done} ({} steps, {} already done, {} sent)",
-            host.steps_run,
+            "{done} ({}, {} already done{}, {} sent{reused}{}{})",
+            super::format::count(host.steps_run, "step"),
             host.steps_skipped,
-            human_bytes(host.bytes_sent)
+            served
+                .as_ref()
+                .map(|s| format!(", {s}"))
+                .unwrap_or_default(),
+            human_bytes(host.bytes_sent),
+            host.agent_bytes_sent
+                .map(|b| format!(", agent {}", human_bytes(b)))
+                .unwrap_or_default(),
+            through_bastion(host)
         ),
-        HostOutcome::UpToDate => "up to date".to_string(),
+        HostOutcome::UpToDate => format!(
+            "up to date{}{}",
+            served
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
+            through_bastion(host)
+        ),
         HostOutcome::Failed(reason) => format!("FAILED: {reason}"),
     }
+}
+
+/// `, via bastion root@10.0.0.1 (12.3 MiB through it)`, or nothing for a direct host.
+fn through_bastion(host: &HostReport) -> String {
+    match &host.bastion {
+        Some(bastion) => format!(
+            ", via bastion {bastion}: {} through it",
+            human_bytes(host.bastion_bytes)
+        ),
+        None => String::new(),
+    }
+}
+
+/// How a table names a host: `10.0.0.2`, `10.0.0.2:2222`, `node1 (10.0.0.2)`.
+fn shown(ip: IpAddr, name: &Option<String>, port: u16) -> String {
+    crate::address::HostAddress {
+        ip,
+        name: name.clone(),
+        port: Some(port),
+    }
+    .to_string()
 }
 
 /// The dry run: per host what would be sent and which steps would run or be skipped, then one
@@ -236,9 +370,21 @@ pub fn print_plan(summary: &Summary, plans: &[HostPlan]) {
                 plan.steps.len()
             ),
         };
-        println!("{:<18} {:<14} {would}", plan.ip, plan.roles.join(","));
-        for problem in &plan.problems {
-            println!("{:<33} preflight would refuse: {problem}", "");
+        println!(
+            "{:<18} {:<14} {would}",
+            shown(plan.ip, &plan.name, plan.port),
+            plan.roles.join(",")
+        );
+        for check in &plan.checks {
+            let line = match check.state {
+                CheckState::Failed => format!("preflight would refuse: {}", check.message()),
+                CheckState::Ignored => format!("preflight ignored: {}", check.message()),
+                CheckState::Passed => format!("preflight {:<9} ok: {}", check.check, check.found),
+                CheckState::Skipped => {
+                    format!("preflight {:<9} skipped: {}", check.check, check.found)
+                }
+            };
+            println!("{:<33} {line}", "");
         }
         for step in &plan.steps {
             let what = if step.run { "run " } else { "skip" };
@@ -265,6 +411,70 @@ pub fn print_plan(summary: &Summary, plans: &[HostPlan]) {
     }
 }
 
+/// `sealer check`: a row per host and check (host, check, result, what to do), then a line
+/// saying whether an install would start.
+pub fn print_checks(report: &PreflightReport) {
+    println!(
+        "Preflight of {} for cluster {}: {} host(s); nothing is changed",
+        report.image,
+        report.cluster,
+        report.hosts.len()
+    );
+    println!(
+        "\n{:<18} {:<9} {:<7} FOUND / WHAT TO DO",
+        "HOST", "CHECK", "RESULT"
+    );
+    for host in &report.hosts {
+        if let Some(why) = &host.unreachable {
+            println!(
+                "{:<18} {:<9} {:<7} {why}",
+                shown(host.ip, &host.name, host.port),
+                "connect",
+                "FAILED"
+            );
+            continue;
+        }
+        for check in &host.checks {
+            println!(
+                "{}",
+                check_row(&shown(host.ip, &host.name, host.port), check)
+            );
+        }
+    }
+    let failed = report
+        .hosts
+        .iter()
+        .filter(|h| {
+            h.unreachable.is_some() || h.checks.iter().any(|c| c.state == CheckState::Failed)
+        })
+        .count();
+    if failed == 0 {
+        println!(
+            "\nEvery check passed on {} host(s): an install would start.",
+            report.hosts.len()
+        );
+    } else {
+        println!(
+            "\nPreflight fails on {failed} of {} host(s): an install would refuse to start.",
+            report.hosts.len()
+        );
+    }
+}
+
+fn check_row(host: &str, check: &CheckResult) -> String {
+    let result = match check.state {
+        CheckState::Passed => "ok",
+        CheckState::Failed => "FAILED",
+        CheckState::Ignored => "ignored",
+        CheckState::Skipped => "skipped",
+    };
+    let mut row = format!("{host:<18} {:<9} {result:<7} {}", check.check, check.found);
+    if let (Some(fix), CheckState::Failed | CheckState::Ignored) = (&check.fix, check.state) {
+        row.push_str(&format!("\n{:<36} -> {fix}", ""));
+    }
+    row
+}
+
 /// `sealer status`: one line per host, then who is changing the cluster, if anyone.
 pub fn print_status(status: &ClusterStatus) {
     println!("Cluster {}", status.cluster);
@@ -281,7 +491,11 @@ pub fn print_status(status: &ClusterStatus) {
                 format!("{} done", h.steps_done),
             ),
         };
-        let mut line = format!("{:<18} {:<14} {image:<24} {steps}", h.ip, h.roles.join(","));
+        let mut line = format!(
+            "{:<18} {:<14} {image:<24} {steps}",
+            shown(h.ip, &h.name, h.port),
+            h.roles.join(",")
+        );
         if h.frames_spooled > 0 {
             line.push_str(&format!(
                 ", {} frames received and not yet unpacked",
@@ -292,9 +506,64 @@ pub fn print_status(status: &ClusterStatus) {
             line.push_str(&format!("; last install from here: {result}"));
         }
         println!("{}", line.trim_end());
+        for app in &host.apps {
+            let image = app
+                .image
+                .clone()
+                .unwrap_or_else(|| format!("payload {}", short_digest(&app.payload)));
+            println!(
+                "{:<18} {:<14} {image:<24} application (apps/{})",
+                "", "", app.app
+            );
+        }
     }
     match &status.changing {
         Some(holder) => println!("\nBeing changed now by {holder}."),
         None => println!("\nNo command is changing the cluster from this machine."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn host(outcome: HostOutcome, images_served: usize) -> HostReport {
+        HostReport {
+            ip: "10.0.0.1".parse().unwrap(),
+            name: None,
+            port: 22,
+            bastion: None,
+            bastion_bytes: 0,
+            roles: vec!["master".into()],
+            outcome,
+            system: None,
+            bytes_sent: 2048,
+            agent_bytes_sent: Some(0),
+            bytes_needed: 0,
+            bytes_reused: 0,
+            images_served,
+            images_checked: 1,
+            steps_run: 2,
+            steps_skipped: 4,
+            waited: Vec::new(),
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_registry_host_row_says_how_many_container_images_were_already_served() {
+        assert_eq!(
+            status(&host(HostOutcome::Installed, 3), "installed"),
+            "installed (2 steps, 4 already done, 3 container images already served, 2.0 KiB sent, agent 0 B)"
+        );
+        assert_eq!(
+            status(&host(HostOutcome::UpToDate, 1), "installed"),
+            "up to date (1 container image already served)"
+        );
+        assert_eq!(
+            status(&host(HostOutcome::UpToDate, 0), "installed"),
+            "up to date"
+        );
     }
 }

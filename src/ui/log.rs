@@ -13,7 +13,51 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Flags whose value is a secret; their value is written as `***`.
-const SECRET_FLAGS: &[&str] = &["-p", "--passwd", "--password", "--pk-passwd"];
+const SECRET_FLAGS: &[&str] = &[
+    "-p",
+    "--passwd",
+    "--password",
+    "--pk-passwd",
+    "--bastion-passwd",
+    "--bastion-pk-passwd",
+];
+
+/// The password flags given on a command line (`-p` only for the verbs where it is the SSH
+/// password: not `login`, whose `-p` warns by itself).
+pub fn secret_flags_given(args: &[String]) -> Vec<&'static str> {
+    let mut given = Vec::new();
+    for arg in args {
+        if arg == "--" {
+            break;
+        }
+        let flag = SECRET_FLAGS.iter().find(|f| {
+            arg == **f
+                || arg.starts_with(&format!("{f}="))
+                || (**f == "-p" && arg.starts_with("-p") && !arg.starts_with("--"))
+        });
+        if let Some(flag) = flag {
+            if !given.contains(flag) {
+                given.push(*flag);
+            }
+        }
+    }
+    given
+}
+
+/// Warn on stderr when a password is on the command line (other users see it in the process
+/// list), naming the environment variables and the prompt that keep it out.
+pub fn warn_secrets_on_command_line(args: &[String]) {
+    let given = secret_flags_given(args);
+    if given.is_empty() || args.first().map(String::as_str) == Some("login") {
+        return;
+    }
+    eprintln!(
+        "warning: {} on the command line: other users of this machine can read it in the process \
+         list; use $SEALER_SSH_PASSWORD / $SEALER_SSH_KEY_PASSPHRASE, a Clusterfile, or run on a \
+         terminal without it to be asked",
+        given.join(", ")
+    );
+}
 
 /// The command line as one string with the value of every password flag replaced by `***`
 /// (`-p VALUE`, `-pVALUE`, `--passwd VALUE`, `--passwd=VALUE`, ...).

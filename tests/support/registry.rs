@@ -37,6 +37,8 @@ pub const TOKEN_ISSUER: &str = "sealer-test-issuer";
 
 pub struct TestRegistry {
     child: Option<Child>,
+    /// The address it listens on (127.0.0.1 unless launched with [`TestRegistry::launch_at`]).
+    pub ip: String,
     pub port: u16,
     dir: tempfile::TempDir,
 }
@@ -69,12 +71,17 @@ impl TestRegistry {
     }
 
     pub fn launch(auth: Auth, tls: Option<(&Path, &Path)>) -> TestRegistry {
+        Self::launch_at(auth, tls, "127.0.0.1")
+    }
+
+    /// Listening on `ip` (e.g. a testbed's bridge address, which its hosts reach).
+    pub fn launch_at(auth: Auth, tls: Option<(&Path, &Path)>, ip: &str) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+             http:\n  addr: {ip}:{port}\n",
             dir.path().join("data").display()
         );
         if let Some((cert, key)) = tls {
@@ -107,6 +114,7 @@ impl TestRegistry {
         fs::write(dir.path().join("config.yml"), config).unwrap();
         let mut registry = TestRegistry {
             child: None,
+            ip: ip.to_string(),
             port,
             dir,
         };
@@ -123,7 +131,15 @@ impl TestRegistry {
             .spawn()
             .expect("docker-registry (apt-get install docker-registry)");
         self.child = Some(child);
-        wait_for_port(self.port);
+        let address = format!("{}:{}", self.ip, self.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {address} after 20 s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill(&mut self) {
@@ -134,7 +150,7 @@ impl TestRegistry {
     }
 
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Where the registry keeps a blob (`docker/registry/v2/blobs/sha256/XX/HEX/data`), for tests

@@ -243,6 +243,13 @@ pub fn write(path: &Path, content: &[u8]) {
     fs::write(path, content).unwrap();
 }
 
+/// Writes `text` to `dir/name`; that path.
+pub fn write_in(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    write(&path, text.as_bytes());
+    path
+}
+
 /// Runs the tool `cmd ARGS`, which must succeed; its stdout.
 pub fn tool(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)

@@ -424,6 +424,69 @@ impl Testbed {
         self.host_op("shape", host, &["off"]).map(drop)
     }
 
+    /// Drops every packet the host sends to this machine (the installer), so a connection
+    /// from here times out while the other hosts of the bridge still reach it: the host is
+    /// then reachable only through a jump host. A `prohibit` route inside the host's namespace.
+    pub fn block_installer(&self, host: &TestHost) -> Result<()> {
+        self.installer_route(host, "replace")
+    }
+
+    /// Undoes [`Testbed::block_installer`].
+    pub fn unblock_installer(&self, host: &TestHost) -> Result<()> {
+        self.installer_route(host, "del")
+    }
+
+    fn installer_route(&self, host: &TestHost, verb: &str) -> Result<()> {
+        let gateway = format!("{}/32", self.gateway);
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                host.netns.as_str(),
+                "route",
+                verb,
+                "prohibit",
+                &gateway,
+            ])
+            .output()
+            .map_err(|e| TestbedError::Other(format!("running ip: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(TestbedError::Script {
+                command: format!("ip -n {} route {verb} prohibit {gateway}", host.netns),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
+        }
+    }
+
+    /// Starts a second sshd on the host listening on `port` only (same keys and users) and
+    /// waits until it accepts connections. [`Testbed::kill_sshd`] stops it too.
+    pub fn start_sshd_on_port(&self, host: &TestHost, port: u16) -> Result<()> {
+        let out = self.exec(
+            host,
+            &format!("mkdir -p /run/sshd; /usr/sbin/sshd -p {port} -o PidFile=/run/sshd-{port}.pid -E /var/log/sshd-{port}.log"),
+        )?;
+        if !out.status.success() {
+            return Err(TestbedError::Other(format!(
+                "starting sshd on port {port} of {host}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let addr = std::net::SocketAddr::from((host.ip, port));
+        for _ in 0..100 {
+            if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(TestbedError::Other(format!(
+            "sshd on port {port} of {host} does not accept connections"
+        )))
+    }
+
     /// Gives the host new host keys and restarts its sshd (for changed-host-key tests).
     pub fn regen_hostkey(&self, host: &TestHost) -> Result<()> {
         self.host_op("regen-hostkey", host, &[]).map(drop)
@@ -444,6 +507,28 @@ impl Testbed {
             .args(["exec", self.name.as_str(), &host.index.to_string(), cmd])
             .output()
             .map_err(|e| TestbedError::Other(format!("running {}: {e}", script_path().display())))
+    }
+
+    /// The stdout of `cmd` run inside the host (as [`Testbed::exec`]); panics, with the
+    /// command's output, when it cannot run or fails.
+    pub fn stdout_of(&self, host: &TestHost, cmd: &str) -> String {
+        let out = self
+            .exec(host, cmd)
+            .unwrap_or_else(|e| panic!("on {host}: `{cmd}`: {e}"));
+        assert!(
+            out.status.success(),
+            "on {host}: `{cmd}` failed:\n{}",
+            super::store::both(&out)
+        );
+        super::store::text(&out.stdout)
+    }
+
+    /// Whether `path` exists on the host.
+    pub fn has_path(&self, host: &TestHost, path: &str) -> bool {
+        self.exec(host, &format!("test -e '{path}'"))
+            .unwrap_or_else(|e| panic!("on {host}: looking for {path}: {e}"))
+            .status
+            .success()
     }
 
     /// Tears the testbed down now, reporting failure (`Drop` does the same silently).
@@ -475,4 +560,79 @@ impl Drop for Testbed {
             eprintln!("tearing down testbed {}: {e}", self.name);
         }
     }
+}
+
+/// The test file's one testbed of `hosts` hosts, brought up by the first test that asks for it
+/// and shared by the file's tests (`None` where testbeds cannot run here, as
+/// [`Testbed::up_for_test`]). Statics are never dropped, so it is torn down when the test
+/// process exits (kept with `SEALER_TESTBED_KEEP`).
+pub fn shared(hosts: usize) -> Option<&'static Testbed> {
+    static BED: std::sync::OnceLock<Option<Testbed>> = std::sync::OnceLock::new();
+    let bed = BED
+        .get_or_init(|| {
+            let bed = Testbed::up_for_test(hosts)?;
+            let _ = SHARED_NAME.set(bed.name().to_string());
+            // SAFETY: registers a plain extern "C" function without captured state.
+            unsafe { libc::atexit(tear_down_shared) };
+            Some(bed)
+        })
+        .as_ref()?;
+    assert_eq!(
+        bed.hosts().len(),
+        hosts,
+        "the file's shared testbed has another size"
+    );
+    Some(bed)
+}
+
+static SHARED_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+extern "C" fn tear_down_shared() {
+    if std::env::var_os("SEALER_TESTBED_KEEP").is_some() {
+        return;
+    }
+    if let Some(name) = SHARED_NAME.get() {
+        let _ = Command::new("bash")
+            .arg(script_path())
+            .args(["down", "--name", name])
+            .output();
+    }
+}
+
+/// Pids of processes whose command line (`/proc/PID/cmdline`, one string per argument)
+/// satisfies `matches`. The testbed hosts' pid namespaces are children of this machine's, so
+/// their processes are found here too.
+pub fn pids_where(matches: impl Fn(&[String]) -> bool) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if matches(&args) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits up to `limit` for `done`, checking every 100 ms; true when it happened.
+pub fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    done()
 }

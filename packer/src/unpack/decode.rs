@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -61,16 +62,30 @@ pub(super) fn frame_error(
     }
 }
 
-/// Read a frame's compressed bytes and check them against the index.
+/// Read a frame's compressed bytes and check them against the index, unless the source holds
+/// a verdict on exactly these bytes (they were hashed by a check before the extraction and the
+/// file provably has not changed since; [`ByteSource::checked`]). `hashed` counts the frames
+/// hashed here.
+///
+/// [`ByteSource::checked`]: crate::source::ByteSource::checked
 pub(super) fn verified_bytes<'a>(
     layer: &'a LayerInput<'a>,
     index: usize,
+    hashed: &AtomicU64,
 ) -> Result<Cow<'a, [u8]>, UnpackError> {
     let frame = &layer.frames[index];
+    let offset = layer.base + frame.offset;
     let bytes = layer
         .source
-        .bytes(layer.base + frame.offset, frame.compressed_len)
+        .bytes(offset, frame.compressed_len)
         .map_err(|e| frame_error(layer, index, FrameProblem::Unreadable(e)))?;
+    if layer
+        .source
+        .checked(offset, frame.compressed_len, &frame.sha256)
+    {
+        return Ok(bytes);
+    }
+    hashed.fetch_add(1, Ordering::Relaxed);
     let actual = hex::encode(Sha256::digest(&bytes));
     if !actual.eq_ignore_ascii_case(&frame.sha256) {
         return Err(frame_error(
@@ -85,9 +100,13 @@ pub(super) fn verified_bytes<'a>(
     Ok(bytes)
 }
 
-/// Decoded-frame buffers handed back by the parser for reuse, so each frame does not fault in
-/// fresh pages.
-pub(super) type Spare = Mutex<Vec<Vec<u8>>>;
+/// What the decoding threads share: decoded-frame buffers handed back by the parser for
+/// reuse, so each frame does not fault in fresh pages, and the count of frames hashed.
+#[derive(Default)]
+pub(super) struct Spare {
+    buffers: Mutex<Vec<Vec<u8>>>,
+    pub(super) hashed: AtomicU64,
+}
 
 pub(super) fn decode_frame(
     layer: &LayerInput<'_>,
@@ -95,9 +114,10 @@ pub(super) fn decode_frame(
     spare: &Spare,
 ) -> Result<Vec<u8>, UnpackError> {
     let frame = &layer.frames[index];
-    let bytes = verified_bytes(layer, index)?;
+    let bytes = verified_bytes(layer, index, &spare.hashed)?;
     let expected = frame.uncompressed_len;
     let mut data = spare
+        .buffers
         .lock()
         .ok()
         .and_then(|mut s| s.pop())
@@ -175,7 +195,7 @@ impl<'s, 'a> Pipeline<'s, 'a> {
                 }),
             },
             Some(Slot::Inline(index)) => {
-                let bytes = verified_bytes(input, index)?;
+                let bytes = verified_bytes(input, index, &self.spare.hashed)?;
                 let reader = codec::frame_reader(input.compression, bytes)
                     .map_err(|problem| frame_error(input, index, problem))?;
                 Ok(Chunk::Stream {
@@ -275,7 +295,7 @@ impl<'a> LayerReader<'_, '_, 'a> {
     }
 
     pub(super) fn recycle(&mut self, buffer: Vec<u8>) {
-        if let Ok(mut spare) = self.pipeline.spare.lock() {
+        if let Ok(mut spare) = self.pipeline.spare.buffers.lock() {
             if spare.len() <= self.pipeline.window {
                 spare.push(buffer);
             }

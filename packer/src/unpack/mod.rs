@@ -2,11 +2,12 @@
 //!
 //! [`unpack`] turns an ordered list of layers — each a sequence of compressed frames with known
 //! sha256 and lengths — into a directory tree: `app.run extract`, remote unpack on hosts, `load`
-//! and the image builder all call it. Frames are verified before they are decoded, decoded in
-//! parallel on the rayon pool into a bounded in-order window, parsed by one thread, and small
-//! files are written by a pool of writer threads. Layers are applied in order with OCI whiteouts.
-//! Everything is extracted into a staging directory beside the destination and renamed into
-//! place at the end, so a failure never leaves a half-written tree behind.
+//! and the image builder all call it. Frames are verified before they are decoded (hashed here,
+//! or covered by the verdict of a check made just before, whose file provably has not changed
+//! since), decoded in parallel on the rayon pool into a bounded in-order window, parsed by one
+//! thread, and small files are written by a pool of writer threads. Layers are applied in order
+//! with OCI whiteouts. Everything is extracted into a staging directory beside the destination
+//! and renamed into place at the end, so a failure never leaves a half-written tree behind.
 //!
 //! It refuses entries that could reach outside the destination (absolute paths, `..`, symlinks
 //! or hard links that lead outside, writing through a symlink) and device files unless running
@@ -32,7 +33,7 @@ pub use crate::codec::{check_frame_content, Compression, FrameCheck, FrameProble
 
 use decode::{LayerReader, Pipeline, Spare};
 use pool::WriterPool;
-use sys::is_root;
+use sys::{is_root, Owners};
 use tree::{Applied, Tree};
 
 use crate::frames::{scan_frames, Frame};
@@ -93,6 +94,9 @@ pub struct UnpackReport {
     pub tar_bytes: u64,
     /// Bytes of regular-file content written.
     pub file_bytes: u64,
+    /// Frames whose sha256 this extraction checked (the others were checked before it, by a
+    /// check whose verdict their source still holds: [`ByteSource::checked`]).
+    pub frames_hashed: u64,
 }
 
 /// Why a tar entry was refused or could not be written.
@@ -296,11 +300,12 @@ fn unpack_into(
     let decode_threads = rayon::current_num_threads().max(1);
     let window = (2 * decode_threads).max(2);
     std::thread::scope(|threads| {
-        let pool = WriterPool::start(threads, writers, options.ownership);
+        let owners = Owners::under(root, options.ownership);
+        let pool = WriterPool::start(threads, writers, owners);
         let spare = Spare::default();
         let result = rayon::in_place_scope(|scope| {
             let mut pipeline = Pipeline::new(scope, layers, window, &spare);
-            let mut tree = Tree::new(root, options, &pool);
+            let mut tree = Tree::new(root, options, &pool, owners);
             for (index, layer) in layers.iter().enumerate() {
                 apply_layer(&mut pipeline, &mut tree, index, layer)?;
                 pool.drain()?;
@@ -316,7 +321,9 @@ fn unpack_into(
                 });
             }
             tree.finish()?;
-            Ok(tree.report)
+            let mut report = tree.report.clone();
+            report.frames_hashed = spare.hashed.load(std::sync::atomic::Ordering::Relaxed);
+            Ok(report)
         });
         pool.stop();
         result

@@ -1,11 +1,19 @@
 //! The writer pool: small files are created, written and closed on worker threads, in batches
 //! under a byte budget. It writes what the tree hands it; it decides nothing about paths.
+//!
+//! A batch holds files of one directory, and every batch of a directory goes to the same
+//! worker. Creating a file takes its directory's lock in the kernel: two workers creating in
+//! one directory would only take turns, and the one waiting spins on the lock (a quarter of
+//! an extraction's CPU on a 2-CPU machine, measured with `perf`), while workers on different
+//! directories do not meet.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
-use super::sys::{create_file, finish_file, Meta};
+use super::sys::{create_file, finish_file, Meta, Owners};
 use super::{EntryProblem, UnpackError};
 
 /// Bytes of file content queued for the writer pool at most.
@@ -32,14 +40,23 @@ pub(super) struct PoolState {
 pub(super) const BATCH_FILES: usize = 32;
 pub(super) const BATCH_BYTES: usize = 1 << 20;
 
+/// Files of one directory, written by one worker.
 #[derive(Default)]
 pub(super) struct Batch {
     pub(super) jobs: Vec<FileJob>,
     pub(super) bytes: usize,
 }
 
+impl Batch {
+    /// The directory of the batch's files.
+    fn dir(&self) -> Option<&Path> {
+        self.jobs.first().and_then(|job| job.path.parent())
+    }
+}
+
 pub(super) struct WriterPool {
-    pub(super) jobs: Mutex<Option<mpsc::Sender<Batch>>>,
+    /// One queue per worker; a directory's batches always take the same one.
+    pub(super) jobs: Mutex<Option<Vec<mpsc::Sender<Batch>>>>,
     /// Files collected by the parsing thread, not yet sent (only that thread touches it).
     pub(super) batch: Mutex<Batch>,
     pub(super) state: Arc<(Mutex<PoolState>, Condvar)>,
@@ -49,23 +66,19 @@ impl WriterPool {
     pub(super) fn start<'scope>(
         threads: &'scope std::thread::Scope<'scope, '_>,
         workers: usize,
-        ownership: bool,
+        owners: Owners,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<Batch>();
-        let rx = Arc::new(Mutex::new(rx));
         let state: Arc<(Mutex<PoolState>, Condvar)> = Arc::default();
-        for _ in 0..workers {
-            let rx = Arc::clone(&rx);
+        let mut senders = Vec::with_capacity(workers.max(1));
+        for _ in 0..workers.max(1) {
+            let (tx, rx) = mpsc::channel::<Batch>();
+            senders.push(tx);
             let state = Arc::clone(&state);
             threads.spawn(move || loop {
-                let batch = match rx.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(_) => return,
-                };
-                let Ok(batch) = batch else { return };
+                let Ok(batch) = rx.recv() else { return };
                 let mut failure = None;
                 for job in batch.jobs {
-                    if let Err(e) = write_whole(&job.path, &job.data, job.meta, ownership) {
+                    if let Err(e) = write_whole(&job.path, &job.data, job.meta, owners) {
                         failure = Some(UnpackError::Entry {
                             layer: job.layer,
                             path: job.shown,
@@ -88,7 +101,7 @@ impl WriterPool {
             });
         }
         WriterPool {
-            jobs: Mutex::new(Some(tx)),
+            jobs: Mutex::new(Some(senders)),
             batch: Mutex::new(Batch::default()),
             state,
         }
@@ -102,23 +115,29 @@ impl WriterPool {
     }
 
     pub(super) fn submit(&self, job: FileJob) -> Result<(), UnpackError> {
-        let full = {
+        let (other_dir, full) = {
             let mut batch = match self.batch.lock() {
                 Ok(b) => b,
                 Err(poisoned) => poisoned.into_inner(),
             };
+            // A file of another directory starts a new batch.
+            let other_dir = match batch.dir() {
+                Some(dir) if Some(dir) != job.path.parent() => Some(std::mem::take(&mut *batch)),
+                _ => None,
+            };
             batch.bytes += job.data.len();
             batch.jobs.push(job);
-            if batch.jobs.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES {
+            let full = if batch.jobs.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES {
                 Some(std::mem::take(&mut *batch))
             } else {
                 None
-            }
+            };
+            (other_dir, full)
         };
-        match full {
-            Some(batch) => self.send(batch),
-            None => Ok(()),
+        for batch in other_dir.into_iter().chain(full) {
+            self.send(batch)?;
         }
+        Ok(())
     }
 
     pub(super) fn send(&self, batch: Batch) -> Result<(), UnpackError> {
@@ -142,10 +161,14 @@ impl WriterPool {
             st.queued_bytes += batch.bytes;
             st.pending += 1;
         }
+        let mut hasher = DefaultHasher::new();
+        batch.dir().hash(&mut hasher);
+        let lane = hasher.finish() as usize;
         let sent = match self.jobs.lock() {
             Ok(jobs) => jobs
                 .as_ref()
-                .map(|tx| tx.send(batch).is_ok())
+                .filter(|senders| !senders.is_empty())
+                .map(|senders| senders[lane % senders.len()].send(batch).is_ok())
                 .unwrap_or(false),
             Err(_) => false,
         };
@@ -186,8 +209,8 @@ impl WriterPool {
     }
 }
 
-pub(super) fn write_whole(path: &Path, data: &[u8], meta: Meta, ownership: bool) -> io::Result<()> {
+pub(super) fn write_whole(path: &Path, data: &[u8], meta: Meta, owners: Owners) -> io::Result<()> {
     let mut file = create_file(path, meta.mode)?;
     file.write_all(data)?;
-    finish_file(&file, meta, ownership)
+    finish_file(&file, meta, owners)
 }

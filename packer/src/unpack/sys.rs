@@ -55,9 +55,46 @@ pub(super) fn create_file(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
-pub(super) fn finish_file(file: &File, meta: Meta, ownership: bool) -> io::Result<()> {
+/// Who owns the files an extraction creates.
+#[derive(Clone, Copy)]
+pub(super) struct Owners {
+    /// Owners come from the tar headers.
+    pub(super) restore: bool,
+    /// The owner a new file gets from the kernel: this process's user, and its group or the
+    /// group of the set-group-ID directory it is created in. Files the headers give this owner
+    /// need no `fchown` (most of a root filesystem extracted as root).
+    pub(super) created: Option<(u64, u64)>,
+}
+
+impl Owners {
+    /// For files created under `root` (the staging directory: everything below it is made by
+    /// the extraction with plain modes, so it is set-group-ID only if `root` inherited that
+    /// from its parent).
+    pub(super) fn under(root: &Path, restore: bool) -> Owners {
+        use std::os::unix::fs::MetadataExt;
+        let created = fs::metadata(root).ok().map(|meta| {
+            // SAFETY: plain getters.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            let gid = if meta.mode() & libc::S_ISGID != 0 {
+                meta.gid()
+            } else {
+                gid
+            };
+            (u64::from(uid), u64::from(gid))
+        });
+        Owners { restore, created }
+    }
+
+    fn need_chown(&self, meta: &Meta) -> bool {
+        self.restore && self.created != Some((meta.uid, meta.gid))
+    }
+}
+
+pub(super) fn finish_file(file: &File, meta: Meta, owners: Owners) -> io::Result<()> {
     let fd = file.as_raw_fd();
-    if ownership && unsafe { libc::fchown(fd, meta.uid as u32, meta.gid as u32) } != 0 {
+    if owners.need_chown(&meta)
+        && unsafe { libc::fchown(fd, meta.uid as u32, meta.gid as u32) } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     if !mode_survives_creation(meta.mode) && unsafe { libc::fchmod(fd, meta.mode) } != 0 {
@@ -74,7 +111,7 @@ pub(super) fn write_streamed(
     path: &Path,
     entry: &mut impl Read,
     meta: Meta,
-    ownership: bool,
+    owners: Owners,
 ) -> Result<(), StreamError> {
     let mut file = create_file(path, meta.mode).map_err(StreamError::Write)?;
     let mut buf = vec![0u8; STREAM_BUF];
@@ -85,7 +122,7 @@ pub(super) fn write_streamed(
         }
         file.write_all(&buf[..n]).map_err(StreamError::Write)?;
     }
-    finish_file(&file, meta, ownership).map_err(StreamError::Write)
+    finish_file(&file, meta, owners).map_err(StreamError::Write)
 }
 
 pub(super) fn timespec(secs: u64) -> libc::timespec {

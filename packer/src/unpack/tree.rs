@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::pool::{FileJob, WriterPool};
-use super::sys::{lchown, mknod, set_times, write_streamed, Meta, StreamError};
+use super::sys::{lchown, mknod, set_times, write_streamed, Meta, Owners, StreamError};
 use super::{io_err, EntryProblem, UnpackError, UnpackOptions, UnpackReport};
 
 /// Files up to this size are handed whole to the writer pool; larger ones are streamed.
@@ -26,6 +26,8 @@ pub(super) struct Tree<'o, 'p> {
     pub(super) root: PathBuf,
     pub(super) options: &'o UnpackOptions<'o>,
     pub(super) pool: &'p WriterPool,
+    /// Who owns the files written.
+    pub(super) owners: Owners,
     pub(super) layer_label: String,
     /// Relative paths known to be real directories (not symlinks) right now.
     pub(super) dirs: HashSet<PathBuf>,
@@ -38,6 +40,9 @@ pub(super) struct Tree<'o, 'p> {
     /// Paths written by the current layer (opaque whiteouts spare them; rewriting one waits
     /// for the writer pool).
     pub(super) this_layer: HashSet<PathBuf>,
+    /// Files handed to the writer pool since it was last drained: a hard link to one of them
+    /// waits for the pool, a hard link to anything else does not.
+    pub(super) queued: HashSet<PathBuf>,
     pub(super) symlinks: Vec<PathBuf>,
     pub(super) report: UnpackReport,
 }
@@ -70,18 +75,25 @@ pub(super) fn entry_meta(header: &tar::Header) -> io::Result<Meta> {
 }
 
 impl<'o, 'p> Tree<'o, 'p> {
-    pub(super) fn new(root: &Path, options: &'o UnpackOptions<'o>, pool: &'p WriterPool) -> Self {
+    pub(super) fn new(
+        root: &Path,
+        options: &'o UnpackOptions<'o>,
+        pool: &'p WriterPool,
+        owners: Owners,
+    ) -> Self {
         let mut dirs = HashSet::new();
         dirs.insert(PathBuf::new());
         Tree {
             root: root.to_path_buf(),
             options,
             pool,
+            owners,
             layer_label: String::new(),
             dirs,
             known: HashSet::new(),
             dir_meta: HashMap::new(),
             this_layer: HashSet::new(),
+            queued: HashSet::new(),
             symlinks: Vec::new(),
             report: UnpackReport::default(),
         }
@@ -89,6 +101,7 @@ impl<'o, 'p> Tree<'o, 'p> {
 
     pub(super) fn end_layer(&mut self) {
         self.this_layer.clear();
+        self.queued.clear();
     }
 
     pub(super) fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), Applied> {
@@ -123,7 +136,7 @@ impl<'o, 'p> Tree<'o, 'p> {
         }
 
         if self.this_layer.contains(&rel) {
-            self.pool.drain().map_err(Applied::Failed)?;
+            self.drain_pool().map_err(Applied::Failed)?;
         }
         self.ensure_parent(&rel).map_err(refuse)?;
         let full = self.root.join(&rel);
@@ -147,6 +160,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                 if size <= POOL_FILE_MAX {
                     let mut data = Vec::with_capacity(size as usize);
                     entry.read_to_end(&mut data).map_err(Applied::Tar)?;
+                    self.queued.insert(rel.clone());
                     self.pool
                         .submit(FileJob {
                             path: full,
@@ -157,7 +171,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                         })
                         .map_err(Applied::Failed)?;
                 } else {
-                    write_streamed(&full, &mut entry, meta, ownership).map_err(|e| match e {
+                    write_streamed(&full, &mut entry, meta, self.owners).map_err(|e| match e {
                         StreamError::Read(e) => Applied::Tar(e),
                         StreamError::Write(e) => refuse(EntryProblem::Io(e)),
                     })?;
@@ -203,7 +217,9 @@ impl<'o, 'p> Tree<'o, 'p> {
                     other => refuse(other),
                 })?;
                 // The target may still sit in the writer queue.
-                self.pool.drain().map_err(Applied::Failed)?;
+                if self.queued.contains(&target) {
+                    self.drain_pool().map_err(Applied::Failed)?;
+                }
                 let source = self.root.join(&target);
                 if fs::symlink_metadata(&source).is_err() {
                     return Err(refuse(EntryProblem::HardLinkMissing {
@@ -248,6 +264,13 @@ impl<'o, 'p> Tree<'o, 'p> {
             }
         }
         self.this_layer.insert(rel);
+        Ok(())
+    }
+
+    /// Wait until every file handed to the writer pool is written.
+    pub(super) fn drain_pool(&mut self) -> Result<(), UnpackError> {
+        self.pool.drain()?;
+        self.queued.clear();
         Ok(())
     }
 

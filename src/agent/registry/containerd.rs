@@ -58,8 +58,8 @@ pub struct Mirror {
     pub registry: String,
     /// `http://HOST:PORT` of each registry host, in the order containerd tries them.
     pub endpoints: Vec<String>,
-    /// An existing registry's repository prefix: images of `registry` live there under
-    /// `PREFIX/REGISTRY/…`, reached with `override_path`.
+    /// In an existing registry, the repository path the images of `registry` live under
+    /// (`PREFIX/…`, e.g. `mirror/docker.io`), reached with `override_path`.
     pub prefix: Option<String>,
 }
 
@@ -114,8 +114,7 @@ impl Mirror {
                     "\n[host.\"{endpoint}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
                 )),
                 Some(prefix) => text.push_str(&format!(
-                    "\n[host.\"{endpoint}/v2/{prefix}/{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n",
-                    self.registry
+                    "\n[host.\"{endpoint}/v2/{prefix}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
                 )),
             }
         }
@@ -225,7 +224,13 @@ pub fn config_path(config: &Path) -> Result<PathBuf, ContainerdError> {
         path: config.to_path_buf(),
         source,
     })?;
-    let doc: toml::Table = toml::from_str(&text).map_err(|e| ContainerdError::Toml {
+    config_path_in(config, &text)
+}
+
+/// The CRI registry `config_path` set in `text`, the content of containerd's `config` file
+/// (as preflight reads it from a host before anything is sent there).
+pub fn config_path_in(config: &Path, text: &str) -> Result<PathBuf, ContainerdError> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| ContainerdError::Toml {
         path: config.to_path_buf(),
         message: e.message().to_string(),
     })?;
@@ -286,7 +291,7 @@ mod tests {
         let m = Mirror::new(
             "quay.io",
             &endpoints(&["https://harbor.example:443"]),
-            Some("mirror"),
+            Some("mirror/quay.io"),
         )
         .unwrap();
         let doc: toml::Table = toml::from_str(&m.hosts_toml()).unwrap();

@@ -19,9 +19,9 @@ use crate::container_images::ImageName;
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// The largest `index.json` read.
-const MAX_INDEX_LEN: u64 = 64 << 20;
+pub(super) const MAX_INDEX_LEN: u64 = 64 << 20;
 /// The largest manifest read (the distribution spec lets registries refuse above 4 MiB).
-const MAX_MANIFEST_LEN: u64 = 4 << 20;
+pub(super) const MAX_MANIFEST_LEN: u64 = 4 << 20;
 /// How deep image indexes may nest below `index.json`.
 const MAX_INDEX_DEPTH: usize = 2;
 
@@ -318,7 +318,7 @@ fn parse_digest(path: &Path, text: &str) -> Result<BlobDigest, LayoutError> {
 }
 
 /// The whole of a regular file of at most `limit` bytes, symlinks not followed.
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LayoutError> {
+pub(super) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LayoutError> {
     let io_err = |source| LayoutError::Io {
         path: path.to_path_buf(),
         source,

@@ -10,10 +10,12 @@
 //! the layout, never contacts another registry and never restarts containerd.
 //!
 //! The jobs: `layout` (what the directory offers, name resolution), `server` (HTTP),
-//! `service` (systemd unit or supervised daemon), `containerd` (`hosts.toml`, `config_path`).
+//! `service` (systemd unit or supervised daemon), `containerd` (`hosts.toml`, `config_path`),
+//! `served` (each container image's journal step: the layout holds it, or is repaired).
 
 pub mod containerd;
 pub mod layout;
+pub mod served;
 pub mod server;
 pub mod service;
 
@@ -112,6 +114,8 @@ pub(super) fn run(command: RegistryCommand) -> Result<i32, String> {
             };
             println!("{}: {what}", file.display());
         }
+        RegistryCommand::Check { root, work } => served::check(&root, &work)?,
+        RegistryCommand::Repair { root, work, paths } => served::repair(&root, &work, &paths)?,
         RegistryCommand::ConfigPath { config } => {
             let config = config.unwrap_or_else(|| containerd::DEFAULT_CONFIG.into());
             let found = config_path(Path::new(&config)).map_err(|e| e.to_string())?;
