@@ -121,7 +121,7 @@ fn every_runnable_block_of_the_docs_runs_as_written() {
         for d in [&bin, &ssh, &work] {
             std::fs::create_dir_all(d).unwrap();
         }
-        std::fs::copy(SEALER, bin.join("sealer")).unwrap();
+        support::copy_program(SEALER.as_ref(), &bin.join("sealer"));
         std::fs::copy(bed.key_path(), ssh.join("id_ed25519")).unwrap();
         std::fs::copy(bed.known_hosts_path(), ssh.join("known_hosts")).unwrap();
         let mut script = String::new();

@@ -361,7 +361,7 @@ fn a_local_install_by_a_user_who_cannot_write_the_data_root_is_refused_before_it
     let dir = store.path("shared");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("app.run");
-    std::fs::copy(&run, &file).unwrap();
+    support::copy_program(&run, &file);
     for path in [store.dir(), dir.as_path()] {
         let mut perms = std::fs::metadata(path).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);

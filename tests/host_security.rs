@@ -577,7 +577,7 @@ fn an_agent_whose_link_is_lost_exits_on_its_own() {
     let host = &bed.hosts()[1];
     let agent = host_path(bed, host, "/usr/local/bin/hs-agent");
     std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
-    std::fs::copy(STUB, &agent).unwrap();
+    support::copy_program(STUB.as_ref(), &agent);
     let mut ssh = bed
         .ssh_command(host, "root")
         .arg("/usr/local/bin/hs-agent agent receive --work /var/lib/hs-stall --stall-timeout 4")

@@ -6,7 +6,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 
 use support::noise;
 use support::store::{Sealer, SEALER};
@@ -28,15 +27,14 @@ fn a_local_install_of_a_package_does_not_hash_the_package_to_find_its_agent() {
     fs::create_dir_all(&bin).unwrap();
     let calls = env.path("sha256sum.calls");
     let wrapper = bin.join("sha256sum");
-    fs::write(
+    support::write_program(
         &wrapper,
         format!(
             "#!/bin/sh\necho \"sha256sum $*\" >> '{}'\nexec /usr/bin/sha256sum \"$@\"\n",
             calls.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+        )
+        .as_bytes(),
+    );
     let path = format!(
         "{}:{}",
         bin.display(),

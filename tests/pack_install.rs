@@ -112,7 +112,7 @@ fn corrupt_package_is_refused_before_anything_is_installed() {
     // The last frame ends just before the footer; flip a byte inside the payload's tail.
     let at = bytes.len() - 64 - 10;
     bytes[at] ^= 0x55;
-    fs::write(&run, &bytes).unwrap();
+    support::write_program(&run, &bytes);
     let data = env.path("data");
     let out = env.run_in(
         &run,

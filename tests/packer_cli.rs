@@ -181,7 +181,7 @@ fn a_flipped_byte_fails_verify_and_extract_with_the_exact_region() {
     let start = info.header_offset() + frame.offset;
     let mut bytes = fs::read(app).unwrap();
     bytes[(start + 7) as usize] ^= 1;
-    fs::write(app, &bytes).unwrap();
+    support::write_program(app, &bytes);
 
     let o = run(app, &["verify"]);
     assert!(!o.status.success());
@@ -284,7 +284,7 @@ fn the_run_file_works_in_a_chroot_holding_nothing_else() {
     let (files, _) = pack_example(work.path(), None);
     let jail = work.path().join("jail");
     fs::create_dir(&jail).unwrap();
-    fs::copy(&files[0], jail.join("app.run")).unwrap();
+    support::copy_program(&files[0], &jail.join("app.run"));
     let o = Command::new("chroot")
         .arg(&jail)
         .args(["/app.run", "verify"])

@@ -397,7 +397,7 @@ fn a_flipped_byte_in_the_signature_manifest_or_a_frame_is_refused() {
     let (header, manifest_at, manifest_len) = layout(&original);
     let trust = public.to_str().unwrap();
     let verify = |bytes: &[u8]| {
-        fs::write(&run, bytes).unwrap();
+        support::write_program(&run, bytes);
         refused(&stub_run(&env, &run, &["verify", "--trust", trust], None))
     };
 
@@ -459,7 +459,7 @@ fn a_flipped_byte_in_the_signature_manifest_or_a_frame_is_refused() {
     );
     // Without a trusted key that forgery is a valid unsigned-looking package: the signature is
     // what catches it.
-    fs::write(&run, &forged).unwrap();
+    support::write_program(&run, &forged);
     assert!(stub_run(&env, &run, &["verify"], None).status.success());
 
     // A frame: the signature holds, the integrity check names the frame.
@@ -469,7 +469,7 @@ fn a_flipped_byte_in_the_signature_manifest_or_a_frame_is_refused() {
 
 /// Writes `bytes` to `run` and returns its path.
 fn run_of(bytes: &[u8], run: &Path) -> PathBuf {
-    fs::write(run, bytes).unwrap();
+    support::write_program(run, bytes);
     run.to_path_buf()
 }
 

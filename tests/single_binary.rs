@@ -97,7 +97,7 @@ fn sealer_alone_builds_packs_and_installs_over_ssh_with_itself_as_installer_and_
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let sealer = bin.join("sealer");
-    std::fs::copy(SEALER, &sealer).unwrap();
+    support::copy_program(SEALER.as_ref(), &sealer);
     let root = dir.path().join("store");
     let package = dir.path().join("hello.run");
 
