@@ -152,6 +152,16 @@ impl Engine<'_> {
                 holder: holder.to_string(),
             },
         );
+        let look = format!(
+            "cat {} 2>/dev/null; true",
+            crate::clusterfile::shell_quote(&file.display().to_string())
+        );
+        // A holder that ended cleanly left the file empty: words in it now name one that died.
+        // Read before the lock is asked for, which writes this run's words over them.
+        let before = self
+            .exec(master0, &look, None)
+            .map(|out| out.stdout_text())
+            .unwrap_or_default();
         let taking = |e: std::io::Error| Refused::Failed(format!("taking the cluster's lock: {e}"));
         let (feeder, fed) = UnixStream::pair().map_err(taking)?;
         fed.set_read_timeout(Some(KEEPALIVE)).map_err(taking)?;
@@ -163,15 +173,6 @@ impl Engine<'_> {
             feeder: Some(feeder),
             holder: Some(thread),
         };
-        let look = format!(
-            "cat {} 2>/dev/null; true",
-            crate::clusterfile::shell_quote(&file.display().to_string())
-        );
-        // A holder that ended cleanly left the file empty: words in it now name one that died.
-        let before = self
-            .exec(master0, &look, None)
-            .map(|out| out.stdout_text())
-            .unwrap_or_default();
         let started = Instant::now();
         loop {
             if held.holder.as_ref().is_some_and(|t| t.is_finished()) {
