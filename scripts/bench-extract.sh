@@ -15,11 +15,19 @@
 #           scripts/bench-packer.sh builds them (its blobs in $BENCH_DIR are reused).
 #
 # Every destination is on DIR's file system (default /var/tmp, not tmpfs). Rounds alternate the
-# sides (tar, extract, install); before each run the previous tree is removed and `sync` writes
-# back every dirty page, so no run pays for another's writeback. Prints the median of ROUNDS of
-# wall and CPU (user + system) time per side, the ratios of the medians, and the load average.
+# sides (tar, extract, install); before each run `sync` writes back every dirty page, so no run
+# pays for another's writeback. Prints the median of ROUNDS of wall and CPU (user + system) time
+# per side, the ratios of the medians, and the load average.
+#
+# --fresh-fs SIZE: extract instead onto a new ext4 (made by mkfs.ext4, so with a journal) in a
+# SIZE image file under DIR, attached with direct I/O so its pages are cached once. Every round
+# starts on the same file system (each round's trees are removed after it). On a long-used
+# root file system without a journal the cost of creating a file depends on what was deleted
+# in the last minutes (ext4 skips recently deleted inodes; docs/benchmarks.md), so rounds there
+# drift. Needs root (losetup, mount).
 #
 # Usage: scripts/bench-extract.sh [--corpus real|mixed|both] [--rounds 3] [--dir /var/tmp]
+#                                 [--fresh-fs 16G]
 # SEALER_BIN / STUB_BIN / PACK_TOOL: binaries built elsewhere (default: release builds here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +36,14 @@ repo=$PWD
 corpus=both
 rounds=3
 base=/var/tmp
+fresh_size=
 while [ $# -gt 0 ]; do
     case "$1" in
         --corpus) corpus=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --dir) base=$2; shift 2 ;;
-        *) echo "usage: $0 [--corpus real|mixed|both] [--rounds N] [--dir DIR]" >&2; exit 2 ;;
+        --fresh-fs) fresh_size=$2; shift 2 ;;
+        *) echo "usage: $0 [--corpus real|mixed|both] [--rounds N] [--dir DIR] [--fresh-fs SIZE]" >&2; exit 2 ;;
     esac
 done
 case "$corpus" in real|mixed|both) ;; *) echo "bench-extract: --corpus must be real, mixed or both" >&2; exit 2 ;; esac
@@ -53,15 +63,38 @@ export SEALER_STUB=${STUB_BIN:-$target/sealer-stub}
 tool=${PACK_TOOL:-$target/examples/bench_pack}
 
 work=$(mktemp -d "$base/sealer-bench-extract.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+loop=
+cleanup() {
+    if [ -n "$loop" ]; then
+        umount "$work/mnt" 2>/dev/null || true
+        losetup -d "$loop" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
-fs_type=$(findmnt -n -o FSTYPE -T "$work" 2>/dev/null || stat -f -c %T "$work")
+# Where the trees are written: $work, or the fresh file system mounted at $work/mnt.
+dest=$work
+if [ -n "$fresh_size" ]; then
+    for needed in mkfs.ext4 losetup mount; do
+        command -v "$needed" >/dev/null || { echo "bench-extract: --fresh-fs needs $needed" >&2; exit 1; }
+    done
+    truncate -s "$fresh_size" "$work/fs.img"
+    mkfs.ext4 -q -F "$work/fs.img"
+    loop=$(losetup --direct-io=on -f --show "$work/fs.img")
+    mkdir "$work/mnt"
+    mount "$loop" "$work/mnt"
+    dest=$work/mnt
+fi
+fs_type=$(findmnt -n -o FSTYPE -T "$dest" 2>/dev/null || stat -f -c %T "$dest")
+if [ -n "$fresh_size" ]; then fs_type="a fresh $fs_type with a journal ($fresh_size image, direct I/O)"; fi
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # One timed run: `timed NAME CMD...` appends "wall cpu rss_kib" to $work/NAME.times.
 timed() {
     local name=$1; shift
     sync
+    if [ -n "$loop" ]; then sync; fi   # the loop device's writes reach the image file
     /usr/bin/time -f '%e %U %S %M' -o "$work/time.out" "$@" >"$work/$name.log" 2>&1 \
         || { cat "$work/$name.log" >&2; echo "bench-extract: $name failed" >&2; exit 1; }
     awk '{ printf "%s %.2f %s\n", $1, $2 + $3, $4 }' "$work/time.out" >>"$work/$name.times"
@@ -95,7 +128,7 @@ measure() {
     local blobs=("$@") r out
     cat "$run" "${blobs[@]}" >/dev/null   # both sides read their input from the page cache
     for r in $(seq "$rounds"); do
-        out=$work/$name-$r
+        out=$dest/$name-$r
         mkdir -p "$out/tar"
         timed "$name-tar" sh -c 'for b; do tar -I zstd -xf "$b" -C "$0" || exit 1; done' "$out/tar" "${blobs[@]}"
         timed "$name-extract" "$run" extract "$out/run"
@@ -109,6 +142,7 @@ measure() {
                 same_tree "$rootfs" "$out/run"
             fi
         fi
+        if [ -n "$loop" ]; then rm -rf "$out"; fi
     done
 }
 

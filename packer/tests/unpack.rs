@@ -116,6 +116,48 @@ fn extraction_matches_gnu_tar_of_the_same_layers() {
     assert_same_tree(&ours, &theirs);
 }
 
+/// One directory of thousands of files among small ones: its names are created by one worker,
+/// which runs ahead of the others writing and timing the files it opened, and stops to write
+/// when too many are open. Every file must still end with its own content, mode and time.
+#[test]
+fn a_directory_of_thousands_of_files_is_written_whole_like_gnu_tar() {
+    let work = tempfile::tempdir().unwrap();
+    let mut layer = LayerTar::new();
+    layer.dir("man/", 0o755).dir("man/man1/", 0o755);
+    for i in 0..3000u64 {
+        let body = format!("page {i}\n").repeat(1 + (i % 7) as usize);
+        let mode = [0o644, 0o600, 0o755, 0o640][(i % 4) as usize];
+        layer.file_with_mtime(
+            &format!("man/man1/p{i:05}.1"),
+            mode,
+            1_600_000_000 + i,
+            body.as_bytes(),
+        );
+        if i % 500 == 0 {
+            let other = format!("other{}/", i / 500);
+            layer.dir(&other, 0o750);
+            for j in 0..40u64 {
+                layer.file_with_mtime(
+                    &format!("{other}f{j}"),
+                    0o600,
+                    1_500_000_000 + j,
+                    &pseudo_random(3000, i + j),
+                );
+            }
+        }
+    }
+    let blobs = vec![blob(&layer.finish())];
+
+    let ours = work.path().join("ours");
+    let report = extract(&blobs, &ours).unwrap();
+    assert_eq!(report.files, 3000 + 6 * 40);
+
+    let path = save(work.path(), "layer.tar.zst", &blobs[0]);
+    let theirs = work.path().join("theirs");
+    gnu_tar_extract(&[path.as_path()], &theirs);
+    assert_same_tree(&ours, &theirs);
+}
+
 fn assert_same_tree(ours: &Path, judge: &Path) {
     let (a, b) = (fingerprint(ours), fingerprint(judge));
     for (path, desc) in &b {

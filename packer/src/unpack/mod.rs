@@ -299,9 +299,10 @@ fn unpack_into(
     let writers = options.writers.max(1);
     let decode_threads = rayon::current_num_threads().max(1);
     let window = (2 * decode_threads).max(2);
+    let owners = Owners::under(root, options.ownership);
+    let pool = WriterPool::new(writers, owners);
     std::thread::scope(|threads| {
-        let owners = Owners::under(root, options.ownership);
-        let pool = WriterPool::start(threads, writers, owners);
+        pool.start(threads);
         let spare = Spare::default();
         let result = rayon::in_place_scope(|scope| {
             let mut pipeline = Pipeline::new(scope, layers, window, &spare);

@@ -1,23 +1,30 @@
 //! The writer pool: small files are created, written and closed on worker threads, in batches
 //! under a byte budget. It writes what the tree hands it; it decides nothing about paths.
 //!
-//! A batch holds files of one directory, and every batch of a directory goes to the same
-//! worker. Creating a file takes its directory's lock in the kernel: two workers creating in
-//! one directory would only take turns, and the one waiting spins on the lock (a quarter of
-//! an extraction's CPU on a 2-CPU machine, measured with `perf`), while workers on different
-//! directories do not meet.
+//! Creating a file takes its directory's lock in the kernel: two workers creating in one
+//! directory would only take turns, and the one waiting spins on the lock (a quarter of an
+//! extraction's CPU on a 2-CPU machine, measured with `perf`). So a batch holds files of one
+//! directory, and every batch of a directory is *opened* by the same worker (its lane). Writing
+//! the content, the times and closing take no directory lock: an opened batch goes back to a
+//! shared queue that any worker finishes. A directory of thousands of files (a `man1`) then
+//! keeps one worker creating and the others writing, instead of one worker doing it all while
+//! the rest wait.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::sys::{create_file, finish_file, Meta, Owners};
 use super::{EntryProblem, UnpackError};
 
 /// Bytes of file content queued for the writer pool at most.
 const POOL_BUDGET: usize = 48 << 20;
+
+/// Opened batches waiting for a worker to write them, at most: bounds the open descriptors
+/// (`BATCH_FILES` each) well under the usual limit of 1024.
+const OPENED_MAX: usize = 8;
 
 pub(super) struct FileJob {
     pub(super) path: PathBuf,
@@ -27,12 +34,14 @@ pub(super) struct FileJob {
     pub(super) meta: Meta,
 }
 
-#[derive(Default)]
-pub(super) struct PoolState {
-    pub(super) queued_bytes: usize,
-    /// Batches sent and not yet written.
-    pub(super) pending: usize,
-    pub(super) failure: Option<UnpackError>,
+impl FileJob {
+    fn failed(self, e: io::Error) -> UnpackError {
+        UnpackError::Entry {
+            layer: self.layer,
+            path: self.shown,
+            problem: EntryProblem::Io(e),
+        }
+    }
 }
 
 /// Files are handed to the workers in batches, so the threads meet (a lock, a wake-up) once
@@ -40,7 +49,7 @@ pub(super) struct PoolState {
 pub(super) const BATCH_FILES: usize = 32;
 pub(super) const BATCH_BYTES: usize = 1 << 20;
 
-/// Files of one directory, written by one worker.
+/// Files of one directory.
 #[derive(Default)]
 pub(super) struct Batch {
     pub(super) jobs: Vec<FileJob>,
@@ -54,62 +63,177 @@ impl Batch {
     }
 }
 
+/// A batch whose files are created, their content not yet written.
+struct Opened {
+    files: Vec<(File, FileJob)>,
+    bytes: usize,
+}
+
+/// What the workers and the parsing thread share, under one lock.
+#[derive(Default)]
+struct Queues {
+    /// Batches to open, one queue per worker; a directory's batches always take the same one.
+    lanes: Vec<VecDeque<Batch>>,
+    /// Batches of each lane not yet opened, counting the one being opened.
+    unopened: Vec<usize>,
+    /// Opened batches, for any worker to write.
+    opened: VecDeque<Opened>,
+    /// Bytes of content sent and not yet written.
+    queued_bytes: usize,
+    /// Batches sent and not yet written.
+    pending: usize,
+    failure: Option<UnpackError>,
+    /// The extraction is over: workers return, dropping what is left.
+    stopped: bool,
+    /// The lane of each directory files were sent for.
+    lane_of: HashMap<PathBuf, usize>,
+}
+
+impl Queues {
+    /// The lane for a batch of files in `dir`: the lane of the directory's earlier batches
+    /// (two workers creating in one directory would only contend for its lock), else, for a
+    /// directory not seen before, the lane with the fewest batches waiting, so a directory of
+    /// thousands of files does not hold up others behind it.
+    fn lane_for(&mut self, dir: Option<&Path>) -> usize {
+        let dir = dir.unwrap_or(Path::new(""));
+        if let Some(&lane) = self.lane_of.get(dir) {
+            return lane;
+        }
+        let lane = (0..self.lanes.len())
+            .min_by_key(|&lane| self.unopened[lane])
+            .unwrap_or(0);
+        self.lane_of.insert(dir.to_path_buf(), lane);
+        lane
+    }
+
+    /// The next thing worker `lane` should do, if any.
+    fn take(&mut self, lane: usize) -> Option<Work> {
+        // Opening runs ahead of writing only so far: past that, write first.
+        if self.opened.len() >= OPENED_MAX {
+            return self.opened.pop_front().map(Work::Write);
+        }
+        if let Some(batch) = self.lanes[lane].pop_front() {
+            return Some(Work::Open(batch));
+        }
+        self.opened.pop_front().map(Work::Write)
+    }
+
+    /// A batch is done (written, or given up after a failure).
+    fn done(&mut self, bytes: usize, failure: Option<UnpackError>) {
+        self.queued_bytes -= bytes;
+        self.pending -= 1;
+        if self.failure.is_none() {
+            self.failure = failure;
+        }
+    }
+}
+
+enum Work {
+    Open(Batch),
+    Write(Opened),
+}
+
 pub(super) struct WriterPool {
-    /// One queue per worker; a directory's batches always take the same one.
-    pub(super) jobs: Mutex<Option<Vec<mpsc::Sender<Batch>>>>,
+    queues: Mutex<Queues>,
+    /// Workers wait here for work.
+    work: Condvar,
+    /// The parsing thread waits here for room under the budget, or for the pool to drain.
+    room: Condvar,
     /// Files collected by the parsing thread, not yet sent (only that thread touches it).
-    pub(super) batch: Mutex<Batch>,
-    pub(super) state: Arc<(Mutex<PoolState>, Condvar)>,
+    batch: Mutex<Batch>,
+    owners: Owners,
 }
 
 impl WriterPool {
-    pub(super) fn start<'scope>(
-        threads: &'scope std::thread::Scope<'scope, '_>,
-        workers: usize,
-        owners: Owners,
-    ) -> Self {
-        let state: Arc<(Mutex<PoolState>, Condvar)> = Arc::default();
-        let mut senders = Vec::with_capacity(workers.max(1));
-        for _ in 0..workers.max(1) {
-            let (tx, rx) = mpsc::channel::<Batch>();
-            senders.push(tx);
-            let state = Arc::clone(&state);
-            threads.spawn(move || loop {
-                let Ok(batch) = rx.recv() else { return };
-                let mut failure = None;
-                for job in batch.jobs {
-                    if let Err(e) = write_whole(&job.path, &job.data, job.meta, owners) {
-                        failure = Some(UnpackError::Entry {
-                            layer: job.layer,
-                            path: job.shown,
-                            problem: EntryProblem::Io(e),
-                        });
-                        break;
-                    }
-                }
-                let (lock, wake) = &*state;
-                let mut st = match lock.lock() {
-                    Ok(st) => st,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                st.queued_bytes -= batch.bytes;
-                st.pending -= 1;
-                if st.failure.is_none() {
-                    st.failure = failure;
-                }
-                wake.notify_one();
-            });
-        }
+    pub(super) fn new(workers: usize, owners: Owners) -> Self {
         WriterPool {
-            jobs: Mutex::new(Some(senders)),
+            queues: Mutex::new(Queues {
+                lanes: (0..workers.max(1)).map(|_| VecDeque::new()).collect(),
+                unopened: vec![0; workers.max(1)],
+                ..Queues::default()
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
             batch: Mutex::new(Batch::default()),
-            state,
+            owners,
         }
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        match self.state.0.lock() {
-            Ok(st) => st,
+    /// Start one worker per lane on `threads`; they return after [`WriterPool::stop`].
+    pub(super) fn start<'scope, 'env>(
+        &'env self,
+        threads: &'scope std::thread::Scope<'scope, 'env>,
+    ) {
+        let lanes = self.lock().lanes.len();
+        for lane in 0..lanes {
+            threads.spawn(move || self.work_lane(lane));
+        }
+    }
+
+    fn work_lane(&self, lane: usize) {
+        let mut queues = self.lock();
+        loop {
+            if queues.stopped {
+                return;
+            }
+            let Some(work) = queues.take(lane) else {
+                queues = wait(&self.work, queues);
+                continue;
+            };
+            drop(queues);
+            let finished = match work {
+                Work::Open(batch) => match self.open(batch) {
+                    Ok(opened) => {
+                        queues = self.lock();
+                        queues.unopened[lane] -= 1;
+                        queues.opened.push_back(opened);
+                        self.work.notify_one();
+                        continue;
+                    }
+                    Err(done) => {
+                        self.lock().unopened[lane] -= 1;
+                        done
+                    }
+                },
+                Work::Write(opened) => self.write(opened),
+            };
+            queues = self.lock();
+            queues.done(finished.0, finished.1);
+            self.room.notify_all();
+        }
+    }
+
+    /// Create every file of `batch`; on a failure, the batch is done with that failure.
+    fn open(&self, batch: Batch) -> Result<Opened, (usize, Option<UnpackError>)> {
+        let mut files = Vec::with_capacity(batch.jobs.len());
+        for job in batch.jobs {
+            match create_file(&job.path, job.meta.mode) {
+                Ok(file) => files.push((file, job)),
+                Err(e) => return Err((batch.bytes, Some(job.failed(e)))),
+            }
+        }
+        Ok(Opened {
+            files,
+            bytes: batch.bytes,
+        })
+    }
+
+    /// Write, time and close every file of an opened batch.
+    fn write(&self, opened: Opened) -> (usize, Option<UnpackError>) {
+        for (mut file, job) in opened.files {
+            let written = file
+                .write_all(&job.data)
+                .and_then(|()| finish_file(&file, job.meta, self.owners));
+            if let Err(e) = written {
+                return (opened.bytes, Some(job.failed(e)));
+            }
+        }
+        (opened.bytes, None)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        match self.queues.lock() {
+            Ok(queues) => queues,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
@@ -144,41 +268,31 @@ impl WriterPool {
         if batch.jobs.is_empty() {
             return Ok(());
         }
+        let mut queues = self.lock();
+        while queues.queued_bytes > 0
+            && queues.queued_bytes + batch.bytes > POOL_BUDGET
+            && queues.failure.is_none()
         {
-            let mut st = self.lock();
-            while st.queued_bytes > 0
-                && st.queued_bytes + batch.bytes > POOL_BUDGET
-                && st.failure.is_none()
-            {
-                st = match self.state.1.wait(st) {
-                    Ok(st) => st,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-            }
-            if let Some(failure) = st.failure.take() {
-                return Err(failure);
-            }
-            st.queued_bytes += batch.bytes;
-            st.pending += 1;
+            queues = wait(&self.room, queues);
         }
-        let mut hasher = DefaultHasher::new();
-        batch.dir().hash(&mut hasher);
-        let lane = hasher.finish() as usize;
-        let sent = match self.jobs.lock() {
-            Ok(jobs) => jobs
-                .as_ref()
-                .filter(|senders| !senders.is_empty())
-                .map(|senders| senders[lane % senders.len()].send(batch).is_ok())
-                .unwrap_or(false),
-            Err(_) => false,
-        };
-        if !sent {
+        if let Some(failure) = queues.failure.take() {
+            return Err(failure);
+        }
+        if queues.stopped {
             return Err(UnpackError::Io {
                 what: "writing files under",
                 path: PathBuf::new(),
                 source: io::Error::other("the writer threads stopped"),
             });
         }
+        queues.queued_bytes += batch.bytes;
+        queues.pending += 1;
+        let lane = queues.lane_for(batch.dir());
+        queues.lanes[lane].push_back(batch);
+        queues.unopened[lane] += 1;
+        // Every worker may be the lane's owner or a writer in waiting: wake them all, once
+        // per batch.
+        self.work.notify_all();
         Ok(())
     }
 
@@ -189,28 +303,26 @@ impl WriterPool {
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
         self.send(rest)?;
-        let mut st = self.lock();
-        while st.pending > 0 {
-            st = match self.state.1.wait(st) {
-                Ok(st) => st,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+        let mut queues = self.lock();
+        while queues.pending > 0 {
+            queues = wait(&self.room, queues);
         }
-        match st.failure.take() {
+        match queues.failure.take() {
             Some(failure) => Err(failure),
             None => Ok(()),
         }
     }
 
+    /// Let the workers return; whatever is still queued is dropped.
     pub(super) fn stop(&self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
+        self.lock().stopped = true;
+        self.work.notify_all();
     }
 }
 
-pub(super) fn write_whole(path: &Path, data: &[u8], meta: Meta, owners: Owners) -> io::Result<()> {
-    let mut file = create_file(path, meta.mode)?;
-    file.write_all(data)?;
-    finish_file(&file, meta, owners)
+fn wait<'a>(condvar: &Condvar, guard: MutexGuard<'a, Queues>) -> MutexGuard<'a, Queues> {
+    match condvar.wait(guard) {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
