@@ -304,19 +304,22 @@ impl Engine<'_> {
         };
         format!(
             concat!(
-                "echo \"clock $(date +%s.%N)\"; echo \"arch $(uname -m)\"; echo \"kernel $(uname -r)\"; ",
+                // Few processes: each costs a fork and an exec on every host (shell
+                // built-ins read the small files; `uname` prints release before machine).
+                "last() {{ l=; while IFS= read -r x; do l=$x; done; printf '%s' \"$l\"; }}; ",
+                "echo \"clock $(date +%s.%N)\"; set -- $(uname -r -m); echo \"arch $2\"; echo \"kernel $1\"; ",
                 "( for f in /etc/os-release /usr/lib/os-release; do [ -r \"$f\" ] && {{ . \"$f\"; break; }}; done; ",
                 "echo \"os-id ${{ID:-}}\"; echo \"os-version ${{VERSION_ID:-}}\"; echo \"os-like ${{ID_LIKE:-}}\"; echo \"os-name ${{PRETTY_NAME:-}}\" ) 2>/dev/null; ",
-                "d={root}; while [ ! -d \"$d\" ]; do d=$(dirname \"$d\"); done; echo \"dir $d\"; ",
-                "echo \"df $(df -Pk \"$d\" 2>/dev/null | tail -n 1)\"; echo \"dfi $(df -Pi \"$d\" 2>/dev/null | tail -n 1)\"; ",
+                "d={root}; while [ ! -d \"$d\" ]; do case $d in */*) d=${{d%/*}}; d=${{d:-/}} ;; *) d=. ;; esac; done; echo \"dir $d\"; ",
+                "echo \"df $(df -Pk \"$d\" 2>/dev/null | last)\"; echo \"dfi $(df -Pi \"$d\" 2>/dev/null | last)\"; ",
                 "{agent_check}",
-                "echo \"hostname $(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)\"; ",
+                "h=; [ -r /proc/sys/kernel/hostname ] && IFS= read -r h < /proc/sys/kernel/hostname; [ -n \"$h\" ] || h=$(hostname 2>/dev/null); echo \"hostname $h\"; ",
                 "for f in /proc/net/tcp /proc/net/tcp6; do [ -r \"$f\" ] && while read -r _ l _ s _; do [ \"$s\" = 0A ] && echo \"listen $l\"; done < \"$f\"; done; ",
                 "for c in {commands}; do command -v \"$c\" >/dev/null 2>&1 || echo \"missing $c\"; done; ",
                 "if t=$(mktemp /tmp/.sealer-preflight.XXXXXX 2>&1); then rm -f \"$t\"; echo 'tmp ok'; else echo \"tmp $t\"; fi; ",
-                "w={work}; echo \"installed $(cat \"$w/installed\" 2>/dev/null)\"; ",
-                "for k in $(ls \"$w/journal\" 2>/dev/null); do echo \"journal $k\"; done; ",
-                "for k in $(ls \"$w/spool\" 2>/dev/null); do echo \"spool $k\"; done; {containerd}echo \"clock $(date +%s.%N)\"; true"
+                "w={work}; i=; [ -r \"$w/installed\" ] && IFS= read -r i < \"$w/installed\"; echo \"installed $i\"; ",
+                "for k in \"$w\"/journal/*; do [ -e \"$k\" ] && echo \"journal ${{k##*/}}\"; done; ",
+                "for k in \"$w\"/spool/*; do [ -e \"$k\" ] && echo \"spool ${{k##*/}}\"; done; {containerd}echo \"clock $(date +%s.%N)\"; true"
             ),
             root = shell_quote(&self.cluster.data_root.display().to_string()),
             agent_check = agent_check,
