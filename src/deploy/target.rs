@@ -315,22 +315,7 @@ impl BastionArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct TargetArgs {
     #[command(flatten)]
-    pub flags: ClusterFlags,
-    /// Clusterfile describing hosts, Configs and Plugins.
-    #[arg(
-        short = 'f',
-        long = "clusterfile",
-        alias = "Clusterfile",
-        value_name = "FILE",
-        conflicts_with_all = ["masters", "nodes"]
-    )]
-    pub clusterfile: Option<PathBuf>,
-    /// Install on this machine, without SSH.
-    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
-    pub local: bool,
-    /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
-    #[arg(long, value_name = "DIR")]
-    pub data_root: Option<PathBuf>,
+    pub hosts: HostsArgs,
     #[command(flatten)]
     pub work: WorkArgs,
     /// When the install does not finish on every host, bring back the previous tree on the
@@ -366,15 +351,56 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 
 impl TargetArgs {
     pub fn spec(&self) -> TargetSpec {
+        self.hosts.spec(
+            self.work.known_hosts.clone(),
+            &self.work.bastion,
+            self.max_clock_skew,
+            &self.ignore_preflight,
+        )
+    }
+}
+
+/// Which hosts a command reaches, as `sealer run`/`apply` and `sealer check` (and the
+/// package's `install` and `check`) all name them: `-m/-n` (with the SSH flags), a
+/// Clusterfile, or this machine; and where their data lives.
+#[derive(Args, Clone, Debug, Default)]
+pub struct HostsArgs {
+    #[command(flatten)]
+    pub flags: ClusterFlags,
+    /// Clusterfile describing the hosts (and the Configs and Plugins an install applies).
+    #[arg(
+        short = 'f',
+        long = "clusterfile",
+        alias = "Clusterfile",
+        value_name = "FILE",
+        conflicts_with_all = ["masters", "nodes"]
+    )]
+    pub clusterfile: Option<PathBuf>,
+    /// Work on this machine, without SSH.
+    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
+    pub local: bool,
+    /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+}
+
+impl HostsArgs {
+    fn spec(
+        &self,
+        known_hosts: Option<PathBuf>,
+        bastion: &BastionArgs,
+        max_clock_skew: Option<std::time::Duration>,
+        ignore_preflight: &[String],
+    ) -> TargetSpec {
         TargetSpec {
             flags: self.flags.clone(),
             clusterfile: self.clusterfile.clone(),
             local: self.local,
             data_root: self.data_root.clone(),
-            known_hosts: self.work.known_hosts.clone(),
-            bastion: self.work.bastion.bastion(),
-            max_clock_skew: self.max_clock_skew,
-            ignore_preflight: self.ignore_preflight.clone(),
+            known_hosts,
+            bastion: bastion.bastion(),
+            max_clock_skew,
+            ignore_preflight: ignore_preflight.to_vec(),
         }
     }
 }
@@ -398,22 +424,7 @@ pub fn parse_check(text: &str) -> Result<String, String> {
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub flags: ClusterFlags,
-    /// Clusterfile describing the hosts.
-    #[arg(
-        short = 'f',
-        long = "clusterfile",
-        alias = "Clusterfile",
-        value_name = "FILE",
-        conflicts_with_all = ["masters", "nodes"]
-    )]
-    pub clusterfile: Option<PathBuf>,
-    /// This machine, without SSH.
-    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
-    pub local: bool,
-    /// Where rootfs and journal live on every host (default /var/lib/sealer/data).
-    #[arg(long, value_name = "DIR")]
-    pub data_root: Option<PathBuf>,
+    pub hosts: HostsArgs,
     /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
@@ -432,16 +443,12 @@ pub struct CheckArgs {
 
 impl CheckArgs {
     pub fn spec(&self) -> TargetSpec {
-        TargetSpec {
-            flags: self.flags.clone(),
-            clusterfile: self.clusterfile.clone(),
-            local: self.local,
-            data_root: self.data_root.clone(),
-            known_hosts: self.known_hosts.clone(),
-            bastion: self.bastion.bastion(),
-            max_clock_skew: self.max_clock_skew,
-            ignore_preflight: self.ignore_preflight.clone(),
-        }
+        self.hosts.spec(
+            self.known_hosts.clone(),
+            &self.bastion,
+            self.max_clock_skew,
+            &self.ignore_preflight,
+        )
     }
 }
 
