@@ -116,12 +116,9 @@ fn extraction_matches_gnu_tar_of_the_same_layers() {
     assert_same_tree(&ours, &theirs);
 }
 
-/// One directory of thousands of files among small ones: its names are created by one worker,
-/// which runs ahead of the others writing and timing the files it opened, and stops to write
-/// when too many are open. Every file must still end with its own content, mode and time.
-#[test]
-fn a_directory_of_thousands_of_files_is_written_whole_like_gnu_tar() {
-    let work = tempfile::tempdir().unwrap();
+/// 3,000 files in one directory (`man/man1`) among six directories of 40: many batches of one
+/// directory, with its own content, mode and time for every file.
+fn big_directory_layer() -> Vec<u8> {
     let mut layer = LayerTar::new();
     layer.dir("man/", 0o755).dir("man/man1/", 0o755);
     for i in 0..3000u64 {
@@ -146,7 +143,16 @@ fn a_directory_of_thousands_of_files_is_written_whole_like_gnu_tar() {
             }
         }
     }
-    let blobs = vec![blob(&layer.finish())];
+    layer.finish()
+}
+
+/// One directory of thousands of files among small ones: its names are created by one worker,
+/// which runs ahead of the others writing and timing the files it opened, and stops to write
+/// when too many are open. Every file must still end with its own content, mode and time.
+#[test]
+fn a_directory_of_thousands_of_files_is_written_whole_like_gnu_tar() {
+    let work = tempfile::tempdir().unwrap();
+    let blobs = vec![blob(&big_directory_layer())];
 
     let ours = work.path().join("ours");
     let report = extract(&blobs, &ours).unwrap();
@@ -156,6 +162,50 @@ fn a_directory_of_thousands_of_files_is_written_whole_like_gnu_tar() {
     let theirs = work.path().join("theirs");
     gnu_tar_extract(&[path.as_path()], &theirs);
     assert_same_tree(&ours, &theirs);
+}
+
+/// Where the process may open few files (`ulimit -n 128`), the writers create, write and close
+/// one file at a time instead of keeping batches open, and the extraction still succeeds. Runs
+/// itself in a child process with that limit, so the other tests keep theirs.
+#[test]
+fn a_low_limit_on_open_files_still_extracts_a_directory_of_thousands() {
+    const NAME: &str = "a_low_limit_on_open_files_still_extracts_a_directory_of_thousands";
+    if std::env::var_os("UNPACK_TEST_LOW_NOFILE").is_some() {
+        let work = tempfile::tempdir().unwrap();
+        let blobs = vec![blob(&big_directory_layer())];
+        let report = extract(&blobs, &work.path().join("ours")).unwrap();
+        assert_eq!(report.files, 3000 + 6 * 40);
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+        .env("UNPACK_TEST_LOW_NOFILE", "1");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        child.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = child.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the extraction under ulimit -n 128 failed:\n{text}"
+    );
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
 }
 
 fn assert_same_tree(ours: &Path, judge: &Path) {

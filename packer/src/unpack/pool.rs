@@ -8,7 +8,8 @@
 //! the content, the times and closing take no directory lock: an opened batch goes back to a
 //! shared queue that any worker finishes. A directory of thousands of files (a `man1`) then
 //! keeps one worker creating and the others writing, instead of one worker doing it all while
-//! the rest wait.
+//! the rest wait. Where the process may open too few files for batches to stay open (a low
+//! `ulimit -n`), each worker creates, writes and closes one file after the other instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -22,9 +23,24 @@ use super::{EntryProblem, UnpackError};
 /// Bytes of file content queued for the writer pool at most.
 const POOL_BUDGET: usize = 48 << 20;
 
-/// Opened batches waiting for a worker to write them, at most: bounds the open descriptors
-/// (`BATCH_FILES` each) well under the usual limit of 1024.
+/// Opened batches waiting for a worker to write them, at most.
 const OPENED_MAX: usize = 8;
+
+/// Files open at once when opening and writing are split: every worker opening a batch, the
+/// opened batches waiting, every worker writing one. With fewer allowed (a low `ulimit -n`),
+/// each worker creates, writes and closes one file after the other, as before the split.
+fn split_fits(workers: usize) -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return false;
+    }
+    let needed = (2 * workers + OPENED_MAX) * BATCH_FILES + 64;
+    limit.rlim_cur >= needed as libc::rlim_t
+}
 
 pub(super) struct FileJob {
     pub(super) path: PathBuf,
@@ -142,6 +158,8 @@ pub(super) struct WriterPool {
     /// Files collected by the parsing thread, not yet sent (only that thread touches it).
     batch: Mutex<Batch>,
     owners: Owners,
+    /// Opening and writing are done by different workers ([`split_fits`]).
+    split: bool,
 }
 
 impl WriterPool {
@@ -156,6 +174,7 @@ impl WriterPool {
             room: Condvar::new(),
             batch: Mutex::new(Batch::default()),
             owners,
+            split: split_fits(workers.max(1)),
         }
     }
 
@@ -182,6 +201,11 @@ impl WriterPool {
             };
             drop(queues);
             let finished = match work {
+                Work::Open(batch) if !self.split => {
+                    let finished = self.write_each(batch);
+                    self.lock().unopened[lane] -= 1;
+                    finished
+                }
                 Work::Open(batch) => match self.open(batch) {
                     Ok(opened) => {
                         queues = self.lock();
@@ -216,6 +240,20 @@ impl WriterPool {
             files,
             bytes: batch.bytes,
         })
+    }
+
+    /// Create, write, time and close the files of `batch` one after the other.
+    fn write_each(&self, batch: Batch) -> (usize, Option<UnpackError>) {
+        for job in batch.jobs {
+            let written = create_file(&job.path, job.meta.mode).and_then(|mut file| {
+                file.write_all(&job.data)?;
+                finish_file(&file, job.meta, self.owners)
+            });
+            if let Err(e) = written {
+                return (batch.bytes, Some(job.failed(e)));
+            }
+        }
+        (batch.bytes, None)
     }
 
     /// Write, time and close every file of an opened batch.
