@@ -174,6 +174,9 @@ impl Engine<'_> {
             holder: Some(thread),
         };
         let started = Instant::now();
+        // The agent takes the lock within milliseconds of starting: look again soon, then less
+        // often (a fixed 100 ms wait was a tenth of a local install).
+        let mut pause = Duration::from_millis(5);
         loop {
             if held.holder.as_ref().is_some_and(|t| t.is_finished()) {
                 let result = held.holder.take().map(|t| t.join());
@@ -221,7 +224,8 @@ impl Engine<'_> {
                     TAKE_TIMEOUT.as_secs()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 }
