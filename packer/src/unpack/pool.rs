@@ -201,27 +201,29 @@ impl WriterPool {
             };
             drop(queues);
             let finished = match work {
-                Work::Open(batch) if !self.split => {
-                    let finished = self.write_each(batch);
-                    self.lock().unopened[lane] -= 1;
-                    finished
+                Work::Open(batch) => {
+                    let opened = if self.split {
+                        self.open(batch)
+                    } else {
+                        Err(self.write_each(batch))
+                    };
+                    queues = self.lock();
+                    queues.unopened[lane] -= 1;
+                    match opened {
+                        Ok(opened) => {
+                            queues.opened.push_back(opened);
+                            self.work.notify_one();
+                            continue;
+                        }
+                        Err(done) => done,
+                    }
                 }
-                Work::Open(batch) => match self.open(batch) {
-                    Ok(opened) => {
-                        queues = self.lock();
-                        queues.unopened[lane] -= 1;
-                        queues.opened.push_back(opened);
-                        self.work.notify_one();
-                        continue;
-                    }
-                    Err(done) => {
-                        self.lock().unopened[lane] -= 1;
-                        done
-                    }
-                },
-                Work::Write(opened) => self.write(opened),
+                Work::Write(opened) => {
+                    let done = self.write(opened);
+                    queues = self.lock();
+                    done
+                }
             };
-            queues = self.lock();
             queues.done(finished.0, finished.1);
             self.room.notify_all();
         }
@@ -245,10 +247,8 @@ impl WriterPool {
     /// Create, write, time and close the files of `batch` one after the other.
     fn write_each(&self, batch: Batch) -> (usize, Option<UnpackError>) {
         for job in batch.jobs {
-            let written = create_file(&job.path, job.meta.mode).and_then(|mut file| {
-                file.write_all(&job.data)?;
-                finish_file(&file, job.meta, self.owners)
-            });
+            let written = create_file(&job.path, job.meta.mode)
+                .and_then(|mut file| self.fill(&mut file, &job));
             if let Err(e) = written {
                 return (batch.bytes, Some(job.failed(e)));
             }
@@ -259,14 +259,17 @@ impl WriterPool {
     /// Write, time and close every file of an opened batch.
     fn write(&self, opened: Opened) -> (usize, Option<UnpackError>) {
         for (mut file, job) in opened.files {
-            let written = file
-                .write_all(&job.data)
-                .and_then(|()| finish_file(&file, job.meta, self.owners));
-            if let Err(e) = written {
+            if let Err(e) = self.fill(&mut file, &job) {
                 return (opened.bytes, Some(job.failed(e)));
             }
         }
         (opened.bytes, None)
+    }
+
+    /// A created file gets its content, owner, mode and times.
+    fn fill(&self, file: &mut File, job: &FileJob) -> io::Result<()> {
+        file.write_all(&job.data)?;
+        finish_file(file, job.meta, self.owners)
     }
 
     fn lock(&self) -> MutexGuard<'_, Queues> {
