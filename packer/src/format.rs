@@ -211,11 +211,93 @@ pub struct ImageInfo {
     pub manifest_digest: String,
     /// The OCI image manifest, byte for byte (empty if the packer was not given one).
     #[serde(default)]
-    pub manifest_json: String,
+    pub manifest_json: JsonText,
     /// Digest of the OCI config, `sha256:…`.
     pub config_digest: String,
-    /// The OCI image config (env, labels, cmds), byte for byte.
-    pub config_json: String,
+    /// The OCI image config (env, labels, cmds, the SBOM), byte for byte.
+    pub config_json: JsonText,
+}
+
+/// A document carried as a JSON string inside the manifest (the image's OCI manifest and
+/// config), decoded on first use.
+///
+/// An image config holds the image's SBOM: several megabytes for an image of real software.
+/// Reading the manifest only finds where the string ends; commands that never look at the
+/// config (`extract`, `verify`, `--help`) do not pay for decoding it. It reads as the decoded
+/// text (`&str`) and is written back exactly as it was read.
+#[derive(Clone, Default)]
+pub struct JsonText {
+    /// The JSON string literal as read, quotes and escapes included.
+    raw: Option<Box<serde_json::value::RawValue>>,
+    text: std::sync::OnceLock<String>,
+}
+
+impl JsonText {
+    fn text(&self) -> &str {
+        self.text.get_or_init(|| match &self.raw {
+            // The literal was checked to be a JSON string when it was read.
+            Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+            None => String::new(),
+        })
+    }
+}
+
+impl From<String> for JsonText {
+    fn from(text: String) -> Self {
+        JsonText {
+            raw: None,
+            text: std::sync::OnceLock::from(text),
+        }
+    }
+}
+
+impl From<&str> for JsonText {
+    fn from(text: &str) -> Self {
+        JsonText::from(text.to_string())
+    }
+}
+
+impl std::ops::Deref for JsonText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.text()
+    }
+}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.text(), f)
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
+impl Eq for JsonText {}
+
+impl serde::Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.raw {
+            Some(raw) => raw.serialize(serializer),
+            None => serializer.serialize_str(self.text()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        if !raw.get().starts_with('"') {
+            return Err(serde::de::Error::custom("expected a JSON string"));
+        }
+        Ok(JsonText {
+            raw: Some(raw),
+            text: std::sync::OnceLock::new(),
+        })
+    }
 }
 
 /// One layer of the image and where its frames lie.
@@ -451,6 +533,54 @@ mod tests {
         h.version = 9;
         let err = Header::decode(&h.encode()).unwrap_err();
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    fn manifest_with_config(config: &str) -> RunManifest {
+        RunManifest {
+            format: MANIFEST_FORMAT.to_string(),
+            version: FORMAT_VERSION,
+            image: ImageInfo {
+                name: "app:1".into(),
+                manifest_digest: "sha256:00".into(),
+                manifest_json: "{}".into(),
+                config_digest: "sha256:11".into(),
+                config_json: config.into(),
+            },
+            layers: Vec::new(),
+            volumes: vec![VolumeEntry {
+                index: 0,
+                len: 1,
+                name: "app.run".into(),
+            }],
+            payload_len: 1,
+        }
+    }
+
+    #[test]
+    fn documents_read_lazily_are_the_text_written_and_are_written_back_byte_for_byte() {
+        let config = "{\"config\":{\"Env\":[\"A=\\\"q\\\" é\\n\"]}}\u{7f}\t";
+        let written = manifest_with_config(config).to_bytes();
+        let read = RunManifest::from_bytes(&written).unwrap();
+        assert_eq!(&*read.image.config_json, config);
+        assert_eq!(read.to_bytes(), written, "read and untouched");
+        let _ = read.image.config_json.len();
+        assert_eq!(read.to_bytes(), written, "read and decoded");
+        // Escapes another writer chose are kept as they were, and decoded on use.
+        let foreign = String::from_utf8(written)
+            .unwrap()
+            .replace(r#""config_json":"{"#, r#""config_json":"\u007b"#);
+        let read = RunManifest::from_bytes(foreign.as_bytes()).unwrap();
+        assert_eq!(&*read.image.config_json, config);
+        assert_eq!(read.to_bytes(), foreign.as_bytes());
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_json_string_is_refused() {
+        let written = String::from_utf8(manifest_with_config("{}").to_bytes()).unwrap();
+        let object = written.replace(r#""config_json":"{}""#, r#""config_json":{}"#);
+        assert_ne!(object, written);
+        let err = RunManifest::from_bytes(object.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("JSON string"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod unpack;
 pub mod write;
 
 pub use codec::{Level, LevelError, STORE_ZSTD_LEVEL};
-pub use format::{RunManifest, FORMAT_VERSION};
+pub use format::{JsonText, RunManifest, FORMAT_VERSION};
 pub use read::{ReadError, RunFile, Volumes};
 pub use signature::SignatureRecord;
 pub use source::{ByteSource, MappedFile, PositionedFile};

@@ -269,9 +269,9 @@ fn write_in(
             image: ImageInfo {
                 name: spec.image_name.clone(),
                 manifest_digest: spec.manifest_digest.clone(),
-                manifest_json: spec.manifest_json.clone(),
+                manifest_json: spec.manifest_json.clone().into(),
                 config_digest: spec.config_digest.clone(),
-                config_json: spec.config_json.clone(),
+                config_json: spec.config_json.clone().into(),
             },
             layers,
             payload_len: volume_lens.iter().sum(),

@@ -331,6 +331,37 @@ fn directory_modes_and_times_come_from_the_headers_after_all_writes() {
 }
 
 #[test]
+fn directory_modes_are_exact_also_under_a_set_group_id_parent() {
+    // Directories whose header asks for the mode they were made with need no chmod, except
+    // where the destination's parent hands them its set-group-ID bit.
+    let mut t = LayerTar::new();
+    t.dir("plain/", 0o755)
+        .dir("private/", 0o700)
+        .dir("shared/", 0o1777)
+        .dir("grouped/", 0o2755)
+        .file("plain/file", 0o644, b"x");
+    let layer = blob(&t.finish());
+    let work = tempfile::tempdir().unwrap();
+    let setgid = work.path().join("setgid");
+    fs::create_dir(&setgid).unwrap();
+    fs::set_permissions(&setgid, fs::Permissions::from_mode(0o2775)).unwrap();
+    assert_eq!(fs::metadata(&setgid).unwrap().mode() & 0o7777, 0o2775);
+    for parent in [work.path(), setgid.as_path()] {
+        let dest = parent.join("out");
+        extract(std::slice::from_ref(&layer), &dest).unwrap();
+        for (name, mode) in [
+            ("plain", 0o755),
+            ("private", 0o700),
+            ("shared", 0o1777),
+            ("grouped", 0o2755),
+        ] {
+            let found = fs::metadata(dest.join(name)).unwrap().mode() & 0o7777;
+            assert_eq!(found, mode, "{name} under {}", parent.display());
+        }
+    }
+}
+
+#[test]
 fn hard_links_share_one_inode() {
     let work = tempfile::tempdir().unwrap();
     let mut t = LayerTar::new();

@@ -510,7 +510,7 @@ impl ManifestEdit {
                     }
                 })
             }
-            E::ConfigJson(text) => m.image.config_json = text.clone(),
+            E::ConfigJson(text) => m.image.config_json = text.clone().into(),
         }
     }
 }

@@ -294,11 +294,21 @@ impl<'a> LayerReader<'_, '_, 'a> {
         }
     }
 
+    /// Keep a consumed frame's buffer for a frame still to decode. Once every frame has been
+    /// handed to a decoder, buffers are freed as they come back, while the writers still
+    /// work, instead of all at once at the end.
     pub(super) fn recycle(&mut self, buffer: Vec<u8>) {
-        if let Ok(mut spare) = self.pipeline.spare.buffers.lock() {
+        let Ok(mut spare) = self.pipeline.spare.buffers.lock() else {
+            return;
+        };
+        if self.pipeline.next_job < self.pipeline.jobs.len() {
             if spare.len() <= self.pipeline.window {
                 spare.push(buffer);
             }
+        } else {
+            let unused = std::mem::take(&mut *spare);
+            drop(spare);
+            drop((unused, buffer));
         }
     }
 

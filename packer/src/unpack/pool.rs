@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use super::sys::{create_file, finish_file, Meta, Owners};
+use super::sys::{create_file, finish_file, Dir, Meta, Owners};
 use super::{EntryProblem, UnpackError};
 
 /// Bytes of file content queued for the writer pool at most.
@@ -231,9 +231,14 @@ impl WriterPool {
 
     /// Create every file of `batch`; on a failure, the batch is done with that failure.
     fn open(&self, batch: Batch) -> Result<Opened, (usize, Option<UnpackError>)> {
+        let dir = batch.dir().map(Dir::open);
         let mut files = Vec::with_capacity(batch.jobs.len());
         for job in batch.jobs {
-            match create_file(&job.path, job.meta.mode) {
+            let created = match (&dir, job.path.file_name()) {
+                (Some(Ok(dir)), Some(name)) => dir.create(name, job.meta.mode),
+                _ => create_file(&job.path, job.meta.mode),
+            };
+            match created {
                 Ok(file) => files.push((file, job)),
                 Err(e) => return Err((batch.bytes, Some(job.failed(e)))),
             }

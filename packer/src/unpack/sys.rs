@@ -2,8 +2,10 @@
 //! Knows paths and modes only, nothing of layers or entries.
 
 use std::ffi::CString;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
@@ -41,18 +43,65 @@ pub(super) fn mode_survives_creation(mode: u32) -> bool {
     mode & 0o7000 == 0 && umask().is_some_and(|mask| mode & mask == 0)
 }
 
-pub(super) fn create_file(path: &Path, mode: u32) -> io::Result<File> {
-    let initial = if mode_survives_creation(mode) {
+/// The mode a new file is created with: its own when that is what the kernel will give it,
+/// else owner-only until `finish_file` sets it.
+fn initial_mode(mode: u32) -> u32 {
+    if mode_survives_creation(mode) {
         mode
     } else {
         0o600
-    };
+    }
+}
+
+pub(super) fn create_file(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(initial)
+        .mode(initial_mode(mode))
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// A directory opened once so that the files of a batch are created by name inside it,
+/// without walking the whole path again for each (the walk is a tenth of a create).
+pub(super) struct Dir(OwnedFd);
+
+impl Dir {
+    pub(super) fn open(path: &Path) -> io::Result<Dir> {
+        let c = c_path(path)?;
+        // SAFETY: a plain open of a NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Dir(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Create the new file `name` in this directory, as [`create_file`] does.
+    pub(super) fn create(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
+        // SAFETY: a plain openat of a NUL-terminated name relative to a directory we own.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                initial_mode(mode) as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
 }
 
 /// Who owns the files an extraction creates.

@@ -10,7 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::pool::{FileJob, WriterPool};
-use super::sys::{lchown, mknod, set_times, write_streamed, Meta, Owners, StreamError};
+use super::sys::{lchown, mknod, set_times, umask, write_streamed, Meta, Owners, StreamError};
 use super::{io_err, EntryProblem, UnpackError, UnpackOptions, UnpackReport};
 
 /// Files up to this size are handed whole to the writer pool; larger ones are streamed.
@@ -514,27 +514,47 @@ impl<'o, 'p> Tree<'o, 'p> {
                 });
             }
         }
+        let root_mode = fs::metadata(&self.root)
+            .map_err(io_err("reading", &self.root))?
+            .permissions()
+            .mode();
+        // Directories made here have the mode they were made with, unless they inherited the
+        // set-group-ID bit of the root's parent: a header asking for exactly that mode needs
+        // no chmod.
+        let inherits_setgid = root_mode & libc::S_ISGID != 0;
+        let root_meta = self.dir_meta.contains_key(Path::new(""));
         let mut dirs: Vec<(PathBuf, Meta)> = self.dir_meta.drain().collect();
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         for (rel, meta) in dirs {
-            let full = self.root.join(&rel);
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.is_dir() => {}
-                _ => continue,
+            // `dirs` follows every directory this extraction made or removed.
+            if !self.dirs.contains(&rel) {
+                continue;
             }
-            fs::set_permissions(&full, fs::Permissions::from_mode(meta.mode))
-                .map_err(io_err("setting the mode of", &full))?;
+            let full = self.root.join(&rel);
+            if inherits_setgid || created_dir_mode(&rel) != Some(meta.mode) {
+                fs::set_permissions(&full, fs::Permissions::from_mode(meta.mode))
+                    .map_err(io_err("setting the mode of", &full))?;
+            }
             set_times(&full, meta.mtime, true).map_err(io_err("setting the mtime of", &full))?;
         }
-        let root_meta = fs::metadata(&self.root).map_err(io_err("reading", &self.root))?;
-        if root_meta.permissions().mode() & 0o7777 == 0o700
-            && !self.dir_meta.contains_key(Path::new(""))
-        {
+        if root_mode & 0o7777 == 0o700 && !root_meta {
             fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755))
                 .map_err(io_err("setting the mode of", &self.root))?;
         }
         Ok(())
     }
+}
+
+/// The mode of a directory this extraction made, as the kernel gave it: the staging root is
+/// made 0700 ([`super::unpack`]), every other directory 0755 ([`create_dir_writable`]), both
+/// less the umask. `None` when the umask is unknown.
+fn created_dir_mode(rel: &Path) -> Option<u32> {
+    let asked = if rel.as_os_str().is_empty() {
+        0o700
+    } else {
+        0o755
+    };
+    umask().map(|mask| asked & !mask)
 }
 
 pub(super) fn create_dir_writable(full: &Path) -> Result<(), EntryProblem> {
