@@ -20,8 +20,9 @@
 # per side, the ratios of the medians, and the load average.
 #
 # --fresh-fs SIZE: extract instead onto a new ext4 (made by mkfs.ext4, so with a journal) in a
-# SIZE image file under DIR, attached with direct I/O so its pages are cached once. Every round
-# starts on the same file system (each round's trees are removed after it). On a long-used
+# SIZE image file under DIR, attached with direct I/O so its pages are cached once. Every run
+# starts on the same empty file system: the trees are compared in a first, untimed round, and
+# each timed run's tree is removed right after it. On a long-used
 # root file system without a journal the cost of creating a file depends on what was deleted
 # in the last minutes (ext4 skips recently deleted inodes; docs/benchmarks.md), so rounds there
 # drift. Needs root (losetup, mount).
@@ -99,6 +100,8 @@ timed() {
     if [ -n "$loop" ]; then sync; fi   # the loop device's writes reach the image file
     /usr/bin/time -f '%e %U %S %M' -o "$work/time.out" "$@" >"$work/$name.log" 2>&1 \
         || { cat "$work/$name.log" >&2; echo "bench-extract: $name failed" >&2; exit 1; }
+    # Round 0 (the untimed check round on the fresh file system) is not counted.
+    if [ "${TIMED:-1}" = 0 ]; then return; fi
     awk '{ printf "%s %.2f %s\n", $1, $2 + $3, $4 }' "$work/time.out" >>"$work/$name.times"
 }
 # `median NAME COLUMN` (1 wall, 2 cpu, 3 rss KiB) of NAME's runs.
@@ -125,27 +128,39 @@ same_tree() {
 # Every run writes a new directory and nothing is removed until the end: on ext4 without a
 # journal, creating files right after a large tree was deleted scans the deleted inodes
 # (`recently_deleted`, for 60 s or more), which would charge one side for the other's removal.
+#
+# On the fresh file system every run starts on the same empty file system instead: the trees
+# are compared in a first round that is not timed, and each timed run's tree is removed right
+# after it, so no side extracts next to the trees of the sides before it.
 measure() {
     local name=$1 run=$2; shift 2
-    local blobs=("$@") r out
+    local blobs=("$@") r out first=1
     cat "$run" "${blobs[@]}" >/dev/null   # both sides read their input from the page cache
-    for r in $(seq "$rounds"); do
+    if [ -n "$loop" ]; then first=0; fi
+    for r in $(seq "$first" "$rounds"); do
         out=$dest/$name-$r
         mkdir -p "$out/tar"
-        timed "$name-tar" sh -c 'for b; do tar -I zstd -xf "$b" -C "$0" || exit 1; done' "$out/tar" "${blobs[@]}"
-        timed "$name-extract" "$run" extract "$out/run"
-        if [ "$r" = 1 ]; then same_tree "$out/tar" "$out/run"; fi
+        TIMED=$r timed "$name-tar" sh -c 'for b; do tar -I zstd -xf "$b" -C "$0" || exit 1; done' "$out/tar" "${blobs[@]}"
+        [ "$r" = 0 ] || cleared "$out/tar"
+        TIMED=$r timed "$name-extract" "$run" extract "$out/run"
+        if [ "$r" = "$first" ]; then same_tree "$out/tar" "$out/run"; fi
+        [ "$r" = 0 ] || cleared "$out/run"
         if [ "${LOCAL:-0}" = 1 ]; then
-            SEALER_ROOT=$out/state timed "$name-local" "$run" install --local --data-root "$out/data"
-            if [ "$r" = 1 ]; then
+            SEALER_ROOT=$out/state TIMED=$r timed "$name-local" "$run" install --local --data-root "$out/data"
+            if [ "$r" = "$first" ]; then
                 local rootfs
                 rootfs=$(find "$out/data" -mindepth 2 -maxdepth 2 -name rootfs -type d)
                 [ -n "$rootfs" ] || { echo "bench-extract: install --local left no rootfs" >&2; exit 1; }
                 same_tree "$rootfs" "$out/run"
             fi
         fi
-        if [ -n "$loop" ]; then rm -rf "$out"; fi
+        if [ -n "$loop" ]; then rm -rf "$out"; sync; fi
     done
+}
+
+# `cleared DIR`: on the fresh file system, remove a timed run's tree before the next run.
+cleared() {
+    if [ -n "$loop" ]; then rm -rf "$1"; sync; fi
 }
 
 report() {
