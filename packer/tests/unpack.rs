@@ -164,6 +164,22 @@ fn a_directory_of_thousands_of_files_is_written_whole_like_gnu_tar() {
     assert_same_tree(&ours, &theirs);
 }
 
+/// The directories the writers are done with get their times and modes while the others are
+/// still being filled; those (a `man1` of thousands) get theirs after the last file.
+#[test]
+fn every_directory_gets_its_header_time_also_the_one_still_being_filled() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("ours");
+    extract(&[blob(&big_directory_layer())], &dest).unwrap();
+    let mut dirs = vec![("man".to_string(), 0o755), ("man/man1".to_string(), 0o755)];
+    dirs.extend((0..6).map(|i| (format!("other{i}"), 0o750)));
+    for (dir, mode) in dirs {
+        let meta = fs::metadata(dest.join(&dir)).unwrap();
+        assert_eq!(meta.mtime(), 1_600_000_000, "{dir}");
+        assert_eq!(meta.mode() & 0o7777, mode, "{dir}");
+    }
+}
+
 /// Where the process may open few files (`ulimit -n 128`), the writers create, write and close
 /// one file at a time instead of keeping batches open, and the extraction still succeeds. Runs
 /// itself in a child process with that limit, so the other tests keep theirs.

@@ -309,6 +309,12 @@ fn unpack_into(
             let mut tree = Tree::new(root, options, &pool, owners);
             for (index, layer) in layers.iter().enumerate() {
                 apply_layer(&mut pipeline, &mut tree, index, layer)?;
+                if index + 1 == layers.len() {
+                    // From here on only the writers' queued files change the tree: check
+                    // the symlinks and finish the complete directories while they work.
+                    tree.check_symlinks()?;
+                    tree.finish_dirs(Some(&pool.busy_dirs()?))?;
+                }
                 pool.drain()?;
                 tree.end_layer();
             }
@@ -321,7 +327,7 @@ fn unpack_into(
                     source: io::Error::other("the file changed while it was being read"),
                 });
             }
-            tree.finish()?;
+            tree.finish_dirs(None)?;
             let mut report = tree.report.clone();
             report.frames_hashed = spare.hashed.load(std::sync::atomic::Ordering::Relaxed);
             Ok(report)

@@ -11,7 +11,7 @@
 //! the rest wait. Where the process may open too few files for batches to stay open (a low
 //! `ulimit -n`), each worker creates, writes and closes one file after the other instead.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -81,12 +81,25 @@ impl Batch {
     fn dir(&self) -> Option<&Path> {
         self.jobs.first().and_then(|job| job.path.parent())
     }
+
+    /// The directory as the queues know it.
+    fn dir_key(&self) -> PathBuf {
+        self.dir().unwrap_or(Path::new("")).to_path_buf()
+    }
 }
 
 /// A batch whose files are created, their content not yet written.
 struct Opened {
     files: Vec<(File, FileJob)>,
     bytes: usize,
+    dir: PathBuf,
+}
+
+/// A batch written, or given up after a failure.
+struct Done {
+    bytes: usize,
+    dir: PathBuf,
+    failure: Option<UnpackError>,
 }
 
 /// What the workers and the parsing thread share, under one lock.
@@ -107,6 +120,8 @@ struct Queues {
     stopped: bool,
     /// The lane of each directory files were sent for.
     lane_of: HashMap<PathBuf, usize>,
+    /// Batches sent and not yet written, per directory (only directories with some).
+    pending_in: HashMap<PathBuf, usize>,
 }
 
 impl Queues {
@@ -114,8 +129,7 @@ impl Queues {
     /// (two workers creating in one directory would only contend for its lock), else, for a
     /// directory not seen before, the lane with the fewest batches waiting, so a directory of
     /// thousands of files does not hold up others behind it.
-    fn lane_for(&mut self, dir: Option<&Path>) -> usize {
-        let dir = dir.unwrap_or(Path::new(""));
+    fn lane_for(&mut self, dir: &Path) -> usize {
         if let Some(&lane) = self.lane_of.get(dir) {
             return lane;
         }
@@ -139,11 +153,17 @@ impl Queues {
     }
 
     /// A batch is done (written, or given up after a failure).
-    fn done(&mut self, bytes: usize, failure: Option<UnpackError>) {
-        self.queued_bytes -= bytes;
+    fn done(&mut self, done: Done) {
+        self.queued_bytes -= done.bytes;
         self.pending -= 1;
+        if let Some(left) = self.pending_in.get_mut(&done.dir) {
+            *left -= 1;
+            if *left == 0 {
+                self.pending_in.remove(&done.dir);
+            }
+        }
         if self.failure.is_none() {
-            self.failure = failure;
+            self.failure = done.failure;
         }
     }
 }
@@ -228,14 +248,15 @@ impl WriterPool {
                     done
                 }
             };
-            queues.done(finished.0, finished.1);
+            queues.done(finished);
             self.room.notify_all();
         }
     }
 
     /// Create every file of `batch`; on a failure, the batch is done with that failure.
-    fn open(&self, batch: Batch) -> Result<Opened, (usize, Option<UnpackError>)> {
+    fn open(&self, batch: Batch) -> Result<Opened, Done> {
         let dir = batch.dir().map(Dir::open);
+        let key = batch.dir_key();
         let mut files = Vec::with_capacity(batch.jobs.len());
         for job in batch.jobs {
             let created = match (&dir, job.path.file_name()) {
@@ -244,35 +265,59 @@ impl WriterPool {
             };
             match created {
                 Ok(file) => files.push((file, job)),
-                Err(e) => return Err((batch.bytes, Some(job.failed(e)))),
+                Err(e) => {
+                    return Err(Done {
+                        bytes: batch.bytes,
+                        dir: key,
+                        failure: Some(job.failed(e)),
+                    })
+                }
             }
         }
         Ok(Opened {
             files,
             bytes: batch.bytes,
+            dir: key,
         })
     }
 
     /// Create, write, time and close the files of `batch` one after the other.
-    fn write_each(&self, batch: Batch) -> (usize, Option<UnpackError>) {
+    fn write_each(&self, batch: Batch) -> Done {
+        let dir = batch.dir_key();
         for job in batch.jobs {
             let written = create_file(&job.path, job.meta.mode)
                 .and_then(|mut file| self.fill(&mut file, &job));
             if let Err(e) = written {
-                return (batch.bytes, Some(job.failed(e)));
+                return Done {
+                    bytes: batch.bytes,
+                    dir,
+                    failure: Some(job.failed(e)),
+                };
             }
         }
-        (batch.bytes, None)
+        Done {
+            bytes: batch.bytes,
+            dir,
+            failure: None,
+        }
     }
 
     /// Write, time and close every file of an opened batch.
-    fn write(&self, opened: Opened) -> (usize, Option<UnpackError>) {
+    fn write(&self, opened: Opened) -> Done {
         for (mut file, job) in opened.files {
             if let Err(e) = self.fill(&mut file, &job) {
-                return (opened.bytes, Some(job.failed(e)));
+                return Done {
+                    bytes: opened.bytes,
+                    dir: opened.dir,
+                    failure: Some(job.failed(e)),
+                };
             }
         }
-        (opened.bytes, None)
+        Done {
+            bytes: opened.bytes,
+            dir: opened.dir,
+            failure: None,
+        }
     }
 
     /// A created file gets its content, owner, mode and times.
@@ -337,7 +382,9 @@ impl WriterPool {
         }
         queues.queued_bytes += batch.bytes;
         queues.pending += 1;
-        let lane = queues.lane_for(batch.dir());
+        let dir = batch.dir_key();
+        let lane = queues.lane_for(&dir);
+        *queues.pending_in.entry(dir).or_default() += 1;
         queues.lanes[lane].push_back(batch);
         queues.unopened[lane] += 1;
         // Every worker may be the lane's owner or a writer in waiting: wake them all, once
@@ -346,13 +393,24 @@ impl WriterPool {
         Ok(())
     }
 
-    /// Wait until every submitted file is on disk; report the first failure.
-    pub(super) fn drain(&self) -> Result<(), UnpackError> {
+    /// Hand the files collected so far to the workers.
+    fn flush(&self) -> Result<(), UnpackError> {
         let rest = match self.batch.lock() {
             Ok(mut b) => std::mem::take(&mut *b),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        self.send(rest)?;
+        self.send(rest)
+    }
+
+    /// The directories (full paths) that files submitted so far are still to be written in.
+    pub(super) fn busy_dirs(&self) -> Result<HashSet<PathBuf>, UnpackError> {
+        self.flush()?;
+        Ok(self.lock().pending_in.keys().cloned().collect())
+    }
+
+    /// Wait until every submitted file is on disk; report the first failure.
+    pub(super) fn drain(&self) -> Result<(), UnpackError> {
+        self.flush()?;
         let mut queues = self.lock();
         while queues.pending > 0 {
             queues = wait(&self.room, queues);

@@ -500,8 +500,9 @@ impl<'o, 'p> Tree<'o, 'p> {
         true
     }
 
-    /// Check every symlink once all layers are in place, then set directory modes and times.
-    pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
+    /// Check every symlink once all layers are in place: after the last layer is read, only
+    /// the writers' files still change the tree, and they are never symlinks.
+    pub(super) fn check_symlinks(&mut self) -> Result<(), UnpackError> {
         for link in std::mem::take(&mut self.symlinks) {
             if !self.resolves_inside(&link) {
                 let target = fs::read_link(self.root.join(&link)).unwrap_or_default();
@@ -514,6 +515,20 @@ impl<'o, 'p> Tree<'o, 'p> {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Give directories the modes and times of their headers, deepest first.
+    ///
+    /// With `busy` (the directories, full paths, the writers still create files in, once the
+    /// last layer is read), only the directories already complete: not busy (a new name would
+    /// change its time), not above a busy one (its mode could shut the writers out), not the
+    /// root. The others wait for the call without `busy`, after the writers are done. The
+    /// parsing thread does the first part while the writers finish a large directory.
+    pub(super) fn finish_dirs(
+        &mut self,
+        busy: Option<&HashSet<PathBuf>>,
+    ) -> Result<(), UnpackError> {
         let root_mode = fs::metadata(&self.root)
             .map_err(io_err("reading", &self.root))?
             .permissions()
@@ -523,7 +538,27 @@ impl<'o, 'p> Tree<'o, 'p> {
         // no chmod.
         let inherits_setgid = root_mode & libc::S_ISGID != 0;
         let root_meta = self.dir_meta.contains_key(Path::new(""));
-        let mut dirs: Vec<(PathBuf, Meta)> = self.dir_meta.drain().collect();
+        let mut dirs: Vec<(PathBuf, Meta)> = Vec::new();
+        match busy {
+            None => dirs.extend(self.dir_meta.drain()),
+            Some(busy) => {
+                let mut waiting: HashSet<&Path> = HashSet::new();
+                for full in busy {
+                    let Ok(rel) = full.strip_prefix(&self.root) else {
+                        return Ok(()); // not ours to judge: everything waits
+                    };
+                    waiting.extend(rel.ancestors());
+                }
+                waiting.insert(Path::new(""));
+                self.dir_meta.retain(|rel, meta| {
+                    let wait = waiting.contains(rel.as_path());
+                    if !wait {
+                        dirs.push((rel.clone(), *meta));
+                    }
+                    wait
+                });
+            }
+        }
         dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         for (rel, meta) in dirs {
             // `dirs` follows every directory this extraction made or removed.
@@ -537,7 +572,7 @@ impl<'o, 'p> Tree<'o, 'p> {
             }
             set_times(&full, meta.mtime, true).map_err(io_err("setting the mtime of", &full))?;
         }
-        if root_mode & 0o7777 == 0o700 && !root_meta {
+        if busy.is_none() && root_mode & 0o7777 == 0o700 && !root_meta {
             fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755))
                 .map_err(io_err("setting the mode of", &self.root))?;
         }
