@@ -229,7 +229,7 @@ impl WriterPool {
                     let opened = if self.split {
                         self.open(batch)
                     } else {
-                        Err(self.write_each(batch))
+                        Err(Box::new(self.write_each(batch)))
                     };
                     queues = self.lock();
                     queues.unopened[lane] -= 1;
@@ -239,7 +239,7 @@ impl WriterPool {
                             self.work.notify_one();
                             continue;
                         }
-                        Err(done) => done,
+                        Err(done) => *done,
                     }
                 }
                 Work::Write(opened) => {
@@ -254,7 +254,7 @@ impl WriterPool {
     }
 
     /// Create every file of `batch`; on a failure, the batch is done with that failure.
-    fn open(&self, batch: Batch) -> Result<Opened, Done> {
+    fn open(&self, batch: Batch) -> Result<Opened, Box<Done>> {
         let dir = batch.dir().map(Dir::open);
         let key = batch.dir_key();
         let mut files = Vec::with_capacity(batch.jobs.len());
@@ -266,11 +266,11 @@ impl WriterPool {
             match created {
                 Ok(file) => files.push((file, job)),
                 Err(e) => {
-                    return Err(Done {
+                    return Err(Box::new(Done {
                         bytes: batch.bytes,
                         dir: key,
                         failure: Some(job.failed(e)),
-                    })
+                    }))
                 }
             }
         }
