@@ -27,8 +27,11 @@
 # in the last minutes (ext4 skips recently deleted inodes; docs/benchmarks.md), so rounds there
 # drift. Needs root (losetup, mount).
 #
+# --against STUB: also extract, in the same rounds, a package of the same image made with
+# another build's sealer-stub (the one before a change), and print its times and ratios.
+#
 # Usage: scripts/bench-extract.sh [--corpus real|mixed|both] [--rounds 3] [--dir /var/tmp]
-#                                 [--fresh-fs 16G]
+#                                 [--fresh-fs 16G] [--against STUB]
 # SEALER_BIN / STUB_BIN / PACK_TOOL: binaries built elsewhere (default: release builds here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,17 +41,22 @@ corpus=both
 rounds=3
 base=/var/tmp
 fresh_size=
+against=
 while [ $# -gt 0 ]; do
     case "$1" in
         --corpus) corpus=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --dir) base=$2; shift 2 ;;
         --fresh-fs) fresh_size=$2; shift 2 ;;
-        *) echo "usage: $0 [--corpus real|mixed|both] [--rounds N] [--dir DIR] [--fresh-fs SIZE]" >&2; exit 2 ;;
+        --against) against=$2; shift 2 ;;
+        *) echo "usage: $0 [--corpus real|mixed|both] [--rounds N] [--dir DIR] [--fresh-fs SIZE] [--against STUB]" >&2; exit 2 ;;
     esac
 done
 case "$corpus" in real|mixed|both) ;; *) echo "bench-extract: --corpus must be real, mixed or both" >&2; exit 2 ;; esac
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "bench-extract: --rounds must be a positive number" >&2; exit 2; }
+if [ -n "$against" ] && [ ! -x "$against" ]; then
+    echo "bench-extract: --against $against is not an executable sealer-stub" >&2; exit 2
+fi
 for tool in python3 /usr/bin/time tar zstd; do
     command -v "$tool" >/dev/null || { echo "bench-extract: missing $tool" >&2; exit 1; }
 done
@@ -124,7 +132,8 @@ same_tree() {
     [ "$a" = "$b" ] || { echo "bench-extract: $1 and $2 differ in modes or links" >&2; exit 1; }
 }
 
-# `measure CORPUS PACKAGE BLOB...`: the rounds of one corpus; install --local when LOCAL=1.
+# `measure CORPUS PACKAGE BLOB...`: the rounds of one corpus; install --local when LOCAL=1, the
+# package AGAINST (another stub's) extracted too when it is set.
 # Every run writes a new directory and nothing is removed until the end: on ext4 without a
 # journal, creating files right after a large tree was deleted scans the deleted inodes
 # (`recently_deleted`, for 60 s or more), which would charge one side for the other's removal.
@@ -145,6 +154,11 @@ measure() {
         TIMED=$r timed "$name-extract" "$run" extract "$out/run"
         if [ "$r" = "$first" ]; then same_tree "$out/tar" "$out/run"; fi
         [ "$r" = 0 ] || cleared "$out/run"
+        if [ -n "${AGAINST:-}" ]; then
+            TIMED=$r timed "$name-against" "$AGAINST" extract "$out/against"
+            if [ "$r" = "$first" ]; then same_tree "$out/tar" "$out/against"; fi
+            [ "$r" = 0 ] || cleared "$out/against"
+        fi
         if [ "${LOCAL:-0}" = 1 ]; then
             SEALER_ROOT=$out/state TIMED=$r timed "$name-local" "$run" install --local --data-root "$out/data"
             if [ "$r" = "$first" ]; then
@@ -173,6 +187,14 @@ report() {
     printf '  app.run extract   wall %6.2f s  cpu %6.2f s   (rounds %s s)  peak RSS %d MiB\n' \
         "$ew" "$ec" "$(all "$name-extract" 1)" "$(($(median "$name-extract" 3 | cut -d. -f1) / 1024))"
     printf '  extract / tar     wall %s  cpu %s   (target wall <= 0.6)\n' "$(ratio "$ew" "$tw")" "$(ratio "$ec" "$tc")"
+    if [ -f "$work/$name-against.times" ]; then
+        local aw ac
+        aw=$(median "$name-against" 1); ac=$(median "$name-against" 2)
+        printf '  --against extract wall %6.2f s  cpu %6.2f s   (rounds %s s)  peak RSS %d MiB\n' \
+            "$aw" "$ac" "$(all "$name-against" 1)" "$(($(median "$name-against" 3 | cut -d. -f1) / 1024))"
+        printf '  --against / tar   wall %s  cpu %s;  extract / --against wall %s\n' \
+            "$(ratio "$aw" "$tw")" "$(ratio "$ac" "$tc")" "$(ratio "$ew" "$aw")"
+    fi
     if [ -f "$work/$name-local.times" ]; then
         local lw lc
         lw=$(median "$name-local" 1); lc=$(median "$name-local" 2)
@@ -191,6 +213,10 @@ if [ "$corpus" != mixed ]; then
         || { cat "$work/build.log" >&2; exit 1; }
     SEALER_ROOT=$work/store "$sealer" pack bench/extract:1 -o "$work/real.run" >"$work/pack.log" 2>&1 \
         || { cat "$work/pack.log" >&2; exit 1; }
+    if [ -n "$against" ]; then
+        SEALER_STUB=$against SEALER_ROOT=$work/store "$sealer" pack bench/extract:1 -o "$work/real-against.run" \
+            >"$work/pack.log" 2>&1 || { cat "$work/pack.log" >&2; exit 1; }
+    fi
     # The store's layer blobs, in order: the same frames the package holds.
     mapfile -t real_blobs < <(python3 - "$work/store/oci" bench/extract:1 <<'PY'
 import json, sys
@@ -205,7 +231,7 @@ for layer in json.load(open(blob(m["digest"])))["layers"]:
 PY
 )
     echo "bench-extract: real corpus: $rounds rounds" >&2
-    LOCAL=1 measure real "$work/real.run" "${real_blobs[@]}"
+    LOCAL=1 AGAINST=${against:+$work/real-against.run} measure real "$work/real.run" "${real_blobs[@]}"
 fi
 if [ "$corpus" != real ]; then
     bench=${BENCH_DIR:-/tmp/sealer-bench}
@@ -217,8 +243,9 @@ if [ "$corpus" != real ]; then
     fi
     mixed_blobs=("$bench/small.tar.zst" "$bench/large.tar.zst")
     "$tool" pack "$SEALER_STUB" "$work/mixed.run" "${mixed_blobs[@]}" >/dev/null
+    if [ -n "$against" ]; then "$tool" pack "$against" "$work/mixed-against.run" "${mixed_blobs[@]}" >/dev/null; fi
     echo "bench-extract: mixed corpus: $rounds rounds" >&2
-    measure mixed "$work/mixed.run" "${mixed_blobs[@]}"
+    AGAINST=${against:+$work/mixed-against.run} measure mixed "$work/mixed.run" "${mixed_blobs[@]}"
 fi
 
 echo
