@@ -284,39 +284,29 @@ impl WriterPool {
     /// Create, write, time and close the files of `batch` one after the other.
     fn write_each(&self, batch: Batch) -> Done {
         let dir = batch.dir_key();
-        for job in batch.jobs {
-            let written = create_file(&job.path, job.meta.mode)
-                .and_then(|mut file| self.fill(&mut file, &job));
-            if let Err(e) = written {
-                return Done {
-                    bytes: batch.bytes,
-                    dir,
-                    failure: Some(job.failed(e)),
-                };
-            }
-        }
+        let failure = batch.jobs.into_iter().find_map(|job| {
+            create_file(&job.path, job.meta.mode)
+                .and_then(|mut file| self.fill(&mut file, &job))
+                .err()
+                .map(|e| job.failed(e))
+        });
         Done {
             bytes: batch.bytes,
             dir,
-            failure: None,
+            failure,
         }
     }
 
-    /// Write, time and close every file of an opened batch.
+    /// Write, time and close every file of an opened batch; the first failure ends it.
     fn write(&self, opened: Opened) -> Done {
-        for (mut file, job) in opened.files {
-            if let Err(e) = self.fill(&mut file, &job) {
-                return Done {
-                    bytes: opened.bytes,
-                    dir: opened.dir,
-                    failure: Some(job.failed(e)),
-                };
-            }
-        }
+        let failure = opened
+            .files
+            .into_iter()
+            .find_map(|(mut file, job)| self.fill(&mut file, &job).err().map(|e| job.failed(e)));
         Done {
             bytes: opened.bytes,
             dir: opened.dir,
-            failure: None,
+            failure,
         }
     }
 

@@ -3,11 +3,10 @@
 
 use std::ffi::CString;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -54,12 +53,26 @@ fn initial_mode(mode: u32) -> u32 {
 }
 
 pub(super) fn create_file(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(initial_mode(mode))
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    create_at(libc::AT_FDCWD, &c_path(path)?, mode)
+}
+
+/// Create the new file `name` relative to the directory `dir` (or the working directory):
+/// write-only, never through a symlink, never over an existing name.
+fn create_at(dir: libc::c_int, name: &std::ffi::CStr, mode: u32) -> io::Result<File> {
+    // SAFETY: a plain openat of a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            initial_mode(mode) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// A directory opened once so that the files of a batch are created by name inside it,
@@ -85,22 +98,7 @@ impl Dir {
 
     /// Create the new file `name` in this directory, as [`create_file`] does.
     pub(super) fn create(&self, name: &OsStr, mode: u32) -> io::Result<File> {
-        let c = CString::new(name.as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))?;
-        // SAFETY: a plain openat of a NUL-terminated name relative to a directory we own.
-        let fd = unsafe {
-            libc::openat(
-                self.0.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                initial_mode(mode) as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        create_at(self.0.as_raw_fd(), &c_path(Path::new(name))?, mode)
     }
 }
 
