@@ -150,14 +150,14 @@ measure() {
         out=$dest/$name-$r
         mkdir -p "$out/tar"
         TIMED=$r timed "$name-tar" sh -c 'for b; do tar -I zstd -xf "$b" -C "$0" || exit 1; done' "$out/tar" "${blobs[@]}"
-        [ "$r" = 0 ] || cleared "$out/tar"
+        cleared "$r" "$out/tar"
         TIMED=$r timed "$name-extract" "$run" extract "$out/run"
         if [ "$r" = "$first" ]; then same_tree "$out/tar" "$out/run"; fi
-        [ "$r" = 0 ] || cleared "$out/run"
+        cleared "$r" "$out/run"
         if [ -n "${AGAINST:-}" ]; then
             TIMED=$r timed "$name-against" "$AGAINST" extract "$out/against"
             if [ "$r" = "$first" ]; then same_tree "$out/tar" "$out/against"; fi
-            [ "$r" = 0 ] || cleared "$out/against"
+            cleared "$r" "$out/against"
         fi
         if [ "${LOCAL:-0}" = 1 ]; then
             SEALER_ROOT=$out/state TIMED=$r timed "$name-local" "$run" install --local --data-root "$out/data"
@@ -172,9 +172,16 @@ measure() {
     done
 }
 
-# `cleared DIR`: on the fresh file system, remove a timed run's tree before the next run.
+# `cleared ROUND DIR`: on the fresh file system, remove a timed run's tree before the next run
+# (round 0's trees stay: they are compared).
 cleared() {
-    if [ -n "$loop" ]; then rm -rf "$1"; sync; fi
+    if [ -n "$loop" ] && [ "$1" != 0 ]; then rm -rf "$2"; sync; fi
+}
+
+# `side LABEL NAME`: one measured side's line (medians, rounds, peak RSS).
+side() {
+    printf '  %-17s wall %6.2f s  cpu %6.2f s   (rounds %s s)  peak RSS %d MiB\n' \
+        "$1" "$(median "$2" 1)" "$(median "$2" 2)" "$(all "$2" 1)" "$(($(median "$2" 3 | cut -d. -f1) / 1024))"
 }
 
 report() {
@@ -184,22 +191,19 @@ report() {
     ew=$(median "$name-extract" 1); ec=$(median "$name-extract" 2)
     echo "$title"
     printf '  tar -I zstd -xf   wall %6.2f s  cpu %6.2f s   (rounds %s s)\n' "$tw" "$tc" "$(all "$name-tar" 1)"
-    printf '  app.run extract   wall %6.2f s  cpu %6.2f s   (rounds %s s)  peak RSS %d MiB\n' \
-        "$ew" "$ec" "$(all "$name-extract" 1)" "$(($(median "$name-extract" 3 | cut -d. -f1) / 1024))"
+    side "app.run extract" "$name-extract"
     printf '  extract / tar     wall %s  cpu %s   (target wall <= 0.6)\n' "$(ratio "$ew" "$tw")" "$(ratio "$ec" "$tc")"
     if [ -f "$work/$name-against.times" ]; then
         local aw ac
         aw=$(median "$name-against" 1); ac=$(median "$name-against" 2)
-        printf '  --against extract wall %6.2f s  cpu %6.2f s   (rounds %s s)  peak RSS %d MiB\n' \
-            "$aw" "$ac" "$(all "$name-against" 1)" "$(($(median "$name-against" 3 | cut -d. -f1) / 1024))"
+        side "--against extract" "$name-against"
         printf '  --against / tar   wall %s  cpu %s;  extract / --against wall %s\n' \
             "$(ratio "$aw" "$tw")" "$(ratio "$ac" "$tc")" "$(ratio "$ew" "$aw")"
     fi
     if [ -f "$work/$name-local.times" ]; then
         local lw lc
         lw=$(median "$name-local" 1); lc=$(median "$name-local" 2)
-        printf '  install --local   wall %6.2f s  cpu %6.2f s   (rounds %s s)  peak RSS %d MiB\n' \
-            "$lw" "$lc" "$(all "$name-local" 1)" "$(($(median "$name-local" 3 | cut -d. -f1) / 1024))"
+        side "install --local" "$name-local"
         printf '  install / extract wall %s  cpu %s   (target wall <= 1.2)\n' "$(ratio "$lw" "$ew")" "$(ratio "$lc" "$ec")"
     fi
 }
