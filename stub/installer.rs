@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use packer::{ReadError, RunFile, SignatureRecord, UnpackOptions, Volumes};
+use packer::{Documents, ReadError, RunFile, SignatureRecord, UnpackOptions, Volumes};
 use sealer::deploy::Payload;
 use sealer::install::{self, Request, Source};
 use sealer::trust::{self, Claim, Trust};
@@ -254,10 +254,14 @@ fn set_sigpipe(disposition: libc::sighandler_t) {
 }
 
 fn open() -> Result<RunFile> {
+    open_with(Documents::Read)
+}
+
+fn open_with(documents: Documents) -> Result<RunFile> {
     // A path in SEALER_RUN_FILE lets tests and `sealer` drive a stub against another file.
     match std::env::var_os("SEALER_RUN_FILE") {
-        Some(path) => Ok(RunFile::open(&PathBuf::from(path))?),
-        None => Ok(RunFile::open_self()?),
+        Some(path) => Ok(RunFile::open_with(&PathBuf::from(path), documents)?),
+        None => Ok(RunFile::open_self_with(documents)?),
     }
 }
 
@@ -471,8 +475,8 @@ fn verify(trust_args: &[String]) -> Result<()> {
 }
 
 /// The site policy, before anything is written: refuse a package it does not trust.
-fn open_trusted() -> Result<RunFile> {
-    let run = open()?;
+fn open_trusted(documents: Documents) -> Result<RunFile> {
+    let run = open_with(documents)?;
     if let Some(v) = trust::enforce_site_policy(&run)? {
         eprintln!("signed by trusted key {} ({})", v.key_id, v.key_origin);
     }
@@ -480,7 +484,8 @@ fn open_trusted() -> Result<RunFile> {
 }
 
 fn extract(dir: &std::path::Path) -> Result<()> {
-    let run = open_trusted()?;
+    // The layers are all it writes: the image's config (and its SBOM) is not read.
+    let run = open_trusted(Documents::Skip)?;
     let payload = payload(&run)?;
     let progress = ByteProgress::new("extracting", run.manifest().uncompressed_len());
     let update = |done| progress.update(done);
@@ -510,7 +515,7 @@ fn extract(dir: &std::path::Path) -> Result<()> {
 }
 
 fn install(target: &sealer::deploy::target::TargetArgs) -> Result<()> {
-    let run = open_trusted()?;
+    let run = open_trusted(Documents::Read)?;
     let program = std::env::args().next().unwrap_or_else(|| "app.run".into());
     let request = Request {
         target: target.spec(),
@@ -565,7 +570,7 @@ fn change_with(
     rollback_on_failure: bool,
     json: bool,
 ) -> Result<()> {
-    let run = open_trusted()?;
+    let run = open_trusted(Documents::Read)?;
     let program = std::env::args().next().unwrap_or_else(|| "app.run".into());
     let mut request = install::change_request(
         cluster,
@@ -591,7 +596,7 @@ fn change_with(
 /// `check`: every preflight check of an install of this package on every host; changes
 /// nothing and fails when a check fails.
 fn check(args: &sealer::deploy::target::CheckArgs) -> Result<()> {
-    let run = open_trusted()?;
+    let run = open_trusted(Documents::Read)?;
     let program = std::env::args().next().unwrap_or_else(|| "app.run".into());
     let request = Request {
         target: args.spec(),
@@ -624,7 +629,7 @@ fn status(args: &sealer::deploy::target::StatusArgs) -> Result<()> {
 }
 
 fn load() -> Result<()> {
-    let run = open_trusted()?;
+    let run = open_trusted(Documents::Read)?;
     let store = sealer::store::Store::open_default()?;
     let before = store.images().unwrap_or_default();
     let reference = sealer::package::load_package(&store, &run)?;

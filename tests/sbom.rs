@@ -6,9 +6,11 @@
 
 mod support;
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sha2::Digest;
 use support::store::{both, fixture, text, tool, Sealer};
 
 /// The venv `scripts/ci-deps.sh` installs `cyclonedx-python-lib` into.
@@ -112,18 +114,31 @@ fn the_etcd_fixture_sbom_lists_its_binaries_with_sha256_and_validates_as_cyclone
         .count();
     assert_eq!(files, on_disk, "one component per file of the root");
 
-    // The package carries the same document, inside the manifest its signature signs.
+    // The package carries the same document, in the image config beside the manifest; the
+    // manifest (what its signature signs) holds the sha256 of the config as stored.
     let from_run = env.ok_in(&run, &["inspect", "--sbom"], "stub-store");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&from_run).unwrap(),
         bom
     );
-    let manifest = env.ok_in(&run, &["inspect", "--manifest"], "stub-store");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&env.ok_in(&run, &["inspect", "--manifest"], "stub-store")).unwrap();
+    let documents = &manifest["image"]["documents"];
+    let file = fs::read(&run).unwrap();
+    let header_at = file.len() - manifest["volumes"][0]["len"].as_u64().unwrap() as usize;
+    let start = header_at + documents["offset"].as_u64().unwrap() as usize;
+    let len =
+        documents["manifest_len"].as_u64().unwrap() + documents["config_len"].as_u64().unwrap();
+    let stored = &file[start..start + len as usize];
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(stored)),
+        documents["sha256"].as_str().unwrap()
+    );
     let etcd_hash = file_component(&bom, "/usr/bin/etcd").unwrap()["hashes"][0]["content"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(manifest.contains(&etcd_hash));
+    assert!(String::from_utf8_lossy(stored).contains(&etcd_hash));
 
     // save -> load into another store keeps it.
     let archive = env.path("etcd.tar");

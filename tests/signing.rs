@@ -575,3 +575,41 @@ fn a_split_package_is_signed_through_its_first_file() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_version_1_package_is_signed_verified_and_loaded_by_this_build() {
+    let env = Sealer::new();
+    let (key, public) = unencrypted_key(&env, "site");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/packages/format-v1.run");
+    let run = env.path("old.run");
+    fs::copy(&fixture, &run).unwrap();
+    env.ok(&[
+        "sign",
+        run.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let out = env.ok(&[
+        "verify",
+        run.to_str().unwrap(),
+        "--trust",
+        public.to_str().unwrap(),
+    ]);
+    assert!(out.contains("signed by"), "{out}");
+    // This build's stub, driven against the old file, loads it with the digests it names.
+    let loaded = env
+        .command_in(Path::new(STUB), &["load"], "stub-store")
+        .env("SEALER_RUN_FILE", &run)
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", refused(&loaded));
+    let images = env.ok_in(
+        Path::new(support::store::SEALER),
+        &["inspect", "fixture/format-v1:1"],
+        "stub-store",
+    );
+    assert!(
+        images.contains("sha256:f81c106d29200c6843911a5308ebc5b41e97167f98936a1639b086716111cf2f"),
+        "{images}"
+    );
+}

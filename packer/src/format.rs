@@ -1,7 +1,7 @@
 //! The on-disk layout of a `.run` file (the spec is `docs/format.md`).
 //!
 //! ```text
-//! volume 0 (app.run):  stub ‖ pad ‖ HEADER ‖ MANIFEST ‖ pad ‖ layer frames (64 KiB-aligned) ‖ FOOTER
+//! volume 0 (app.run):  stub ‖ pad ‖ HEADER ‖ IMAGE DOCUMENTS ‖ MANIFEST ‖ pad ‖ layer frames (64 KiB-aligned) ‖ FOOTER
 //! volume k > 0:        HEADER ‖ pad ‖ layer frames (64 KiB-aligned) ‖ FOOTER
 //! ```
 //!
@@ -15,7 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::unpack::Compression;
 
 /// Current format version, written in header, footer and manifest.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version readers still read: version 1 carried the image's documents inside the
+/// manifest instead of beside it.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Alignment of the header of volume 0 and of every layer's first frame.
 pub const ALIGN: u64 = 64 << 10;
 /// Size of the header record.
@@ -30,6 +33,9 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"SEALEND\0";
 /// a terabyte image in 16 MiB frames needs about 13 MiB), so anything larger is damage, and a
 /// damaged length field must not make the reader allocate it.
 pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+/// The largest image documents (OCI manifest and config together) a reader accepts. A config
+/// carries the image's SBOM: about 9 MB for 25,000 files.
+pub const MAX_DOCUMENTS_LEN: u64 = 256 << 20;
 /// The most volumes a payload may have (a 4 GiB split of a petabyte).
 pub const MAX_VOLUMES: u32 = 1 << 18;
 /// Value of [`RunManifest::format`].
@@ -48,10 +54,19 @@ pub enum FormatError {
     BadMagic { what: &'static str },
     #[error("the {what} checksum does not match (the record is damaged)")]
     BadChecksum { what: &'static str },
-    #[error("format version {found} is not supported (this program reads version {FORMAT_VERSION}); use a newer sealer")]
+    #[error("format version {found} is not supported (this program reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}); use a newer sealer")]
     Version { found: u32 },
     #[error("the manifest is not valid: {0}")]
     Manifest(String),
+}
+
+/// A version this program reads, or the error naming it.
+fn check_version(found: u32) -> Result<(), FormatError> {
+    if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
+        Ok(())
+    } else {
+        Err(FormatError::Version { found })
+    }
 }
 
 fn checksum(bytes: &[u8]) -> [u8; 8] {
@@ -118,9 +133,7 @@ impl Header {
             return Err(FormatError::BadChecksum { what: "header" });
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::Version { found: version });
-        }
+        check_version(version)?;
         let mut payload_id = [0u8; 32];
         payload_id.copy_from_slice(&b[16..48]);
         Ok(Header {
@@ -173,9 +186,7 @@ impl Footer {
             return Err(FormatError::BadChecksum { what: "footer" });
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::Version { found: version });
-        }
+        check_version(version)?;
         let mut payload_id_prefix = [0u8; 16];
         payload_id_prefix.copy_from_slice(&b[40..56]);
         Ok(Footer {
@@ -209,13 +220,42 @@ pub struct ImageInfo {
     pub name: String,
     /// Digest of the OCI image manifest, `sha256:…`.
     pub manifest_digest: String,
-    /// The OCI image manifest, byte for byte (empty if the packer was not given one).
-    #[serde(default)]
+    /// The OCI image manifest, byte for byte (empty if the packer was not given one). Version 1
+    /// stores it here; version 2 in the image documents, from where the reader fills it in.
+    #[serde(default, skip_serializing_if = "JsonText::is_empty")]
     pub manifest_json: JsonText,
     /// Digest of the OCI config, `sha256:…`.
     pub config_digest: String,
-    /// The OCI image config (env, labels, cmds, the SBOM), byte for byte.
+    /// The OCI image config (env, labels, cmds, the SBOM), byte for byte; stored like
+    /// `manifest_json`.
+    #[serde(default, skip_serializing_if = "JsonText::is_empty")]
     pub config_json: JsonText,
+    /// Version 2: where the image documents lie, beside the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<DocumentsEntry>,
+}
+
+/// The image's OCI manifest and config, stored one after the other in volume 0 between the
+/// header and the manifest (version 2). The manifest holds only their place and sha256, so
+/// reading it stays quick when the config carries a large SBOM; a reader that needs the
+/// documents reads and checks them, one that only extracts layers never does. The sha256 is in
+/// the manifest, so the payload id and a signature cover the documents too.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DocumentsEntry {
+    /// Offset relative to the header of volume 0.
+    pub offset: u64,
+    /// Length of the OCI image manifest, which comes first.
+    pub manifest_len: u64,
+    /// Length of the OCI image config, which follows it.
+    pub config_len: u64,
+    /// sha256 of both documents as stored, lowercase hex.
+    pub sha256: String,
+}
+
+impl DocumentsEntry {
+    pub fn total_len(&self) -> Option<u64> {
+        self.manifest_len.checked_add(self.config_len)
+    }
 }
 
 /// A document carried as a JSON string inside the manifest (the image's OCI manifest and
@@ -233,6 +273,10 @@ pub struct JsonText {
 }
 
 impl JsonText {
+    pub fn is_empty(&self) -> bool {
+        self.text().is_empty()
+    }
+
     fn text(&self) -> &str {
         self.text.get_or_init(|| match &self.raw {
             // The literal was checked to be a JSON string when it was read.
@@ -356,10 +400,17 @@ impl RunManifest {
                 manifest.format
             )));
         }
-        if manifest.version != FORMAT_VERSION {
-            return Err(FormatError::Version {
-                found: manifest.version,
-            });
+        check_version(manifest.version)?;
+        if (manifest.version >= 2) != manifest.image.documents.is_some() {
+            return Err(FormatError::Manifest(format!(
+                "a version {} manifest {} the image documents' place",
+                manifest.version,
+                if manifest.version >= 2 {
+                    "lacks"
+                } else {
+                    "names"
+                }
+            )));
         }
         if manifest.volumes.is_empty() || manifest.volumes.len() > MAX_VOLUMES as usize {
             return Err(FormatError::Manifest(format!(
@@ -374,6 +425,21 @@ impl RunManifest {
                     "volume {i} is listed with index {}",
                     v.index
                 )));
+            }
+        }
+        if let Some(documents) = &manifest.image.documents {
+            let fits = documents
+                .total_len()
+                .filter(|len| *len <= MAX_DOCUMENTS_LEN)
+                .and_then(|len| documents.offset.checked_add(len))
+                .and_then(|end| end.checked_add(FOOTER_LEN))
+                .is_some_and(|end| {
+                    documents.offset >= HEADER_LEN && end <= manifest.volumes[0].len
+                });
+            if !fits {
+                return Err(FormatError::Manifest(
+                    "the image documents lie outside volume 0".into(),
+                ));
             }
         }
         for (l, layer) in manifest.layers.iter().enumerate() {
@@ -535,16 +601,18 @@ mod tests {
         assert!(err.to_string().contains("version 9"), "{err}");
     }
 
+    /// A version-1 manifest, which carries the image documents inside.
     fn manifest_with_config(config: &str) -> RunManifest {
         RunManifest {
             format: MANIFEST_FORMAT.to_string(),
-            version: FORMAT_VERSION,
+            version: 1,
             image: ImageInfo {
                 name: "app:1".into(),
                 manifest_digest: "sha256:00".into(),
                 manifest_json: "{}".into(),
                 config_digest: "sha256:11".into(),
                 config_json: config.into(),
+                documents: None,
             },
             layers: Vec::new(),
             volumes: vec![VolumeEntry {
@@ -572,6 +640,52 @@ mod tests {
         let read = RunManifest::from_bytes(foreign.as_bytes()).unwrap();
         assert_eq!(&*read.image.config_json, config);
         assert_eq!(read.to_bytes(), foreign.as_bytes());
+    }
+
+    #[test]
+    fn the_image_documents_are_named_from_version_2_on_and_must_lie_in_volume_0() {
+        let mut m = manifest_with_config("{}");
+        m.volumes[0].len = 1 << 20;
+        m.payload_len = 1 << 20;
+        let entry = DocumentsEntry {
+            offset: HEADER_LEN,
+            manifest_len: 2,
+            config_len: 2,
+            sha256: "00".into(),
+        };
+        let refused = |m: &RunManifest| RunManifest::from_bytes(&m.to_bytes()).unwrap_err();
+        m.version = 2;
+        assert!(refused(&m).to_string().contains("lacks"), "{}", refused(&m));
+        m.image.documents = Some(entry.clone());
+        assert!(RunManifest::from_bytes(&m.to_bytes()).is_ok());
+        m.version = 1;
+        assert!(refused(&m).to_string().contains("names"), "{}", refused(&m));
+        m.version = 2;
+        for outside in [
+            DocumentsEntry {
+                offset: 0,
+                ..entry.clone()
+            },
+            DocumentsEntry {
+                offset: (1 << 20) - 66,
+                ..entry.clone()
+            },
+            DocumentsEntry {
+                config_len: u64::MAX,
+                ..entry.clone()
+            },
+            DocumentsEntry {
+                config_len: MAX_DOCUMENTS_LEN,
+                ..entry.clone()
+            },
+        ] {
+            m.image.documents = Some(outside);
+            assert!(
+                refused(&m).to_string().contains("outside volume 0"),
+                "{}",
+                refused(&m)
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod write;
 
 pub use codec::{Level, LevelError, STORE_ZSTD_LEVEL};
 pub use format::{JsonText, RunManifest, FORMAT_VERSION};
-pub use read::{ReadError, RunFile, Volumes};
+pub use read::{Documents, ReadError, RunFile, Volumes};
 pub use signature::SignatureRecord;
 pub use source::{ByteSource, MappedFile, PositionedFile};
 pub use unpack::{

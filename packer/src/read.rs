@@ -148,6 +148,18 @@ fn newer(path: &Path, found: u32) -> ReadError {
     }
 }
 
+/// What [`RunFile::open_with`] reads besides the header and the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Documents {
+    /// The image's OCI manifest and config as well, checked against the sha256 the manifest
+    /// gives: what [`RunFile::open`] does, for every caller that looks at the image.
+    Read,
+    /// Not them, for a caller that needs only the layers (`extract`): an image config with a
+    /// large SBOM is neither read nor hashed. A version-2 package's `manifest().image`
+    /// `manifest_json` and `config_json` are then empty.
+    Skip,
+}
+
 /// An opened `.run` file: its manifest and where its payload starts.
 #[derive(Debug)]
 pub struct RunFile {
@@ -177,9 +189,14 @@ impl RunFile {
     ///
     /// Without `/proc` (a bare chroot) the program path from `argv[0]` is used instead.
     pub fn open_self() -> Result<RunFile, ReadError> {
+        Self::open_self_with(Documents::Read)
+    }
+
+    /// [`RunFile::open_self`], reading the image documents or not.
+    pub fn open_self_with(documents: Documents) -> Result<RunFile, ReadError> {
         let exe = PathBuf::from("/proc/self/exe");
         if let Ok(real) = fs::read_link(&exe) {
-            return Self::open_file(&exe, &real);
+            return Self::open_file(&exe, &real, documents);
         }
         let argv0 = std::env::args_os()
             .next()
@@ -197,15 +214,24 @@ impl RunFile {
                 })
                 .unwrap_or(argv0)
         };
-        Self::open(&program)
+        Self::open_with(&program, documents)
     }
 
     /// Open a `.run` file by path.
     pub fn open(path: &Path) -> Result<RunFile, ReadError> {
-        Self::open_file(path, path)
+        Self::open_with(path, Documents::Read)
     }
 
-    fn open_file(open_path: &Path, shown: &Path) -> Result<RunFile, ReadError> {
+    /// [`RunFile::open`], reading the image documents or not.
+    pub fn open_with(path: &Path, documents: Documents) -> Result<RunFile, ReadError> {
+        Self::open_file(path, path, documents)
+    }
+
+    fn open_file(
+        open_path: &Path,
+        shown: &Path,
+        documents: Documents,
+    ) -> Result<RunFile, ReadError> {
         let file = File::open(open_path).map_err(io_err("opening", shown))?;
         let file_len = file.metadata().map_err(io_err("reading", shown))?.len();
         let dir = match shown.parent() {
@@ -263,7 +289,7 @@ impl RunFile {
                 what: "its manifest does not match the payload id in its header".into(),
             });
         }
-        let manifest = parsed.map_err(|e| damaged(shown, e, "manifest"))?;
+        let mut manifest = parsed.map_err(|e| damaged(shown, e, "manifest"))?;
         if manifest.volumes.len() != header.volume_count as usize
             || manifest.volumes[0].len != header.volume_len
         {
@@ -271,6 +297,12 @@ impl RunFile {
                 path: shown.to_path_buf(),
                 what: "its header and manifest disagree about the volumes".into(),
             });
+        }
+        if let (Documents::Read, Some(entry)) = (documents, &manifest.image.documents) {
+            // The manifest placed them inside volume 0, which ends where the file ends.
+            let (oci_manifest, config) = read_documents(&file, header_offset, entry, shown)?;
+            manifest.image.manifest_json = oci_manifest.into();
+            manifest.image.config_json = config.into();
         }
         let (slots_at, slots_len) = signature::region();
         let slots = read_exact_at(&file, slots_len, header_offset + slots_at, shown)?;
@@ -399,6 +431,29 @@ impl RunFile {
             verdict: OnceLock::new(),
         })
     }
+}
+
+/// The image's OCI manifest and config from beside the manifest, checked against its sha256.
+fn read_documents(
+    file: &File,
+    header_offset: u64,
+    entry: &format::DocumentsEntry,
+    path: &Path,
+) -> Result<(String, String), ReadError> {
+    let damaged = |what: &str| ReadError::Damaged {
+        path: path.to_path_buf(),
+        what: format!("its image documents {what}"),
+    };
+    let len = entry
+        .total_len()
+        .ok_or_else(|| damaged("have no valid length"))?;
+    let mut bytes = read_exact_at(file, len, header_offset + entry.offset, path)?;
+    if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
+        return Err(damaged("do not match the sha256 the manifest gives"));
+    }
+    let config = bytes.split_off(entry.manifest_len as usize);
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| damaged("are not UTF-8"));
+    Ok((text(bytes)?, text(config)?))
 }
 
 fn read_footer(

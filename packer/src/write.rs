@@ -1,5 +1,5 @@
-//! Writing `.run` files: stub ‖ header ‖ manifest ‖ layer frames ‖ footer, optionally split
-//! into volumes.
+//! Writing `.run` files: stub ‖ header ‖ image documents ‖ manifest ‖ layer frames ‖ footer,
+//! optionally split into volumes.
 //!
 //! Inputs are plain structs: a stub executable, the image's identity and config, and layer
 //! blob files. Layers that already are framed zstd are copied byte for byte (the kernel copies
@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Compression, Level};
 use crate::format::{
-    self, align_up, Footer, FrameEntry, Header, ImageInfo, LayerEntry, RunManifest, VolumeEntry,
-    ALIGN, FOOTER_LEN, FORMAT_VERSION, HEADER_LEN, MANIFEST_FORMAT,
+    self, align_up, DocumentsEntry, Footer, FrameEntry, Header, ImageInfo, JsonText, LayerEntry,
+    RunManifest, VolumeEntry, ALIGN, FOOTER_LEN, FORMAT_VERSION, HEADER_LEN, MANIFEST_FORMAT,
 };
 use crate::frames::{scan_frames, Frame, FramedWriter};
 use crate::source::MappedFile;
@@ -228,6 +228,15 @@ fn write_in(
     }
 
     let header_at = format::header_offset_after(stub.len() as u64);
+    // The image documents sit between the header and the manifest, which only names them.
+    let documents = [spec.manifest_json.as_bytes(), spec.config_json.as_bytes()].concat();
+    let documents_entry = DocumentsEntry {
+        offset: HEADER_LEN,
+        manifest_len: spec.manifest_json.len() as u64,
+        config_len: spec.config_json.len() as u64,
+        sha256: hex::encode(Sha256::digest(&documents)),
+    };
+    let manifest_at = HEADER_LEN + documents.len() as u64;
     let split = spec.split_size.unwrap_or(u64::MAX);
     if let Some(split) = spec.split_size {
         let largest = prepared
@@ -235,8 +244,9 @@ fn write_in(
             .flat_map(|l| l.frames.iter().map(|f| f.compressed_len))
             .max()
             .unwrap_or(0);
-        // Volume 0 must hold the stub, header and manifest; every volume a whole frame.
-        let needed = (header_at + HEADER_LEN + ALIGN + FOOTER_LEN + (1 << 20))
+        // Volume 0 must hold the stub, header, documents and manifest; every volume a whole
+        // frame.
+        let needed = (header_at + manifest_at + ALIGN + FOOTER_LEN + (1 << 20))
             .max(ALIGN + largest + FOOTER_LEN);
         if split < needed {
             return Err(WriteError::SplitTooSmall {
@@ -251,9 +261,9 @@ fn write_in(
     // The manifest records the layout and the layout starts after the manifest: lay out with a
     // reserved manifest size until the manifest fits in it.
     let mut reserve = 4096u64;
-    let (manifest, manifest_bytes, segments, volume_lens) = loop {
+    let (mut manifest, manifest_bytes, segments, volume_lens) = loop {
         let (layers, segments, volume_lens) =
-            lay_out(&prepared, header_at, reserve, split, stub_len)?;
+            lay_out(&prepared, header_at, manifest_at + reserve, split, stub_len)?;
         let volumes = volume_lens
             .iter()
             .enumerate()
@@ -269,9 +279,10 @@ fn write_in(
             image: ImageInfo {
                 name: spec.image_name.clone(),
                 manifest_digest: spec.manifest_digest.clone(),
-                manifest_json: spec.manifest_json.clone().into(),
+                manifest_json: JsonText::default(),
                 config_digest: spec.config_digest.clone(),
-                config_json: spec.config_json.clone().into(),
+                config_json: JsonText::default(),
+                documents: Some(documents_entry.clone()),
             },
             layers,
             payload_len: volume_lens.iter().sum(),
@@ -317,7 +328,7 @@ fn write_in(
             0
         };
         let (manifest_offset, manifest_len) = if volume == 0 {
-            (HEADER_LEN, manifest_bytes.len() as u64)
+            (manifest_at, manifest_bytes.len() as u64)
         } else {
             (0, 0)
         };
@@ -333,7 +344,8 @@ fn write_in(
         };
         write_at(&mut out, base, &header.encode(), &temp)?;
         if volume == 0 {
-            write_at(&mut out, base + HEADER_LEN, &manifest_bytes, &temp)?;
+            write_at(&mut out, base + HEADER_LEN, &documents, &temp)?;
+            write_at(&mut out, base + manifest_at, &manifest_bytes, &temp)?;
             if let Some(slot) = &signature {
                 let at = base + crate::signature::SLOT_OFFSETS[0];
                 write_at(&mut out, at, slot, &temp)?;
@@ -379,6 +391,9 @@ fn write_in(
         perms.set_mode(0o755);
         let _ = fs::set_permissions(&final_files[0], perms);
     }
+    // What a reader sees: the documents filled in from beside the manifest.
+    manifest.image.manifest_json = spec.manifest_json.clone().into();
+    manifest.image.config_json = spec.config_json.clone().into();
     Ok(PackReport {
         files: final_files,
         payload_id: hex::encode(payload_id),

@@ -841,3 +841,79 @@ fn a_package_open_for_writing_during_the_install_check_is_hashed_again() {
         .unwrap();
     assert_eq!(report.frames_hashed, total_frames(&clean));
 }
+
+#[test]
+fn the_image_documents_lie_beside_the_manifest_and_are_read_only_when_asked_for() {
+    let work = tempfile::tempdir().unwrap();
+    let (report, _) = pack(work.path(), Compression::Zstd);
+    let run_path = &report.files[0];
+    let config = spec(Vec::new(), PathBuf::new()).config_json;
+    let run = RunFile::open(run_path).unwrap();
+    assert_eq!(run.manifest().version, 2);
+    assert_eq!(&*run.manifest().image.config_json, config);
+    assert_eq!(&*run.manifest().image.manifest_json, "{}");
+    assert_eq!(
+        report.manifest.image.config_json,
+        run.manifest().image.config_json
+    );
+    let stored = String::from_utf8(run.manifest_bytes().to_vec()).unwrap();
+    assert!(!stored.contains("config_json"), "{stored}");
+    assert!(stored.contains(r#""documents":{"offset":4096"#), "{stored}");
+
+    let lean = RunFile::open_with(run_path, packer::Documents::Skip).unwrap();
+    assert!(lean.manifest().image.config_json.is_empty());
+    assert_eq!(lean.payload_id(), run.payload_id());
+
+    // One byte of the config changed: the payload id still holds, the documents' sha256 not.
+    let at = run.header_offset() + HEADER_LEN + 2 + config.find("Cmd").unwrap() as u64;
+    let mut bytes = fs::read(run_path).unwrap();
+    bytes[at as usize] ^= 0x20;
+    fs::write(run_path, &bytes).unwrap();
+    let err = RunFile::open(run_path).unwrap_err();
+    assert!(matches!(err, ReadError::Damaged { .. }), "{err}");
+    assert!(
+        err.to_string().contains("image documents do not match"),
+        "{err}"
+    );
+    // Extraction needs only the layers, which are intact.
+    let lean = RunFile::open_with(run_path, packer::Documents::Skip).unwrap();
+    let out = work.path().join("out");
+    lean.payload()
+        .unwrap()
+        .extract(&out, &Default::default())
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("etc/os-release")).unwrap(),
+        "NAME=upper\n"
+    );
+}
+
+/// A package written by the version-1 packer (documents inside the manifest), its stub cut to
+/// 64 KiB of zeros: fixtures/packages/format-v1.run.
+fn format_v1_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/packages/format-v1.run")
+}
+
+#[test]
+fn a_version_1_package_still_opens_verifies_and_extracts() {
+    use sha2::{Digest, Sha256};
+    let run = RunFile::open(&format_v1_fixture()).unwrap();
+    let m = run.manifest();
+    assert_eq!(m.version, 1);
+    assert_eq!(m.image.name, "fixture/format-v1:1");
+    let digest = |text: &str| format!("sha256:{}", hex::encode(Sha256::digest(text)));
+    assert_eq!(digest(&m.image.config_json), m.image.config_digest);
+    assert_eq!(digest(&m.image.manifest_json), m.image.manifest_digest);
+    let lean = RunFile::open_with(&format_v1_fixture(), packer::Documents::Skip).unwrap();
+    assert_eq!(lean.manifest().image.config_json, m.image.config_json);
+    let payload = run.payload().unwrap();
+    payload.verify(None).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    payload
+        .extract(&work.path().join("out"), &Default::default())
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(work.path().join("out/etc/hello.txt")).unwrap(),
+        "hello from a version 1 package\n"
+    );
+}

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use packer::format::{self, Footer, Header, RunManifest, FOOTER_LEN, HEADER_LEN};
-use packer::{Compression, LayerBlob, PackSpec, RunFile, UnpackOptions};
+use packer::{Compression, Documents, LayerBlob, PackSpec, RunFile, UnpackOptions};
 
 const MAX_EDITS: usize = 10;
 /// Frames read one by one through `Volumes::frame_bytes` at most.
@@ -50,6 +50,8 @@ pub fn check(data: &[u8]) {
 
 /// What the stub does with a `.run` file, in order, ignoring the errors it would print.
 fn exercise(path: &Path, out: &Path) {
+    // `app.run extract` opens without the image documents.
+    let _ = RunFile::open_with(path, Documents::Skip).map(|run| run.manifest().frame_count());
     let Ok(run) = RunFile::open(path) else {
         return;
     };
@@ -370,6 +372,10 @@ enum ManifestEdit {
     FrameUncompressedLen(u8, u8, Value),
     FrameSha(u8, u8, ShaEdit),
     ConfigJson(String),
+    DropDocuments,
+    DocumentsOffset(Value),
+    DocumentsManifestLen(Value),
+    DocumentsConfigLen(Value),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -511,6 +517,22 @@ impl ManifestEdit {
                 })
             }
             E::ConfigJson(text) => m.image.config_json = text.clone().into(),
+            E::DropDocuments => m.image.documents = None,
+            E::DocumentsOffset(v) => {
+                if let Some(d) = &mut m.image.documents {
+                    d.offset = v.apply(d.offset)
+                }
+            }
+            E::DocumentsManifestLen(v) => {
+                if let Some(d) = &mut m.image.documents {
+                    d.manifest_len = v.apply(d.manifest_len)
+                }
+            }
+            E::DocumentsConfigLen(v) => {
+                if let Some(d) = &mut m.image.documents {
+                    d.config_len = v.apply(d.config_len)
+                }
+            }
         }
     }
 }
