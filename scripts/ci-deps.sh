@@ -25,7 +25,7 @@ build_base=1
 wanted=(openssh-server openssh-client debootstrap skopeo docker-registry zstd iproute2 xz-utils
         tar file binutils time sudo etcd-client etcd-server sshpass util-linux procps
         apache2-utils openssl bc minisign containerd python3-grpcio systemd busybox
-        man-db groff-base zsh fish python3-venv tmux)
+        man-db groff-base zsh fish python3-venv tmux b3sum)
 
 missing=()
 for pkg in "${wanted[@]}"; do

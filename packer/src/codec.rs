@@ -275,8 +275,13 @@ pub fn stored_frame_pieces(plain: &[u8], mut piece: impl FnMut(&[u8])) {
 pub enum FrameProblem {
     #[error("cannot be read ({0})")]
     Unreadable(io::Error),
-    #[error("is corrupt (sha256 {actual}, expected {expected})")]
-    Checksum { expected: String, actual: String },
+    #[error("is corrupt ({algorithm} {actual}, expected {expected})")]
+    Checksum {
+        /// `blake3` or `sha256`: the digest the check used.
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
     #[error("is corrupt (not a valid {compression} stream: {reason})")]
     Decode {
         compression: Compression,
@@ -293,9 +298,11 @@ impl FrameProblem {
     pub fn detail(&self) -> String {
         match self {
             FrameProblem::Unreadable(e) => format!("it cannot be read ({e})"),
-            FrameProblem::Checksum { expected, actual } => {
-                format!("sha256 {actual}, expected {expected}")
-            }
+            FrameProblem::Checksum {
+                algorithm,
+                expected,
+                actual,
+            } => format!("{algorithm} {actual}, expected {expected}"),
             FrameProblem::Decode {
                 compression,
                 reason,

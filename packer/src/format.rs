@@ -372,6 +372,11 @@ pub struct FrameEntry {
     pub uncompressed_len: u64,
     /// sha256 of the compressed bytes, lowercase hex.
     pub sha256: String,
+    /// BLAKE3 of the compressed bytes, lowercase hex: what readers check when it is there
+    /// (every frame this packer writes; packages from before it lack it and are checked by
+    /// sha256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 /// One file of a split payload.

@@ -29,8 +29,65 @@ pub struct Frame {
     pub compressed_len: u64,
     /// Uncompressed length in bytes.
     pub uncompressed_len: u64,
-    /// sha256 of the compressed bytes, lowercase hex.
+    /// sha256 of the compressed bytes, lowercase hex: the frame's identity (a layer's frames
+    /// concatenated are its OCI blob).
     pub sha256: String,
+    /// BLAKE3 of the compressed bytes, lowercase hex: what [`Frame::check_digest`] compares
+    /// when it is known (frame indexes written before it lack it). About four times faster
+    /// than sha256 with the CPU's SHA instructions, which is 5 % of an extraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+impl Frame {
+    /// Check a frame's compressed bytes against this entry: by BLAKE3 when the entry has it,
+    /// by sha256 otherwise.
+    pub fn check_digest(&self, bytes: &[u8]) -> Result<(), crate::codec::FrameProblem> {
+        let (algorithm, expected, actual) = match &self.blake3 {
+            Some(expected) => ("blake3", expected, blake3_hex(bytes)),
+            None => ("sha256", &self.sha256, hex::encode(Sha256::digest(bytes))),
+        };
+        if actual.eq_ignore_ascii_case(expected) {
+            return Ok(());
+        }
+        Err(crate::codec::FrameProblem::Checksum {
+            algorithm,
+            expected: expected.clone(),
+            actual,
+        })
+    }
+}
+
+/// BLAKE3 of `bytes`, lowercase hex.
+pub fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// The sha256 and BLAKE3 of a frame, fed piece by piece.
+struct FrameDigests {
+    sha256: Sha256,
+    blake3: blake3::Hasher,
+}
+
+impl FrameDigests {
+    fn new() -> Self {
+        FrameDigests {
+            sha256: Sha256::new(),
+            blake3: blake3::Hasher::new(),
+        }
+    }
+
+    fn update(&mut self, piece: &[u8]) {
+        self.sha256.update(piece);
+        self.blake3.update(piece);
+    }
+
+    fn finish(self) -> (String, String) {
+        (
+            hex::encode(self.sha256.finalize()),
+            self.blake3.finalize().to_hex().to_string(),
+        )
+    }
 }
 
 /// What a finished [`FramedWriter`] knows about the blob it wrote.
@@ -118,8 +175,8 @@ enum Encoded {
 
 struct Compressed {
     seq: u64,
-    /// The frame and the sha256 of it, computed on the worker.
-    bytes: io::Result<(Encoded, String)>,
+    /// The frame and its sha256 and BLAKE3, computed on the worker.
+    bytes: io::Result<(Encoded, (String, String))>,
     uncompressed_len: usize,
 }
 
@@ -219,19 +276,20 @@ impl<W: Write> FramedWriter<W> {
                         let uncompressed_len = frame.data.len();
                         let bytes = match (mode, compressor.as_mut()) {
                             (FrameMode::Stored, _) => {
-                                let mut sha = Sha256::new();
+                                let mut digests = FrameDigests::new();
                                 crate::codec::stored_frame_pieces(&frame.data, |piece| {
-                                    sha.update(piece)
+                                    digests.update(piece)
                                 });
-                                Ok((Encoded::Stored(frame), hex::encode(sha.finalize())))
+                                Ok((Encoded::Stored(frame), digests.finish()))
                             }
                             (FrameMode::Compressed, Ok(c)) => {
                                 let mut out =
                                     outputs.take(zstd::zstd_safe::compress_bound(uncompressed_len));
                                 let done = c.compress_into(&frame.data[..], &mut out);
                                 done.map(|_| {
-                                    let sha256 = hex::encode(Sha256::digest(&out));
-                                    (Encoded::Bytes(out), sha256)
+                                    let mut digests = FrameDigests::new();
+                                    digests.update(&out);
+                                    (Encoded::Bytes(out), digests.finish())
                                 })
                             }
                             (FrameMode::Compressed, Err(e)) => {
@@ -366,7 +424,7 @@ impl<W: Write> FramedWriter<W> {
 
     fn write_ready(&mut self) -> io::Result<()> {
         while let Some(done) = self.pending.remove(&self.written_seq) {
-            let (encoded, sha256) = done.bytes?;
+            let (encoded, (sha256, blake3)) = done.bytes?;
             let compressed_len = match &encoded {
                 Encoded::Bytes(bytes) => {
                     self.sink.write_all(bytes)?;
@@ -394,6 +452,7 @@ impl<W: Write> FramedWriter<W> {
                 compressed_len: compressed_len as u64,
                 uncompressed_len: done.uncompressed_len as u64,
                 sha256,
+                blake3: Some(blake3),
             });
             self.offset += compressed_len as u64;
             self.written_seq += 1;
@@ -476,13 +535,7 @@ pub fn check_frame_bytes(
     bytes: &[u8],
     depth: crate::codec::FrameCheck,
 ) -> Result<(), crate::codec::FrameProblem> {
-    let actual = hex::encode(Sha256::digest(bytes));
-    if actual != frame.sha256 {
-        return Err(crate::codec::FrameProblem::Checksum {
-            expected: frame.sha256.clone(),
-            actual,
-        });
-    }
+    frame.check_digest(bytes)?;
     crate::codec::check_frame_content(compression, bytes, frame.uncompressed_len, depth)
 }
 
@@ -575,6 +628,7 @@ pub fn scan_frames(blob: &[u8]) -> Result<Vec<Frame>, ScanError> {
                 compressed_len: len as u64,
                 uncompressed_len,
                 sha256: String::new(),
+                blake3: None,
             });
         }
         offset += len;
@@ -585,6 +639,7 @@ pub fn scan_frames(blob: &[u8]) -> Result<Vec<Frame>, ScanError> {
         let start = frame.offset as usize;
         let bytes = &blob[start..start + frame.compressed_len as usize];
         frame.sha256 = hex::encode(Sha256::digest(bytes));
+        frame.blake3 = Some(blake3_hex(bytes));
     });
     Ok(frames)
 }

@@ -420,6 +420,7 @@ impl RunFile {
                         compressed_len: f.compressed_len,
                         uncompressed_len: f.uncompressed_len,
                         sha256: f.sha256.clone(),
+                        blake3: f.blake3.clone(),
                     })
                     .collect()
             })
@@ -715,17 +716,8 @@ impl Volumes {
                 source: e,
             }
         })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if actual != f.sha256 {
-            return Err(self.corrupt(
-                layer,
-                frame,
-                FrameProblem::Checksum {
-                    expected: f.sha256.clone(),
-                    actual,
-                },
-            ));
-        }
+        f.check_digest(&bytes)
+            .map_err(|problem| self.corrupt(layer, frame, problem))?;
         Ok(bytes)
     }
 

@@ -578,6 +578,7 @@ fn lay_out(
                 compressed_len: frame.compressed_len,
                 uncompressed_len: frame.uncompressed_len,
                 sha256: frame.sha256.clone(),
+                blake3: frame.blake3.clone(),
             });
             cursor += frame.compressed_len;
         }
@@ -647,7 +648,13 @@ fn plan_layer(
         (spec.compression == Compression::Zstd && spec.level.is_none()) || blob.keep_frames;
     let zstd = is_zstd(&blob.media_type);
     let small = |frames: &[Frame]| frames.iter().all(|f| f.uncompressed_len <= MAX_COPY_FRAME);
-    if let (Some(frames), true, true) = (&blob.frames, keep_zstd, zstd) {
+    // An index written before frames carried their BLAKE3 is scanned like no index: every
+    // frame of a package names its BLAKE3.
+    let indexed = blob
+        .frames
+        .as_ref()
+        .filter(|frames| frames.iter().all(|f| f.blake3.is_some()));
+    if let (Some(frames), true, true) = (indexed, keep_zstd, zstd) {
         let len = fs::metadata(&blob.path)
             .map_err(io_err("reading layer blob", &blob.path))?
             .len();
@@ -901,6 +908,7 @@ fn recompress(
                 }
                 Ok(Recompressed {
                     sha256: hex::encode(Sha256::digest(&bytes)),
+                    blake3: crate::frames::blake3_hex(&bytes),
                     uncompressed_len: plain.len() as u64,
                     bytes,
                 })
@@ -916,6 +924,7 @@ fn recompress(
                 compressed_len: frame.bytes.len() as u64,
                 uncompressed_len: frame.uncompressed_len,
                 sha256: frame.sha256,
+                blake3: Some(frame.blake3),
             });
             offset += frame.bytes.len() as u64;
         }
@@ -941,6 +950,7 @@ struct Recompressed {
     bytes: Vec<u8>,
     uncompressed_len: u64,
     sha256: String,
+    blake3: String,
 }
 
 /// Cut a tar stream into frames at entry boundaries.

@@ -287,8 +287,67 @@ fn a_flipped_byte_is_reported_with_layer_frame_and_bytes() {
     let dest = work.path().join("out");
     let err = payload.extract(&dest, &Default::default()).unwrap_err();
     assert!(err.to_string().starts_with(&want), "{err}");
-    assert!(err.to_string().contains("): sha256 "), "{err}");
+    let expected = format!(", expected {}", frame.blake3.unwrap());
+    assert!(err.to_string().contains("): blake3 "), "{err}");
+    assert!(err.to_string().contains(&expected), "{err}");
     assert!(!dest.exists());
+}
+
+#[test]
+fn frames_are_checked_by_their_blake3_and_by_sha256_where_a_frame_has_none() {
+    use sha2::{Digest, Sha256};
+    let work = tempfile::tempdir().unwrap();
+    let run_path = packed(work.path());
+    let run = RunFile::open(&run_path).unwrap();
+    let file = fs::read(&run_path).unwrap();
+    // Debian's b3sum is the judge of the BLAKE3 the packer wrote.
+    let one = work.path().join("frame");
+    for frame in run.manifest().layers.iter().flat_map(|l| &l.frames) {
+        let start = (run.header_offset() + frame.offset) as usize;
+        let bytes = &file[start..start + frame.compressed_len as usize];
+        assert_eq!(frame.sha256, hex::encode(Sha256::digest(bytes)));
+        fs::write(&one, bytes).unwrap();
+        let b3sum = Command::new("b3sum")
+            .arg("--no-names")
+            .arg(&one)
+            .output()
+            .expect("b3sum (scripts/ci-deps.sh installs it)");
+        assert!(b3sum.status.success());
+        let judged = String::from_utf8(b3sum.stdout).unwrap();
+        assert_eq!(frame.blake3.as_deref(), Some(judged.trim()));
+    }
+    let extract = |name: &str| {
+        let run = RunFile::open(&run_path).unwrap();
+        let payload = run.payload().unwrap();
+        payload.verify(None)?;
+        payload.extract(&work.path().join(name), &Default::default())
+    };
+
+    // A BLAKE3 the bytes do not have is refused, though the sha256 beside it is right.
+    rewrite(&run_path, |_, _, manifest| {
+        manifest["layers"][0]["frames"][0]["blake3"] = serde_json::json!("00".repeat(32));
+    });
+    let err = extract("a").unwrap_err();
+    assert!(err.to_string().contains("): blake3 "), "{err}");
+
+    // Without a BLAKE3 (a package written before it), the sha256 is checked.
+    rewrite(&run_path, |_, _, manifest| {
+        for layer in manifest["layers"].as_array_mut().unwrap() {
+            for frame in layer["frames"].as_array_mut().unwrap() {
+                frame.as_object_mut().unwrap().remove("blake3");
+            }
+        }
+    });
+    extract("b").unwrap();
+    assert_eq!(
+        fs::read_to_string(work.path().join("b/etc/os-release")).unwrap(),
+        "NAME=upper\n"
+    );
+    rewrite(&run_path, |_, _, manifest| {
+        manifest["layers"][1]["frames"][0]["sha256"] = serde_json::json!("00".repeat(32));
+    });
+    let err = extract("c").unwrap_err();
+    assert!(err.to_string().contains("): sha256 "), "{err}");
 }
 
 #[test]

@@ -278,6 +278,7 @@ fn xz_frames_extract_like_zstd_frames() {
             compressed_len: packed.len() as u64,
             uncompressed_len: plain.len() as u64,
             sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&packed)),
+            blake3: None,
         });
         xz_bytes.extend_from_slice(&packed);
     }

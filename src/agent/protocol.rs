@@ -1113,6 +1113,7 @@ mod tests {
                 compressed_len: 10,
                 uncompressed_len: 20,
                 sha256: "cd".repeat(32),
+                blake3: None,
             }],
         }];
         let mut wire = Vec::new();

@@ -503,6 +503,7 @@ mod tests {
                     Frame {
                         offset: offset - f.len() as u64,
                         sha256: hex::encode(Sha256::digest(f)),
+                        blake3: None,
                         compressed_len: f.len() as u64,
                         uncompressed_len: raw as u64,
                     }

@@ -369,6 +369,7 @@ mod tests {
                 compressed_len: f.len() as u64,
                 uncompressed_len: 2 * f.len() as u64,
                 sha256: hex::encode(Sha256::digest(f)),
+                blake3: None,
             });
             blob.extend_from_slice(f);
         }

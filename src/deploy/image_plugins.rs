@@ -344,6 +344,7 @@ mod tests {
                 compressed_len: compressed.len() as u64,
                 uncompressed_len: part.len() as u64,
                 sha256: String::new(),
+                blake3: None,
             });
             blob.extend_from_slice(&compressed);
         }

@@ -390,6 +390,7 @@ impl LayerBytes {
                 compressed_len: compressed.len() as u64,
                 uncompressed_len: chunk.len() as u64,
                 sha256: hex::encode(Sha256::digest(&compressed)),
+                blake3: Some(packer::frames::blake3_hex(&compressed)),
             });
             blob.extend_from_slice(&compressed);
             start = end;

@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
-use sha2::{Digest, Sha256};
-
 use super::{FrameProblem, LayerInput, UnpackError};
 use crate::codec;
 
@@ -86,17 +84,9 @@ pub(super) fn verified_bytes<'a>(
         return Ok(bytes);
     }
     hashed.fetch_add(1, Ordering::Relaxed);
-    let actual = hex::encode(Sha256::digest(&bytes));
-    if !actual.eq_ignore_ascii_case(&frame.sha256) {
-        return Err(frame_error(
-            layer,
-            index,
-            FrameProblem::Checksum {
-                expected: frame.sha256.clone(),
-                actual,
-            },
-        ));
-    }
+    frame
+        .check_digest(&bytes)
+        .map_err(|problem| frame_error(layer, index, problem))?;
     Ok(bytes)
 }
 

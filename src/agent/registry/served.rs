@@ -362,6 +362,7 @@ mod tests {
                 compressed_len: compressed.len() as u64,
                 uncompressed_len: plain.len() as u64,
                 sha256: sha,
+                blake3: None,
             });
             offset += compressed.len() as u64;
         }
