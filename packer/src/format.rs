@@ -258,6 +258,15 @@ impl DocumentsEntry {
     }
 }
 
+/// The sha256 [`DocumentsEntry::sha256`] names: of the OCI manifest and config as stored, one
+/// after the other. Writer and reader both compute it here.
+pub fn documents_sha256(oci_manifest: &[u8], config: &[u8]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(oci_manifest);
+    hash.update(config);
+    hex::encode(hash.finalize())
+}
+
 /// A document carried as a JSON string inside the manifest (the image's OCI manifest and
 /// config), decoded on first use.
 ///
@@ -275,6 +284,11 @@ pub struct JsonText {
 impl JsonText {
     pub fn is_empty(&self) -> bool {
         self.text().is_empty()
+    }
+
+    /// True when it was read from a manifest (the key was there), whatever it holds.
+    fn was_stored(&self) -> bool {
+        self.raw.is_some()
     }
 
     fn text(&self) -> &str {
@@ -406,6 +420,15 @@ impl RunManifest {
             )));
         }
         check_version(manifest.version)?;
+        let image = &manifest.image;
+        if manifest.version >= 2
+            && (image.manifest_json.was_stored() || image.config_json.was_stored())
+        {
+            return Err(FormatError::Manifest(format!(
+                "a version {} manifest carries image documents inside it",
+                manifest.version
+            )));
+        }
         if (manifest.version >= 2) != manifest.image.documents.is_some() {
             return Err(FormatError::Manifest(format!(
                 "a version {} manifest {} the image documents' place",
@@ -660,9 +683,26 @@ mod tests {
         };
         let refused = |m: &RunManifest| RunManifest::from_bytes(&m.to_bytes()).unwrap_err();
         m.version = 2;
+        assert!(
+            refused(&m).to_string().contains("inside it"),
+            "{}",
+            refused(&m)
+        );
+        // Version 2 keeps them beside the manifest, never in it: not even an empty string.
+        let inline = m.to_bytes();
+        m.image.manifest_json = JsonText::default();
+        m.image.config_json = JsonText::default();
         assert!(refused(&m).to_string().contains("lacks"), "{}", refused(&m));
         m.image.documents = Some(entry.clone());
         assert!(RunManifest::from_bytes(&m.to_bytes()).is_ok());
+        let empty_config = String::from_utf8(m.to_bytes())
+            .unwrap()
+            .replace(r#""config_digest""#, r#""config_json":"","config_digest""#);
+        assert!(RunManifest::from_bytes(empty_config.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("inside it"));
+        assert!(RunManifest::from_bytes(&inline).is_err());
         m.version = 1;
         assert!(refused(&m).to_string().contains("names"), "{}", refused(&m));
         m.version = 2;

@@ -90,6 +90,14 @@ impl FrameDigests {
     }
 }
 
+/// The sha256 and BLAKE3 of a frame's compressed bytes, lowercase hex: what a [`Frame`]
+/// records.
+pub(crate) fn frame_digests(bytes: &[u8]) -> (String, String) {
+    let mut digests = FrameDigests::new();
+    digests.update(bytes);
+    digests.finish()
+}
+
 /// What a finished [`FramedWriter`] knows about the blob it wrote.
 #[derive(Debug, Clone)]
 pub struct FramedLayer {
@@ -287,9 +295,8 @@ impl<W: Write> FramedWriter<W> {
                                     outputs.take(zstd::zstd_safe::compress_bound(uncompressed_len));
                                 let done = c.compress_into(&frame.data[..], &mut out);
                                 done.map(|_| {
-                                    let mut digests = FrameDigests::new();
-                                    digests.update(&out);
-                                    (Encoded::Bytes(out), digests.finish())
+                                    let digests = frame_digests(&out);
+                                    (Encoded::Bytes(out), digests)
                                 })
                             }
                             (FrameMode::Compressed, Err(e)) => {
@@ -638,8 +645,9 @@ pub fn scan_frames(blob: &[u8]) -> Result<Vec<Frame>, ScanError> {
     frames.par_iter_mut().for_each(|frame| {
         let start = frame.offset as usize;
         let bytes = &blob[start..start + frame.compressed_len as usize];
-        frame.sha256 = hex::encode(Sha256::digest(bytes));
-        frame.blake3 = Some(blake3_hex(bytes));
+        let (sha256, blake3) = frame_digests(bytes);
+        frame.sha256 = sha256;
+        frame.blake3 = Some(blake3);
     });
     Ok(frames)
 }

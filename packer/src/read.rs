@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::format::{
     self, align_up, FormatError, Header, RunManifest, ALIGN, FOOTER_LEN, HEADER_LEN,
@@ -445,16 +444,15 @@ fn read_documents(
         path: path.to_path_buf(),
         what: format!("its image documents {what}"),
     };
-    let len = entry
-        .total_len()
-        .ok_or_else(|| damaged("have no valid length"))?;
-    let mut bytes = read_exact_at(file, len, header_offset + entry.offset, path)?;
-    if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
+    // The manifest checked that both lie inside volume 0.
+    let at = header_offset + entry.offset;
+    let oci_manifest = read_exact_at(file, entry.manifest_len, at, path)?;
+    let config = read_exact_at(file, entry.config_len, at + entry.manifest_len, path)?;
+    if format::documents_sha256(&oci_manifest, &config) != entry.sha256 {
         return Err(damaged("do not match the sha256 the manifest gives"));
     }
-    let config = bytes.split_off(entry.manifest_len as usize);
     let text = |bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| damaged("are not UTF-8"));
-    Ok((text(bytes)?, text(config)?))
+    Ok((text(oci_manifest)?, text(config)?))
 }
 
 fn read_footer(

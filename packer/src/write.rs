@@ -229,14 +229,14 @@ fn write_in(
 
     let header_at = format::header_offset_after(stub.len() as u64);
     // The image documents sit between the header and the manifest, which only names them.
-    let documents = [spec.manifest_json.as_bytes(), spec.config_json.as_bytes()].concat();
+    let (oci_manifest, config) = (spec.manifest_json.as_bytes(), spec.config_json.as_bytes());
     let documents_entry = DocumentsEntry {
         offset: HEADER_LEN,
-        manifest_len: spec.manifest_json.len() as u64,
-        config_len: spec.config_json.len() as u64,
-        sha256: hex::encode(Sha256::digest(&documents)),
+        manifest_len: oci_manifest.len() as u64,
+        config_len: config.len() as u64,
+        sha256: format::documents_sha256(oci_manifest, config),
     };
-    let manifest_at = HEADER_LEN + documents.len() as u64;
+    let manifest_at = HEADER_LEN + (oci_manifest.len() + config.len()) as u64;
     let split = spec.split_size.unwrap_or(u64::MAX);
     if let Some(split) = spec.split_size {
         let largest = prepared
@@ -344,7 +344,9 @@ fn write_in(
         };
         write_at(&mut out, base, &header.encode(), &temp)?;
         if volume == 0 {
-            write_at(&mut out, base + HEADER_LEN, &documents, &temp)?;
+            write_at(&mut out, base + HEADER_LEN, oci_manifest, &temp)?;
+            let config_at = HEADER_LEN + oci_manifest.len() as u64;
+            write_at(&mut out, base + config_at, config, &temp)?;
             write_at(&mut out, base + manifest_at, &manifest_bytes, &temp)?;
             if let Some(slot) = &signature {
                 let at = base + crate::signature::SLOT_OFFSETS[0];
@@ -906,9 +908,10 @@ fn recompress(
                 if let Some(progress) = progress {
                     progress(done, layer_total);
                 }
+                let (sha256, blake3) = crate::frames::frame_digests(&bytes);
                 Ok(Recompressed {
-                    sha256: hex::encode(Sha256::digest(&bytes)),
-                    blake3: crate::frames::blake3_hex(&bytes),
+                    sha256,
+                    blake3,
                     uncompressed_len: plain.len() as u64,
                     bytes,
                 })
