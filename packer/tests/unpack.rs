@@ -116,6 +116,50 @@ fn extraction_matches_gnu_tar_of_the_same_layers() {
     assert_same_tree(&ours, &theirs);
 }
 
+/// A blob of one zstd frame per `size` bytes of tar, cut wherever that falls: inside headers,
+/// inside file content, and (for sizes that are multiples of 512) exactly where content starts.
+fn blob_cut_every(tar: &[u8], size: usize) -> Blob {
+    let mut bytes = Vec::new();
+    for piece in tar.chunks(size) {
+        bytes.extend(zstd::encode_all(piece, 1).unwrap());
+    }
+    let frames = packer::frames::scan_frames(&bytes).unwrap();
+    assert_eq!(frames.len(), tar.len().div_ceil(size));
+    Blob { bytes, frames }
+}
+
+#[test]
+fn file_content_across_frame_boundaries_extracts_like_gnu_tar() {
+    let work = tempfile::tempdir().unwrap();
+    let mut layer = LayerTar::new();
+    layer
+        .dir("etc/", 0o755)
+        .file("etc/empty", 0o600, b"")
+        .file("bin/tool", 0o755, &pseudo_random(5 << 20, 7))
+        .hard_link("bin/alias", "bin/tool")
+        .long_file(&format!("deep/{}/name", "x".repeat(150)), b"long name")
+        .symlink("bin/t", "tool");
+    for i in 0..200 {
+        layer.file(
+            &format!("many/f{i:03}"),
+            0o644,
+            &pseudo_random(100 + i * 211, i as u64),
+        );
+    }
+    let tar = layer.finish();
+    let plain = blob(&tar);
+    let theirs = work.path().join("theirs");
+    gnu_tar_extract(&[&save(work.path(), "layer.tar.zst", &plain)], &theirs);
+    // 8 KiB: many files start exactly at a frame; 3001 bytes: headers and content split
+    // anywhere.
+    for size in [8192, 3001] {
+        let ours = work.path().join(format!("ours-{size}"));
+        let report = extract(&[blob_cut_every(&tar, size)], &ours).unwrap();
+        assert_eq!(report.files, 203, "cut every {size} bytes");
+        assert_same_tree(&ours, &theirs);
+    }
+}
+
 /// 3,000 files in one directory (`man/man1`) among six directories of 40: many batches of one
 /// directory, with its own content, mode and time for every file.
 fn big_directory_layer() -> Vec<u8> {

@@ -1,12 +1,18 @@
 //! Decoding: frames verified and decoded on the rayon pool into a bounded in-order window, and
 //! read back as one layer's tar stream. Owns the frame checks; knows nothing of tar entries.
+//!
+//! The tar parser reads headers through [`Stream`] and skips what it does not read by seeking
+//! forward. File content is not read through the parser: the tree takes it where it lies
+//! ([`LayerReader::take_content`], [`LayerReader::take_each`]), as a share of the decoded frame
+//! or handed piece by piece to a writer, so no byte of content is copied in this process.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use super::{FrameProblem, LayerInput, UnpackError};
 use crate::codec;
@@ -15,8 +21,66 @@ use crate::codec;
 /// of whole in the decode window, so memory stays bounded for foreign single-frame blobs.
 const MAX_WINDOW_FRAME: u64 = 32 << 20;
 
+/// Decoded frames alive at most (in the window, being read, or shared by files waiting for the
+/// writers) before file content is copied out of them instead of shared: one small file still
+/// waiting in a slow directory keeps its whole frame.
+const SHARED_MAX: usize = 128 << 20;
+
+/// A decoded frame. The reader and the files cut out of it share it; its buffer goes back to
+/// the decoders when the last of them lets go.
+pub(super) struct Decoded {
+    data: Vec<u8>,
+    spare: Arc<Spare>,
+}
+
+impl Decoded {
+    fn new(data: Vec<u8>, spare: &Arc<Spare>) -> Self {
+        spare.held.fetch_add(data.len(), Ordering::Relaxed);
+        Decoded {
+            data,
+            spare: Arc::clone(spare),
+        }
+    }
+}
+
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        self.spare.give_back(std::mem::take(&mut self.data));
+    }
+}
+
+/// The content of a file taken from the stream: a share of one decoded frame, or a copy when
+/// it spans frames (or too many frames are held already).
+pub(super) enum Content {
+    Shared {
+        frame: Arc<Decoded>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl Content {
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            Content::Shared { frame, start, len } => &frame.data[*start..*start + *len],
+            Content::Owned(data) => data,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
+/// Why [`LayerReader::take_each`] stopped: the stream, or the sink.
+pub(super) enum TakeError {
+    Stream(UnpackError),
+    Sink(io::Error),
+}
+
 pub(super) enum Chunk<'a> {
-    Bytes(Vec<u8>),
+    Bytes(Arc<Decoded>),
     Stream {
         reader: Box<dyn Read + 'a>,
         expected: u64,
@@ -31,7 +95,7 @@ pub(super) struct FrameId {
 
 pub(super) struct Pipeline<'s, 'a> {
     pub(super) scope: &'s rayon::Scope<'a>,
-    pub(super) spare: &'a Spare,
+    pub(super) spare: &'a Arc<Spare>,
     pub(super) layers: &'a [LayerInput<'a>],
     pub(super) jobs: Vec<FrameId>,
     pub(super) next_job: usize,
@@ -40,7 +104,7 @@ pub(super) struct Pipeline<'s, 'a> {
 }
 
 pub(super) enum Slot {
-    Spawned(mpsc::Receiver<Result<Vec<u8>, UnpackError>>),
+    Spawned(mpsc::Receiver<Result<Decoded, UnpackError>>),
     Inline(usize),
 }
 
@@ -90,28 +154,72 @@ pub(super) fn verified_bytes<'a>(
     Ok(bytes)
 }
 
-/// What the decoding threads share: decoded-frame buffers handed back by the parser for
-/// reuse, so each frame does not fault in fresh pages, and the count of frames hashed.
-#[derive(Default)]
+/// What the decoding threads share: decoded-frame buffers given back for reuse, so each frame
+/// does not fault in fresh pages, the bytes of decoded frames alive, and the count of frames
+/// hashed.
 pub(super) struct Spare {
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept for reuse at most.
+    keep: usize,
+    /// Every frame has been handed to a decoder: buffers are freed as they come back, while
+    /// the writers still work, instead of all at once at the end.
+    all_started: AtomicBool,
+    held: AtomicUsize,
     pub(super) hashed: AtomicU64,
+}
+
+impl Spare {
+    pub(super) fn new(keep: usize) -> Self {
+        Spare {
+            buffers: Mutex::new(Vec::new()),
+            keep,
+            all_started: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            hashed: AtomicU64::new(0),
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.buffers
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, buffer: Vec<u8>) {
+        self.held.fetch_sub(buffer.len(), Ordering::Relaxed);
+        if self.all_started.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut spare) = self.buffers.lock() {
+            if spare.len() < self.keep {
+                spare.push(buffer);
+            }
+        }
+    }
+
+    fn all_started(&self) {
+        if !self.all_started.swap(true, Ordering::Relaxed) {
+            let unused = self
+                .buffers
+                .lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default();
+            drop(unused);
+        }
+    }
 }
 
 pub(super) fn decode_frame(
     layer: &LayerInput<'_>,
     index: usize,
-    spare: &Spare,
-) -> Result<Vec<u8>, UnpackError> {
+    spare: &Arc<Spare>,
+) -> Result<Decoded, UnpackError> {
     let frame = &layer.frames[index];
     let bytes = verified_bytes(layer, index, &spare.hashed)?;
     let expected = frame.uncompressed_len;
-    let mut data = spare
-        .buffers
-        .lock()
-        .ok()
-        .and_then(|mut s| s.pop())
-        .unwrap_or_default();
+    let mut data = spare.take();
     let decoded = codec::decode_frame(layer.compression, &bytes, expected, &mut data);
     drop(bytes);
     layer
@@ -122,7 +230,7 @@ pub(super) fn decode_frame(
         return Err(frame_error(layer, index, FrameProblem::Changed));
     }
     decoded.map_err(|problem| frame_error(layer, index, problem))?;
-    Ok(data)
+    Ok(Decoded::new(data, spare))
 }
 
 impl<'s, 'a> Pipeline<'s, 'a> {
@@ -130,7 +238,7 @@ impl<'s, 'a> Pipeline<'s, 'a> {
         scope: &'s rayon::Scope<'a>,
         layers: &'a [LayerInput<'a>],
         window: usize,
-        spare: &'a Spare,
+        spare: &'a Arc<Spare>,
     ) -> Self {
         let jobs = layers
             .iter()
@@ -168,6 +276,9 @@ impl<'s, 'a> Pipeline<'s, 'a> {
             });
             self.in_flight.push_back(Slot::Spawned(rx));
         }
+        if self.next_job == self.jobs.len() {
+            self.spare.all_started();
+        }
     }
 
     /// The next frame of `layer`, in order. Callers ask exactly as many times as it has frames.
@@ -177,7 +288,7 @@ impl<'s, 'a> Pipeline<'s, 'a> {
         let input = &self.layers[layer];
         match slot {
             Some(Slot::Spawned(rx)) => match rx.recv() {
-                Ok(result) => result.map(Chunk::Bytes),
+                Ok(result) => result.map(|decoded| Chunk::Bytes(Arc::new(decoded))),
                 Err(_) => Err(UnpackError::Io {
                     what: "decoding frames for",
                     path: PathBuf::from(&input.label),
@@ -211,11 +322,18 @@ pub(super) struct LayerReader<'p, 's, 'a> {
     pub(super) frames_taken: usize,
     pub(super) chunk: Option<Chunk<'a>>,
     pub(super) pos: usize,
+    /// Bytes of the stream passed so far, by the parser or by the tree.
     pub(super) consumed: u64,
     pub(super) consumed_before: u64,
+    /// Bytes the tree took since the parser last moved: the parser's next skip is that much
+    /// shorter.
+    pub(super) lent: u64,
     pub(super) failure: Option<UnpackError>,
     pub(super) progress: Option<&'p (dyn Fn(u64) + Sync)>,
 }
+
+/// Bytes of scratch for content taken from a frame decoded as a stream.
+const STREAM_SCRATCH: usize = 256 << 10;
 
 impl<'a> LayerReader<'_, '_, 'a> {
     pub(super) fn fetch(&mut self) -> Result<bool, UnpackError> {
@@ -232,9 +350,9 @@ impl<'a> LayerReader<'_, '_, 'a> {
     pub(super) fn read_inner(&mut self, buf: &mut [u8]) -> Result<usize, UnpackError> {
         loop {
             match &mut self.chunk {
-                Some(Chunk::Bytes(data)) if self.pos < data.len() => {
-                    let n = buf.len().min(data.len() - self.pos);
-                    buf[..n].copy_from_slice(&data[self.pos..self.pos + n]);
+                Some(Chunk::Bytes(frame)) if self.pos < frame.data.len() => {
+                    let n = buf.len().min(frame.data.len() - self.pos);
+                    buf[..n].copy_from_slice(&frame.data[self.pos..self.pos + n]);
                     self.pos += n;
                     return Ok(n);
                 }
@@ -273,9 +391,9 @@ impl<'a> LayerReader<'_, '_, 'a> {
                     self.chunk = None;
                 }
                 _ => {
-                    if let Some(Chunk::Bytes(used)) = self.chunk.take() {
-                        self.recycle(used);
-                    }
+                    // A consumed frame's buffer goes back to the decoders once no file
+                    // shares it any more.
+                    self.chunk = None;
                     if !self.fetch()? {
                         return Ok(0);
                     }
@@ -284,22 +402,158 @@ impl<'a> LayerReader<'_, '_, 'a> {
         }
     }
 
-    /// Keep a consumed frame's buffer for a frame still to decode. Once every frame has been
-    /// handed to a decoder, buffers are freed as they come back, while the writers still
-    /// work, instead of all at once at the end.
-    pub(super) fn recycle(&mut self, buffer: Vec<u8>) {
-        let Ok(mut spare) = self.pipeline.spare.buffers.lock() else {
-            return;
-        };
-        if self.pipeline.next_job < self.pipeline.jobs.len() {
-            if spare.len() <= self.pipeline.window {
-                spare.push(buffer);
+    /// Count `n` bytes passed and report progress at every MiB.
+    fn moved(&mut self, n: usize) {
+        self.consumed += n as u64;
+        if let Some(progress) = self.progress {
+            if n > 0 && (self.consumed >> 20) != ((self.consumed - n as u64) >> 20) {
+                progress(self.consumed_before + self.consumed);
             }
-        } else {
-            let unused = std::mem::take(&mut *spare);
-            drop(spare);
-            drop((unused, buffer));
         }
+    }
+
+    /// True when the stream stands at `position` with nothing taken since the parser last
+    /// moved: an entry whose content starts there may take it.
+    pub(super) fn at(&self, position: u64) -> bool {
+        self.failure.is_none() && self.lent == 0 && self.consumed == position
+    }
+
+    /// Move `n` bytes forward, handing each piece to `visit` where it lies: in a decoded
+    /// frame, or, for a frame decoded as a stream, in a scratch buffer.
+    fn advance(
+        &mut self,
+        mut n: u64,
+        visit: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), TakeError> {
+        let mut scratch = Vec::new();
+        while n > 0 {
+            match &self.chunk {
+                Some(Chunk::Bytes(frame)) if self.pos < frame.data.len() => {
+                    let k =
+                        (frame.data.len() - self.pos).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    visit(&frame.data[self.pos..self.pos + k]).map_err(TakeError::Sink)?;
+                    self.pos += k;
+                    n -= k as u64;
+                    self.moved(k);
+                }
+                Some(Chunk::Bytes(_)) | None => {
+                    self.chunk = None;
+                    if !self.fetch().map_err(TakeError::Stream)? {
+                        return Err(TakeError::Stream(self.ended_early()));
+                    }
+                }
+                Some(Chunk::Stream { .. }) => {
+                    if scratch.is_empty() {
+                        scratch = vec![0u8; STREAM_SCRATCH];
+                    }
+                    let want = scratch.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    let got = self
+                        .read_inner(&mut scratch[..want])
+                        .map_err(TakeError::Stream)?;
+                    if got == 0 {
+                        return Err(TakeError::Stream(self.ended_early()));
+                    }
+                    visit(&scratch[..got]).map_err(TakeError::Sink)?;
+                    n -= got as u64;
+                    self.moved(got);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ended_early(&self) -> UnpackError {
+        UnpackError::Tar {
+            layer: self.pipeline.layers[self.layer].label.clone(),
+            offset: None,
+            error: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stream ends inside an entry",
+            ),
+        }
+    }
+
+    /// Take the next `len` bytes, a file's content, for the writers: a share of the decoded
+    /// frame when they lie in one (and the frames held stay under [`SHARED_MAX`]), else a copy.
+    pub(super) fn take_content(&mut self, len: usize) -> Result<Content, UnpackError> {
+        if let Some(Chunk::Bytes(frame)) = &self.chunk {
+            if len > 0 && self.pos == frame.data.len() {
+                // Content that starts a frame is shared from that frame.
+                self.chunk = None;
+                self.fetch()?;
+            }
+        }
+        if let Some(Chunk::Bytes(frame)) = &self.chunk {
+            let room = frame.data.len().saturating_sub(self.pos);
+            if len <= room && frame.spare.held.load(Ordering::Relaxed) <= SHARED_MAX {
+                let content = Content::Shared {
+                    frame: Arc::clone(frame),
+                    start: self.pos,
+                    len,
+                };
+                self.pos += len;
+                self.lent += len as u64;
+                self.moved(len);
+                return Ok(content);
+            }
+        }
+        let mut data = Vec::with_capacity(len);
+        self.take_each(len as u64, &mut |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })
+        .map_err(|e| match e {
+            TakeError::Stream(e) => e,
+            TakeError::Sink(error) => UnpackError::Tar {
+                layer: self.pipeline.layers[self.layer].label.clone(),
+                offset: None,
+                error,
+            },
+        })?;
+        Ok(Content::Owned(data))
+    }
+
+    /// Hand the next `len` bytes, a file's content, to `sink` piece by piece as the frames
+    /// hold them.
+    pub(super) fn take_each(
+        &mut self,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), TakeError> {
+        self.advance(len, sink)?;
+        self.lent += len;
+        Ok(())
+    }
+
+    /// The parser skips forward by `delta`, less what the tree took since it last moved.
+    fn skip(&mut self, to: SeekFrom) -> io::Result<u64> {
+        if self.failure.is_some() {
+            return Err(io::Error::other("an earlier frame failed"));
+        }
+        let SeekFrom::Current(delta) = to else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the layer stream only moves forward",
+            ));
+        };
+        let rest = u64::try_from(delta)
+            .ok()
+            .and_then(|delta| delta.checked_sub(self.lent))
+            .ok_or_else(|| io::Error::other("the tar parser asked to move backwards"))?;
+        self.lent = 0;
+        match self.advance(rest, &mut |_| Ok(())) {
+            Ok(()) => Ok(self.consumed),
+            Err(TakeError::Stream(e)) => Err(self.failed(e)),
+            Err(TakeError::Sink(e)) => Err(e),
+        }
+    }
+
+    /// Keep the first failure for the caller (who reports it whole) and give the parser a
+    /// message.
+    fn failed(&mut self, e: UnpackError) -> io::Error {
+        let message = e.to_string();
+        self.failure = Some(e);
+        io::Error::other(message)
     }
 
     /// Read (and so verify) whatever the tar parser left unread: padding after the end marker.
@@ -315,21 +569,35 @@ impl Read for LayerReader<'_, '_, '_> {
         if self.failure.is_some() {
             return Err(io::Error::other("an earlier frame failed"));
         }
+        if self.lent != 0 {
+            // Content the tree took is passed by the parser's next skip, never read.
+            return Err(io::Error::other(
+                "the tar parser read where the tree took content",
+            ));
+        }
         match self.read_inner(buf) {
             Ok(n) => {
-                self.consumed += n as u64;
-                if let Some(progress) = self.progress {
-                    if n > 0 && (self.consumed >> 20) != ((self.consumed - n as u64) >> 20) {
-                        progress(self.consumed_before + self.consumed);
-                    }
-                }
+                self.moved(n);
                 Ok(n)
             }
-            Err(e) => {
-                let message = e.to_string();
-                self.failure = Some(e);
-                Err(io::Error::other(message))
-            }
+            Err(e) => Err(self.failed(e)),
         }
+    }
+}
+
+/// The layer's stream as the tar parser sees it: it reads headers and seeks forward over what
+/// it does not read; the tree takes content through the same [`RefCell`] between the
+/// parser's calls.
+pub(super) struct Stream<'r, 'p, 's, 'a>(pub(super) &'r RefCell<LayerReader<'p, 's, 'a>>);
+
+impl Read for Stream<'_, '_, '_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+impl Seek for Stream<'_, '_, '_, '_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.0.borrow_mut().skip(to)
     }
 }

@@ -18,6 +18,7 @@
 //! whiteouts, link confinement: what is written where), `pool` (the writer threads), `sys`
 //! (the system calls). This file holds the public types and wires them together.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -31,7 +32,7 @@ mod tree;
 
 pub use crate::codec::{check_frame_content, Compression, FrameCheck, FrameProblem};
 
-use decode::{LayerReader, Pipeline, Spare};
+use decode::{LayerReader, Pipeline, Spare, Stream};
 use pool::WriterPool;
 use sys::{is_root, Owners};
 use tree::{Applied, Tree};
@@ -303,7 +304,7 @@ fn unpack_into(
     let pool = WriterPool::new(writers, owners);
     std::thread::scope(|threads| {
         pool.start(threads);
-        let spare = Spare::default();
+        let spare = std::sync::Arc::new(Spare::new(window + 1));
         let result = rayon::in_place_scope(|scope| {
             let mut pipeline = Pipeline::new(scope, layers, window, &spare);
             let mut tree = Tree::new(root, options, &pool, owners);
@@ -343,7 +344,7 @@ fn apply_layer(
     index: usize,
     layer: &LayerInput<'_>,
 ) -> Result<(), UnpackError> {
-    let reader = LayerReader {
+    let reader = RefCell::new(LayerReader {
         pipeline,
         layer: index,
         frames_total: layer.frames.len(),
@@ -352,13 +353,13 @@ fn apply_layer(
         pos: 0,
         consumed: 0,
         consumed_before: tree.report.tar_bytes,
+        lent: 0,
         failure: None,
         progress: tree.options.progress,
-    };
+    });
     tree.layer_label = layer.label.clone();
-    let mut archive = tar::Archive::new(reader);
-    let result = read_entries(&mut archive, tree);
-    let mut reader = archive.into_inner();
+    let result = read_entries(&mut tar::Archive::new(Stream(&reader)), tree, &reader);
+    let mut reader = reader.into_inner();
     if let Some(failure) = reader.failure.take() {
         return Err(failure);
     }
@@ -371,9 +372,10 @@ fn apply_layer(
     Ok(())
 }
 
-fn read_entries<R: Read>(
+fn read_entries<R: Read + io::Seek>(
     archive: &mut tar::Archive<R>,
     tree: &mut Tree<'_, '_>,
+    stream: &RefCell<LayerReader<'_, '_, '_>>,
 ) -> Result<(), UnpackError> {
     let layer = tree.layer_label.clone();
     let tar_error = |error: io::Error, offset: Option<u64>| UnpackError::Tar {
@@ -381,11 +383,13 @@ fn read_entries<R: Read>(
         offset,
         error,
     };
-    let entries = archive.entries().map_err(|e| tar_error(e, None))?;
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| tar_error(e, None))?;
     for entry in entries {
         let entry = entry.map_err(|e| tar_error(e, None))?;
         let offset = entry.raw_header_position();
-        tree.apply(entry).map_err(|e| match e {
+        tree.apply(entry, stream).map_err(|e| match e {
             Applied::Refused(_, EntryProblem::Earlier(earlier)) => *earlier,
             Applied::Refused(path, problem) => UnpackError::Entry {
                 layer: layer.clone(),

@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use super::decode::Content;
 use super::sys::{create_file, finish_file, Dir, Meta, Owners};
 use super::{EntryProblem, UnpackError};
 
@@ -50,7 +51,7 @@ pub(super) struct FileJob {
     pub(super) path: PathBuf,
     pub(super) shown: String,
     pub(super) layer: String,
-    pub(super) data: Vec<u8>,
+    pub(super) data: Content,
     pub(super) meta: Meta,
 }
 
@@ -312,7 +313,7 @@ impl WriterPool {
 
     /// A created file gets its content, owner, mode and times.
     fn fill(&self, file: &mut File, job: &FileJob) -> io::Result<()> {
-        file.write_all(&job.data)?;
+        file.write_all(job.data.bytes())?;
         finish_file(file, job.meta, self.owners)
     }
 

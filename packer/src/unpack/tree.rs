@@ -1,6 +1,8 @@
 //! The tree under construction: entry names made safe, parents made real directories, whiteouts,
-//! symlink and hard-link confinement. Decides what is written where; does no decoding.
+//! symlink and hard-link confinement. Decides what is written where; takes file content from
+//! the layer's stream but does no decoding.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs;
@@ -9,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use super::decode::{Content, LayerReader};
 use super::pool::{FileJob, WriterPool};
 use super::sys::{lchown, mknod, set_times, umask, write_streamed, Meta, Owners, StreamError};
 use super::{io_err, EntryProblem, UnpackError, UnpackOptions, UnpackReport};
@@ -104,7 +107,11 @@ impl<'o, 'p> Tree<'o, 'p> {
         self.queued.clear();
     }
 
-    pub(super) fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), Applied> {
+    pub(super) fn apply<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        stream: &RefCell<LayerReader<'_, '_, '_>>,
+    ) -> Result<(), Applied> {
         let raw = entry.path().map_err(Applied::Tar)?.into_owned();
         let shown = display(&raw);
         let refuse = |problem| Applied::Refused(shown.clone(), problem);
@@ -157,9 +164,20 @@ impl<'o, 'p> Tree<'o, 'p> {
                 let size = entry.size();
                 self.report.files += 1;
                 self.report.file_bytes += size;
+                // A plain entry's content lies in the stream where the reader stands: take it
+                // from there. A sparse one is assembled by the parser.
+                let direct = !kind.is_gnu_sparse() && stream.borrow().at(entry.raw_file_position());
                 if size <= POOL_FILE_MAX {
-                    let mut data = Vec::with_capacity(size as usize);
-                    entry.read_to_end(&mut data).map_err(Applied::Tar)?;
+                    let data = if direct {
+                        stream
+                            .borrow_mut()
+                            .take_content(size as usize)
+                            .map_err(Applied::Failed)?
+                    } else {
+                        let mut data = Vec::with_capacity(size as usize);
+                        entry.read_to_end(&mut data).map_err(Applied::Tar)?;
+                        Content::Owned(data)
+                    };
                     self.queued.insert(rel.clone());
                     self.pool
                         .submit(FileJob {
