@@ -357,7 +357,7 @@ fn apply_layer(
         failure: None,
         progress: tree.options.progress,
     });
-    tree.layer_label = layer.label.clone();
+    tree.layer_label = std::sync::Arc::from(layer.label.as_str());
     let result = read_entries(&mut tar::Archive::new(Stream(&reader)), tree, &reader);
     let mut reader = reader.into_inner();
     if let Some(failure) = reader.failure.take() {
@@ -377,7 +377,7 @@ fn read_entries<R: Read + io::Seek>(
     tree: &mut Tree<'_, '_>,
     stream: &RefCell<LayerReader<'_, '_, '_>>,
 ) -> Result<(), UnpackError> {
-    let layer = tree.layer_label.clone();
+    let layer = tree.layer_label.to_string();
     let tar_error = |error: io::Error, offset: Option<u64>| UnpackError::Tar {
         layer: layer.clone(),
         offset,

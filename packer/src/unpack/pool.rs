@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::decode::Content;
 use super::sys::{create_file, finish_file, Dir, Meta, Owners};
@@ -50,7 +50,7 @@ fn split_fits(workers: usize) -> bool {
 pub(super) struct FileJob {
     pub(super) path: PathBuf,
     pub(super) shown: String,
-    pub(super) layer: String,
+    pub(super) layer: Arc<str>,
     pub(super) data: Content,
     pub(super) meta: Meta,
 }
@@ -58,7 +58,7 @@ pub(super) struct FileJob {
 impl FileJob {
     fn failed(self, e: io::Error) -> UnpackError {
         UnpackError::Entry {
-            layer: self.layer,
+            layer: self.layer.to_string(),
             path: self.shown,
             problem: EntryProblem::Io(e),
         }

@@ -4,12 +4,13 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use super::decode::{Content, LayerReader};
 use super::pool::{FileJob, WriterPool};
@@ -31,23 +32,54 @@ pub(super) struct Tree<'o, 'p> {
     pub(super) pool: &'p WriterPool,
     /// Who owns the files written.
     pub(super) owners: Owners,
-    pub(super) layer_label: String,
+    pub(super) layer_label: Arc<str>,
     /// Relative paths known to be real directories (not symlinks) right now.
-    pub(super) dirs: HashSet<PathBuf>,
+    pub(super) dirs: PathSet,
     /// Relative paths of everything else present right now. The staging directory starts
     /// empty and only this code writes into it, so a path in neither set does not exist and
     /// needs no `lstat` before it is created.
-    pub(super) known: HashSet<PathBuf>,
+    pub(super) known: PathSet,
     /// Directory modes and mtimes, applied once everything is written.
     pub(super) dir_meta: HashMap<PathBuf, Meta>,
     /// Paths written by the current layer (opaque whiteouts spare them; rewriting one waits
     /// for the writer pool).
-    pub(super) this_layer: HashSet<PathBuf>,
+    pub(super) this_layer: PathSet,
     /// Files handed to the writer pool since it was last drained: a hard link to one of them
     /// waits for the pool, a hard link to anything else does not.
-    pub(super) queued: HashSet<PathBuf>,
+    pub(super) queued: PathSet,
     pub(super) symlinks: Vec<PathBuf>,
     pub(super) report: UnpackReport,
+}
+
+/// A set of clean relative paths (normal components joined by `/`, as [`entry_path`] and
+/// `push` make them), hashed and compared as bytes: two clean paths are one path exactly when
+/// their bytes are, and hashing the bytes once is much cheaper than hashing a `Path` component
+/// by component (the tree's sets were 3 % of an extraction's samples in `perf`).
+#[derive(Default)]
+pub(super) struct PathSet(HashSet<Box<[u8]>, foldhash::fast::RandomState>);
+
+impl PathSet {
+    pub(super) fn contains(&self, path: &Path) -> bool {
+        self.0.contains(path.as_os_str().as_bytes())
+    }
+
+    pub(super) fn insert(&mut self, path: &Path) {
+        self.0.insert(path.as_os_str().as_bytes().into());
+    }
+
+    pub(super) fn remove(&mut self, path: &Path) {
+        self.0.remove(path.as_os_str().as_bytes());
+    }
+
+    /// Forget `dir` and every path below it.
+    pub(super) fn remove_below(&mut self, dir: &Path) {
+        self.0
+            .retain(|path| !Path::new(OsStr::from_bytes(path)).starts_with(dir));
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// An entry name made safe: relative, normal components only.
@@ -84,19 +116,19 @@ impl<'o, 'p> Tree<'o, 'p> {
         pool: &'p WriterPool,
         owners: Owners,
     ) -> Self {
-        let mut dirs = HashSet::new();
-        dirs.insert(PathBuf::new());
+        let mut dirs = PathSet::default();
+        dirs.insert(Path::new(""));
         Tree {
             root: root.to_path_buf(),
             options,
             pool,
             owners,
-            layer_label: String::new(),
+            layer_label: Arc::from(""),
             dirs,
-            known: HashSet::new(),
+            known: PathSet::default(),
             dir_meta: HashMap::new(),
-            this_layer: HashSet::new(),
-            queued: HashSet::new(),
+            this_layer: PathSet::default(),
+            queued: PathSet::default(),
             symlinks: Vec::new(),
             report: UnpackReport::default(),
         }
@@ -160,7 +192,7 @@ impl<'o, 'p> Tree<'o, 'p> {
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 self.clear(&rel, &full).map_err(refuse)?;
-                self.known.insert(rel.clone());
+                self.known.insert(&rel);
                 let size = entry.size();
                 self.report.files += 1;
                 self.report.file_bytes += size;
@@ -178,12 +210,12 @@ impl<'o, 'p> Tree<'o, 'p> {
                         entry.read_to_end(&mut data).map_err(Applied::Tar)?;
                         Content::Owned(data)
                     };
-                    self.queued.insert(rel.clone());
+                    self.queued.insert(&rel);
                     self.pool
                         .submit(FileJob {
                             path: full,
                             shown: shown.clone(),
-                            layer: self.layer_label.clone(),
+                            layer: Arc::clone(&self.layer_label),
                             data,
                             meta,
                         })
@@ -203,7 +235,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                     .unwrap_or_default();
                 self.check_symlink_target(&rel, &target).map_err(refuse)?;
                 self.clear(&rel, &full).map_err(refuse)?;
-                self.known.insert(rel.clone());
+                self.known.insert(&rel);
                 std::os::unix::fs::symlink(&target, &full)
                     .map_err(|e| refuse(EntryProblem::Io(e)))?;
                 if ownership {
@@ -246,7 +278,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                 }
                 if target != rel {
                     self.clear(&rel, &full).map_err(refuse)?;
-                    self.known.insert(rel.clone());
+                    self.known.insert(&rel);
                     fs::hard_link(&source, &full).map_err(|e| refuse(EntryProblem::Io(e)))?;
                 }
                 self.report.hard_links += 1;
@@ -256,7 +288,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                     return Err(refuse(EntryProblem::Device));
                 }
                 self.clear(&rel, &full).map_err(refuse)?;
-                self.known.insert(rel.clone());
+                self.known.insert(&rel);
                 let file_type = match kind {
                     tar::EntryType::Char => libc::S_IFCHR,
                     tar::EntryType::Block => libc::S_IFBLK,
@@ -281,7 +313,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                 }))
             }
         }
-        self.this_layer.insert(rel);
+        self.this_layer.insert(&rel);
         Ok(())
     }
 
@@ -331,7 +363,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                 }
                 Err(e) => return Err(EntryProblem::Io(e)),
             }
-            self.dirs.insert(current.clone());
+            self.dirs.insert(&current);
         }
         Ok(())
     }
@@ -344,7 +376,7 @@ impl<'o, 'p> Tree<'o, 'p> {
             self.remove(rel, full)?;
         }
         create_dir_writable(full)?;
-        self.dirs.insert(rel.to_path_buf());
+        self.dirs.insert(rel);
         Ok(())
     }
 
@@ -374,9 +406,9 @@ impl<'o, 'p> Tree<'o, 'p> {
                 .drain()
                 .map_err(|e| EntryProblem::Earlier(Box::new(e)))?;
             fs::remove_dir_all(full).map_err(EntryProblem::Io)?;
-            self.dirs.retain(|d| !d.starts_with(rel));
+            self.dirs.remove_below(rel);
             self.dir_meta.retain(|d, _| !d.starts_with(rel));
-            self.known.retain(|p| !p.starts_with(rel));
+            self.known.remove_below(rel);
         } else {
             fs::remove_file(full).map_err(EntryProblem::Io)?;
             self.known.remove(rel);
@@ -429,7 +461,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                     })
                 }
                 Ok(meta) if meta.is_dir() => {
-                    self.dirs.insert(current.clone());
+                    self.dirs.insert(&current);
                 }
                 Ok(_) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
