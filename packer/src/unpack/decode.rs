@@ -2,9 +2,9 @@
 //! read back as one layer's tar stream. Owns the frame checks; knows nothing of tar entries.
 //!
 //! The tar parser reads headers through [`Stream`] and skips what it does not read by seeking
-//! forward. File content is not read through the parser: the tree takes it where it lies
-//! ([`LayerReader::take_content`], [`LayerReader::take_each`]), as a share of the decoded frame
-//! or handed piece by piece to a writer, so no byte of content is copied in this process.
+//! forward. The content of a small file is not read through the parser: the tree takes it
+//! where it lies ([`LayerReader::take_content`]), as a share of the decoded frame that the
+//! writer threads write from, so it is not copied in this process (unless it spans two frames).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -71,12 +71,6 @@ impl Content {
     pub(super) fn len(&self) -> usize {
         self.bytes().len()
     }
-}
-
-/// Why [`LayerReader::take_each`] stopped: the stream, or the sink.
-pub(super) enum TakeError {
-    Stream(UnpackError),
-    Sink(io::Error),
 }
 
 pub(super) enum Chunk<'a> {
@@ -420,26 +414,22 @@ impl<'a> LayerReader<'_, '_, 'a> {
 
     /// Move `n` bytes forward, handing each piece to `visit` where it lies: in a decoded
     /// frame, or, for a frame decoded as a stream, in a scratch buffer.
-    fn advance(
-        &mut self,
-        mut n: u64,
-        visit: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<(), TakeError> {
+    fn advance(&mut self, mut n: u64, visit: &mut dyn FnMut(&[u8])) -> Result<(), UnpackError> {
         let mut scratch = Vec::new();
         while n > 0 {
             match &self.chunk {
                 Some(Chunk::Bytes(frame)) if self.pos < frame.data.len() => {
                     let k =
                         (frame.data.len() - self.pos).min(usize::try_from(n).unwrap_or(usize::MAX));
-                    visit(&frame.data[self.pos..self.pos + k]).map_err(TakeError::Sink)?;
+                    visit(&frame.data[self.pos..self.pos + k]);
                     self.pos += k;
                     n -= k as u64;
                     self.moved(k);
                 }
                 Some(Chunk::Bytes(_)) | None => {
                     self.chunk = None;
-                    if !self.fetch().map_err(TakeError::Stream)? {
-                        return Err(TakeError::Stream(self.ended_early()));
+                    if !self.fetch()? {
+                        return Err(self.ended_early());
                     }
                 }
                 Some(Chunk::Stream { .. }) => {
@@ -447,13 +437,11 @@ impl<'a> LayerReader<'_, '_, 'a> {
                         scratch = vec![0u8; STREAM_SCRATCH];
                     }
                     let want = scratch.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    let got = self
-                        .read_inner(&mut scratch[..want])
-                        .map_err(TakeError::Stream)?;
+                    let got = self.read_inner(&mut scratch[..want])?;
                     if got == 0 {
-                        return Err(TakeError::Stream(self.ended_early()));
+                        return Err(self.ended_early());
                     }
-                    visit(&scratch[..got]).map_err(TakeError::Sink)?;
+                    visit(&scratch[..got]);
                     n -= got as u64;
                     self.moved(got);
                 }
@@ -498,31 +486,9 @@ impl<'a> LayerReader<'_, '_, 'a> {
             }
         }
         let mut data = Vec::with_capacity(len);
-        self.take_each(len as u64, &mut |piece| {
-            data.extend_from_slice(piece);
-            Ok(())
-        })
-        .map_err(|e| match e {
-            TakeError::Stream(e) => e,
-            TakeError::Sink(error) => UnpackError::Tar {
-                layer: self.pipeline.layers[self.layer].label.clone(),
-                offset: None,
-                error,
-            },
-        })?;
+        self.advance(len as u64, &mut |piece| data.extend_from_slice(piece))?;
+        self.lent += len as u64;
         Ok(Content::Owned(data))
-    }
-
-    /// Hand the next `len` bytes, a file's content, to `sink` piece by piece as the frames
-    /// hold them.
-    pub(super) fn take_each(
-        &mut self,
-        len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<(), TakeError> {
-        self.advance(len, sink)?;
-        self.lent += len;
-        Ok(())
     }
 
     /// The parser skips forward by `delta`, less what the tree took since it last moved.
@@ -541,10 +507,9 @@ impl<'a> LayerReader<'_, '_, 'a> {
             .and_then(|delta| delta.checked_sub(self.lent))
             .ok_or_else(|| io::Error::other("the tar parser asked to move backwards"))?;
         self.lent = 0;
-        match self.advance(rest, &mut |_| Ok(())) {
+        match self.advance(rest, &mut |_| {}) {
             Ok(()) => Ok(self.consumed),
-            Err(TakeError::Stream(e)) => Err(self.failed(e)),
-            Err(TakeError::Sink(e)) => Err(e),
+            Err(e) => Err(self.failed(e)),
         }
     }
 

@@ -144,14 +144,16 @@ impl<'o, 'p> Tree<'o, 'p> {
         mut entry: tar::Entry<'_, R>,
         stream: &RefCell<LayerReader<'_, '_, '_>>,
     ) -> Result<(), Applied> {
-        let raw = entry.path().map_err(Applied::Tar)?.into_owned();
-        let shown = display(&raw);
+        let (rel, shown) = {
+            let raw = entry.path().map_err(Applied::Tar)?;
+            (entry_path(&raw), display(&raw))
+        };
         let refuse = |problem| Applied::Refused(shown.clone(), problem);
-        let rel = entry_path(&raw).map_err(refuse)?;
+        let rel = rel.map_err(refuse)?;
         let kind = entry.header().entry_type();
         let meta = entry_meta(entry.header()).map_err(Applied::Tar)?;
 
-        if let Some(name) = rel.file_name().map(|n| n.as_bytes().to_vec()) {
+        if let Some(name) = rel.file_name().map(|n| n.as_bytes()) {
             if let Some(hidden) = name.strip_prefix(b".wh.") {
                 let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
                 self.report.whiteouts += 1;
@@ -214,7 +216,7 @@ impl<'o, 'p> Tree<'o, 'p> {
                     self.pool
                         .submit(FileJob {
                             path: full,
-                            shown: shown.clone(),
+                            shown,
                             layer: Arc::clone(&self.layer_label),
                             data,
                             meta,
