@@ -330,7 +330,10 @@ pub(super) struct LayerReader<'p, 's, 'a> {
 const STREAM_SCRATCH: usize = 256 << 10;
 
 impl<'a> LayerReader<'_, '_, 'a> {
+    /// Let go of the current frame (its buffer goes back to the decoders once no file shares
+    /// it any more) and take the next one; false when the layer has no more.
     pub(super) fn fetch(&mut self) -> Result<bool, UnpackError> {
+        self.chunk = None;
         if self.frames_taken == self.frames_total {
             return Ok(false);
         }
@@ -385,9 +388,6 @@ impl<'a> LayerReader<'_, '_, 'a> {
                     self.chunk = None;
                 }
                 _ => {
-                    // A consumed frame's buffer goes back to the decoders once no file
-                    // shares it any more.
-                    self.chunk = None;
                     if !self.fetch()? {
                         return Ok(0);
                     }
@@ -427,7 +427,6 @@ impl<'a> LayerReader<'_, '_, 'a> {
                     self.moved(k);
                 }
                 Some(Chunk::Bytes(_)) | None => {
-                    self.chunk = None;
                     if !self.fetch()? {
                         return Err(self.ended_early());
                     }
@@ -467,7 +466,6 @@ impl<'a> LayerReader<'_, '_, 'a> {
         if let Some(Chunk::Bytes(frame)) = &self.chunk {
             if len > 0 && self.pos == frame.data.len() {
                 // Content that starts a frame is shared from that frame.
-                self.chunk = None;
                 self.fetch()?;
             }
         }
