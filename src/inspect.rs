@@ -343,11 +343,16 @@ pub fn describe(input: &InspectInput) -> Inspection {
             .map(|e| mask_env_entry(e))
             .collect(),
         labels: input.config.config.labels.clone(),
-        sbom: input.config.sbom.as_deref().map(|bom| SbomSummary {
-            packages: bom.components_of("library").count(),
-            files: bom.components_of("file").count(),
-            container_images: bom.components_of("container").count(),
-        }),
+        sbom: input
+            .config
+            .sbom
+            .as_ref()
+            .and_then(|bom| bom.counts().ok())
+            .map(|counts| SbomSummary {
+                packages: counts.packages as usize,
+                files: counts.files as usize,
+                container_images: counts.container_images as usize,
+            }),
         container_images,
         commands,
         hooks,

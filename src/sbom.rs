@@ -106,6 +106,117 @@ impl Bom {
     }
 }
 
+/// The bill of materials as an image config carries it (`io.sealer.sbom`): the JSON text as
+/// written, so an image's config reads in a few milliseconds however many files the document
+/// lists. What prints it whole reads it into a [`Bom`] ([`EmbeddedBom::read`]); what only counts
+/// reads the kinds and names of its components ([`EmbeddedBom::counts`], read once).
+#[derive(Debug, Clone)]
+pub struct EmbeddedBom {
+    json: Box<serde_json::value::RawValue>,
+    counts: std::sync::OnceLock<Result<Counts, String>>,
+}
+
+/// How many components of each kind a bill of materials lists, and the directories above its
+/// files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Debian packages (`library`).
+    pub packages: u64,
+    pub files: u64,
+    /// Distinct directories above the files (the root not counted).
+    pub dirs: u64,
+    pub container_images: u64,
+    /// Files named `*.tmpl` (the templates an install renders), wherever they are.
+    pub templates: u64,
+}
+
+impl EmbeddedBom {
+    pub fn new(bom: &Bom) -> Result<Self, serde_json::Error> {
+        Ok(EmbeddedBom {
+            json: serde_json::value::to_raw_value(bom)?,
+            counts: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The whole document.
+    pub fn read(&self) -> Result<Bom, serde_json::Error> {
+        serde_json::from_str(self.json.get())
+    }
+
+    /// What the document lists, read once for every caller; `Err` says why it cannot be read.
+    pub fn counts(&self) -> Result<Counts, String> {
+        self.counts
+            .get_or_init(|| count_components(self.json.get()).map_err(|e| e.to_string()))
+            .clone()
+    }
+}
+
+impl PartialEq for EmbeddedBom {
+    fn eq(&self, other: &Self) -> bool {
+        self.json.get() == other.json.get()
+    }
+}
+
+impl Eq for EmbeddedBom {}
+
+impl Serialize for EmbeddedBom {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for EmbeddedBom {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(EmbeddedBom {
+            json: Box::<serde_json::value::RawValue>::deserialize(deserializer)?,
+            counts: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+/// [`Counts`] of a document, reading only each component's `type` and `name` (borrowed from the
+/// text where they need no unescaping).
+fn count_components(json: &str) -> Result<Counts, serde_json::Error> {
+    use std::borrow::Cow;
+    #[derive(Deserialize)]
+    struct Listing<'a> {
+        #[serde(default, borrow)]
+        components: Vec<Listed<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Listed<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(default, borrow)]
+        name: Cow<'a, str>,
+    }
+    let listing: Listing = serde_json::from_str(json)?;
+    let mut counts = Counts::default();
+    let mut dirs = std::collections::HashSet::new();
+    for c in &listing.components {
+        match c.kind.as_ref() {
+            "library" => counts.packages += 1,
+            "container" => counts.container_images += 1,
+            "file" => {
+                counts.files += 1;
+                if c.name.ends_with(".tmpl") {
+                    counts.templates += 1;
+                }
+                let mut path = c.name.trim_start_matches("./").trim_start_matches('/');
+                while let Some((parent, _)) = path.rsplit_once('/') {
+                    if !dirs.insert(parent) {
+                        break;
+                    }
+                    path = parent;
+                }
+            }
+            _ => {}
+        }
+    }
+    counts.dirs = dirs.len() as u64;
+    Ok(counts)
+}
+
 impl Component {
     /// The SHA-256 hash, hex.
     pub fn sha256(&self) -> Option<&str> {
@@ -557,6 +668,58 @@ mod tests {
         assert_eq!(paths, ["bin/k", "keep", "opt/x/new"]);
         assert_eq!(files["bin/k"].1, "3");
         assert_eq!(dpkg, None);
+    }
+
+    #[test]
+    fn a_carried_document_is_counted_without_reading_it_whole_and_written_back_as_it_was() {
+        let component = |kind: &str, name: &str| Component {
+            kind: kind.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let bom = Bom {
+            bom_format: "CycloneDX".into(),
+            spec_version: "1.5".into(),
+            version: 1,
+            metadata: None,
+            components: vec![
+                component("library", "bash"),
+                component("file", "./etc/app.conf.tmpl"),
+                component("file", "etc/app/a"),
+                component("file", "etc/app/b"),
+                // A name that must be unescaped is counted like any other.
+                component("file", "opt/\"quoted\"/c.tmpl"),
+                component("file", "top"),
+                component("container", "docker.io/library/redis:7"),
+            ],
+        };
+        let carried = EmbeddedBom::new(&bom).unwrap();
+        let counts = carried.counts().unwrap();
+        assert_eq!(
+            counts,
+            Counts {
+                packages: 1,
+                files: 5,
+                // etc, etc/app, opt, opt/"quoted"
+                dirs: 4,
+                container_images: 1,
+                templates: 2,
+            }
+        );
+        assert_eq!(carried.read().unwrap(), bom);
+        // In a config it is written as the document itself, and read back the same.
+        let text = serde_json::to_string(&carried).unwrap();
+        assert_eq!(text, serde_json::to_string(&bom).unwrap());
+        let back: EmbeddedBom = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, carried);
+        assert!(
+            EmbeddedBom::deserialize(&mut serde_json::Deserializer::from_str(
+                "{\"components\": 3}"
+            ))
+            .unwrap()
+            .counts()
+            .is_err()
+        );
     }
 
     #[test]

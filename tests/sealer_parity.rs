@@ -116,6 +116,49 @@ fn templates_render_at_install_with_the_cluster_env_and_again_when_it_changes() 
     assert_eq!(read(conf), "port: 8443\nmode: single\ntls: on\n");
 }
 
+/// The image's bill of materials lists no `*.tmpl`, so rendering does not walk its tree; a Config
+/// that writes one still gets it rendered, and an image built without a bill of materials is
+/// walked as before.
+#[test]
+fn a_template_written_by_a_config_renders_though_the_image_lists_none() {
+    let store = Sealer::new();
+    base(&store);
+    let data = store.path("data");
+    let clusterfile = store.path("Clusterfile");
+    fs::write(
+        &clusterfile,
+        "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: my-cluster\nspec:\n  image: base:v1\n  hosts:\n    - ips: [127.0.0.1]\n      roles: [master]\n---\napiVersion: sealer.io/v1\nkind: Config\nmetadata:\n  name: site\nspec:\n  path: etc/site.conf.tmpl\n  data: |\n    port={{ .Port }}\n",
+    )
+    .unwrap();
+    let out = local_run(
+        &store,
+        "base:v1",
+        &data,
+        &["-f", clusterfile.to_str().unwrap(), "-e", "Port=81"],
+    );
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(read(rootfs(&data).join("etc/site.conf")), "port=81\n");
+
+    // Without a bill of materials the tree is walked: a template the image carries renders.
+    let mut build: Command = command(Path::new(SEALER), &store.root());
+    let context = store.path("nosbom");
+    write(&context.join("app.conf.tmpl"), b"port={{ .Port }}\n");
+    write(
+        &context.join("Kubefile"),
+        b"FROM base:v1\nCOPY app.conf.tmpl etc\n",
+    );
+    let built = build
+        .args(["build", "--no-sbom", "-t", "nosbom:v1"])
+        .arg(&context)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", both(&built));
+    let data = store.path("data-nosbom");
+    let out = local_run(&store, "nosbom:v1", &data, &["-e", "Port=82"]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(read(rootfs(&data).join("etc/app.conf")), "port=82\n");
+}
+
 #[test]
 fn a_template_with_an_unknown_function_is_refused_at_build_with_its_line() {
     let store = Sealer::new();

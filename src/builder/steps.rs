@@ -264,7 +264,10 @@ impl<'a> Builder<'a> {
             files: bom.components_of("file").count(),
             images: images.len(),
         });
-        self.config.sbom = Some(Box::new(bom));
+        let carried = sbom::EmbeddedBom::new(&bom).map_err(|e| {
+            BuildError::io("writing the bill of materials", std::io::Error::other(e))
+        })?;
+        self.config.sbom = Some(carried);
         Ok(())
     }
 

@@ -97,11 +97,16 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         let bom = image
             .config
             .sbom
-            .as_deref()
+            .as_ref()
             .ok_or_else(|| sealer::sbom::SbomError::Missing {
                 image: image.reference.store_key(),
+            })?
+            .read()
+            .map_err(|e| sealer::sbom::SbomError::Unreadable {
+                image: image.reference.store_key(),
+                reason: e.to_string(),
             })?;
-        println!("{}", serde_json::to_string_pretty(bom)?);
+        println!("{}", serde_json::to_string_pretty(&bom)?);
         return Ok(());
     }
     let cluster = args

@@ -87,7 +87,7 @@ impl Engine<'_> {
         if wanted.is_empty() {
             // Every frame is spooled (an earlier run stopped before unpacking): unpack only.
             let remote = slot.connected()?;
-            let cmd = self.agent_cmd(remote, &AgentCommand::Unpack { work, dest: rootfs });
+            let cmd = self.agent_cmd(remote, &AgentCommand::Unpack { work, dest: rootfs })?;
             let mut plan_bytes: &[u8] = &plan;
             self.exec_ok(slot, "unpacking the rootfs", &cmd, Some(&mut plan_bytes))?;
             return Ok(());
@@ -127,7 +127,7 @@ impl Engine<'_> {
                 work: self.work_dir(),
                 dest,
             },
-        );
+        )?;
         let ip = slot.host.ip;
         let events = self.events;
         let mut stream = FrameStream::new(self.payload, wanted, prefix, move |sent| {
@@ -165,7 +165,7 @@ impl Engine<'_> {
             &AgentCommand::Have {
                 work: self.work_dir(),
             },
-        );
+        )?;
         let out = self.exec_ok(
             slot,
             "checking received frames",
@@ -351,11 +351,11 @@ impl<F: Fn(u64)> Read for FrameStream<'_, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::payload::Agent;
     use crate::deploy::PayloadLayer;
     use packer::frames::Frame;
     use packer::unpack::Compression;
     use sha2::{Digest, Sha256};
-    use std::sync::Arc;
 
     #[test]
     fn the_frame_stream_sends_the_plan_then_only_the_wanted_frames_then_the_end_marker() {
@@ -386,8 +386,7 @@ mod tests {
                 container_images: false,
             }],
             sources: vec![Box::new(blob)],
-            agent: Arc::new(Vec::new()),
-            agent_sha256: "0".repeat(64),
+            agent: Agent::from_bytes(Vec::new()),
             container_images: Vec::new(),
         };
         let mut prefix = Vec::new();

@@ -145,13 +145,15 @@ impl Engine<'_> {
         let mut remote = (self.opts.connect)(&master0.host).map_err(|e| {
             Refused::Failed(format!("connecting to master0 for the cluster's lock: {e}"))
         })?;
-        let cmd = self.agent_cmd(
-            remote.as_ref(),
-            &AgentCommand::Lock {
-                file: file.clone(),
-                holder: holder.to_string(),
-            },
-        );
+        let cmd = self
+            .agent_cmd(
+                remote.as_ref(),
+                &AgentCommand::Lock {
+                    file: file.clone(),
+                    holder: holder.to_string(),
+                },
+            )
+            .map_err(|e| Refused::Failed(e.message))?;
         let look = format!(
             "cat {} 2>/dev/null; true",
             crate::clusterfile::shell_quote(&file.display().to_string())

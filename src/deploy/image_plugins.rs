@@ -305,7 +305,7 @@ impl Read for LayerTarStream<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::deploy::payload::Agent;
 
     /// A tar stream of `(path, Some(content) | None for a directory)`.
     fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
@@ -373,8 +373,7 @@ mod tests {
             config: Default::default(),
             layers,
             sources,
-            agent: Arc::new(Vec::new()),
-            agent_sha256: "0".repeat(64),
+            agent: Agent::from_bytes(Vec::new()),
             container_images: Vec::new(),
         }
     }

@@ -287,7 +287,7 @@ impl Engine<'_> {
                     manager: ServiceManager::Auto,
                 },
             },
-        );
+        )?;
         let out = self.exec(slot, &cmd, None)?;
         if !out.success() {
             return Err(command_failure("starting the registry", &out));
@@ -346,7 +346,7 @@ impl Engine<'_> {
                     work: self.work_dir(),
                 },
             },
-        );
+        )?;
         let out = self.exec_ok(
             slot,
             "checking the container images",
@@ -472,7 +472,7 @@ impl Engine<'_> {
                     paths,
                 },
             },
-        );
+        )?;
         self.exec_ok(
             slot,
             "repairing the registry's store",
@@ -500,7 +500,7 @@ impl Engine<'_> {
                         prefix: self.mirror_prefix(&registry),
                     },
                 },
-            );
+            )?;
             self.exec_ok(slot, &format!("hosts.toml for {registry}"), &cmd, None)?;
         }
         Ok(())
@@ -517,7 +517,7 @@ impl Engine<'_> {
                     unit: self.unit()?,
                 },
             },
-        );
+        )?;
         self.exec_ok(slot, "stopping the registry", &cmd, None)?;
         if let Some(config_path) = slot.containerd_certs.clone() {
             for registry in self.image_registries() {
@@ -530,7 +530,7 @@ impl Engine<'_> {
                             registry: registry.clone(),
                         },
                     },
-                );
+                )?;
                 self.exec_ok(
                     slot,
                     &format!("removing hosts.toml of {registry}"),

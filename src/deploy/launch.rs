@@ -43,25 +43,40 @@ pub fn stream_stall() -> Duration {
 impl Engine<'_> {
     /// Where the agent is on the host: this very program on this machine, else a file under the
     /// data root named by the agent's sha256.
-    pub(super) fn agent_path(&self, remote: &dyn Remote) -> String {
+    pub(super) fn agent_path(&self, remote: &dyn Remote) -> Result<String, StepFailure> {
         if remote.is_local() {
             if let Ok(exe) = std::env::current_exe() {
-                return exe.display().to_string();
+                return Ok(exe.display().to_string());
             }
         }
-        self.cluster
+        let sha = self.agent_sha256()?;
+        Ok(self
+            .cluster
             .data_root
             .join(".agent")
-            .join(format!("sealer-agent-{}", &self.payload.agent_sha256[..16]))
+            .join(format!("sealer-agent-{}", &sha[..16.min(sha.len())]))
             .display()
-            .to_string()
+            .to_string())
+    }
+
+    /// The agent's sha256, read from the agent the first time it is asked for.
+    pub(super) fn agent_sha256(&self) -> Result<&str, StepFailure> {
+        self.payload.agent.sha256().map_err(StepFailure::fatal)
+    }
+
+    fn agent_bytes(&self) -> Result<&Arc<Vec<u8>>, StepFailure> {
+        self.payload.agent.bytes().map_err(StepFailure::fatal)
     }
 
     /// The shell command that runs the agent's `command`: the words of
     /// [`AgentCommand::to_args`], each quoted. On a remote host the agent is checked first,
     /// every time, by [`agent_guard`].
-    pub(super) fn agent_cmd(&self, remote: &dyn Remote, command: &AgentCommand) -> String {
-        let agent = self.agent_path(remote);
+    pub(super) fn agent_cmd(
+        &self,
+        remote: &dyn Remote,
+        command: &AgentCommand,
+    ) -> Result<String, StepFailure> {
+        let agent = self.agent_path(remote)?;
         // The lock's stdin gets a byte every 2 s for as long as it is held (`host_lock`).
         let streamed = matches!(
             command,
@@ -80,18 +95,18 @@ impl Engine<'_> {
             .collect();
         let words = words.join(" ");
         if remote.is_local() {
-            return format!("{} {words}", shell_quote(&agent));
+            return Ok(format!("{} {words}", shell_quote(&agent)));
         }
-        format!(
+        Ok(format!(
             "sealer_agent=$({}) && \"$sealer_agent\" {words}",
-            agent_guard(&agent, &self.payload.agent_sha256)
-        )
+            agent_guard(&agent, self.agent_sha256()?)
+        ))
     }
 
     /// The agent as it travels to a host that can undo gzip: compressed once per process and
     /// shared by every host.
     pub(super) fn gzipped_agent(&self) -> Result<Arc<Vec<u8>>, StepFailure> {
-        gzipped(&self.payload.agent, &self.payload.agent_sha256)
+        gzipped(self.agent_bytes()?, self.agent_sha256()?)
             .map_err(|e| StepFailure::fatal(format!("compressing the agent for its upload: {e}")))
     }
 
@@ -102,10 +117,11 @@ impl Engine<'_> {
         if COMPRESSING_AHEAD.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (agent, sha) = (
-            self.payload.agent.clone(),
-            self.payload.agent_sha256.clone(),
-        );
+        // An error is met again, and reported, by the upload that needs the agent.
+        let (Ok(agent), Ok(sha)) = (self.payload.agent.bytes(), self.payload.agent.sha256()) else {
+            return;
+        };
+        let (agent, sha) = (agent.clone(), sha.to_string());
         let _ = std::thread::Builder::new()
             .name("agent-gzip".into())
             .spawn(move || {
@@ -119,7 +135,7 @@ impl Engine<'_> {
         Ok(if gzip {
             self.gzipped_agent()?.len() as u64
         } else {
-            self.payload.agent.len() as u64
+            self.agent_bytes()?.len() as u64
         })
     }
 
@@ -139,13 +155,13 @@ impl Engine<'_> {
                 r#"gzip -dc > "$t" || { rm -f "$t"; echo 'the agent arrived corrupt (gzip could not undo it)' >&2; exit 3; }"#,
             )
         } else {
-            (self.payload.agent.clone(), r#"cat > "$t""#)
+            (self.agent_bytes()?.clone(), r#"cat > "$t""#)
         };
         let cmd = format!(
             "set -e; umask 022; d=$(dirname {a}); mkdir -p \"$d\"; d=$(readlink -f -- \"$d\"); {chain}; t=$(mktemp \"$d/.sealer-agent.XXXXXX\"); {write}; echo \"{sha}  $t\" | sha256sum -c --status || {{ rm -f \"$t\"; echo 'the agent arrived corrupt' >&2; exit 3; }}; chmod 755 \"$t\"; mv -f \"$t\" {a}",
             a = shell_quote(agent),
             chain = root_only_chain("d", "upload the agent into $d"),
-            sha = self.payload.agent_sha256
+            sha = self.agent_sha256()?
         );
         let total = bytes.len() as u64;
         let host = slot.host.ip;

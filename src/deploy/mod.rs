@@ -567,8 +567,8 @@ impl Engine<'_> {
     /// one probe. A failed check refuses the host (and so the install); an ignored one is
     /// reported as a warning.
     fn preflight(&self, slot: &mut HostSlot) -> Result<(), StepFailure> {
-        let agent = self.agent_path(slot.connected()?);
-        let probe = self.preflight_command(&agent);
+        let agent = self.agent_path(slot.connected()?)?;
+        let probe = self.preflight_command(&slot.host, &agent)?;
         let asked = std::time::SystemTime::now();
         let out = self.exec(slot, &probe, None)?;
         if let Some(sudo) = preflight::sudo_refusal(&slot.host, &out) {
@@ -624,7 +624,7 @@ impl Engine<'_> {
             return self.prepare(slot);
         };
         let local = slot.remote.as_ref().is_some_and(|r| r.is_local());
-        let agent = self.agent_path(slot.connected()?);
+        let agent = self.agent_path(slot.connected()?)?;
         if !agent_present && !local {
             self.upload_agent(slot, &agent, gzip)?;
             // Uploaded: a retry of this stage after a later failure does not send it again.
@@ -641,7 +641,7 @@ impl Engine<'_> {
             &AgentCommand::State {
                 work: self.work_dir(),
             },
-        );
+        )?;
         let out = self.exec_ok(slot, "reading the journal", &cmd, None)?;
         slot.state = serde_json::from_slice(&out.stdout)
             .map_err(|e| StepFailure::fatal(format!("the agent's state is unreadable: {e}")))?;
@@ -695,7 +695,7 @@ impl Engine<'_> {
             &AgentCommand::Rollback {
                 work: self.work_dir(),
             },
-        );
+        )?;
         self.exec_ok(slot, "rolling back", &cmd, None)?;
         slot.state.installed = slot.state.previous.take();
         slot.steps_run += 1;
@@ -1108,7 +1108,7 @@ impl Engine<'_> {
                     cluster: self.cluster.name.clone(),
                     all: matches!(step, Step::Forget),
                 },
-            );
+            )?;
             self.exec_ok(slot, &name, &cmd, None)?;
             if holds_nothing {
                 slot.steps_skipped += 1;
@@ -1149,7 +1149,7 @@ impl Engine<'_> {
                         path: c.path.clone(),
                         strategy: c.strategy,
                     },
-                );
+                )?;
                 let mut data = c.data.as_bytes();
                 self.exec_ok(slot, &name, &cmd, Some(&mut data))?;
             }
@@ -1195,7 +1195,7 @@ impl Engine<'_> {
                     _ => None,
                 },
             },
-        );
+        )?;
         let mut what = name.as_bytes();
         let out = self.exec_ok(slot, "recording the step", &record, Some(&mut what))?;
         let exported = out.stdout_text();

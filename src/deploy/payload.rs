@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use packer::format::elf_size;
 use packer::frames::{scan_frames, Frame};
@@ -106,9 +106,7 @@ pub struct Payload {
     /// Where frame bytes are read from (store blobs, or the package's volumes).
     pub sources: Vec<Box<dyn ByteSource>>,
     /// The static agent executable uploaded to hosts.
-    pub agent: Arc<Vec<u8>>,
-    /// sha256 of `agent`, hex.
-    pub agent_sha256: String,
+    pub agent: Agent,
     /// The container images the image carries (its config's list).
     pub container_images: Vec<crate::container_images::ContainerImage>,
 }
@@ -228,8 +226,6 @@ impl Payload {
             });
             sources.push(source);
         }
-        let agent_bytes = std::fs::read(agent).map_err(io_err("reading the agent", agent))?;
-        let agent_sha256 = hex::encode(Sha256::digest(&agent_bytes));
         let config = crate::sealer_image::with_extension(&image.manifest, image.config.clone())?;
         Ok(Payload {
             id: image.digest.trim_start_matches("sha256:").to_string(),
@@ -238,8 +234,7 @@ impl Payload {
             config,
             layers,
             sources,
-            agent: Arc::new(agent_bytes),
-            agent_sha256,
+            agent: Agent::file(agent),
         })
     }
 }
@@ -314,7 +309,7 @@ impl Payload {
     /// The payload of a `.run` package: its frames (in `package`, the volumes the caller opened
     /// and checked), config and the stub at its head (the agent).
     pub fn from_package(run: &RunFile, package: packer::Volumes) -> Result<Payload, PayloadError> {
-        let manifest = run.manifest().clone();
+        let manifest = run.manifest();
         let config: ImageConfig =
             serde_json::from_str(&manifest.image.config_json).map_err(PayloadError::Config)?;
         let config =
@@ -340,8 +335,6 @@ impl Payload {
                 container_images: images_layer == Some(i),
             })
             .collect();
-        let agent = stub_bytes(run)?;
-        let agent_sha256 = hex::encode(Sha256::digest(&agent));
         Ok(Payload {
             id: run.payload_id(),
             image: manifest.image.name.clone(),
@@ -349,8 +342,7 @@ impl Payload {
             config,
             layers,
             sources: vec![Box::new(package)],
-            agent: Arc::new(agent),
-            agent_sha256,
+            agent: Agent::package_head(run),
         })
     }
 }
@@ -383,15 +375,97 @@ fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
 }
 
 /// The installer stub at the head of a package (its ELF image, without the padding).
-fn stub_bytes(run: &RunFile) -> Result<Vec<u8>, PayloadError> {
-    let mut file = File::open(run.path()).map_err(io_err("opening", run.path()))?;
-    let mut head = vec![0u8; run.header_offset() as usize];
-    std::io::Read::read_exact(&mut file, &mut head)
-        .map_err(io_err("reading the installer stub from", run.path()))?;
-    if let Some(len) = elf_size(&head) {
-        head.truncate(len as usize);
+/// The static agent executable uploaded to hosts, read and hashed the first time a host needs
+/// it. On this machine the agent is the running program itself, so an install here alone never
+/// reads it (15 MB and its sha256, on every run).
+pub struct Agent {
+    origin: AgentOrigin,
+    read: OnceLock<Result<LoadedAgent, String>>,
+}
+
+/// The agent's bytes and their sha256 (hex).
+type LoadedAgent = (Arc<Vec<u8>>, String);
+
+enum AgentOrigin {
+    /// A static executable: `sealer-stub`, or `sealer` itself.
+    File(PathBuf),
+    /// The installer at the head of a `.run` package: the bytes before its header, up to the end
+    /// of the ELF image.
+    PackageHead { path: PathBuf, header_offset: u64 },
+}
+
+impl Agent {
+    pub fn file(path: &Path) -> Agent {
+        Agent {
+            origin: AgentOrigin::File(path.to_path_buf()),
+            read: OnceLock::new(),
+        }
     }
-    Ok(head)
+
+    pub fn package_head(run: &RunFile) -> Agent {
+        Agent {
+            origin: AgentOrigin::PackageHead {
+                path: run.path().to_path_buf(),
+                header_offset: run.header_offset(),
+            },
+            read: OnceLock::new(),
+        }
+    }
+
+    /// An agent already in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Agent {
+        let read = OnceLock::new();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let _ = read.set(Ok((Arc::new(bytes), sha256)));
+        Agent {
+            origin: AgentOrigin::File(PathBuf::new()),
+            read,
+        }
+    }
+
+    /// The executable's bytes.
+    pub fn bytes(&self) -> Result<&Arc<Vec<u8>>, String> {
+        self.loaded().map(|(bytes, _)| bytes)
+    }
+
+    /// Its sha256, hex.
+    pub fn sha256(&self) -> Result<&str, String> {
+        self.loaded().map(|(_, sha)| sha.as_str())
+    }
+
+    fn loaded(&self) -> Result<&LoadedAgent, String> {
+        self.read
+            .get_or_init(|| {
+                let bytes = self.origin.read().map_err(|e| e.to_string())?;
+                let sha256 = hex::encode(Sha256::digest(&bytes));
+                Ok((Arc::new(bytes), sha256))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl AgentOrigin {
+    fn read(&self) -> Result<Vec<u8>, PayloadError> {
+        match self {
+            AgentOrigin::File(path) => {
+                std::fs::read(path).map_err(io_err("reading the agent", path))
+            }
+            AgentOrigin::PackageHead {
+                path,
+                header_offset,
+            } => {
+                let mut file = File::open(path).map_err(io_err("opening", path))?;
+                let mut head = vec![0u8; *header_offset as usize];
+                std::io::Read::read_exact(&mut file, &mut head)
+                    .map_err(io_err("reading the installer stub from", path))?;
+                if let Some(len) = elf_size(&head) {
+                    head.truncate(len as usize);
+                }
+                Ok(head)
+            }
+        }
+    }
 }
 
 /// Where the static installer stub is: `$SEALER_STUB`, else `sealer-stub` beside this

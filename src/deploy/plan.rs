@@ -167,9 +167,17 @@ impl Engine<'_> {
                 return plan;
             }
         };
-        let agent = self.agent_path(remote.as_ref());
         // The install's own preflight probe: its checks and the work directory's state.
-        let probe = self.preflight_command(&agent);
+        let probe = match self
+            .agent_path(remote.as_ref())
+            .and_then(|agent| self.preflight_command(host, &agent))
+        {
+            Ok(probe) => probe,
+            Err(e) => {
+                plan.problems.push(e.message);
+                return plan;
+            }
+        };
         let asked = std::time::SystemTime::now();
         let out = match remote.exec(&probe, None) {
             Ok(out) if out.success() => out,
@@ -204,7 +212,8 @@ impl Engine<'_> {
         if !found.agent_present && !remote.is_local() {
             plan.agent_bytes = self
                 .agent_upload_len(found.gzip)
-                .unwrap_or(self.payload.agent.len() as u64);
+                .or_else(|_| self.agent_upload_len(false))
+                .unwrap_or(0);
             plan.bytes_to_send += plan.agent_bytes;
         }
         // A journal kept for another payload describes a tree that would be replaced.

@@ -16,9 +16,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use super::{Change, Engine, ExecOutput, Step};
+use super::{Change, Engine, ExecOutput, Step, StepFailure};
 use crate::agent::registry::containerd::{config_path_in, DEFAULT_CONFIG as CONTAINERD_CONFIG};
 use crate::clusterfile::{shell_quote, Host, PluginKind};
+use crate::sbom::Counts;
 
 pub use crate::host_requirements::{LABEL_COMMANDS, LABEL_KERNEL, LABEL_OS, LABEL_PORTS};
 
@@ -281,8 +282,19 @@ impl Engine<'_> {
 
     /// The probe's shell command, read by [`Engine::read_preflight`]. It changes nothing on
     /// the host (a temporary file in /tmp comes and goes).
-    pub(super) fn preflight_command(&self, agent: &str) -> String {
+    pub(super) fn preflight_command(
+        &self,
+        host: &Host,
+        agent: &str,
+    ) -> Result<String, StepFailure> {
         let work = self.work_dir().display().to_string();
+        // Reading `/proc/net/tcp*` walks the kernel's whole socket table (tens of milliseconds
+        // on a large machine): only when the host has ports to keep free.
+        let listening = if matches!(self.required_ports(host), Ok(ports) if !ports.is_empty()) {
+            "for f in /proc/net/tcp /proc/net/tcp6; do [ -r \"$f\" ] && while read -r _ l _ s _; do [ \"$s\" = 0A ] && echo \"listen $l\"; done < \"$f\"; done; "
+        } else {
+            ""
+        };
         let commands: Vec<String> = self
             .required_commands()
             .iter()
@@ -299,10 +311,10 @@ impl Engine<'_> {
             format!(
                 "if [ -f {a} ] && [ \"$(sha256sum < {a})\" = \"{sha}  -\" ]; then echo 'agent present'; else echo 'agent missing'; command -v gzip >/dev/null 2>&1 && echo 'gzip yes'; fi; ",
                 a = shell_quote(agent),
-                sha = self.payload.agent_sha256,
+                sha = self.agent_sha256()?,
             )
         };
-        format!(
+        Ok(format!(
             concat!(
                 // Few processes: each costs a fork and an exec on every host (shell
                 // built-ins read the small files; `uname` prints release before machine).
@@ -314,7 +326,7 @@ impl Engine<'_> {
                 "echo \"df $(df -Pk \"$d\" 2>/dev/null | last)\"; echo \"dfi $(df -Pi \"$d\" 2>/dev/null | last)\"; ",
                 "{agent_check}",
                 "h=; [ -r /proc/sys/kernel/hostname ] && IFS= read -r h < /proc/sys/kernel/hostname; [ -n \"$h\" ] || h=$(hostname 2>/dev/null); echo \"hostname $h\"; ",
-                "for f in /proc/net/tcp /proc/net/tcp6; do [ -r \"$f\" ] && while read -r _ l _ s _; do [ \"$s\" = 0A ] && echo \"listen $l\"; done < \"$f\"; done; ",
+                "{listening}",
                 "for c in {commands}; do command -v \"$c\" >/dev/null 2>&1 || echo \"missing $c\"; done; ",
                 "if t=$(mktemp /tmp/.sealer-preflight.XXXXXX 2>&1); then rm -f \"$t\"; echo 'tmp ok'; else echo \"tmp $t\"; fi; ",
                 "w={work}; i=; [ -r \"$w/installed\" ] && IFS= read -r i < \"$w/installed\"; echo \"installed $i\"; ",
@@ -323,6 +335,7 @@ impl Engine<'_> {
             ),
             root = shell_quote(&self.cluster.data_root.display().to_string()),
             agent_check = agent_check,
+            listening = listening,
             commands = commands.join(" "),
             work = shell_quote(&work),
             containerd = if self.payload.container_images.is_empty() {
@@ -336,7 +349,7 @@ impl Engine<'_> {
                     config = shell_quote(CONTAINERD_CONFIG),
                 )
             },
-        )
+        ))
     }
 
     /// Reads the probe's answer from `host` and makes every check on it; `asked` and
@@ -590,27 +603,13 @@ impl Engine<'_> {
     /// one per 16 KiB unpacked, at least 1024.
     fn needed_inodes(&self) -> (u64, String) {
         let frames = self.payload.frame_count() as u64;
-        match self.payload.config.sbom.as_deref() {
-            Some(bom) => {
-                let mut files = 0u64;
-                let mut dirs = BTreeSet::new();
-                for file in bom.components_of("file") {
-                    files += 1;
-                    let mut path = file.name.trim_start_matches("./").trim_start_matches('/');
-                    while let Some((parent, _)) = path.rsplit_once('/') {
-                        if !dirs.insert(parent) {
-                            break;
-                        }
-                        path = parent;
-                    }
-                }
-                let dirs = dirs.len() as u64;
-                (
-                    files + dirs + frames + 64,
-                    format!("{files} files and {dirs} directories in its bill of materials, {frames} frames"),
-                )
-            }
-            None => (
+        match self.payload.config.sbom.as_ref().map(|bom| bom.counts()) {
+            Some(Ok(Counts { files, dirs, .. })) => (
+                files + dirs + frames + 64,
+                format!("{files} files and {dirs} directories in its bill of materials, {frames} frames"),
+            ),
+            // An unreadable document counts as none: the estimate still guards the install.
+            Some(Err(_)) | None => (
                 (self.payload.uncompressed_len() / (16 * 1024)).max(1024),
                 "estimated at one per 16 KiB unpacked: the image has no bill of materials".into(),
             ),

@@ -168,6 +168,9 @@ impl Engine<'_> {
     /// exports included) and APPENV; notes what was rendered. True when a template reads a
     /// variable naming the cluster's members ([`super::journal::MEMBER_VARIABLES`]).
     pub(super) fn render(&self, slot: &mut HostSlot, name: &str) -> Result<bool, StepFailure> {
+        if !self.may_hold_templates() {
+            return Ok(false);
+        }
         let request = RenderRequest {
             env: self.env(&slot.host),
             apps: self.app_envs(),
@@ -180,7 +183,7 @@ impl Engine<'_> {
             &AgentCommand::Render {
                 rootfs: self.rootfs(),
             },
-        );
+        )?;
         let mut stdin: &[u8] = &request;
         let out = self.exec(slot, &cmd, Some(&mut stdin))?;
         if !out.success() {
@@ -206,6 +209,22 @@ impl Engine<'_> {
         Ok(super::journal::MEMBER_VARIABLES
             .iter()
             .any(|v| outcome.reads.contains(*v)))
+    }
+
+    /// Whether the rootfs may hold a `*.tmpl` file, so that rendering must walk it (tens of
+    /// milliseconds for a tree of tens of thousands of names): the image's bill of materials
+    /// lists every file of its tree, so with none named `*.tmpl` there and no Config writing
+    /// one, there is nothing to render. Without a readable bill of materials, it may.
+    fn may_hold_templates(&self) -> bool {
+        let configs = self
+            .cluster
+            .configs
+            .iter()
+            .any(|c| c.path.to_string_lossy().ends_with(".tmpl"));
+        match self.payload.config.sbom.as_ref().map(|bom| bom.counts()) {
+            Some(Ok(counts)) => counts.templates > 0 || configs,
+            Some(Err(_)) | None => true,
+        }
     }
 
     pub(super) fn run_script(
@@ -241,7 +260,7 @@ impl Engine<'_> {
             &AgentCommand::Run {
                 work: self.work_dir(),
             },
-        );
+        )?;
         // The stage line says the phase; this one says which hook or CMD of it runs.
         (self.events)(InstallEvent::Note {
             host: Some(slot.host.ip),

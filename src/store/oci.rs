@@ -124,7 +124,7 @@ pub struct ImageConfig {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub sbom: Option<Box<crate::sbom::Bom>>,
+    pub sbom: Option<crate::sbom::EmbeddedBom>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
