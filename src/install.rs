@@ -12,6 +12,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use packer::{ReadError, RunFile};
 
@@ -21,7 +22,7 @@ use crate::deploy::target::{
     resolve, ClusterArgs, DeleteArgs, JoinArgs, Target, TargetError, TargetSpec,
 };
 use crate::deploy::HostOutcome;
-use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions};
+use crate::deploy::{find_stub, install, InstallError, InstallEvent, InstallOptions, PackageCheck};
 use crate::deploy::{Change, HostPlan, HostStatus, InstallReport, Payload};
 use crate::store::{Store, StoreError};
 use crate::trust::{Trust, TrustError};
@@ -187,7 +188,7 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
     }
     let mut record = ClusterRecord::load(&request.state_root, &name)?;
     let started = clusters::timestamp();
-    let payload = payload(request, &target, report)?;
+    let (payload, unchecked) = payload(request, &target)?;
     // An application image goes onto a running cluster, beside its base image.
     let app = crate::deploy::app_name(&payload)
         .filter(|_| matches!(request.membership, Membership::Keep));
@@ -205,9 +206,21 @@ pub fn run(request: &Request<'_>, report: &(dyn Fn(Event) + Sync)) -> Result<Ins
         opts.max_clock_skew = limit;
     }
     opts.ignore_preflight = request.target.ignore_preflight.clone();
+    opts.package_check = unchecked
+        .as_ref()
+        .map(|_| Arc::new(PackageCheck::default()));
     report(Event::Starting(Summary::of(&payload, &target)));
-    let mut outcome = install(&target.cluster, &payload, &opts, &|event| {
-        report(Event::Host(event))
+    // The package's frames are hashed while the hosts are probed; the engine waits for the
+    // result before it changes anything.
+    let mut outcome = std::thread::scope(|scope| {
+        if let (Some(volumes), Some(check)) = (&unchecked, &opts.package_check) {
+            scope.spawn(move || {
+                check.finish(check_package(volumes, report).map_err(|e| e.to_string()))
+            });
+        }
+        install(&target.cluster, &payload, &opts, &|event| {
+            report(Event::Host(event))
+        })
     })?;
     if let Change::Join { hosts } = &opts.change {
         if outcome.success() {
@@ -680,13 +693,13 @@ fn settle_variables(
     Ok(())
 }
 
-/// The payload `request` names, checked whole before any host is touched.
+/// The payload `request` names. A package's frames are yet to be checked: the volumes to check
+/// come with it ([`check_package`]), before any host is touched.
 fn payload(
     request: &Request<'_>,
     target: &Target,
-    report: &(dyn Fn(Event) + Sync),
-) -> Result<Payload, Error> {
-    Ok(match &request.source {
+) -> Result<(Payload, Option<Arc<packer::Volumes>>), Error> {
+    match &request.source {
         Source::Store { root, image, .. } => {
             let name = image
                 .as_ref()
@@ -695,17 +708,26 @@ fn payload(
             let store = Store::open(root)?;
             let image = store.image_by_name(name)?;
             let stub = find_stub()?;
-            Payload::from_store(&store, &image, &stub)?
+            Ok((Payload::from_store(&store, &image, &stub)?, None))
         }
         Source::Package(run) => {
-            let check = run.payload()?;
-            let total = check.compressed_len();
-            report(Event::Checking { done: 0, total });
-            check.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
-            report(Event::Checked);
-            Payload::from_package(run, check)?
+            let volumes = Arc::new(run.payload()?);
+            let payload = Payload::from_package(run, Arc::clone(&volumes))?;
+            Ok((payload, Some(volumes)))
         }
-    })
+    }
+}
+
+/// Every frame of the package checked ([`packer::Volumes::verify_digests`]), with progress.
+fn check_package(
+    volumes: &packer::Volumes,
+    report: &(dyn Fn(Event) + Sync),
+) -> Result<(), ReadError> {
+    let total = volumes.compressed_len();
+    report(Event::Checking { done: 0, total });
+    volumes.verify_digests(Some(&|done| report(Event::Checking { done, total })))?;
+    report(Event::Checked);
+    Ok(())
 }
 
 /// What installing as `request` says would do on each host, found without changing anything
@@ -718,7 +740,10 @@ pub fn dry_run(
     report_notes(&target, report);
     let change = membership_change(&mut target, &request.membership)?;
     check_trust(request, &target)?;
-    let payload = payload(request, &target, report)?;
+    let (payload, unchecked) = payload(request, &target)?;
+    if let Some(volumes) = &unchecked {
+        check_package(volumes, report)?;
+    }
     settle_variables(request, &mut target, &payload)?;
     let mut opts = InstallOptions::new(target.connect.clone());
     opts.parallel = request.parallel;

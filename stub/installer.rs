@@ -374,7 +374,7 @@ fn inspect(
         .transpose()?;
     // A package whose plugins cannot be read still shows everything else.
     let payload = payload(&run)
-        .and_then(|volumes| Ok(Payload::from_package(&run, volumes)?))
+        .and_then(|volumes| Ok(Payload::from_package(&run, std::sync::Arc::new(volumes))?))
         .map_err(|e| one_line(e.as_ref()));
     let view = sealer::inspect::describe(&sealer::inspect::InspectInput {
         image: &m.image.name,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::frames::Frame;
 
 /// Random access to immutable bytes (a file, a mapping, a buffer).
-pub trait ByteSource: Sync {
+pub trait ByteSource: Send + Sync {
     /// The `len` bytes at `offset`; an error if they are not all there.
     fn bytes(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>>;
 
@@ -46,6 +46,25 @@ pub trait ByteSource: Sync {
     /// [`changed`](ByteSource::changed) before it keeps what it made of them.
     fn checked(&self, _offset: u64, _len: u64, _sha256: &str) -> bool {
         false
+    }
+}
+
+/// A source shared between threads (a check on one, the extraction on another) is the source.
+impl<T: ByteSource + ?Sized> ByteSource for std::sync::Arc<T> {
+    fn bytes(&self, offset: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
+        (**self).bytes(offset, len)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
+    }
+    fn changed(&self) -> bool {
+        (**self).changed()
+    }
+    fn checked(&self, offset: u64, len: u64, sha256: &str) -> bool {
+        (**self).checked(offset, len, sha256)
     }
 }
 

@@ -96,6 +96,9 @@ pub struct InstallOptions {
     /// Preflight checks whose failure is reported and let through (`all` for every one but
     /// `sudo`), by their [`PREFLIGHT_CHECKS`] names.
     pub ignore_preflight: Vec<String>,
+    /// The package's frame check when it runs beside the preflight; `None` when the payload
+    /// was checked before the engine started (or needs no check).
+    pub package_check: Option<Arc<PackageCheck>>,
 }
 
 /// Preflight's default clock skew limit: a few seconds, as k0sctl and KubeKey allow.
@@ -111,6 +114,7 @@ impl InstallOptions {
             change: Change::Install,
             max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             ignore_preflight: Vec::new(),
+            package_check: None,
             holder: None,
             dead_holder: None,
         }
@@ -193,6 +197,37 @@ pub enum InstallError {
     /// The container images could not be pushed to the external registry.
     #[error("{0}")]
     ExternalRegistry(String),
+    /// The package's frame check ([`PackageCheck`]) found it damaged or could not read it.
+    #[error("{0}")]
+    Package(String),
+}
+
+/// The package's frame check, run beside the hosts' first preflight: the start waits for its
+/// result, so a damaged package stops the install before anything is sent or changed on any
+/// host, and the hosts are probed while it is hashed.
+#[derive(Debug, Default)]
+pub struct PackageCheck {
+    result: Mutex<Option<Result<(), String>>>,
+    done: std::sync::Condvar,
+}
+
+impl PackageCheck {
+    /// The check's result (`Err` says what is damaged).
+    pub fn finish(&self, result: Result<(), String>) {
+        *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        self.done.notify_all();
+    }
+
+    /// Waits for [`PackageCheck::finish`].
+    fn wait(&self) -> Result<(), String> {
+        let mut result = self.result.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = &*result {
+                return result.clone();
+            }
+            result = self.done.wait(result).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 struct HostSlot {

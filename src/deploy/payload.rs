@@ -308,7 +308,10 @@ fn zstd_copy(
 impl Payload {
     /// The payload of a `.run` package: its frames (in `package`, the volumes the caller opened
     /// and checked), config and the stub at its head (the agent).
-    pub fn from_package(run: &RunFile, package: packer::Volumes) -> Result<Payload, PayloadError> {
+    pub fn from_package(
+        run: &RunFile,
+        package: Arc<packer::Volumes>,
+    ) -> Result<Payload, PayloadError> {
         let manifest = run.manifest();
         let config: ImageConfig =
             serde_json::from_str(&manifest.image.config_json).map_err(PayloadError::Config)?;

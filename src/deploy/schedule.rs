@@ -321,7 +321,8 @@ impl Engine<'_> {
     }
 
     /// The start, decided once every host has answered its first preflight, or has been
-    /// connecting for longer than the others needed ([`connect_grace`]): hosts that share a
+    /// connecting for longer than the others needed ([`connect_grace`]), and the package's
+    /// check has ended: a damaged package stops the start everywhere; hosts that share a
     /// name are refused; a refused host stops the start everywhere (nothing is sent to any
     /// host); an external registry gets the images. Hosts that had not answered are checked
     /// when they do, on their own.
@@ -381,7 +382,16 @@ impl Engine<'_> {
             }
         }
         let mut pushed = Ok(());
-        if !refused.is_empty() {
+        let package = match &self.opts.package_check {
+            Some(check) => check.wait(),
+            None => Ok(()),
+        };
+        if let Err(why) = package {
+            for verdict in verdicts.iter_mut().filter(|v| v.is_none()) {
+                *verdict = Some(format!("not started: {why}"));
+            }
+            pushed = Err(InstallError::Package(why));
+        } else if !refused.is_empty() {
             let refused: Vec<String> = refused.iter().map(IpAddr::to_string).collect();
             for verdict in verdicts.iter_mut().filter(|v| v.is_none()) {
                 *verdict = Some(format!(
