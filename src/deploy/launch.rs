@@ -54,7 +54,7 @@ impl Engine<'_> {
             .cluster
             .data_root
             .join(".agent")
-            .join(format!("sealer-agent-{}", &sha[..16.min(sha.len())]))
+            .join(format!("sealer-agent-{}", &sha[..16]))
             .display()
             .to_string())
     }
