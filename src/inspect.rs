@@ -255,6 +255,9 @@ pub struct Inspection {
     pub labels: BTreeMap<String, String>,
     pub container_images: Vec<ContainerImage>,
     pub sbom: Option<SbomSummary>,
+    /// Why the image's bill of materials cannot be read, when it carries one that cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom_error: Option<String>,
     /// What the install runs on master0; `null` when it cannot be told (`runs_error`).
     pub commands: Option<Vec<String>>,
     /// Every hook, image first; each one's `script` only with `--hooks`.
@@ -329,6 +332,18 @@ pub fn describe(input: &InspectInput) -> Inspection {
         })
         .unwrap_or_default();
     let container_images = crate::container_images::listed_images(input.config);
+    let (sbom, sbom_error) = match input.config.sbom.as_ref().map(|bom| bom.counts()) {
+        Some(Ok(counts)) => (
+            Some(SbomSummary {
+                packages: counts.packages as usize,
+                files: counts.files as usize,
+                container_images: counts.container_images as usize,
+            }),
+            None,
+        ),
+        Some(Err(why)) => (None, Some(why)),
+        None => (None, None),
+    };
     Inspection {
         image: input.image.to_string(),
         image_digest: input.image_digest.to_string(),
@@ -343,16 +358,8 @@ pub fn describe(input: &InspectInput) -> Inspection {
             .map(|e| mask_env_entry(e))
             .collect(),
         labels: input.config.config.labels.clone(),
-        sbom: input
-            .config
-            .sbom
-            .as_ref()
-            .and_then(|bom| bom.counts().ok())
-            .map(|counts| SbomSummary {
-                packages: counts.packages as usize,
-                files: counts.files as usize,
-                container_images: counts.container_images as usize,
-            }),
+        sbom,
+        sbom_error,
         container_images,
         commands,
         hooks,
@@ -434,7 +441,10 @@ impl Inspection {
                 "sbom           CycloneDX 1.5: {} Debian package(s), {} file(s), {} container image(s) (inspect --sbom prints it)",
                 s.packages, s.files, s.container_images
             )),
-            None => out.push("sbom           none".into()),
+            None => match &self.sbom_error {
+                Some(why) => out.push(format!("sbom           unreadable: {why}")),
+                None => out.push("sbom           none".into()),
+            },
         }
         if let Some(e) = &self.runs_error {
             out.push(format!("runs as root   unknown: {e}"));
@@ -494,6 +504,36 @@ fn scope_text(selector: &HostSelector) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bill_of_materials_that_cannot_be_read_is_named_not_shown_as_none() {
+        let config_json = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"io.sealer.sbom":{"components":3}}"#;
+        let config: ImageConfig = serde_json::from_str(config_json).unwrap();
+        let seen = describe(&InspectInput {
+            image: "app:v1",
+            image_digest: "sha256:0",
+            config_digest: "sha256:0",
+            config: &config,
+            config_json,
+            claim: crate::trust::Claim::Unsigned,
+            plugins: Ok(Vec::new()),
+            cluster: None,
+            scripts: false,
+        });
+        assert_eq!(seen.sbom, None);
+        let why = seen
+            .sbom_error
+            .clone()
+            .expect("the reason it cannot be read");
+        let lines = seen.text_lines(&[]);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == &format!("sbom           unreadable: {why}")),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("sbom           none")));
+    }
 
     #[test]
     fn secret_looking_keys_are_masked_case_insensitively() {

@@ -377,7 +377,6 @@ fn index_blob(map: &MappedFile) -> Result<(Vec<Frame>, String), String> {
     Ok((frames, format!("sha256:{}", hex::encode(whole.finalize()))))
 }
 
-/// The installer stub at the head of a package (its ELF image, without the padding).
 /// The static agent executable uploaded to hosts, read and hashed the first time a host needs
 /// it. On this machine the agent is the running program itself, so an install here alone never
 /// reads it (15 MB and its sha256, on every run).
@@ -415,8 +414,9 @@ impl Agent {
         }
     }
 
-    /// An agent already in memory.
-    pub fn from_bytes(bytes: Vec<u8>) -> Agent {
+    /// An agent already in memory (the engine's own tests).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Agent {
         let read = OnceLock::new();
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let _ = read.set(Ok((Arc::new(bytes), sha256)));

@@ -608,8 +608,13 @@ impl Engine<'_> {
                 files + dirs + frames + 64,
                 format!("{files} files and {dirs} directories in its bill of materials, {frames} frames"),
             ),
-            // An unreadable document counts as none: the estimate still guards the install.
-            Some(Err(_)) | None => (
+            // An unreadable document is not trusted for a count: the estimate guards the
+            // install, and the check says why it was used.
+            Some(Err(why)) => (
+                (self.payload.uncompressed_len() / (16 * 1024)).max(1024),
+                format!("estimated at one per 16 KiB unpacked: the image's bill of materials cannot be read ({why})"),
+            ),
+            None => (
                 (self.payload.uncompressed_len() / (16 * 1024)).max(1024),
                 "estimated at one per 16 KiB unpacked: the image has no bill of materials".into(),
             ),
